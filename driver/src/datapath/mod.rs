@@ -1,0 +1,29 @@
+//! The eBPF data path of each allocated interface.
+//!
+//! Every device gets its own loaded instance of the programs in `ebpf/` (so counters
+//! and policy of two devices never mix, even when they share an ifindex in different
+//! namespaces), attached inside the pod's namespace: tc egress through TCX (clsact
+//! when TCX is unavailable) and XDP ingress (native, then generic, then tc ingress).
+//! Links, programs and maps are pinned under one directory per claim and device (see
+//! [`pins`]); the pins are the single owner of those kernel objects, which is what
+//! lets the programs keep working while the driver is down and lets a restarted
+//! driver adopt them again.
+//!
+//! * [`object`] — the embedded object and how it is loaded;
+//! * [`pins`] — where everything is pinned;
+//! * [`policy`] — claim addresses/routes/knobs compiled into map contents (pure);
+//! * [`device`] — [`AttachedDatapath`]: attach, adopt, update, read, detach;
+//! * [`counters`] — per-CPU values summed into [`CounterSnapshot`];
+//! * [`logs`] — forwarding `aya-log` records from the programs to `tracing`.
+
+pub mod counters;
+pub mod device;
+pub mod logs;
+pub mod object;
+pub mod pins;
+pub mod policy;
+
+pub use counters::CounterSnapshot;
+pub use device::{AttachedDatapath, DatapathError, EgressMode, IngressMode};
+pub use pins::{DatapathKey, PinLayout};
+pub use policy::{DataplaneKnobs, DatapathPolicy, Enforcement};

@@ -1,0 +1,6 @@
+//! Everything the driver does inside network namespaces: entering them on dedicated
+//! threads ([`thread`]).
+
+pub mod thread;
+
+pub use thread::{Netns, NetnsError};

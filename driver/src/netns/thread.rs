@@ -1,0 +1,131 @@
+//! Running code inside a network namespace on a dedicated OS thread.
+//!
+//! `setns(CLONE_NEWNET)` changes only the calling thread, so every piece of netns work
+//! runs on a fresh thread that enters the target namespace, does its job and exits.
+//! Tokio workers and the caller's thread are never moved. This module owns no kernel
+//! objects; it only opens the namespace file for the duration of the call.
+
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{setns, CloneFlags};
+
+/// Why work could not be run inside a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {path}: setns failed: {source}")]
+    Enter {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("network namespace {path}: worker thread could not be spawned: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {path}: worker thread panicked")]
+    Panicked { path: PathBuf },
+}
+
+/// A network namespace the driver holds open: the node's own (captured at start) or a
+/// pod's (from its bind-mount path). Holding the file keeps the namespace reachable
+/// even if its bind mount disappears while we work.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens the namespace bind-mounted (or linked from /proc) at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { file, path })
+    }
+
+    /// The namespace of the calling thread: the driver calls this once at start to
+    /// capture the namespace that plays the node ("home" for every device).
+    pub fn current() -> Result<Self, NetnsError> {
+        let path = PathBuf::from("/proc/thread-self/ns/net");
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { file, path })
+    }
+
+    /// The path this namespace was opened from (for messages and status).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open namespace file, e.g. to move a link into it (`IFLA_NET_NS_FD`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Runs `work` on a new OS thread that has entered this namespace, and returns its
+    /// result. The thread exits afterwards, so nothing else ever runs in the namespace
+    /// by accident.
+    pub fn run<T, F>(&self, work: F) -> Result<T, NetnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let fd = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let path = self.path.clone();
+        let thread_path = path.clone();
+        let handle = std::thread::Builder::new()
+            .name("netns".into())
+            .spawn(move || -> Result<T, NetnsError> {
+                setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetnsError::Enter {
+                        path: thread_path,
+                        source,
+                    }
+                })?;
+                Ok(work())
+            })
+            .map_err(|source| NetnsError::Spawn {
+                path: path.clone(),
+                source,
+            })?;
+        handle.join().map_err(|_| NetnsError::Panicked { path })?
+    }
+
+    /// Like [`Netns::run`], for async work: the thread builds a current-thread tokio
+    /// runtime (needed by rtnetlink) inside the namespace.
+    pub fn run_async<T, F, Fut>(&self, work: F) -> Result<T, NetnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let path = self.path.clone();
+        self.run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| NetnsError::Spawn { path, source })?;
+            Ok(rt.block_on(work()))
+        })?
+    }
+}

@@ -1,0 +1,8 @@
+//! Test support for netclaim: real network namespaces, veth pairs and bpffs roots
+//! that clean up after themselves, plus (in later modules) stand-ins for kubelet, the
+//! Kubernetes API server and the container runtime that speak the real protocols.
+//!
+//! Everything here creates its objects inside namespaces it made itself; the
+//! machine's root namespace never gets a test device, address, route or packet.
+
+pub mod netenv;
