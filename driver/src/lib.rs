@@ -3,11 +3,21 @@
 //! The library holds every piece of the driver; `src/main.rs` only parses the command
 //! line and wires the pieces together. Modules are named after what they own:
 //!
-//! * [`netns`] — entering network namespaces on dedicated threads;
-//! * [`datapath`] — the eBPF programs per device: load, attach, pin, policy, counters.
+//! * [`config`] — the claim's NetworkConfig and its validation;
+//! * [`inventory`] — which devices this node publishes;
+//! * [`kubelet`] — the kubelet plugin (registration, DRA, health);
+//! * [`state`] — the checkpoint of prepared plans;
+//! * [`netns`] — entering network namespaces on dedicated threads, moving and
+//!   configuring interfaces and restoring them;
+//! * [`datapath`] — the eBPF programs per device: load, attach, pin, policy, counters;
+//! * [`cli`] — the `netclaim` subcommands.
+pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod inventory;
+pub mod kubelet;
 pub mod netns;
+pub mod state;
 
 /// Default DRA driver name; also the domain of device attributes.
 pub const DEFAULT_DRIVER_NAME: &str = "netclaim.dev";

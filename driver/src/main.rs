@@ -1,1 +1,49 @@
-fn main(){}
+//! `netclaim`: parses the command line, sets up logging, dispatches to `cli`.
+
+use clap::Parser;
+use netclaim::cli::{self, Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!("netclaim: invalid --log/RUST_LOG filter {:?}: {e}; using \"info\"", cli.log);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::daemon::run(args))),
+        Command::Inventory(args) => cli::inventory::run(args),
+        Command::Inspect(args) => cli::inspect::run(args),
+        Command::Validate(args) => cli::validate::run(args),
+        Command::Version => {
+            println!(
+                "netclaim {} (eBPF object {} bytes)",
+                env!("CARGO_PKG_VERSION"),
+                netclaim::datapath::object::OBJECT.len()
+            );
+            Ok(0)
+        }
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("netclaim: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The `netclaim` command line: one file per subcommand, each with its arguments and
+//! its `run` function. `main.rs` only parses and dispatches.
+
+pub mod daemon;
+pub mod inspect;
+pub mod inventory;
+pub mod validate;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes DRA network driver: hands node interfaces to pods, restores them
+/// exactly, and enforces each claim's routing with eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "netclaim", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter in RUST_LOG syntax (also read from RUST_LOG).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the driver on this node (kubelet plugin, NRI plugin, publisher).
+    Run(daemon::RunArgs),
+    /// Show the devices this node would publish, with their attributes.
+    Inventory(inventory::InventoryArgs),
+    /// Show attached data paths (programs, modes, policy, counters) from the kernel.
+    Inspect(inspect::InspectArgs),
+    /// Validate a ResourceClaim, ResourceClaimTemplate or bare config file.
+    Validate(validate::ValidateArgs),
+    /// Print the version and the embedded eBPF object's size.
+    Version,
+}
+
+/// Output formats shared by listing commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// A subcommand that exists in the CLI but is not built yet: says so, exits non-zero.
+#[derive(Debug, thiserror::Error)]
+#[error("`netclaim {0}` is not built yet")]
+pub struct NotBuilt(pub &'static str);

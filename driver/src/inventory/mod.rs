@@ -1,0 +1,1 @@
+//! Device discovery: which links this node publishes, with which attributes.

@@ -1,0 +1,1 @@
+//! The kubelet plugin: registration, the DRA services and the health stream.

@@ -1,0 +1,1 @@
+//! The checkpoint: prepared plans and host originals, surviving restarts.
