@@ -1,1 +1,345 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! * `setup` — installs what the build and tests need (idempotent, seconds when done);
+//! * `build-ebpf [--debug]` — builds `ebpf/` with Debian's rustc and bpf-linker and
+//!   leaves the object at `target/ebpf/netclaim.bpf.o`, where the driver embeds it;
+//! * `test` — setup, build-ebpf, then every unit and integration test, as root;
+//! * `bench <datapath|netns|control-plane|pod-start>` — one benchmark, printed and
+//!   written to `bench/results/<name>.json`;
+//! * `demo` — the end-to-end walkthrough.
+//!
+//! The machine recipe (why Debian's compiler, why bpf-linker with LLVM 22) is in
+//! ../shared/TOOLCHAIN.md; this file is its executable form.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the project needs (compiler for eBPF, its std sources, LLVM for
+/// bpf-linker, and the tools tests and benchmarks call).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "ethtool",
+    "util-linux",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_ROOT: &str = "/opt/netclaim/bpf-linker";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/core";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and mount bpffs (idempotent).
+    Setup,
+    /// Build the eBPF programs.
+    BuildEbpf {
+        /// Build the dev profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Setup, build the eBPF object, run all tests (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run one benchmark.
+    Bench {
+        /// datapath, netns, control-plane or pod-start.
+        name: String,
+    },
+    /// Run the end-to-end demo.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf { debug } => build_ebpf(debug),
+        Task::Test { args } => test(&args),
+        Task::Bench { name } => bench(&name),
+        Task::Demo => demo(),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo that runs xtask (rustup's stable); used for everything but the eBPF crate.
+fn host_cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn apt_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker() -> PathBuf {
+    Path::new(BPF_LINKER_ROOT).join("bin/bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        })
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    if !is_root() {
+        bail!("cargo xtask setup installs packages and mounts bpffs: run it as root");
+    }
+    let mut present = Vec::new();
+    let mut installed = Vec::new();
+
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let ok = apt_installed(p);
+            if ok {
+                present.push(format!("apt {p}"));
+            }
+            !ok
+        })
+        .collect();
+    if !missing.is_empty() {
+        println!("[setup] installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))?;
+        installed.extend(missing.iter().map(|p| format!("apt {p}")));
+    }
+
+    if bpf_linker_ok() {
+        present.push(format!("bpf-linker {BPF_LINKER_VERSION} ({})", bpf_linker().display()));
+    } else {
+        println!(
+            "[setup] building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {BPF_LINKER_ROOT} (about a minute)"
+        );
+        run(Command::new(host_cargo())
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+                BPF_LINKER_ROOT,
+            ]))?;
+        installed.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    }
+
+    if bpffs_mounted() {
+        present.push("bpffs on /sys/fs/bpf".into());
+    } else {
+        std::fs::create_dir_all("/sys/fs/bpf").ok();
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        installed.push("bpffs mounted on /sys/fs/bpf".into());
+    }
+    std::fs::create_dir_all("/var/run/netns").ok();
+
+    for p in &present {
+        println!("[setup] present:   {p}");
+    }
+    for p in &installed {
+        println!("[setup] installed: {p}");
+    }
+    println!("[setup] done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn build_ebpf(debug: bool) -> Result<()> {
+    let started = Instant::now();
+    for (path, what) in [
+        (DEBIAN_RUSTC, "Debian's rustc (package rustc-web)"),
+        (DEBIAN_CARGO, "Debian's cargo (package cargo-web)"),
+        (DEBIAN_RUST_SRC, "Debian's Rust std sources (package rust-web-src)"),
+    ] {
+        if !Path::new(path).exists() {
+            bail!("{what} is missing ({path}); install it with: cargo xtask setup");
+        }
+    }
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker {BPF_LINKER_VERSION} is missing ({}); install it with: cargo xtask setup",
+            bpf_linker().display()
+        );
+    }
+    let root = root();
+    let ebpf_dir = root.join("ebpf");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![Path::new(BPF_LINKER_ROOT).join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut cmd = Command::new(DEBIAN_CARGO);
+    cmd.current_dir(&ebpf_dir)
+        .env("PATH", std::env::join_paths(paths)?)
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1");
+    // The outer (rustup) cargo exports its own settings; none may leak into this build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTUP_")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOC"
+            || k == "CARGO"
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.args(["build", "--locked"]);
+    if !debug {
+        cmd.arg("--release");
+    }
+    println!(
+        "[build-ebpf] building ebpf/ ({} profile) with {DEBIAN_RUSTC}",
+        if debug { "dev" } else { "release" }
+    );
+    run(&mut cmd)?;
+    let profile = if debug { "debug" } else { "release" };
+    let built = ebpf_dir
+        .join("target/bpfel-unknown-none")
+        .join(profile)
+        .join("netclaim");
+    let dest_dir = root.join("target/ebpf");
+    std::fs::create_dir_all(&dest_dir)?;
+    let dest = dest_dir.join("netclaim.bpf.o");
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // Only rewrite when changed, so the driver is not rebuilt for nothing.
+    if std::fs::read(&dest).ok().as_deref() != Some(new.as_slice()) {
+        std::fs::write(&dest, &new)?;
+    }
+    println!(
+        "[build-ebpf] {} ({} bytes) in {:.1}s",
+        dest.display(),
+        new.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the test suite creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let started = Instant::now();
+    setup()?;
+    build_ebpf(false)?;
+    println!("[test] cargo test --workspace");
+    let mut cmd = Command::new(host_cargo());
+    cmd.current_dir(root())
+        .args(["test", "--workspace", "--locked"]);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)?;
+    println!("[test] all tests passed in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(name: &str) -> Result<()> {
+    const KNOWN: &[&str] = &["datapath", "netns", "control-plane", "pod-start"];
+    if !KNOWN.contains(&name) {
+        bail!("unknown benchmark {name:?}; one of: {}", KNOWN.join(", "));
+    }
+    if !is_root() {
+        bail!("benchmarks use network namespaces and eBPF: run them as root");
+    }
+    setup()?;
+    build_ebpf(false)?;
+    let bin = format!("bench-{name}");
+    let tests_dir = root().join("tests");
+    let has_bin = tests_dir.join("src/bin").join(format!("{bin}.rs")).exists();
+    if !has_bin {
+        bail!("benchmark {name:?} is not built yet (no tests/src/bin/{bin}.rs)");
+    }
+    std::fs::create_dir_all(root().join("bench/results"))?;
+    run(Command::new(host_cargo()).current_dir(root()).args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "netclaim-tests",
+        "--bin",
+        &bin,
+        "--",
+        "--out",
+        &root()
+            .join("bench/results")
+            .join(format!("{name}.json"))
+            .to_string_lossy(),
+    ]))
+}
+
+fn demo() -> Result<()> {
+    bail!(
+        "the demo is not built yet (issue [ship]); `cargo xtask test` runs the kernel tests that exist today"
+    )
+}
