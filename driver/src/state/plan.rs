@@ -1,0 +1,68 @@
+//! The plan of one prepared device and the per-claim record that groups them.
+//!
+//! These types are stored in the checkpoint as JSON: new fields must carry
+//! `#[serde(default)]` so an older checkpoint still loads.
+
+use serde::{Deserialize, Serialize};
+
+/// The claim a plan belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for ClaimRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The pod that will receive the device (from the claim's `status.reservedFor`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for PodRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What prepare decided for one device of one claim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub claim: ClaimRecord,
+    pub pod: PodRecord,
+    /// Device name as published in the ResourceSlice.
+    pub device: String,
+    /// Pool name as published in the ResourceSlice.
+    pub pool: String,
+    /// The claim's requests this device satisfies (`results[].request`).
+    pub requests: Vec<String>,
+    /// The merged and validated opaque parameters of this driver for the device.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// True while the device is inside the pod (set by the NRI hooks).
+    #[serde(default)]
+    pub attached: bool,
+    /// `results[].shareID`, when the device is shared (consumable capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
+    /// Unix seconds when the plan was made.
+    #[serde(default)]
+    pub prepared_at: u64,
+}
+
+/// Everything prepared for one claim: the checkpoint's unit of storage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClaimPlans {
+    pub claim: ClaimRecord,
+    /// One plan per device of this driver in the claim's allocation.
+    pub plans: Vec<Plan>,
+}

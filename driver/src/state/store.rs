@@ -1,0 +1,397 @@
+//! [`StateStore`]: the checkpoint file of prepared claims (redb, one table keyed by
+//! claim UID).
+//!
+//! Every value is `sha256(json) ‖ json` of a [`ClaimPlans`], so a flipped bit is caught
+//! even where redb itself does not notice. Opening scans every entry; a file that redb
+//! refuses, that panics redb, or that holds an entry whose checksum or JSON is wrong is
+//! renamed to `<file>.corrupt-<unix seconds>`, reported with one error line, and the
+//! store starts empty: the caller rebuilds what it can from the cluster. A corrupt
+//! checkpoint never stops the driver.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sha2::{Digest, Sha256};
+
+use super::plan::ClaimPlans;
+
+/// File name of the checkpoint inside `--state-dir`.
+pub const CHECKPOINT_FILE: &str = "checkpoint.redb";
+
+const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
+const DIGEST_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {message}")]
+    Database { path: PathBuf, message: String },
+    #[error("checkpoint {path}: cannot move the corrupt file aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint entry for claim UID {uid}: {message}")]
+    Entry { uid: String, message: String },
+}
+
+/// The open checkpoint. Cheap to share behind an `Arc`; every call is one redb
+/// transaction (durable on return).
+pub struct StateStore {
+    path: PathBuf,
+    db: Database,
+    /// Where a corrupt checkpoint found at open was moved, if any.
+    moved_aside: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .field("moved_aside", &self.moved_aside)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) `<state_dir>/checkpoint.redb`. A corrupt file is moved aside
+    /// and an empty store is returned; see the module docs.
+    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(CHECKPOINT_FILE);
+        match open_and_verify(&path) {
+            Ok(db) => Ok(Self {
+                path,
+                db,
+                moved_aside: None,
+            }),
+            Err(Problem::Fatal(err)) => Err(err),
+            Err(Problem::Corrupt(reason)) => {
+                let aside = corrupt_name(&path);
+                std::fs::rename(&path, &aside).map_err(|source| StateError::MoveAside {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::error!(
+                    checkpoint = %path.display(),
+                    moved_to = %aside.display(),
+                    "checkpoint is corrupt ({reason}); moved it aside and starting with no prepared claims"
+                );
+                let db = match open_and_verify(&path) {
+                    Ok(db) => db,
+                    Err(Problem::Fatal(err)) => return Err(err),
+                    Err(Problem::Corrupt(message)) => {
+                        return Err(StateError::Database { path, message })
+                    }
+                };
+                Ok(Self {
+                    path,
+                    db,
+                    moved_aside: Some(aside),
+                })
+            }
+        }
+    }
+
+    /// Path of the checkpoint file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where a corrupt checkpoint was moved when this store was opened.
+    pub fn moved_aside(&self) -> Option<&Path> {
+        self.moved_aside.as_deref()
+    }
+
+    /// Stores (replaces) the plans of one claim, keyed by `plans.claim.uid`.
+    pub fn put(&self, plans: &ClaimPlans) -> Result<(), StateError> {
+        let json = serde_json::to_vec(plans).map_err(|err| StateError::Entry {
+            uid: plans.claim.uid.clone(),
+            message: err.to_string(),
+        })?;
+        let mut value = Vec::with_capacity(DIGEST_LEN + json.len());
+        value.extend_from_slice(&Sha256::digest(&json));
+        value.extend_from_slice(&json);
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
+            table
+                .insert(plans.claim.uid.as_str(), value.as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The plans of the claim with this UID.
+    pub fn get(&self, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = match txn.open_table(CLAIMS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        match table.get(uid).map_err(|e| self.db_err(e))? {
+            Some(value) => decode(uid, value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the claim's plans; returns what was stored.
+    pub fn remove(&self, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let removed = {
+            let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
+            let removed = table.remove(uid).map_err(|e| self.db_err(e))?;
+            match removed {
+                Some(value) => Some(decode(uid, value.value())),
+                None => None,
+            }
+        };
+        txn.commit().map_err(|e| self.db_err(e))?;
+        removed.transpose()
+    }
+
+    /// Every stored claim, ordered by UID.
+    pub fn list(&self) -> Result<Vec<ClaimPlans>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = match txn.open_table(CLAIMS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = entry.map_err(|e| self.db_err(e))?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn db_err(&self, err: impl Into<redb::Error>) -> StateError {
+        StateError::Database {
+            path: self.path.clone(),
+            message: err.into().to_string(),
+        }
+    }
+}
+
+enum Problem {
+    /// The file is damaged: move it aside and start over.
+    Corrupt(String),
+    /// Something else (permissions, already open): report to the caller.
+    Fatal(StateError),
+}
+
+fn open_and_verify(path: &Path) -> Result<Database, Problem> {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Database, Problem> {
+        let db = Database::create(path).map_err(|err| classify(path, err.into()))?;
+        verify(&db).map_err(|err| match err {
+            VerifyError::Redb(err) => classify(path, err),
+            VerifyError::Entry(message) => Problem::Corrupt(message),
+        })?;
+        Ok(db)
+    }));
+    match result {
+        Ok(result) => result,
+        Err(_) => Err(Problem::Corrupt("the database library panicked reading it".into())),
+    }
+}
+
+fn classify(path: &Path, err: redb::Error) -> Problem {
+    match err {
+        redb::Error::Corrupted(message) => Problem::Corrupt(message),
+        redb::Error::UpgradeRequired(version) => {
+            Problem::Corrupt(format!("unknown file format version {version}"))
+        }
+        redb::Error::Io(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            Problem::Corrupt(err.to_string())
+        }
+        redb::Error::Io(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Problem::Corrupt(format!("truncated: {err}"))
+        }
+        other => Problem::Fatal(StateError::Database {
+            path: path.to_owned(),
+            message: other.to_string(),
+        }),
+    }
+}
+
+enum VerifyError {
+    Redb(redb::Error),
+    Entry(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for VerifyError {
+    fn from(err: E) -> Self {
+        Self::Redb(err.into())
+    }
+}
+
+/// Reads every entry once so damage is found at open, not in the middle of a prepare.
+fn verify(db: &Database) -> Result<(), VerifyError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(CLAIMS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        decode(key.value(), value.value()).map_err(|err| VerifyError::Entry(err.to_string()))?;
+    }
+    Ok(())
+}
+
+fn decode(uid: &str, value: &[u8]) -> Result<ClaimPlans, StateError> {
+    let entry_err = |message: String| StateError::Entry {
+        uid: uid.to_owned(),
+        message,
+    };
+    if value.len() < DIGEST_LEN {
+        return Err(entry_err(format!("value of {} bytes is too short", value.len())));
+    }
+    let (digest, json) = value.split_at(DIGEST_LEN);
+    if Sha256::digest(json).as_slice() != digest {
+        return Err(entry_err("checksum mismatch".into()));
+    }
+    let plans: ClaimPlans =
+        serde_json::from_slice(json).map_err(|err| entry_err(format!("bad JSON: {err}")))?;
+    if plans.claim.uid != uid {
+        return Err(entry_err(format!(
+            "entry is for claim UID {}",
+            plans.claim.uid
+        )));
+    }
+    Ok(plans)
+}
+
+fn corrupt_name(path: &Path) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    let mut candidate = PathBuf::from(&name);
+    let mut n = 1;
+    while candidate.exists() {
+        let mut next = name.clone();
+        next.push(format!("-{n}"));
+        candidate = PathBuf::from(next);
+        n += 1;
+    }
+    candidate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ClaimRecord, Plan, PodRecord};
+
+    fn sample(uid: &str) -> ClaimPlans {
+        let claim = ClaimRecord {
+            namespace: "default".into(),
+            name: format!("claim-{uid}"),
+            uid: uid.into(),
+        };
+        ClaimPlans {
+            claim: claim.clone(),
+            plans: vec![Plan {
+                claim,
+                pod: PodRecord {
+                    namespace: "default".into(),
+                    name: "pod".into(),
+                    uid: "pod-uid".into(),
+                },
+                device: "eth1".into(),
+                pool: "node-a".into(),
+                requests: vec!["nic".into()],
+                config: serde_json::json!({"interface": {"mtu": 9000}}),
+                attached: false,
+                share_id: None,
+                prepared_at: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn put_get_list_remove_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert!(store.list().unwrap().is_empty());
+            store.put(&sample("a")).unwrap();
+            store.put(&sample("b")).unwrap();
+            assert_eq!(store.get("a").unwrap(), Some(sample("a")));
+            assert_eq!(store.get("zzz").unwrap(), None);
+            assert_eq!(store.remove("b").unwrap(), Some(sample("b")));
+            assert_eq!(store.remove("b").unwrap(), None);
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.moved_aside().is_none());
+        let all = store.list().unwrap();
+        assert_eq!(all, vec![sample("a")]);
+    }
+
+    #[test]
+    fn garbage_file_is_moved_aside_and_store_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        std::fs::write(&path, b"this is not a database at all, just garbage bytes").unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let aside = store.moved_aside().unwrap().to_owned();
+        assert!(aside.file_name().unwrap().to_string_lossy().contains(".corrupt-"));
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            b"this is not a database at all, just garbage bytes"
+        );
+        assert!(store.list().unwrap().is_empty());
+        store.put(&sample("a")).unwrap();
+        assert_eq!(store.get("a").unwrap(), Some(sample("a")));
+    }
+
+    #[test]
+    fn damaged_entry_is_detected_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        {
+            // A value whose checksum does not match, written behind the store's back.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(CLAIMS).unwrap();
+                let mut value = vec![0u8; DIGEST_LEN];
+                value.extend_from_slice(br#"{"claim":{"namespace":"a","name":"b","uid":"u"},"plans":[]}"#);
+                table.insert("u", value.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.moved_aside().is_some());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn truncated_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.put(&sample("a")).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len().min(700)]).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.moved_aside().is_some());
+        assert!(store.list().unwrap().is_empty());
+    }
+}
