@@ -1,0 +1,640 @@
+//! Semantic validation of a [`NetworkConfig`] into a [`ValidConfig`].
+//!
+//! [`validate`] checks every rule and returns every problem at once, each with the path
+//! of the field it is about. Its result, [`ValidConfig`], carries parsed values
+//! (addresses as [`IpNet`], the MAC as bytes, scopes as [`RouteScope`], knobs with their
+//! defaults filled in), so the modules that plan and apply a config never parse strings
+//! again. This module is pure: it does not look at devices or the kernel; limits that
+//! depend on the device (its maximum MTU, which ethtool features exist) are checked
+//! when the interface is configured, not here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::error::{index, join, key, ConfigErrors, FieldError};
+use super::types::{EthtoolConfig, InterfaceConfig, NetworkConfig, RouteConfig};
+use crate::datapath::{DatapathPolicy, DataplaneKnobs};
+
+/// Longest interface name in bytes (`IFNAMSIZ` 16 minus the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Smallest MTU accepted (the IPv4 minimum).
+pub const MIN_MTU: i32 = 68;
+/// Largest MTU accepted; the device's own maximum is checked at configure time.
+pub const MAX_MTU: i32 = 65535;
+/// The kernel disables IPv6 on a device whose MTU is below this.
+pub const IPV6_MIN_MTU: i32 = 1280;
+/// `GSO_MAX_SIZE` / `GRO_MAX_SIZE` with BIG TCP: 8 bytes × 65535 segments.
+pub const GSO_MAX_SIZE: i32 = 524_280;
+/// `ETH_GSTRING_LEN`: ethtool names are NUL-terminated in 32 bytes, so 31 usable.
+pub const ETH_GSTRING_LEN: usize = 32;
+/// Bounds on list sizes, so one claim cannot make the driver do unbounded work.
+pub const MAX_ADDRESSES: usize = 64;
+pub const MAX_ROUTES: usize = 1024;
+pub const MAX_ETHTOOL_FEATURES: usize = 256;
+pub const MAX_PRIVATE_FLAGS: usize = 64;
+/// The kernel's `local` routing table, which the driver never writes.
+pub const RT_TABLE_LOCAL: u32 = 255;
+/// The `main` routing table, used when a route names none.
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// A config that passed [`validate`], with every value parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidConfig {
+    pub interface: ValidInterface,
+    pub routes: Vec<ValidRoute>,
+    pub ethtool: ValidEthtool,
+    /// The `dataplane` knobs, defaults filled in.
+    pub knobs: DataplaneKnobs,
+    pub disable_ebpf_programs: bool,
+}
+
+/// The interface part of a [`ValidConfig`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidInterface {
+    /// Name inside the pod; `None` keeps the device's name.
+    pub name: Option<String>,
+    /// Addresses with their prefix length, e.g. `192.0.2.10/24`; no duplicates.
+    pub addresses: Vec<IpNet>,
+    pub mtu: Option<u32>,
+    /// A unicast, non-zero MAC.
+    #[serde(with = "mac_serde")]
+    pub hardware_addr: Option<[u8; 6]>,
+    pub gso_max_size: Option<u32>,
+    pub gro_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
+    pub gro_ipv4_max_size: Option<u32>,
+}
+
+/// The scopes a claim's route may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteScope {
+    /// `RT_SCOPE_UNIVERSE` (0): through a gateway.
+    Universe,
+    /// `RT_SCOPE_LINK` (253): directly on the link, no gateway.
+    Link,
+}
+
+impl RouteScope {
+    /// The kernel's `rtm_scope` value.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            RouteScope::Universe => 0,
+            RouteScope::Link => 253,
+        }
+    }
+}
+
+/// One route of a [`ValidConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidRoute {
+    /// The destination network, host bits clear.
+    pub destination: IpNet,
+    /// Set exactly when the scope is [`RouteScope::Universe`]; same family as the destination.
+    pub gateway: Option<IpAddr>,
+    /// Preferred source; one of the interface's addresses when the claim sets any.
+    pub source: Option<IpAddr>,
+    pub scope: RouteScope,
+    /// `None` is the main table; never 0 or the local table.
+    pub table: Option<u32>,
+}
+
+/// ethtool settings of a [`ValidConfig`] (empty when the config has none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidEthtool {
+    pub features: BTreeMap<String, bool>,
+    pub private_flags: BTreeMap<String, bool>,
+}
+
+impl ValidConfig {
+    /// What the data path of the device enforces for this config: the addresses, the
+    /// route destinations and the knobs.
+    pub fn datapath_policy(&self) -> DatapathPolicy {
+        DatapathPolicy {
+            addresses: self.interface.addresses.clone(),
+            routes: self.routes.iter().map(|r| r.destination).collect(),
+            knobs: self.knobs,
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, lower case.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (either case) into bytes; only the format is checked.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    match parts.next() {
+        Some(_) => None,
+        None => Some(mac),
+    }
+}
+
+mod mac_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<[u8; 6]>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => s.serialize_some(&super::format_mac(m)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 6]>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_mac(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a MAC address"))),
+        }
+    }
+}
+
+/// Checks every rule on `cfg` and returns either the parsed config or every problem,
+/// with paths relative to the config's root (`interface.mtu`, `routes[1].gateway`).
+pub fn validate(cfg: &NetworkConfig) -> Result<ValidConfig, ConfigErrors> {
+    let mut errs = Problems::default();
+    let interface = check_interface(&cfg.interface, &mut errs);
+    let routes = check_routes(&cfg.routes, &interface, &mut errs);
+    let ethtool = check_ethtool(cfg.ethtool.as_ref(), &mut errs);
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors { errors: errs.0 });
+    }
+    Ok(ValidConfig {
+        interface,
+        routes,
+        ethtool,
+        knobs: cfg.dataplane.unwrap_or_default(),
+        disable_ebpf_programs: cfg.disable_ebpf_programs,
+    })
+}
+
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// Parses `address/prefix-length` with a message saying exactly what is wrong.
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} is not a CIDR: expected address/prefix-length, e.g. 192.0.2.10/24 or 2001:db8::10/64"
+        ));
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address"))?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("prefix length {len:?} is not a number"));
+    }
+    let max: u32 = if ip.is_ipv4() { 32 } else { 128 };
+    let n = len
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            format!(
+                "prefix length /{len} is out of range for an {} address (at most /{max})",
+                family(ip)
+            )
+        })?;
+    // n <= 128, so the conversion and the constructor cannot fail; map anyway.
+    let n = u8::try_from(n).map_err(|_| format!("prefix length /{len} is out of range"))?;
+    IpNet::new(ip, n).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    if s.contains('/') {
+        return Err(format!(
+            "{s:?} is a prefix; expected a single IP address without /length"
+        ));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+}
+
+/// Kernel `isspace` for a byte (its ctype table also marks 0xa0 as space).
+fn kernel_isspace(b: u8) -> bool {
+    matches!(b, b' ' | 0x09..=0x0d | 0xa0)
+}
+
+/// The kernel's `dev_valid_name`, plus `%` (which `dev_change_name` expands as a template).
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty when set; omit it to keep the device's name".into());
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "is {} bytes; interface names are at most {MAX_IFNAME_LEN} bytes (IFNAMSIZ - 1)",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    for b in name.bytes() {
+        let why = match b {
+            0 => "a NUL byte",
+            b'/' => "'/'",
+            b':' => "':'",
+            b'%' => "'%', which the kernel expands as a name template",
+            b if kernel_isspace(b) => "whitespace",
+            _ => continue,
+        };
+        return Err(format!("{name:?} contains {why}; interface names may not"));
+    }
+    Ok(())
+}
+
+fn check_size(v: Option<i32>, path: &str, what: &str, errs: &mut Problems) -> Option<u32> {
+    let v = v?;
+    if v <= 0 {
+        errs.add(path, format!("must be greater than 0, got {v}"));
+        return None;
+    }
+    if v > GSO_MAX_SIZE {
+        errs.add(
+            path,
+            format!("must be at most {GSO_MAX_SIZE} ({what} with BIG TCP), got {v}"),
+        );
+        return None;
+    }
+    u32::try_from(v).ok()
+}
+
+fn check_interface(i: &InterfaceConfig, errs: &mut Problems) -> ValidInterface {
+    let mut out = ValidInterface::default();
+
+    if let Some(name) = &i.name {
+        match check_ifname(name) {
+            Ok(()) => out.name = Some(name.clone()),
+            Err(m) => errs.add("interface.name", m),
+        }
+    }
+
+    if i.addresses.len() > MAX_ADDRESSES {
+        errs.add(
+            "interface.addresses",
+            format!(
+                "at most {MAX_ADDRESSES} addresses, got {}",
+                i.addresses.len()
+            ),
+        );
+    }
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (n, s) in i.addresses.iter().take(MAX_ADDRESSES).enumerate() {
+        let path = index("interface.addresses", n);
+        let net = match parse_cidr(s) {
+            Ok(net) => net,
+            Err(m) => {
+                errs.add(path, m);
+                continue;
+            }
+        };
+        let ip = net.addr();
+        if ip.is_unspecified() {
+            errs.add(path, format!("{ip} is the unspecified address"));
+            continue;
+        }
+        if ip.is_multicast() {
+            errs.add(path, format!("{ip} is a multicast address"));
+            continue;
+        }
+        if let Some(first) = seen.get(&ip) {
+            errs.add(
+                path,
+                format!("duplicate address {ip}: already in interface.addresses[{first}]"),
+            );
+            continue;
+        }
+        seen.insert(ip, n);
+        out.addresses.push(net);
+    }
+
+    if let Some(mtu) = i.mtu {
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            errs.add(
+                "interface.mtu",
+                format!(
+                    "must be between {MIN_MTU} and {MAX_MTU}, got {mtu} (the device's own maximum is checked when it is configured)"
+                ),
+            );
+        } else if mtu < IPV6_MIN_MTU && out.addresses.iter().any(|a| a.addr().is_ipv6()) {
+            errs.add(
+                "interface.mtu",
+                format!(
+                    "must be at least {IPV6_MIN_MTU} when the interface has IPv6 addresses (the kernel disables IPv6 below it), got {mtu}"
+                ),
+            );
+        } else {
+            out.mtu = u32::try_from(mtu).ok();
+        }
+    }
+
+    if let Some(s) = &i.hardware_addr {
+        match parse_mac(s) {
+            None => errs.add(
+                "interface.hardwareAddr",
+                format!("{s:?} is not a MAC address: expected six colon-separated hex octets, e.g. 02:00:00:00:00:01"),
+            ),
+            Some(mac) if mac[0] & 1 != 0 => errs.add(
+                "interface.hardwareAddr",
+                format!("{s} is a multicast (group) address; the lowest bit of the first octet must be clear"),
+            ),
+            Some(mac) if mac == [0; 6] => {
+                errs.add("interface.hardwareAddr", "must not be all zero")
+            }
+            Some(mac) => out.hardware_addr = Some(mac),
+        }
+    }
+
+    out.gso_max_size = check_size(i.gso_max_size, "interface.gsoMaxSize", "GSO_MAX_SIZE", errs);
+    out.gro_max_size = check_size(i.gro_max_size, "interface.groMaxSize", "GRO_MAX_SIZE", errs);
+    out.gso_ipv4_max_size = check_size(
+        i.gso_ipv4_max_size,
+        "interface.gsoIPv4MaxSize",
+        "GSO_MAX_SIZE",
+        errs,
+    );
+    out.gro_ipv4_max_size = check_size(
+        i.gro_ipv4_max_size,
+        "interface.groIPv4MaxSize",
+        "GRO_MAX_SIZE",
+        errs,
+    );
+    out
+}
+
+fn check_routes(
+    routes: &[RouteConfig],
+    iface: &ValidInterface,
+    errs: &mut Problems,
+) -> Vec<ValidRoute> {
+    if routes.len() > MAX_ROUTES {
+        errs.add(
+            "routes",
+            format!("at most {MAX_ROUTES} routes, got {}", routes.len()),
+        );
+    }
+    let routes = &routes[..routes.len().min(MAX_ROUTES)];
+
+    // Destinations of well-formed link routes: gateways may be reached through them.
+    let link_nets: Vec<IpNet> = routes
+        .iter()
+        .filter(|r| r.scope == RouteScope::Link.as_u8())
+        .filter_map(|r| r.destination.as_deref().and_then(|d| parse_cidr(d).ok()))
+        .collect();
+
+    let mut out = Vec::with_capacity(routes.len());
+    let mut seen: HashMap<(IpNet, u32), usize> = HashMap::new();
+    for (n, r) in routes.iter().enumerate() {
+        let at = |field: &str| join(&index("routes", n), field);
+        let before = errs.0.len();
+
+        let destination = match r.destination.as_deref() {
+            None | Some("") => {
+                errs.add(
+                    at("destination"),
+                    "required (a CIDR, e.g. 0.0.0.0/0 or 10.0.0.0/8)",
+                );
+                None
+            }
+            Some(s) => match parse_cidr(s) {
+                Err(m) => {
+                    errs.add(at("destination"), m);
+                    None
+                }
+                Ok(net) if net.addr() != net.network() => {
+                    errs.add(
+                        at("destination"),
+                        format!("{s} has host bits set; the network is {}", net.trunc()),
+                    );
+                    None
+                }
+                Ok(net) => Some(net),
+            },
+        };
+
+        let scope = match r.scope {
+            0 => Some(RouteScope::Universe),
+            253 => Some(RouteScope::Link),
+            other => {
+                errs.add(
+                    at("scope"),
+                    format!("must be 0 (universe, through a gateway) or 253 (link), got {other}"),
+                );
+                None
+            }
+        };
+
+        let mut gateway = None;
+        match (r.gateway.as_deref().filter(|g| !g.is_empty()), scope) {
+            (None, Some(RouteScope::Universe)) => {
+                errs.add(at("gateway"), "required when scope is 0 (universe)")
+            }
+            (Some(_), Some(RouteScope::Link)) => errs.add(
+                at("gateway"),
+                "forbidden when scope is 253 (link): a link route has no gateway",
+            ),
+            (Some(g), _) => match parse_ip(g) {
+                Err(m) => errs.add(at("gateway"), m),
+                Ok(ip) => {
+                    gateway = check_gateway(ip, destination, iface, &link_nets)
+                        .map_err(|m| errs.add(at("gateway"), m))
+                        .ok();
+                }
+            },
+            (None, _) => {}
+        }
+
+        let mut source = None;
+        if let Some(s) = r.source.as_deref().filter(|s| !s.is_empty()) {
+            match parse_ip(s) {
+                Err(m) => errs.add(at("source"), m),
+                Ok(ip) => match destination {
+                    Some(d) if d.addr().is_ipv4() != ip.is_ipv4() => errs.add(
+                        at("source"),
+                        format!(
+                            "{ip} is {} but the destination is {}",
+                            family(ip),
+                            family(d.addr())
+                        ),
+                    ),
+                    _ if !iface.addresses.is_empty()
+                        && !iface.addresses.iter().any(|a| a.addr() == ip) =>
+                    {
+                        errs.add(
+                            at("source"),
+                            format!("{ip} is not one of interface.addresses"),
+                        )
+                    }
+                    _ => source = Some(ip),
+                },
+            }
+        }
+
+        let table = match r.table {
+            Some(0) => {
+                errs.add(at("table"), "must not be 0; omit it for the main table");
+                None
+            }
+            Some(RT_TABLE_LOCAL) => {
+                errs.add(
+                    at("table"),
+                    "255 is the kernel's local table; use another table",
+                );
+                None
+            }
+            t => t,
+        };
+
+        if let Some(d) = destination {
+            let k = (d, table.unwrap_or(RT_TABLE_MAIN));
+            if let Some(first) = seen.get(&k) {
+                errs.add(
+                    at("destination"),
+                    format!("duplicate route to {d}: routes[{first}] has the same destination and table"),
+                );
+            } else {
+                seen.insert(k, n);
+            }
+        }
+
+        if errs.0.len() == before {
+            if let (Some(destination), Some(scope)) = (destination, scope) {
+                out.push(ValidRoute {
+                    destination,
+                    gateway,
+                    source,
+                    scope,
+                    table,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A universe route's gateway: same family as the destination, a usable unicast
+/// address, not local, and reachable on the link when the claim sets addresses.
+fn check_gateway(
+    ip: IpAddr,
+    destination: Option<IpNet>,
+    iface: &ValidInterface,
+    link_nets: &[IpNet],
+) -> Result<IpAddr, String> {
+    if let Some(d) = destination {
+        if d.addr().is_ipv4() != ip.is_ipv4() {
+            return Err(format!(
+                "{ip} is {} but the destination is {}",
+                family(ip),
+                family(d.addr())
+            ));
+        }
+    }
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    if iface.addresses.iter().any(|a| a.addr() == ip) {
+        return Err(format!(
+            "{ip} is one of interface.addresses; a gateway must be another host"
+        ));
+    }
+    let link_local_v6 = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    if !iface.addresses.is_empty()
+        && !link_local_v6
+        && !iface.addresses.iter().any(|a| a.contains(&ip))
+        && !link_nets.iter().any(|n| n.contains(&ip))
+    {
+        return Err(format!(
+            "{ip} is not reachable on the link: it is outside every subnet of interface.addresses and every scope-253 route"
+        ));
+    }
+    Ok(ip)
+}
+
+fn check_names(
+    map: &BTreeMap<String, bool>,
+    path: &str,
+    limit: usize,
+    what: &str,
+    errs: &mut Problems,
+) -> BTreeMap<String, bool> {
+    if map.len() > limit {
+        errs.add(path, format!("at most {limit} {what}, got {}", map.len()));
+    }
+    let mut out = BTreeMap::new();
+    for (name, on) in map.iter().take(limit) {
+        let at = key(path, name);
+        if name.is_empty() {
+            errs.add(at, "name must not be empty");
+        } else if name.len() >= ETH_GSTRING_LEN {
+            errs.add(
+                at,
+                format!(
+                    "name is {} bytes; ethtool names are at most {} bytes (ETH_GSTRING_LEN {ETH_GSTRING_LEN} with the NUL)",
+                    name.len(),
+                    ETH_GSTRING_LEN - 1
+                ),
+            );
+        } else if !name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            errs.add(at, "name must be printable ASCII");
+        } else {
+            out.insert(name.clone(), *on);
+        }
+    }
+    out
+}
+
+fn check_ethtool(e: Option<&EthtoolConfig>, errs: &mut Problems) -> ValidEthtool {
+    let Some(e) = e else {
+        return ValidEthtool::default();
+    };
+    ValidEthtool {
+        features: check_names(
+            &e.features,
+            "ethtool.features",
+            MAX_ETHTOOL_FEATURES,
+            "features",
+            errs,
+        ),
+        private_flags: check_names(
+            &e.private_flags,
+            "ethtool.privateFlags",
+            MAX_PRIVATE_FLAGS,
+            "private flags",
+            errs,
+        ),
+    }
+}
