@@ -283,8 +283,10 @@ fn ingress_verdict(data: usize, end: usize, p: Policy) -> Verdict {
         return Verdict::Pass;
     }
     // Broadcast and multicast frames (group bit of the destination MAC) always pass.
-    match bytes::<1>(data, end, 0) {
-        Some(b) if b[0] & 1 == 0 => {}
+    // (The whole Ethernet header is checked at once: a one-byte check at offset 0
+    // compiles to `data >= data_end`, which the verifier does not accept as a bound.)
+    match bytes::<ETH_HLEN>(data, end, 0) {
+        Some(eth) if eth[0] & 1 == 0 => {}
         _ => return Verdict::Pass,
     }
     let Some((proto, off)) = l3(data, end) else {

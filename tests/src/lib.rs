@@ -6,3 +6,5 @@
 //! machine's root namespace never gets a test device, address, route or packet.
 
 pub mod netenv;
+pub mod topology;
+pub mod traffic;

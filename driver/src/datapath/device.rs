@@ -835,7 +835,7 @@ fn attach_in_netns(
                 egress_link = Some(FdLink::try_from(link).map_err(|e| {
                     map_err(key, "link egress", format!("TCX link is not an fd link: {e}"))
                 })?);
-                meta.egress_mode = attach_mode::EGRESS_TCX;
+                meta.egress_mode = EgressMode::Tcx.code();
             }
             Err(e) => failures.push(format!("tcx: {e}")),
         }
@@ -851,7 +851,7 @@ fn attach_in_netns(
                     detail: failures.join("; "),
                 }
             })?;
-        meta.egress_mode = attach_mode::EGRESS_CLSACT;
+        meta.egress_mode = EgressMode::Clsact.code();
         meta.egress_priority = prio;
         meta.egress_handle = handle;
     }
