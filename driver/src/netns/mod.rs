@@ -1,6 +1,21 @@
 //! Everything the driver does inside network namespaces: entering them on dedicated
-//! threads ([`thread`]).
+//! threads ([`thread`]), handing a host device to a pod ([`configure`]) and giving it
+//! back exactly as it was ([`restore`], from the [`host::HostOriginals`] captured
+//! before the first change). Netlink plumbing lives in [`netlink`] (framing),
+//! [`link`] (rtnetlink: links, addresses, routes) and [`ethtool`] (generic netlink
+//! features and private flags).
 
+pub mod configure;
+pub mod ethtool;
+pub mod host;
+pub mod link;
+pub mod netlink;
+pub mod restore;
 pub mod thread;
 
+pub use configure::{
+    move_and_configure, ConfigureError, Configured, InterfaceSettings, RouteSpec, Step,
+};
+pub use host::HostOriginals;
+pub use restore::{restore, restore_device, PodSide, RestoreError, RestoreOutcome};
 pub use thread::{Netns, NetnsError};

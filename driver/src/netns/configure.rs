@@ -1,0 +1,712 @@
+//! Handing a host device to a pod: [`move_and_configure`].
+//!
+//! Top-down, what happens when a pod starts with a claimed interface:
+//! 1. host namespace: read the device and capture [`HostOriginals`]; check the
+//!    settings against what the device allows (MTU range, ethtool names) *before*
+//!    touching anything;
+//! 2. host namespace: one `RTM_SETLINK` that sets the link down, moves it into the pod
+//!    (`IFLA_NET_NS_FD`) and, in the same message, renames it and sets MTU, MAC and
+//!    GSO/GRO sizes. Kernel 6.18 accepts all of these together (the move is done
+//!    first in `do_setlink`, the rest applies in the new namespace). If the combined
+//!    message is refused, it is retried as a bare move + rename followed by one
+//!    request per setting, so the error names the exact field;
+//! 3. pod namespace: addresses (or the host's addresses carried along when the claim
+//!    sets none — a netns move drops them), link up, routes, ethtool features and
+//!    private flags, each checked by reading the kernel back;
+//! 4. the result ([`Configured`]) is read back from the kernel, not from our inputs.
+//!
+//! Any failure after the device was touched puts it back home as it was (via
+//! [`super::restore`]) and reports the step and the config field. The input is
+//! [`InterfaceSettings`], plain parsed values the caller maps from the validated
+//! claim config; this module does not read claim configs itself.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use ipnet::IpNet;
+
+use super::{
+    ethtool::{resolve_features, DeviceFeatures, Ethtool, EthtoolError, FeatureProblem},
+    host::{self, CaptureError, HostOriginals},
+    link::{self, LinkChange, LinkFacts, RouteRecord, RTPROT_STATIC, RT_TABLE_MAIN},
+    netlink::{NlError, NlSocket},
+    restore::{restore_device, PodSide},
+    Netns, NetnsError,
+};
+
+/// A static route requested for the interface inside the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub destination: IpNet,
+    pub gateway: Option<IpAddr>,
+    /// Preferred source address (`ip route ... src`).
+    pub source: Option<IpAddr>,
+    /// 0 (universe) or 253 (link).
+    pub scope: u8,
+    /// Routing table; main when `None`.
+    pub table: Option<u32>,
+}
+
+/// Parsed settings for one interface (mapped from the claim's NetworkConfig).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceSettings {
+    pub name: Option<String>,
+    pub addresses: Vec<IpNet>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub gso_max_size: Option<u32>,
+    pub gro_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
+    pub gro_ipv4_max_size: Option<u32>,
+    pub routes: Vec<RouteSpec>,
+    pub ethtool_features: BTreeMap<String, bool>,
+    pub private_flags: BTreeMap<String, bool>,
+}
+
+/// The device as the kernel reports it inside the pod once configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    pub pod_ifname: String,
+    pub ifindex_in_pod: u32,
+    pub mac: Option<[u8; 6]>,
+    /// Global addresses on the device in the pod, read back from the kernel.
+    pub addresses: Vec<IpNet>,
+    pub originals: HostOriginals,
+    /// How many `RTM_SETLINK` requests the move + link settings took (1 when the
+    /// kernel accepted the combined message).
+    pub link_requests: usize,
+}
+
+impl Configured {
+    /// What [`super::restore`] needs to find the device again.
+    pub fn pod_side(&self) -> PodSide {
+        PodSide {
+            name: self.pod_ifname.clone(),
+            ifindex: Some(self.ifindex_in_pod),
+            mac: self.mac,
+        }
+    }
+}
+
+/// The stage of [`move_and_configure`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Capture,
+    Validate,
+    Move,
+    LinkSettings,
+    Addresses,
+    LinkUp,
+    Routes,
+    Ethtool,
+    ReadBack,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Capture => "capturing host originals",
+            Step::Validate => "validating against the device",
+            Step::Move => "moving into the pod namespace",
+            Step::LinkSettings => "setting link attributes",
+            Step::Addresses => "adding addresses",
+            Step::LinkUp => "setting the link up",
+            Step::Routes => "adding routes",
+            Step::Ethtool => "setting ethtool features",
+            Step::ReadBack => "reading the result back",
+        })
+    }
+}
+
+/// What went wrong inside a step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Netlink(#[from] NlError),
+    #[error(transparent)]
+    Ethtool(#[from] EthtoolError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a device could not be handed to the pod.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error("device {device}: not found in host namespace {netns}")]
+    NotFound { device: String, netns: String },
+    #[error(
+        "device {device}: {step}: {field}: {source}{}",
+        match rollback { Some(r) => format!(" (and restoring the device failed: {r})"), None => String::new() }
+    )]
+    Failed {
+        device: String,
+        step: Step,
+        /// Config field path, e.g. `interface.mtu`, `routes[1]`, `ethtool.features["foo"]`.
+        field: String,
+        #[source]
+        source: StepError,
+        /// `None` when the device was left (or put back) exactly as it was.
+        rollback: Option<String>,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+impl ConfigureError {
+    /// The config field the failure is about, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigureError::Failed { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            ConfigureError::Failed { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+}
+
+/// A failure inside one namespace job, before it is tied to a device name.
+#[derive(Debug)]
+struct Failure {
+    step: Step,
+    field: String,
+    source: StepError,
+    /// Whether the device may have been changed.
+    touched: bool,
+}
+
+fn fail(step: Step, field: impl Into<String>, source: impl Into<StepError>) -> Failure {
+    Failure {
+        step,
+        field: field.into(),
+        source: source.into(),
+        touched: true,
+    }
+}
+
+/// Names the kernel accepts for a link (`dev_valid_name`).
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+}
+
+/// Checks settings against the device before anything is changed.
+fn validate(
+    settings: &InterfaceSettings,
+    link: &LinkFacts,
+    originals: &HostOriginals,
+) -> Result<ResolvedFeatures, Failure> {
+    let invalid = |field: String, msg: String| Failure {
+        step: Step::Validate,
+        field,
+        source: StepError::Invalid(msg),
+        touched: false,
+    };
+    let dev = &link.name;
+    if let Some(name) = &settings.name {
+        if !valid_ifname(name) {
+            return Err(invalid(
+                "interface.name".into(),
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+    }
+    if let Some(mtu) = settings.mtu {
+        if let Some(max) = link.max_mtu.filter(|m| *m > 0) {
+            if mtu > max {
+                return Err(invalid(
+                    "interface.mtu".into(),
+                    format!("{mtu} is above the maximum MTU of {dev} ({max})"),
+                ));
+            }
+        }
+        if let Some(min) = link.min_mtu {
+            if mtu < min {
+                return Err(invalid(
+                    "interface.mtu".into(),
+                    format!("{mtu} is below the minimum MTU of {dev} ({min})"),
+                ));
+            }
+        }
+    }
+    if let Some(mac) = settings.mac {
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            return Err(invalid(
+                "interface.hardwareAddr".into(),
+                format!("{} is not a unicast address", link::format_mac(&mac)),
+            ));
+        }
+    }
+    let device = DeviceFeatures {
+        active: originals.ethtool_features.clone(),
+        changeable: originals.ethtool_changeable.clone(),
+    };
+    let features = match resolve_features(&settings.ethtool_features, &device) {
+        Ok(f) => f,
+        Err((name, problem)) => {
+            let why = match problem {
+                FeatureProblem::Unknown => format!("not a feature of {dev}"),
+                FeatureProblem::Fixed { active } => {
+                    format!("fixed to {} on {dev}", if active { "on" } else { "off" })
+                }
+            };
+            return Err(invalid(format!("ethtool.features[{name:?}]"), why));
+        }
+    };
+    for name in settings.private_flags.keys() {
+        if !originals.private_flags.contains_key(name) {
+            return Err(invalid(
+                format!("ethtool.privateFlags[{name:?}]"),
+                format!("not a private flag of {dev}"),
+            ));
+        }
+    }
+    Ok(features)
+}
+
+/// Kernel feature name → (wanted state, the config key it came from).
+type ResolvedFeatures = BTreeMap<String, (bool, String)>;
+
+/// The link settings part of the combined move message.
+fn link_settings(settings: &InterfaceSettings) -> LinkChange {
+    LinkChange {
+        mtu: settings.mtu,
+        mac: settings.mac,
+        gso_max_size: settings.gso_max_size,
+        gro_max_size: settings.gro_max_size,
+        gso_ipv4_max_size: settings.gso_ipv4_max_size,
+        gro_ipv4_max_size: settings.gro_ipv4_max_size,
+        ..Default::default()
+    }
+}
+
+/// Splits a link change into one change per config field, for precise errors.
+pub(crate) fn per_field(change: &LinkChange) -> Vec<(&'static str, LinkChange)> {
+    let mut out = Vec::new();
+    let base = LinkChange::default;
+    if let Some(v) = change.mtu {
+        out.push(("interface.mtu", LinkChange { mtu: Some(v), ..base() }));
+    }
+    if let Some(v) = change.mac {
+        out.push(("interface.hardwareAddr", LinkChange { mac: Some(v), ..base() }));
+    }
+    if let Some(v) = change.gso_max_size {
+        out.push(("interface.gsoMaxSize", LinkChange { gso_max_size: Some(v), ..base() }));
+    }
+    if let Some(v) = change.gro_max_size {
+        out.push(("interface.groMaxSize", LinkChange { gro_max_size: Some(v), ..base() }));
+    }
+    if let Some(v) = change.gso_ipv4_max_size {
+        out.push((
+            "interface.gsoIPv4MaxSize",
+            LinkChange { gso_ipv4_max_size: Some(v), ..base() },
+        ));
+    }
+    if let Some(v) = change.gro_ipv4_max_size {
+        out.push((
+            "interface.groIPv4MaxSize",
+            LinkChange { gro_ipv4_max_size: Some(v), ..base() },
+        ));
+    }
+    out
+}
+
+/// Outcome of the host-side job.
+struct Moved {
+    originals: HostOriginals,
+    /// Link settings still to apply in the pod (empty when the combined message took).
+    pending: LinkChange,
+    link_requests: usize,
+    features: ResolvedFeatures,
+}
+
+enum HostJob {
+    NotFound,
+    Moved(Box<Moved>),
+}
+
+/// Moves `host_ifname` from `host` into `pod` and configures it there; on failure
+/// the device is back in `host` exactly as it was. Blocks; runs its netlink work on
+/// dedicated namespace threads.
+pub fn move_and_configure(
+    host: &Netns,
+    pod: &Netns,
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+) -> Result<Configured, ConfigureError> {
+    let pod_name = settings
+        .name
+        .clone()
+        .unwrap_or_else(|| host_ifname.to_string());
+    let pod_fd: OwnedFd = pod
+        .file()
+        .try_clone()
+        .map_err(|source| NetnsError::Open {
+            path: pod.path().to_path_buf(),
+            source,
+        })?
+        .into();
+
+    let job_settings = settings.clone();
+    let job_ifname = host_ifname.to_string();
+    let job_pod_name = pod_name.clone();
+    let host_result = host.run(move || -> Result<HostJob, Box<(Failure, Option<HostOriginals>)>> {
+        host_job(&job_ifname, &job_pod_name, &job_settings, &pod_fd).map_err(Box::new)
+    })?;
+
+    let moved = match host_result {
+        Ok(HostJob::NotFound) => {
+            return Err(ConfigureError::NotFound {
+                device: host_ifname.to_string(),
+                netns: host.path().display().to_string(),
+            })
+        }
+        Ok(HostJob::Moved(m)) => *m,
+        Err(boxed) => {
+            let (failure, originals) = *boxed;
+            return Err(finish_failure(host, pod, host_ifname, &pod_name, failure, originals));
+        }
+    };
+
+    let job_settings = settings.clone();
+    let job_pod_name = pod_name.clone();
+    let job_originals = moved.originals.clone();
+    let pending = moved.pending.clone();
+    let features = moved.features.clone();
+    let pod_result = pod.run(move || {
+        pod_job(&job_pod_name, &job_settings, &job_originals, &pending, &features)
+    })?;
+    match pod_result {
+        Ok((facts, addresses)) => Ok(Configured {
+            pod_ifname: facts.name,
+            ifindex_in_pod: facts.ifindex,
+            mac: facts.mac,
+            addresses,
+            originals: moved.originals,
+            link_requests: moved.link_requests + per_field(&moved.pending).len(),
+        }),
+        Err(failure) => Err(finish_failure(
+            host,
+            pod,
+            host_ifname,
+            &pod_name,
+            failure,
+            Some(moved.originals),
+        )),
+    }
+}
+
+/// Turns a failure into the error, restoring the device first when it was touched.
+fn finish_failure(
+    host: &Netns,
+    pod: &Netns,
+    host_ifname: &str,
+    pod_name: &str,
+    failure: Failure,
+    originals: Option<HostOriginals>,
+) -> ConfigureError {
+    let rollback = match (&originals, failure.touched) {
+        (Some(o), true) => {
+            let side = PodSide {
+                name: pod_name.to_string(),
+                ifindex: None,
+                mac: None,
+            };
+            match restore_device(host, Some(pod), &side, o, None) {
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        (None, true) => Some("originals were never captured".to_string()),
+        (_, false) => None,
+    };
+    tracing::warn!(device = host_ifname, step = %failure.step, field = %failure.field,
+        error = %failure.source, rolled_back = rollback.is_none(), "configure failed");
+    ConfigureError::Failed {
+        device: host_ifname.to_string(),
+        step: failure.step,
+        field: failure.field,
+        source: failure.source,
+        rollback,
+    }
+}
+
+fn host_job(
+    host_ifname: &str,
+    pod_name: &str,
+    settings: &InterfaceSettings,
+    pod_fd: &OwnedFd,
+) -> Result<HostJob, (Failure, Option<HostOriginals>)> {
+    let untouched = |step, field: &str, e: StepError| {
+        (
+            Failure {
+                step,
+                field: field.to_string(),
+                source: e,
+                touched: false,
+            },
+            None,
+        )
+    };
+    let mut sock = NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
+    let mut eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
+    let Some(link) = link::link_by_name(&mut sock, host_ifname)
+        .map_err(|e| untouched(Step::Capture, "device", e.into()))?
+    else {
+        return Ok(HostJob::NotFound);
+    };
+    let originals = host::capture(&mut sock, &mut eth, &link)
+        .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
+    let features = validate(settings, &link, &originals).map_err(|f| (f, None))?;
+
+    // One message: down + move + rename + link settings.
+    let settings_change = link_settings(settings);
+    let combined = LinkChange {
+        up: Some(false),
+        netns_fd: Some(pod_fd.as_raw_fd()),
+        name: Some(pod_name.to_string()),
+        ..settings_change.clone()
+    };
+    match link::set_link(&mut sock, link.ifindex, &combined) {
+        Ok(()) => {
+            return Ok(HostJob::Moved(Box::new(Moved {
+                originals,
+                pending: LinkChange::default(),
+                link_requests: 1,
+                features,
+            })))
+        }
+        Err(e) => {
+            tracing::debug!(device = host_ifname, error = %e,
+                "combined move + settings refused; retrying step by step");
+        }
+    }
+    // Did the move itself happen before the refusal?
+    let still_home = link::link_by_index(&mut sock, link.ifindex)
+        .map_err(|e| (fail(Step::Move, "device", e), Some(originals.clone())))?
+        .is_some_and(|l| l.name == link.name);
+    if still_home {
+        let bare = LinkChange {
+            up: Some(false),
+            netns_fd: Some(pod_fd.as_raw_fd()),
+            name: Some(pod_name.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = link::set_link(&mut sock, link.ifindex, &bare) {
+            let field = if settings.name.is_some() {
+                "interface.name"
+            } else {
+                "device"
+            };
+            return Err((fail(Step::Move, field, e), Some(originals)));
+        }
+    }
+    Ok(HostJob::Moved(Box::new(Moved {
+        originals,
+        pending: settings_change,
+        link_requests: 2,
+        features,
+    })))
+}
+
+fn pod_job(
+    pod_name: &str,
+    settings: &InterfaceSettings,
+    originals: &HostOriginals,
+    pending: &LinkChange,
+    features: &ResolvedFeatures,
+) -> Result<(LinkFacts, Vec<IpNet>), Failure> {
+    let mut sock = NlSocket::route().map_err(|e| fail(Step::Move, "device", e))?;
+    let link = link::link_by_name(&mut sock, pod_name)
+        .map_err(|e| fail(Step::Move, "device", e))?
+        .ok_or_else(|| {
+            fail(
+                Step::Move,
+                "interface.name",
+                StepError::Invalid(format!("{pod_name} not found in the pod after the move")),
+            )
+        })?;
+    let idx = link.ifindex;
+
+    for (field, change) in per_field(pending) {
+        link::set_link(&mut sock, idx, &change).map_err(|e| fail(Step::LinkSettings, field, e))?;
+    }
+
+    // Addresses: the claim's, or the host's carried along (a move drops them).
+    let carried = settings.addresses.is_empty();
+    let addresses: &[IpNet] = if carried {
+        &originals.addresses
+    } else {
+        &settings.addresses
+    };
+    for (i, net) in addresses.iter().enumerate() {
+        let field = if carried {
+            format!("host address {net} (carried along, interface.addresses empty)")
+        } else {
+            format!("interface.addresses[{i}]")
+        };
+        link::add_address(&mut sock, idx, *net).map_err(|e| fail(Step::Addresses, field, e))?;
+    }
+
+    link::set_link(
+        &mut sock,
+        idx,
+        &LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| fail(Step::LinkUp, "interface", e))?;
+
+    for (i, r) in settings.routes.iter().enumerate() {
+        let record = RouteRecord {
+            destination: r.destination,
+            gateway: r.gateway,
+            source: r.source,
+            scope: r.scope,
+            table: r.table.unwrap_or(RT_TABLE_MAIN),
+            priority: None,
+            protocol: RTPROT_STATIC,
+            kind: 1,
+        };
+        link::add_route(&mut sock, idx, &record)
+            .map_err(|e| fail(Step::Routes, format!("routes[{i}]"), e))?;
+    }
+    if carried {
+        for r in &originals.routes {
+            match link::add_route(&mut sock, idx, r) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(fail(
+                        Step::Routes,
+                        format!("host route {} (carried along)", r.destination),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    if !features.is_empty() || !settings.private_flags.is_empty() {
+        let mut eth = Ethtool::open().map_err(|e| fail(Step::Ethtool, "ethtool", e))?;
+        apply_ethtool(&mut eth, idx, &link.name, features, &settings.private_flags)?;
+    }
+
+    let facts = link::link_by_index(&mut sock, idx)
+        .map_err(|e| fail(Step::ReadBack, "device", e))?
+        .ok_or_else(|| {
+            fail(
+                Step::ReadBack,
+                "device",
+                StepError::Invalid(format!("{pod_name} disappeared")),
+            )
+        })?;
+    let addrs = link::addresses(&mut sock, idx)
+        .map_err(|e| fail(Step::ReadBack, "device", e))?
+        .into_iter()
+        .filter(|a| a.scope < 200)
+        .map(|a| a.net)
+        .collect();
+    Ok((facts, addrs))
+}
+
+fn apply_ethtool(
+    eth: &mut Ethtool,
+    idx: u32,
+    dev: &str,
+    features: &ResolvedFeatures,
+    private_flags: &BTreeMap<String, bool>,
+) -> Result<(), Failure> {
+    let first_key = |prefix: &str, keys: &mut dyn Iterator<Item = &String>| {
+        keys.next()
+            .map(|k| format!("{prefix}[{k:?}]"))
+            .unwrap_or_else(|| prefix.to_string())
+    };
+    if !features.is_empty() {
+        let wanted: BTreeMap<String, bool> =
+            features.iter().map(|(n, (on, _))| (n.clone(), *on)).collect();
+        eth.set_features(idx, &wanted).map_err(|e| {
+            let mut keys = features.values().map(|(_, k)| k);
+            fail(Step::Ethtool, first_key("ethtool.features", &mut keys), e)
+        })?;
+        let now = eth
+            .features(idx)
+            .map_err(|e| fail(Step::Ethtool, "ethtool.features", e))?;
+        for (name, (want, key)) in features {
+            if now.active.get(name) != Some(want) {
+                return Err(fail(
+                    Step::Ethtool,
+                    format!("ethtool.features[{key:?}]"),
+                    StepError::Invalid(format!(
+                        "{dev} kept {name} {} (it depends on another feature)",
+                        if *want { "off" } else { "on" }
+                    )),
+                ));
+            }
+        }
+    }
+    if !private_flags.is_empty() {
+        eth.set_private_flags(idx, private_flags).map_err(|e| {
+            let mut keys = private_flags.keys();
+            fail(Step::Ethtool, first_key("ethtool.privateFlags", &mut keys), e)
+        })?;
+        let now = eth
+            .private_flags(idx)
+            .map_err(|e| fail(Step::Ethtool, "ethtool.privateFlags", e))?;
+        for (name, want) in private_flags {
+            if now.get(name) != Some(want) {
+                return Err(fail(
+                    Step::Ethtool,
+                    format!("ethtool.privateFlags[{name:?}]"),
+                    StepError::Invalid(format!("{dev} did not take the new state")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        assert!(valid_ifname("net0"));
+        assert!(valid_ifname("a23456789012345"));
+        assert!(!valid_ifname("a234567890123456"));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname(""));
+    }
+
+    #[test]
+    fn per_field_names_each_setting() {
+        let c = LinkChange {
+            mtu: Some(9000),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            gro_ipv4_max_size: Some(1),
+            ..Default::default()
+        };
+        let fields: Vec<_> = per_field(&c).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            vec!["interface.mtu", "interface.hardwareAddr", "interface.groIPv4MaxSize"]
+        );
+    }
+}
