@@ -1,0 +1,288 @@
+//! What netlink says about the links of the namespace the calling thread is in: one
+//! [`NetlinkSnapshot`] per scan (links, global addresses, default-route interfaces,
+//! tc `cls_bpf` programs). Read-only: this file sends dump requests and nothing else.
+//!
+//! Everything is read over netlink, never from `/sys/class/net`, because sysfs keeps
+//! describing the namespace it was mounted in (see TOOLCHAIN.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope},
+    link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkLayerType, LinkXdp},
+    route::{RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    tc::{TcAttribute, TcFilterBpfOption, TcOption},
+    AddressFamily,
+};
+use rtnetlink::Handle;
+
+use super::InventoryError;
+
+/// The facts netlink gives about one link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    /// Lowercased operstate.
+    pub state: Option<String>,
+    /// `IFLA_INFO_KIND`.
+    pub kind: Option<String>,
+    pub loopback: bool,
+    /// `IFLA_MASTER`: the bridge/bond/VRF this link is enslaved to.
+    pub master: Option<u32>,
+    /// `IFLA_LINK` when it names a link of this namespace (vlan/macvlan lower device,
+    /// veth peer in the same namespace).
+    pub lower: Option<u32>,
+    /// `IFLA_PARENT_DEV_BUS_NAME` / `IFLA_PARENT_DEV_NAME` (e.g. `pci`, `0000:3b:00.0`).
+    pub parent_bus: Option<String>,
+    pub parent_dev: Option<String>,
+    /// XDP program ids (any mode).
+    pub xdp_prog_ids: BTreeSet<u32>,
+    /// Global addresses as CIDRs, kernel order.
+    pub ipv4: Vec<String>,
+    pub ipv6: Vec<String>,
+    /// tc `cls_bpf` programs on the clsact hooks: id → name reported by tc.
+    pub tc_progs: BTreeMap<u32, String>,
+}
+
+/// One namespace's links as netlink reports them.
+#[derive(Clone, Debug, Default)]
+pub struct NetlinkSnapshot {
+    pub links: Vec<LinkFacts>,
+    /// Interfaces carrying a default route in the main table (v4 or v6).
+    pub default_route_ifindexes: BTreeSet<u32>,
+    /// Default routes that name a nexthop object (`RTA_NH_ID`) we cannot resolve.
+    pub unresolved_default_routes: usize,
+}
+
+fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> InventoryError {
+    move |source| InventoryError::Netlink { what, source }
+}
+
+/// Dumps links only (used by the program poll too).
+pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryError> {
+    let msgs: Vec<_> = handle
+        .link()
+        .get()
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("link dump"))?;
+    let mut links = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let mut f = LinkFacts {
+            ifindex: m.header.index,
+            loopback: m.header.link_layer_type == LinkLayerType::Loopback
+                || m.header.flags.contains(LinkFlags::Loopback),
+            ..Default::default()
+        };
+        let mut link_netns = false;
+        let mut link_attr = None;
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => f.ifname = n,
+                LinkAttribute::Address(mac) if !mac.is_empty() => {
+                    f.mac = Some(
+                        mac.iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":"),
+                    )
+                }
+                LinkAttribute::Mtu(mtu) => f.mtu = Some(mtu),
+                LinkAttribute::OperState(s) => f.state = Some(s.to_string().to_lowercase()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            f.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                LinkAttribute::Controller(m) if m != 0 => f.master = Some(m),
+                LinkAttribute::Link(l) if l != 0 => link_attr = Some(l),
+                LinkAttribute::LinkNetNsId(_) => link_netns = true,
+                LinkAttribute::ParentDevBusName(b) => f.parent_bus = Some(b),
+                LinkAttribute::ParentDevName(d) => f.parent_dev = Some(d),
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        match x {
+                            LinkXdp::ProgId(id)
+                            | LinkXdp::DrvProgId(id)
+                            | LinkXdp::SkbProgId(id)
+                            | LinkXdp::HwProgId(id)
+                                if id != 0 =>
+                            {
+                                f.xdp_prog_ids.insert(id);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // IFLA_LINK with IFLA_LINK_NETNSID points into another namespace.
+        if !link_netns && link_attr != Some(f.ifindex) {
+            f.lower = link_attr;
+        }
+        links.push(f);
+    }
+    links.sort_by_key(|l| l.ifindex);
+    Ok(links)
+}
+
+/// Dumps links, addresses, default routes and tc filters.
+pub async fn snapshot(handle: &Handle) -> Result<NetlinkSnapshot, InventoryError> {
+    let mut links = dump_links(handle).await?;
+    let index: BTreeMap<u32, usize> = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.ifindex, i))
+        .collect();
+
+    let addrs: Vec<_> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("address dump"))?;
+    for a in addrs {
+        if a.header.scope != AddressScope::Universe
+            || a.header.flags.contains(AddressHeaderFlags::Dadfailed)
+        {
+            continue;
+        }
+        let mut addr = None;
+        let mut local = None;
+        let mut failed = false;
+        for attr in &a.attributes {
+            match attr {
+                AddressAttribute::Address(ip) => addr = Some(*ip),
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Flags(fl) => failed = fl.contains(AddressFlags::Dadfailed),
+                _ => {}
+            }
+        }
+        // IFA_LOCAL is the interface's own address on point-to-point links.
+        let Some(ip) = local.or(addr) else { continue };
+        if failed {
+            continue;
+        }
+        let Some(&i) = index.get(&a.header.index) else {
+            continue;
+        };
+        let cidr = format!("{ip}/{}", a.header.prefix_len);
+        if ip.is_ipv4() {
+            links[i].ipv4.push(cidr);
+        } else {
+            links[i].ipv6.push(cidr);
+        }
+    }
+
+    let mut default_route_ifindexes = BTreeSet::new();
+    let mut unresolved_default_routes = 0;
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        let routes: Vec<_> = handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("route dump"))?;
+        for r in routes {
+            if r.header.destination_prefix_length != 0 || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            let mut found = false;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => {
+                        default_route_ifindexes.insert(*i);
+                        found = true;
+                    }
+                    RouteAttribute::MultiPath(hops) => {
+                        for h in hops {
+                            default_route_ifindexes.insert(h.interface_index);
+                            found = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !found {
+                unresolved_default_routes += 1;
+            }
+        }
+    }
+
+    for l in &mut links {
+        if l.loopback {
+            continue;
+        }
+        l.tc_progs = tc_bpf_programs(handle, l.ifindex).await;
+    }
+
+    Ok(NetlinkSnapshot {
+        links,
+        default_route_ifindexes,
+        unresolved_default_routes,
+    })
+}
+
+/// `cls_bpf` filters on the clsact ingress and egress hooks of one link. A link
+/// without clsact answers with an error or nothing; both mean "none".
+async fn tc_bpf_programs(handle: &Handle, ifindex: u32) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    let Ok(idx) = i32::try_from(ifindex) else {
+        return out;
+    };
+    for ingress in [true, false] {
+        let mut tf = handle.clone().traffic_filter(idx);
+        let req = if ingress {
+            tf.get().ingress()
+        } else {
+            tf.get().egress()
+        };
+        let Ok(msgs) = req.execute().try_collect::<Vec<_>>().await else {
+            continue;
+        };
+        for m in msgs {
+            for a in m.attributes {
+                let TcAttribute::Options(opts) = a else {
+                    continue;
+                };
+                let mut id = None;
+                let mut name = String::new();
+                for o in opts {
+                    match o {
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(i),
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = n,
+                        _ => {}
+                    }
+                }
+                if let Some(id) = id {
+                    out.insert(id, name);
+                }
+            }
+        }
+    }
+    out
+}
