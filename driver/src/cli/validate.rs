@@ -156,3 +156,115 @@ fn write_text(
         writeln!(out, "{file}: {}", plural(problems, "problem", "problems"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_on(text: &str, output: ValidateOutput, driver: &str) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("claim.yaml");
+        std::fs::write(&file, text).unwrap();
+        let args = ValidateArgs {
+            file,
+            driver_name: driver.to_string(),
+            output,
+        };
+        let mut out = Vec::new();
+        let code = run_to(&args, &mut out).unwrap();
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    const CLAIM: &str = "kind: ResourceClaim
+metadata: {name: c, namespace: ns}
+spec:
+  devices:
+    requests: [{name: nic}]
+    config:
+    - requests: [nic]
+      opaque:
+        driver: netclaim.dev
+        parameters:
+          interface: {addresses: [192.0.2.10/24]}
+          routes: [{destination: 198.51.100.0/24, gateway: 192.0.2.1}]
+";
+
+    #[test]
+    fn valid_file_exits_zero_with_valid_lines() {
+        let (code, out) = run_on(CLAIM, ValidateOutput::Text, "netclaim.dev");
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("ResourceClaim ns/c (document 1)\n"), "{out}");
+        assert!(
+            out.contains("  spec.devices.config[0] (requests: nic): valid\n"),
+            "{out}"
+        );
+        assert!(out.ends_with(": valid (1 config in 1 document)\n"), "{out}");
+    }
+
+    #[test]
+    fn problems_exit_one_with_every_path() {
+        let bad = CLAIM.replace("gateway: 192.0.2.1", "scope: 9");
+        let (code, out) = run_on(
+            &format!("{bad}---\ninterface: {{mtu: 1}}\n"),
+            ValidateOutput::Text,
+            "netclaim.dev",
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("ResourceClaim ns/c (document 1): 1 problem\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  spec.devices.config[0].opaque.parameters.routes[0].scope: must be 0"),
+            "{out}"
+        );
+        assert!(out.contains("NetworkConfig (document 2): 1 problem\n  interface.mtu: must be between 68 and 65535"), "{out}");
+        assert!(out.ends_with(": 2 problems\n"), "{out}");
+    }
+
+    #[test]
+    fn json_output_carries_paths_and_parsed_configs() {
+        let (code, out) = run_on(CLAIM, ValidateOutput::Json, "netclaim.dev");
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["valid"], true);
+        assert_eq!(
+            v["documents"][0]["configs"][0]["config"]["interface"]["addresses"][0],
+            "192.0.2.10/24"
+        );
+
+        let (code, out) = run_on(
+            &CLAIM.replace("192.0.2.1}", "10.0.0.1}"),
+            ValidateOutput::Json,
+            "netclaim.dev",
+        );
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["problems"], 1);
+        assert_eq!(
+            v["documents"][0]["configs"][0]["errors"][0]["path"],
+            "spec.devices.config[0].opaque.parameters.routes[0].gateway"
+        );
+    }
+
+    #[test]
+    fn other_driver_names_are_reported_as_ignored() {
+        let (code, out) = run_on(CLAIM, ValidateOutput::Text, "other.dev");
+        assert_eq!(code, 0);
+        assert!(out.contains("no configs for driver other.dev"), "{out}");
+        assert!(out.contains("ignored 1 config for other drivers"), "{out}");
+    }
+
+    #[test]
+    fn empty_and_unreadable_files_fail() {
+        let (code, out) = run_on("", ValidateOutput::Text, "netclaim.dev");
+        assert_eq!(code, 1);
+        assert!(out.contains("no documents"));
+        let args = ValidateArgs {
+            file: "/nonexistent/claim.yaml".into(),
+            driver_name: "netclaim.dev".into(),
+            output: ValidateOutput::Text,
+        };
+        assert!(run_to(&args, &mut Vec::new()).is_err());
+    }
+}

@@ -343,3 +343,229 @@ fn check_devices(devices: Option<&Value>, path: &str, driver: &str, r: &mut Docu
         r.configs.push(c);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DRIVER: &str = "netclaim.dev";
+
+    fn docs(text: &str) -> Vec<DocumentReport> {
+        parse_documents(text, DRIVER).expect("parses")
+    }
+
+    fn problems(d: &DocumentReport) -> Vec<String> {
+        d.problems().map(ToString::to_string).collect()
+    }
+
+    const CLAIM: &str = r#"
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata:
+  name: fast-net
+  namespace: team-a
+spec:
+  devices:
+    requests:
+    - name: nic
+      exactly:
+        deviceClassName: netclaim.dev
+    - name: alt
+      firstAvailable:
+      - name: big
+        deviceClassName: netclaim.dev
+    config:
+    - requests: [nic]
+      opaque:
+        driver: netclaim.dev
+        parameters:
+          interface:
+            name: net0
+            addresses: ["192.0.2.10/24"]
+            mtu: 9000
+          routes:
+          - destination: 198.51.100.0/24
+            gateway: 192.0.2.1
+    - requests: [alt/big]
+      opaque:
+        driver: gpu.example.com
+        parameters: {anything: goes}
+    - opaque:
+        driver: netclaim.dev
+        parameters:
+          interface: {name: net1}
+"#;
+
+    #[test]
+    fn claim_configs_of_this_driver_are_validated() {
+        let d = docs(CLAIM);
+        assert_eq!(d.len(), 1);
+        let d = &d[0];
+        assert_eq!(d.title(), "ResourceClaim team-a/fast-net");
+        assert!(d.is_valid(), "{:?}", problems(d));
+        assert_eq!(d.other_drivers, 1, "the gpu config is ignored");
+        assert_eq!(d.configs.len(), 2);
+        assert_eq!(d.configs[0].path, "spec.devices.config[0]");
+        assert_eq!(d.configs[0].requests, ["nic"]);
+        let cfg = d.configs[0].config.as_ref().expect("valid config");
+        assert_eq!(cfg.interface.mtu, Some(9000));
+        assert_eq!(d.configs[1].path, "spec.devices.config[2]");
+        assert!(d.configs[1].requests.is_empty());
+    }
+
+    #[test]
+    fn claim_problems_carry_the_path_from_the_document_root() {
+        let text = CLAIM
+            .replace("mtu: 9000", "mtuu: 9000")
+            .replace(
+                "interface: {name: net1}",
+                "interface: {name: net1}\n          routes: [{destination: 10.0.0.0/8}]",
+            )
+            .replace("requests: [nic]", "requests: [nic, nope]");
+        let d = &docs(&text)[0];
+        assert!(!d.is_valid());
+        assert_eq!(
+            problems(d),
+            vec![
+                "spec.devices.config[0].requests[1]: no request named \"nope\" in spec.devices.requests",
+                "spec.devices.config[0].opaque.parameters.interface.mtuu: unknown field; did you mean \"mtu\"?",
+                "spec.devices.config[2].opaque.parameters.routes[0].gateway: required when scope is 0 (universe)",
+            ]
+        );
+        // The valid-looking second config is still reported on its own.
+        assert!(d.configs[0].config.is_none());
+    }
+
+    #[test]
+    fn template_configs_are_under_spec_spec() {
+        let text = r#"{
+          "apiVersion": "resource.k8s.io/v1beta1",
+          "kind": "ResourceClaimTemplate",
+          "metadata": {"name": "per-pod", "namespace": "default"},
+          "spec": {"spec": {"devices": {
+            "requests": [{"name": "nic", "deviceClassName": "netclaim.dev"}],
+            "config": [{"requests": ["nic"], "opaque": {"driver": "netclaim.dev",
+              "parameters": {"interface": {"hardwareAddr": "01:00:00:00:00:01"}}}}]
+          }}}
+        }"#;
+        let d = &docs(text)[0];
+        assert_eq!(d.title(), "ResourceClaimTemplate default/per-pod");
+        assert_eq!(
+            problems(d),
+            vec!["spec.spec.devices.config[0].opaque.parameters.interface.hardwareAddr: 01:00:00:00:00:01 is a multicast (group) address; the lowest bit of the first octet must be clear"]
+        );
+    }
+
+    #[test]
+    fn bare_config_paths_start_at_the_root() {
+        let d = docs("interface:\n  mtu: 20\nroutes:\n- destination: 10.0.0.0/8\n  scope: 253\n");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].title(), "NetworkConfig");
+        assert_eq!(d[0].configs.len(), 1);
+        assert_eq!(d[0].configs[0].path, "");
+        assert_eq!(
+            problems(&d[0]),
+            vec!["interface.mtu: must be between 68 and 65535, got 20 (the device's own maximum is checked when it is configured)"]
+        );
+        let ok = docs(r#"{"interface": {"name": "net0"}}"#);
+        assert!(ok[0].is_valid());
+    }
+
+    #[test]
+    fn multi_document_yaml_names_each_document() {
+        let text = format!(
+            "{CLAIM}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: team-a}}\n---\n---\ninterface: {{name: \"a/b\"}}\n"
+        );
+        let d = docs(&text);
+        let titles: Vec<(usize, String)> = d.iter().map(|d| (d.document, d.title())).collect();
+        assert_eq!(
+            titles,
+            vec![
+                (1, "ResourceClaim team-a/fast-net".to_string()),
+                (2, "Pod team-a/p".to_string()),
+                (3, "NetworkConfig".to_string()),
+            ]
+        );
+        assert!(d[0].is_valid());
+        assert!(d[1].skipped.is_some() && d[1].is_valid());
+        assert_eq!(
+            problems(&d[2]),
+            vec!["interface.name: \"a/b\" contains '/'; interface names may not"]
+        );
+    }
+
+    #[test]
+    fn configs_of_other_drivers_are_ignored() {
+        let text = CLAIM.replace("driver: netclaim.dev", "driver: other.example.com");
+        let d = &docs(&text)[0];
+        assert!(d.configs.is_empty());
+        assert_eq!(d.other_drivers, 3);
+        assert!(d.is_valid());
+        // ... and checked when the driver name matches.
+        let d = &parse_documents(&text, "other.example.com").unwrap()[0];
+        assert_eq!(d.configs.len(), 2);
+        assert_eq!(d.other_drivers, 1);
+    }
+
+    #[test]
+    fn lists_are_checked_item_by_item() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"kind": "ResourceClaim", "metadata": {"name": "a"}, "spec": {"devices": {"config": [
+                {"opaque": {"driver": "netclaim.dev", "parameters": {"interface": {"mtu": 1}}}}]}}},
+            {"kind": "ConfigMap", "metadata": {"name": "b"}}
+        ]}"#;
+        let d = docs(text);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].path, "items[0]");
+        assert_eq!(
+            problems(&d[0])[0].split(':').next(),
+            Some("items[0].spec.devices.config[0].opaque.parameters.interface.mtu")
+        );
+        assert!(d[1].skipped.is_some());
+    }
+
+    #[test]
+    fn malformed_claims_are_problems_not_panics() {
+        let cases = [
+            ("spec: {devices: {config: 3}}", "spec.devices.config: expected a list"),
+            ("spec: {devices: [1]}", "spec.devices: expected an object"),
+            ("spec: {devices: {config: [7]}}", "spec.devices.config[0]: expected an object"),
+            ("spec: {devices: {config: [{opaque: 1}]}}", "spec.devices.config[0].opaque: expected an object"),
+            ("spec: {devices: {config: [{opaque: {parameters: {}}}]}}", "spec.devices.config[0].opaque.driver: required"),
+            ("spec: {devices: {config: [{opaque: {driver: netclaim.dev}}]}}", "spec.devices.config[0].opaque.parameters: required"),
+            ("spec: {devices: {config: [{requests: nic, opaque: {driver: netclaim.dev, parameters: {}}}]}}", "spec.devices.config[0].requests: expected a list"),
+            ("spec: {devices: {config: [{opaque: {driver: netclaim.dev, parameters: [1]}}]}}", "spec.devices.config[0].opaque.parameters: expected an object (a NetworkConfig), got a list"),
+        ];
+        for (spec, want) in cases {
+            let text = format!("kind: ResourceClaim\nmetadata: {{name: x}}\n{spec}\n");
+            let d = docs(&text);
+            let got = problems(&d[0]);
+            assert!(
+                got.iter().any(|p| p.starts_with(want)),
+                "{spec}: want {want}, got {got:?}"
+            );
+        }
+        let d = docs("- 1\n- 2\n");
+        assert_eq!(problems(&d[0]), vec!["(root): expected an object: a ResourceClaim, a ResourceClaimTemplate or a NetworkConfig"]);
+    }
+
+    #[test]
+    fn claims_without_configs_are_valid() {
+        let d = docs("kind: ResourceClaim\nmetadata: {generateName: pod-nic-}\nspec: {devices: {requests: [{name: nic}]}}\n");
+        assert_eq!(d[0].title(), "ResourceClaim pod-nic-*");
+        assert!(d[0].is_valid() && d[0].configs.is_empty());
+    }
+
+    #[test]
+    fn unparseable_files_are_typed_errors() {
+        assert!(matches!(
+            parse_documents("{\"a\": ", DRIVER),
+            Err(DocumentError::Json(_))
+        ));
+        assert!(matches!(
+            parse_documents("a: [1,\n", DRIVER),
+            Err(DocumentError::Yaml(_))
+        ));
+        assert!(parse_documents("", DRIVER).unwrap().is_empty());
+    }
+}

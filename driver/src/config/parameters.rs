@@ -252,3 +252,187 @@ fn without_nulls(value: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::types::{EthtoolConfig, InterfaceConfig, RouteConfig};
+    use crate::datapath::DataplaneKnobs;
+
+    fn problems(v: Value, prefix: &str) -> Vec<String> {
+        match parse_parameters(&v, prefix) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_paths() {
+        let got = problems(
+            json!({
+                "interface": {"name": "net0", "mtuu": 1500},
+                "routes": [{"destination": "10.0.0.0/8", "gateway": "10.0.0.1"}, {"dest": "x"}],
+                "ethtool": {"feature": {}},
+                "dataplane": {"antiSpoof": false},
+                "colour": "blue"
+            }),
+            "spec.devices.config[0].opaque.parameters",
+        );
+        assert_eq!(
+            got,
+            vec![
+                "spec.devices.config[0].opaque.parameters.colour: unknown field; known fields are interface, routes, ethtool, dataplane, disableEbpfPrograms",
+                "spec.devices.config[0].opaque.parameters.dataplane.antiSpoof: unknown field; known fields are enforceRoutes, antiSpoofing, ingressFilter, allowMulticast",
+                "spec.devices.config[0].opaque.parameters.ethtool.feature: unknown field; did you mean \"features\"?",
+                "spec.devices.config[0].opaque.parameters.interface.mtuu: unknown field; did you mean \"mtu\"?",
+                "spec.devices.config[0].opaque.parameters.routes[1].dest: unknown field; known fields are destination, gateway, source, scope, table",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_reported_with_their_paths() {
+        let got = problems(
+            json!({
+                "interface": {"mtu": "1500", "addresses": "192.0.2.1/24", "gsoMaxSize": 1.5},
+                "routes": [{"destination": "10.0.0.0/8", "scope": 300, "table": -1}],
+                "ethtool": {"features": {"tso": "off"}},
+                "disableEbpfPrograms": "yes"
+            }),
+            "",
+        );
+        assert_eq!(
+            got,
+            vec![
+                "disableEbpfPrograms: expected true or false, got a string",
+                "ethtool.features[\"tso\"]: expected true or false, got a string",
+                "interface.addresses: expected a list, got a string",
+                "interface.gsoMaxSize: expected an integer, got a fractional number",
+                "interface.mtu: expected an integer, got a string",
+                "routes[0].scope: 300 is out of range for 0..=255",
+                "routes[0].table: -1 is out of range for a 32-bit unsigned integer",
+            ]
+        );
+        assert_eq!(
+            problems(json!({"interface": {"mtu": 4294967296u64}}), ""),
+            vec!["interface.mtu: 4294967296 is out of range for a 32-bit integer"]
+        );
+        assert_eq!(
+            problems(json!({"routes": [null]}), ""),
+            vec!["routes[0]: expected an object, got null"]
+        );
+    }
+
+    #[test]
+    fn parameters_must_be_an_object() {
+        assert_eq!(
+            problems(json!(["interface"]), "p"),
+            vec!["p: expected an object (a NetworkConfig), got a list"]
+        );
+        assert_eq!(
+            problems(json!("x"), ""),
+            vec!["(root): expected an object (a NetworkConfig), got a string"]
+        );
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let v = parse_parameters(
+            &json!({"interface": {"name": null, "addresses": null}, "routes": null, "ethtool": null, "dataplane": null}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(v.interface.name, None);
+        assert!(v.routes.is_empty());
+        assert_eq!(v.knobs, DataplaneKnobs::default());
+    }
+
+    #[test]
+    fn semantic_paths_carry_the_prefix() {
+        assert_eq!(
+            problems(
+                json!({"routes": [{"destination": "10.0.0.0/8"}]}),
+                "spec.devices.config[2].opaque.parameters"
+            ),
+            vec!["spec.devices.config[2].opaque.parameters.routes[0].gateway: required when scope is 0 (universe)"]
+        );
+    }
+
+    /// Every field the serde types know is in the shape, and the shape accepts what
+    /// serde writes: keeps this file in step with `types.rs`.
+    #[test]
+    fn shape_matches_the_serde_types() {
+        let full = NetworkConfig {
+            interface: InterfaceConfig {
+                name: Some("net0".into()),
+                addresses: vec!["192.0.2.10/24".into()],
+                mtu: Some(1500),
+                hardware_addr: Some("02:00:00:00:00:01".into()),
+                gso_max_size: Some(65536),
+                gro_max_size: Some(65536),
+                gso_ipv4_max_size: Some(65536),
+                gro_ipv4_max_size: Some(65536),
+            },
+            routes: vec![RouteConfig {
+                destination: Some("198.51.100.0/24".into()),
+                gateway: Some("192.0.2.1".into()),
+                source: Some("192.0.2.10".into()),
+                scope: 0,
+                table: Some(100),
+            }],
+            ethtool: Some(EthtoolConfig {
+                features: [("tso".to_string(), true)].into(),
+                private_flags: [("flag".to_string(), false)].into(),
+            }),
+            dataplane: Some(DataplaneKnobs::default()),
+            disable_ebpf_programs: true,
+        };
+        let v = serde_json::to_value(&full).unwrap();
+        assert_eq!(decode(&v).unwrap(), full);
+
+        fn keys(v: &Value, path: &str, out: &mut Vec<String>) {
+            if let Value::Object(m) = v {
+                for (k, v) in m {
+                    let p = join(path, k);
+                    if !path.ends_with("features") && !path.ends_with("privateFlags") {
+                        out.push(p.clone());
+                    }
+                    keys(v, &p, out);
+                }
+            } else if let Value::Array(a) = v {
+                for x in a {
+                    keys(x, path, out);
+                }
+            }
+        }
+        let mut serde_keys = Vec::new();
+        keys(&v, "", &mut serde_keys);
+        let mut shape_keys = Vec::new();
+        fn walk(shape: &Shape, path: &str, out: &mut Vec<String>) {
+            match shape {
+                Shape::Object(fields) => {
+                    for (k, s) in *fields {
+                        let p = join(path, k);
+                        out.push(p.clone());
+                        walk(s, &p, out);
+                    }
+                }
+                Shape::List(item) => walk(item, path, out),
+                _ => {}
+            }
+        }
+        walk(&NETWORK_CONFIG, "", &mut shape_keys);
+        serde_keys.sort();
+        shape_keys.sort();
+        assert_eq!(serde_keys, shape_keys);
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("mtuu", "mtu"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("gateway", "gateway"), 0);
+    }
+}

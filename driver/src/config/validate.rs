@@ -175,7 +175,13 @@ mod mac_serde {
 pub fn validate(cfg: &NetworkConfig) -> Result<ValidConfig, ConfigErrors> {
     let mut errs = Problems::default();
     let interface = check_interface(&cfg.interface, &mut errs);
-    let routes = check_routes(&cfg.routes, &interface, &mut errs);
+    // Route checks against the addresses only make sense when all of them parsed;
+    // otherwise one typo in an address would be reported again on every route.
+    let addresses_ok = !errs
+        .0
+        .iter()
+        .any(|e| e.path.starts_with("interface.addresses"));
+    let routes = check_routes(&cfg.routes, &interface, addresses_ok, &mut errs);
     let ethtool = check_ethtool(cfg.ethtool.as_ref(), &mut errs);
     if !errs.0.is_empty() {
         return Err(ConfigErrors { errors: errs.0 });
@@ -399,6 +405,7 @@ fn check_interface(i: &InterfaceConfig, errs: &mut Problems) -> ValidInterface {
 fn check_routes(
     routes: &[RouteConfig],
     iface: &ValidInterface,
+    addresses_ok: bool,
     errs: &mut Problems,
 ) -> Vec<ValidRoute> {
     if routes.len() > MAX_ROUTES {
@@ -470,7 +477,7 @@ fn check_routes(
             (Some(g), _) => match parse_ip(g) {
                 Err(m) => errs.add(at("gateway"), m),
                 Ok(ip) => {
-                    gateway = check_gateway(ip, destination, iface, &link_nets)
+                    gateway = check_gateway(ip, destination, iface, addresses_ok, &link_nets)
                         .map_err(|m| errs.add(at("gateway"), m))
                         .ok();
                 }
@@ -491,7 +498,8 @@ fn check_routes(
                             family(d.addr())
                         ),
                     ),
-                    _ if !iface.addresses.is_empty()
+                    _ if addresses_ok
+                        && !iface.addresses.is_empty()
                         && !iface.addresses.iter().any(|a| a.addr() == ip) =>
                     {
                         errs.add(
@@ -552,6 +560,7 @@ fn check_gateway(
     ip: IpAddr,
     destination: Option<IpNet>,
     iface: &ValidInterface,
+    addresses_ok: bool,
     link_nets: &[IpNet],
 ) -> Result<IpAddr, String> {
     if let Some(d) = destination {
@@ -572,7 +581,8 @@ fn check_gateway(
         ));
     }
     let link_local_v6 = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-    if !iface.addresses.is_empty()
+    if addresses_ok
+        && !iface.addresses.is_empty()
         && !link_local_v6
         && !iface.addresses.iter().any(|a| a.contains(&ip))
         && !link_nets.iter().any(|n| n.contains(&ip))
@@ -636,5 +646,737 @@ fn check_ethtool(e: Option<&EthtoolConfig>, errs: &mut Problems) -> ValidEthtool
             "private flags",
             errs,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::config::parse_parameters;
+
+    fn base() -> Value {
+        json!({
+            "interface": {
+                "name": "net0",
+                "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+                "mtu": 1500,
+                "hardwareAddr": "02:00:00:00:00:01",
+                "gsoMaxSize": 65536,
+                "groMaxSize": 65536,
+                "gsoIPv4MaxSize": 65536,
+                "groIPv4MaxSize": 65536
+            },
+            "routes": [
+                {"destination": "198.51.100.0/24", "gateway": "192.0.2.1", "source": "192.0.2.10"},
+                {"destination": "203.0.113.0/24", "scope": 253},
+                {"destination": "2001:db8:1::/48", "gateway": "2001:db8::1"}
+            ],
+            "ethtool": {"features": {"tso": false}, "privateFlags": {"flag-a": true}}
+        })
+    }
+
+    /// Sets the member or element at a JSON pointer (`null` removes a member).
+    fn set(v: &mut Value, ptr: &str, new: Value) {
+        let (parent, last) = ptr.rsplit_once('/').expect("pointer has a '/'");
+        match v.pointer_mut(parent).expect("parent exists") {
+            Value::Object(m) => {
+                m.insert(last.to_string(), new);
+            }
+            Value::Array(a) => a[last.parse::<usize>().expect("index")] = new,
+            other => panic!("cannot set {ptr} in {other}"),
+        }
+    }
+
+    fn names(prefix: &str, n: usize) -> Value {
+        Value::Object(
+            (0..n)
+                .map(|i| (format!("{prefix}{i}"), json!(true)))
+                .collect(),
+        )
+    }
+
+    type Case = (
+        &'static str,
+        Vec<(&'static str, Value)>,
+        Option<(&'static str, &'static str)>,
+    );
+
+    fn cases() -> Vec<Case> {
+        let many_addrs = |n: usize| {
+            json!((0..n)
+                .map(|i| format!("10.0.{}.{}/16", i / 200, i % 200 + 1))
+                .collect::<Vec<_>>())
+        };
+        let many_routes = |n: usize| {
+            json!((0..n)
+                .map(|i| json!({"destination": format!("10.{}.{}.0/24", i / 250, i % 250), "scope": 253}))
+                .collect::<Vec<_>>())
+        };
+        vec![
+            // interface.name: dev_valid_name
+            (
+                "name ok",
+                vec![("/interface/name", json!("eth_app-0"))],
+                None,
+            ),
+            (
+                "name 15 bytes",
+                vec![("/interface/name", json!("a23456789012345"))],
+                None,
+            ),
+            (
+                "name empty",
+                vec![("/interface/name", json!(""))],
+                Some(("interface.name", "must not be empty")),
+            ),
+            (
+                "name 16 bytes",
+                vec![("/interface/name", json!("a234567890123456"))],
+                Some(("interface.name", "at most 15 bytes")),
+            ),
+            (
+                "name dot",
+                vec![("/interface/name", json!("."))],
+                Some(("interface.name", "not a valid interface name")),
+            ),
+            (
+                "name dotdot",
+                vec![("/interface/name", json!(".."))],
+                Some(("interface.name", "not a valid interface name")),
+            ),
+            (
+                "name slash",
+                vec![("/interface/name", json!("a/b"))],
+                Some(("interface.name", "'/'")),
+            ),
+            (
+                "name colon",
+                vec![("/interface/name", json!("eth0:1"))],
+                Some(("interface.name", "':'")),
+            ),
+            (
+                "name space",
+                vec![("/interface/name", json!("a b"))],
+                Some(("interface.name", "whitespace")),
+            ),
+            (
+                "name tab",
+                vec![("/interface/name", json!("a\tb"))],
+                Some(("interface.name", "whitespace")),
+            ),
+            (
+                "name nbsp byte",
+                vec![("/interface/name", json!("eth\u{e0}"))],
+                Some(("interface.name", "whitespace")),
+            ),
+            (
+                "name nul",
+                vec![("/interface/name", json!("a\u{0}b"))],
+                Some(("interface.name", "NUL")),
+            ),
+            (
+                "name template",
+                vec![("/interface/name", json!("net%d"))],
+                Some(("interface.name", "template")),
+            ),
+            ("name absent", vec![("/interface/name", Value::Null)], None),
+            // interface.addresses
+            (
+                "addr v6",
+                vec![
+                    ("/interface/addresses", json!(["2001:db8::1/128"])),
+                    ("/routes", json!([])),
+                ],
+                None,
+            ),
+            (
+                "addr no prefix",
+                vec![("/interface/addresses/0", json!("192.0.2.10"))],
+                Some(("interface.addresses[0]", "not a CIDR")),
+            ),
+            (
+                "addr v4 /33",
+                vec![("/interface/addresses/0", json!("192.0.2.10/33"))],
+                Some(("interface.addresses[0]", "out of range for an IPv4")),
+            ),
+            (
+                "addr v4 /32",
+                vec![
+                    ("/interface/addresses/0", json!("192.0.2.10/32")),
+                    ("/routes", json!([])),
+                ],
+                None,
+            ),
+            (
+                "addr v6 /129",
+                vec![("/interface/addresses/1", json!("2001:db8::10/129"))],
+                Some(("interface.addresses[1]", "at most /128")),
+            ),
+            (
+                "addr bad ip",
+                vec![("/interface/addresses/1", json!("2001:zz::1/64"))],
+                Some(("interface.addresses[1]", "not an IPv4 or IPv6 address")),
+            ),
+            (
+                "addr bad len",
+                vec![("/interface/addresses/0", json!("192.0.2.10/x"))],
+                Some(("interface.addresses[0]", "not a number")),
+            ),
+            (
+                "addr dup",
+                vec![(
+                    "/interface/addresses",
+                    json!(["192.0.2.10/24", "192.0.2.10/25"]),
+                )],
+                Some((
+                    "interface.addresses[1]",
+                    "already in interface.addresses[0]",
+                )),
+            ),
+            (
+                "addr unspecified",
+                vec![
+                    ("/interface/addresses", json!(["0.0.0.0/0"])),
+                    ("/routes", json!([])),
+                ],
+                Some(("interface.addresses[0]", "unspecified")),
+            ),
+            (
+                "addr multicast",
+                vec![
+                    ("/interface/addresses", json!(["ff02::1/64"])),
+                    ("/routes", json!([])),
+                ],
+                Some(("interface.addresses[0]", "multicast")),
+            ),
+            (
+                "addr 64",
+                vec![
+                    ("/interface/addresses", many_addrs(64)),
+                    ("/routes", json!([])),
+                ],
+                None,
+            ),
+            (
+                "addr 65",
+                vec![
+                    ("/interface/addresses", many_addrs(65)),
+                    ("/routes", json!([])),
+                ],
+                Some(("interface.addresses", "at most 64")),
+            ),
+            // interface.mtu
+            (
+                "mtu 68 v4 only",
+                vec![
+                    ("/interface/mtu", json!(68)),
+                    ("/interface/addresses", json!(["192.0.2.10/24"])),
+                    ("/routes", json!([])),
+                ],
+                None,
+            ),
+            (
+                "mtu 67",
+                vec![("/interface/mtu", json!(67))],
+                Some(("interface.mtu", "between 68 and 65535")),
+            ),
+            ("mtu 65535", vec![("/interface/mtu", json!(65535))], None),
+            (
+                "mtu 65536",
+                vec![("/interface/mtu", json!(65536))],
+                Some(("interface.mtu", "between 68 and 65535")),
+            ),
+            (
+                "mtu 1279 with v6",
+                vec![("/interface/mtu", json!(1279))],
+                Some(("interface.mtu", "at least 1280")),
+            ),
+            (
+                "mtu 1280 with v6",
+                vec![("/interface/mtu", json!(1280))],
+                None,
+            ),
+            // interface.hardwareAddr
+            (
+                "mac upper",
+                vec![("/interface/hardwareAddr", json!("AA:BB:CC:DD:EE:F0"))],
+                None,
+            ),
+            (
+                "mac short",
+                vec![("/interface/hardwareAddr", json!("02:00:00:00:00"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac long",
+                vec![("/interface/hardwareAddr", json!("02:00:00:00:00:01:02"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac dashes",
+                vec![("/interface/hardwareAddr", json!("02-00-00-00-00-01"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac not hex",
+                vec![("/interface/hardwareAddr", json!("0g:00:00:00:00:01"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac one digit",
+                vec![("/interface/hardwareAddr", json!("2:00:00:00:00:01"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac multicast",
+                vec![("/interface/hardwareAddr", json!("01:00:5e:00:00:01"))],
+                Some(("interface.hardwareAddr", "multicast (group)")),
+            ),
+            (
+                "mac broadcast",
+                vec![("/interface/hardwareAddr", json!("ff:ff:ff:ff:ff:ff"))],
+                Some(("interface.hardwareAddr", "multicast (group)")),
+            ),
+            (
+                "mac zero",
+                vec![("/interface/hardwareAddr", json!("00:00:00:00:00:00"))],
+                Some(("interface.hardwareAddr", "all zero")),
+            ),
+            // GSO / GRO sizes
+            (
+                "gso max",
+                vec![("/interface/gsoMaxSize", json!(524280))],
+                None,
+            ),
+            (
+                "gso 0",
+                vec![("/interface/gsoMaxSize", json!(0))],
+                Some(("interface.gsoMaxSize", "greater than 0")),
+            ),
+            (
+                "gso over",
+                vec![("/interface/gsoMaxSize", json!(524281))],
+                Some(("interface.gsoMaxSize", "at most 524280")),
+            ),
+            (
+                "gro max",
+                vec![("/interface/groMaxSize", json!(524280))],
+                None,
+            ),
+            (
+                "gro negative",
+                vec![("/interface/groMaxSize", json!(-1))],
+                Some(("interface.groMaxSize", "greater than 0")),
+            ),
+            (
+                "gro over",
+                vec![("/interface/groMaxSize", json!(600000))],
+                Some(("interface.groMaxSize", "at most 524280")),
+            ),
+            (
+                "gso4 max",
+                vec![("/interface/gsoIPv4MaxSize", json!(524280))],
+                None,
+            ),
+            (
+                "gso4 0",
+                vec![("/interface/gsoIPv4MaxSize", json!(0))],
+                Some(("interface.gsoIPv4MaxSize", "greater than 0")),
+            ),
+            (
+                "gso4 over",
+                vec![("/interface/gsoIPv4MaxSize", json!(524281))],
+                Some(("interface.gsoIPv4MaxSize", "at most 524280")),
+            ),
+            (
+                "gro4 max",
+                vec![("/interface/groIPv4MaxSize", json!(524280))],
+                None,
+            ),
+            (
+                "gro4 0",
+                vec![("/interface/groIPv4MaxSize", json!(0))],
+                Some(("interface.groIPv4MaxSize", "greater than 0")),
+            ),
+            (
+                "gro4 over",
+                vec![("/interface/groIPv4MaxSize", json!(524281))],
+                Some(("interface.groIPv4MaxSize", "at most 524280")),
+            ),
+            // routes[].destination
+            (
+                "dest default",
+                vec![("/routes/0/destination", json!("0.0.0.0/0"))],
+                None,
+            ),
+            (
+                "dest missing",
+                vec![("/routes/0/destination", Value::Null)],
+                Some(("routes[0].destination", "required")),
+            ),
+            (
+                "dest empty",
+                vec![("/routes/0/destination", json!(""))],
+                Some(("routes[0].destination", "required")),
+            ),
+            (
+                "dest not cidr",
+                vec![("/routes/0/destination", json!("198.51.100.0"))],
+                Some(("routes[0].destination", "not a CIDR")),
+            ),
+            (
+                "dest host bits",
+                vec![("/routes/0/destination", json!("198.51.100.1/24"))],
+                Some((
+                    "routes[0].destination",
+                    "host bits set; the network is 198.51.100.0/24",
+                )),
+            ),
+            // routes[].scope and gateway
+            (
+                "scope 1",
+                vec![("/routes/1/scope", json!(1))],
+                Some(("routes[1].scope", "must be 0 (universe")),
+            ),
+            (
+                "scope 0 without gateway",
+                vec![("/routes/1/scope", json!(0))],
+                Some(("routes[1].gateway", "required when scope is 0")),
+            ),
+            (
+                "scope 253 with gateway",
+                vec![("/routes/1/gateway", json!("192.0.2.1"))],
+                Some(("routes[1].gateway", "forbidden when scope is 253")),
+            ),
+            (
+                "gateway other family",
+                vec![("/routes/0/gateway", json!("2001:db8::1"))],
+                Some(("routes[0].gateway", "is IPv6 but the destination is IPv4")),
+            ),
+            (
+                "gateway not ip",
+                vec![("/routes/0/gateway", json!("router"))],
+                Some(("routes[0].gateway", "not an IPv4 or IPv6 address")),
+            ),
+            (
+                "gateway prefix",
+                vec![("/routes/0/gateway", json!("192.0.2.1/24"))],
+                Some(("routes[0].gateway", "is a prefix")),
+            ),
+            (
+                "gateway multicast",
+                vec![("/routes/0/gateway", json!("224.0.0.1"))],
+                Some(("routes[0].gateway", "not a unicast address")),
+            ),
+            (
+                "gateway local",
+                vec![("/routes/0/gateway", json!("192.0.2.10"))],
+                Some(("routes[0].gateway", "one of interface.addresses")),
+            ),
+            (
+                "gateway unreachable",
+                vec![("/routes/0/gateway", json!("10.9.9.9"))],
+                Some(("routes[0].gateway", "not reachable on the link")),
+            ),
+            (
+                "gateway via link route",
+                vec![("/routes/0/gateway", json!("203.0.113.1"))],
+                None,
+            ),
+            (
+                "gateway v6 link-local",
+                vec![("/routes/2/gateway", json!("fe80::1"))],
+                None,
+            ),
+            (
+                "gateway anywhere without addresses",
+                vec![
+                    ("/interface/addresses", json!([])),
+                    ("/routes/0/source", Value::Null),
+                    ("/routes/0/gateway", json!("10.9.9.9")),
+                ],
+                None,
+            ),
+            // routes[].source
+            (
+                "source other address",
+                vec![("/routes/0/source", json!("192.0.2.99"))],
+                Some(("routes[0].source", "not one of interface.addresses")),
+            ),
+            (
+                "source other family",
+                vec![("/routes/0/source", json!("2001:db8::10"))],
+                Some(("routes[0].source", "is IPv6 but the destination is IPv4")),
+            ),
+            (
+                "source not ip",
+                vec![("/routes/0/source", json!("me"))],
+                Some(("routes[0].source", "not an IPv4 or IPv6 address")),
+            ),
+            (
+                "source v6",
+                vec![("/routes/2/source", json!("2001:db8::10"))],
+                None,
+            ),
+            (
+                "source free without addresses",
+                vec![
+                    ("/interface/addresses", json!([])),
+                    ("/routes/0/source", json!("10.1.1.1")),
+                ],
+                None,
+            ),
+            // routes[].table
+            ("table 100", vec![("/routes/0/table", json!(100))], None),
+            ("table main", vec![("/routes/0/table", json!(254))], None),
+            (
+                "table 0",
+                vec![("/routes/0/table", json!(0))],
+                Some(("routes[0].table", "must not be 0")),
+            ),
+            (
+                "table local",
+                vec![("/routes/0/table", json!(255))],
+                Some(("routes[0].table", "local table")),
+            ),
+            // duplicates and limits
+            (
+                "dup route",
+                vec![("/routes/1/destination", json!("198.51.100.0/24"))],
+                Some((
+                    "routes[1].destination",
+                    "routes[0] has the same destination and table",
+                )),
+            ),
+            (
+                "same dest other table",
+                vec![
+                    ("/routes/1/destination", json!("198.51.100.0/24")),
+                    ("/routes/1/table", json!(100)),
+                ],
+                None,
+            ),
+            ("routes 1024", vec![("/routes", many_routes(1024))], None),
+            (
+                "routes 1025",
+                vec![("/routes", many_routes(1025))],
+                Some(("routes", "at most 1024")),
+            ),
+            // ethtool
+            (
+                "feature empty",
+                vec![("/ethtool/features/", json!(true))],
+                Some(("ethtool.features[\"\"]", "must not be empty")),
+            ),
+            (
+                "feature 31 bytes",
+                vec![(
+                    "/ethtool/features/a234567890123456789012345678901",
+                    json!(true),
+                )],
+                None,
+            ),
+            (
+                "feature 32 bytes",
+                vec![(
+                    "/ethtool/features/a2345678901234567890123456789012",
+                    json!(true),
+                )],
+                Some((
+                    "ethtool.features[\"a2345678901234567890123456789012\"]",
+                    "at most 31 bytes",
+                )),
+            ),
+            (
+                "feature control char",
+                vec![("/ethtool/features/tx\u{7}", json!(true))],
+                Some(("ethtool.features[\"tx\\u0007\"]", "printable")),
+            ),
+            (
+                "feature non-ascii",
+                vec![("/ethtool/features/tsö", json!(true))],
+                Some(("ethtool.features[\"tsö\"]", "printable")),
+            ),
+            (
+                "flag with space",
+                vec![("/ethtool/privateFlags/link down on close", json!(true))],
+                None,
+            ),
+            (
+                "flag empty",
+                vec![("/ethtool/privateFlags/", json!(false))],
+                Some(("ethtool.privateFlags[\"\"]", "must not be empty")),
+            ),
+            (
+                "flag 32 bytes",
+                vec![(
+                    "/ethtool/privateFlags/a2345678901234567890123456789012",
+                    json!(true),
+                )],
+                Some((
+                    "ethtool.privateFlags[\"a2345678901234567890123456789012\"]",
+                    "at most 31 bytes",
+                )),
+            ),
+            (
+                "features 256",
+                vec![("/ethtool/features", names("f", 256))],
+                None,
+            ),
+            (
+                "features 257",
+                vec![("/ethtool/features", names("f", 257))],
+                Some(("ethtool.features", "at most 256")),
+            ),
+            (
+                "flags 64",
+                vec![("/ethtool/privateFlags", names("p", 64))],
+                None,
+            ),
+            (
+                "flags 65",
+                vec![("/ethtool/privateFlags", names("p", 65))],
+                Some(("ethtool.privateFlags", "at most 64")),
+            ),
+        ]
+    }
+
+    #[test]
+    fn base_config_is_valid() {
+        let v = parse_parameters(&base(), "").expect("base is valid");
+        assert_eq!(v.interface.name.as_deref(), Some("net0"));
+        assert_eq!(v.interface.hardware_addr, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(v.interface.mtu, Some(1500));
+        assert_eq!(
+            v.interface.addresses[1],
+            "2001:db8::10/64".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(v.routes.len(), 3);
+        assert_eq!(v.routes[0].gateway, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(v.routes[0].source, Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(v.routes[1].scope, RouteScope::Link);
+        assert_eq!(v.routes[1].scope.as_u8(), 253);
+        assert_eq!(v.routes[0].table, None);
+        assert_eq!(v.ethtool.features.get("tso"), Some(&false));
+        assert_eq!(v.knobs, DataplaneKnobs::default());
+    }
+
+    #[test]
+    fn every_rule_accepts_and_rejects() {
+        let mut failures = Vec::new();
+        for (name, edits, expected) in cases() {
+            let mut v = base();
+            for (ptr, value) in edits {
+                set(&mut v, ptr, value);
+            }
+            let got = parse_parameters(&v, "");
+            match (expected, got) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => failures.push(format!("{name}: expected valid, got {e}")),
+                (Some((path, frag)), Ok(_)) => {
+                    failures.push(format!("{name}: expected {path}: …{frag}…, got valid"))
+                }
+                (Some((path, frag)), Err(e)) => {
+                    let ok = e.len() == 1
+                        && e.errors[0].path == path
+                        && e.errors[0].message.contains(frag);
+                    if !ok {
+                        failures.push(format!(
+                            "{name}: expected exactly {path}: …{frag}…, got {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} cases failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let cfg: NetworkConfig = serde_json::from_value(json!({
+            "interface": {"name": "this-name-is-too-long", "addresses": ["192.0.2.10"], "mtu": 10},
+            "routes": [
+                {"destination": "198.51.100.0/24"},
+                {"destination": "203.0.113.0/24", "scope": 253, "gateway": "192.0.2.1"}
+            ]
+        }))
+        .unwrap();
+        let e = validate(&cfg).unwrap_err();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "interface.name",
+                "interface.addresses[0]",
+                "interface.mtu",
+                "routes[0].gateway",
+                "routes[1].gateway"
+            ]
+        );
+        assert_eq!(
+            e.errors[3].to_string(),
+            "routes[0].gateway: required when scope is 0 (universe)"
+        );
+        assert!(e.to_string().starts_with("5 problems: interface.name: "));
+    }
+
+    #[test]
+    fn empty_config_is_valid_with_default_knobs() {
+        let v = validate(&NetworkConfig::default()).unwrap();
+        assert_eq!(
+            v,
+            ValidConfig {
+                knobs: DataplaneKnobs::default(),
+                ..ValidConfig::default()
+            }
+        );
+        assert!(v.knobs.enforce_routes && v.knobs.allow_multicast);
+    }
+
+    #[test]
+    fn datapath_policy_has_addresses_routes_and_knobs() {
+        let mut raw = base();
+        set(&mut raw, "/dataplane", json!({"antiSpoofing": false}));
+        let v = parse_parameters(&raw, "").unwrap();
+        let p = v.datapath_policy();
+        let s = |n: &[IpNet]| n.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(s(&p.addresses), ["192.0.2.10/24", "2001:db8::10/64"]);
+        assert_eq!(
+            s(&p.routes),
+            ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:1::/48"]
+        );
+        assert!(!p.knobs.anti_spoofing);
+        assert!(p.knobs.enforce_routes && p.knobs.ingress_filter && p.knobs.allow_multicast);
+    }
+
+    #[test]
+    fn valid_config_round_trips_through_json_with_a_readable_mac() {
+        let v = parse_parameters(&base(), "").unwrap();
+        let text = serde_json::to_value(&v).unwrap();
+        assert_eq!(
+            text.pointer("/interface/hardwareAddr"),
+            Some(&json!("02:00:00:00:00:01"))
+        );
+        assert_eq!(text.pointer("/routes/1/scope"), Some(&json!("link")));
+        let back: ValidConfig = serde_json::from_value(text).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn mac_parsing_and_formatting() {
+        assert_eq!(
+            parse_mac("aa:BB:cc:dd:ee:ff"),
+            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+        );
+        assert_eq!(parse_mac(""), None);
+        assert_eq!(parse_mac("aa:bb:cc:dd:ee:"), None);
+        assert_eq!(format_mac(&[2, 0, 0, 0, 0xab, 1]), "02:00:00:00:ab:01");
     }
 }
