@@ -23,7 +23,9 @@ pub mod attr {
     /// MAC address, lowercase `aa:bb:cc:dd:ee:ff`; absent for links without one.
     pub const MAC: &str = "mac";
     pub const MTU: &str = "mtu";
-    /// Lowercased `IFLA_OPERSTATE`: `up`, `down`, `lowerlayerdown`, `unknown`, `dormant`, …
+    /// Lowercased `IFLA_OPERSTATE`: `up`, `down`, `lowerlayerdown`, `unknown`, `dormant`, …,
+    /// corrected by admin state and carrier while the kernel's deferred operstate
+    /// update is pending (see [`crate::inventory::links::link_state`]).
     pub const STATE: &str = "state";
     /// `IFLA_INFO_KIND` (`veth`, `macvlan`, `bridge`, `vxlan`, `tun`, …); `physical`
     /// when the link has no kind but a parent device; `unknown` otherwise.

@@ -26,7 +26,7 @@ pub struct LinkFacts {
     pub ifname: String,
     pub mac: Option<String>,
     pub mtu: Option<u32>,
-    /// Lowercased operstate.
+    /// Lowercased operstate, corrected by the flags (see [`link_state`]).
     pub state: Option<String>,
     /// `IFLA_INFO_KIND`.
     pub kind: Option<String>,
@@ -125,6 +125,11 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
                 _ => {}
             }
         }
+        f.state = Some(link_state(
+            f.state.take(),
+            m.header.flags.contains(LinkFlags::Up),
+            m.header.flags.contains(LinkFlags::LowerUp),
+        ));
         // IFLA_LINK with IFLA_LINK_NETNSID points into another namespace.
         if !link_netns && link_attr != Some(f.ifindex) {
             f.lower = link_attr;
@@ -133,6 +138,24 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
     }
     links.sort_by_key(|l| l.ifindex);
     Ok(links)
+}
+
+/// The `state` attribute: the operstate, except where the kernel has not caught up
+/// yet. Admin state and carrier (`IFF_UP`, `IFF_LOWER_UP`) change synchronously, but
+/// the operstate follows carrier through linkwatch, which may defer the update by up
+/// to a second. So: not `IFF_UP` → `down`; carrier on while the operstate still says
+/// `down`/`lowerlayerdown` → `up`; carrier off while it still says `up` → `down`;
+/// anything else (`unknown`, `dormant`, `testing`, …) as the kernel reports it.
+pub fn link_state(operstate: Option<String>, admin_up: bool, carrier: bool) -> String {
+    let op = operstate.unwrap_or_else(|| "unknown".into());
+    if !admin_up {
+        return "down".into();
+    }
+    match op.as_str() {
+        "down" | "lowerlayerdown" if carrier => "up".into(),
+        "up" if !carrier => "down".into(),
+        _ => op,
+    }
 }
 
 /// Dumps links, addresses, default routes and tc filters.
@@ -285,4 +308,21 @@ async fn tc_bpf_programs(handle: &Handle, ifindex: u32) -> BTreeMap<u32, String>
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_state;
+
+    #[test]
+    fn state_follows_flags_while_operstate_lags() {
+        let st = |op: &str, up, carrier| link_state(Some(op.into()), up, carrier);
+        assert_eq!(st("up", false, false), "down");
+        assert_eq!(st("down", true, true), "up");
+        assert_eq!(st("lowerlayerdown", true, true), "up");
+        assert_eq!(st("up", true, false), "down");
+        assert_eq!(st("up", true, true), "up");
+        assert_eq!(st("unknown", true, false), "unknown");
+        assert_eq!(st("dormant", true, true), "dormant");
+    }
 }
