@@ -378,7 +378,15 @@ pub fn move_and_configure(
         Ok(HostJob::Moved(m)) => *m,
         Err(boxed) => {
             let (failure, originals) = *boxed;
-            return Err(finish_failure(host, pod, host_ifname, &pod_name, failure, originals));
+            return Err(finish_failure(
+                host,
+                pod,
+                host_ifname,
+                &pod_name,
+                settings.mac,
+                failure,
+                originals,
+            ));
         }
     };
 
@@ -404,6 +412,7 @@ pub fn move_and_configure(
             pod,
             host_ifname,
             &pod_name,
+            settings.mac,
             failure,
             Some(moved.originals),
         )),
@@ -416,6 +425,7 @@ fn finish_failure(
     pod: &Netns,
     host_ifname: &str,
     pod_name: &str,
+    mac: Option<[u8; 6]>,
     failure: Failure,
     originals: Option<HostOriginals>,
 ) -> ConfigureError {
@@ -424,7 +434,7 @@ fn finish_failure(
             let side = PodSide {
                 name: pod_name.to_string(),
                 ifindex: None,
-                mac: None,
+                mac: mac.or(o.mac),
             };
             match restore_device(host, Some(pod), &side, o, None) {
                 Ok(_) => None,
@@ -531,8 +541,18 @@ fn pod_job(
     features: &ResolvedFeatures,
 ) -> Result<(LinkFacts, Vec<IpNet>), Failure> {
     let mut sock = NlSocket::route().map_err(|e| fail(Step::Move, "device", e))?;
-    let link = link::link_by_name(&mut sock, pod_name)
+    // Find our device by name *and* identity: when the combined message is refused,
+    // the kernel may already have moved the device under its host name (the rename
+    // is applied after the move), and the pod may hold a stranger with `pod_name`.
+    let side = PodSide {
+        name: pod_name.to_string(),
+        ifindex: None,
+        mac: settings.mac.or(originals.mac),
+    };
+    let link = link::links(&mut sock)
         .map_err(|e| fail(Step::Move, "device", e))?
+        .into_iter()
+        .find(|l| super::restore::is_ours_in_pod(l, &side, originals))
         .ok_or_else(|| {
             fail(
                 Step::Move,
@@ -540,6 +560,14 @@ fn pod_job(
                 StepError::Invalid(format!("{pod_name} not found in the pod after the move")),
             )
         })?;
+    if link.name != pod_name {
+        let rename = LinkChange {
+            name: Some(pod_name.to_string()),
+            ..Default::default()
+        };
+        link::set_link(&mut sock, link.ifindex, &rename)
+            .map_err(|e| fail(Step::Move, "interface.name", e))?;
+    }
     let idx = link.ifindex;
 
     for (field, change) in per_field(pending) {

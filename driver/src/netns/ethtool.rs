@@ -110,6 +110,9 @@ impl Ethtool {
             return Ok(n.clone());
         }
         let mut w = AttrWriter::new();
+        // Newer kernels require the header even for global string sets; an empty
+        // one means "no device".
+        w.nested(A_HEADER, |_| {});
         w.nested(ETHTOOL_A_STRSET_STRINGSETS, |s| {
             s.nested(ETHTOOL_A_STRINGSETS_STRINGSET, |set| {
                 set.u32(ETHTOOL_A_STRINGSET_ID, ETH_SS_FEATURES);
@@ -117,7 +120,8 @@ impl Ethtool {
         });
         let mut names = Vec::new();
         for reply in self.call(ETHTOOL_MSG_STRSET_GET, &w)? {
-            names.extend(parse_strset(&reply));
+            // Unassigned feature bits have empty names.
+            names.extend(parse_strset(&reply).into_iter().filter(|n| !n.is_empty()));
         }
         Ok(FEATURE_NAMES.get_or_init(|| names).clone())
     }

@@ -27,6 +27,7 @@ const NLMSG_NOOP: u16 = 1;
 const NLM_F_CAPPED: u16 = 0x100;
 const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 
 /// A failed netlink exchange.
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +233,10 @@ fn parse_error(flags: u16, body: &[u8]) -> Result<(i32, Option<String>), NlError
             for (kind, value) in Attrs::new(tlvs) {
                 if kind == NLMSGERR_ATTR_MSG {
                     message = Some(cstr(value));
+                } else if kind == NLMSGERR_ATTR_MISS_TYPE && message.is_none() {
+                    if let Some(t) = attr_u32(value) {
+                        message = Some(format!("missing attribute {t}"));
+                    }
                 }
             }
         }

@@ -106,6 +106,23 @@ pub fn matches_fallen_device(link: &LinkFacts, side: &PodSide, originals: &HostO
     name_ok && identity
 }
 
+/// Whether `link`, seen in the pod namespace, is our device. The pod may hold a
+/// stranger with the wanted name (a failed rename leaves ours under its host name),
+/// so a name match needs the MAC or ifindex too — unless the caller knows only the
+/// name (`ifindex` and `mac` both unknown), in which case the name is trusted.
+pub fn is_ours_in_pod(link: &LinkFacts, side: &PodSide, originals: &HostOriginals) -> bool {
+    if link.name != side.name && link.name != originals.name {
+        return false;
+    }
+    if side.ifindex.is_none() && side.mac.is_none() && link.name == side.name {
+        return true;
+    }
+    side.ifindex == Some(link.ifindex)
+        || (side.mac.is_some() && link.mac == side.mac)
+        || (originals.mac.is_some() && link.mac == originals.mac)
+        || (originals.perm_mac.is_some() && link.perm_mac == originals.perm_mac)
+}
+
 fn dup(ns: &Netns) -> Result<OwnedFd, NetnsError> {
     ns.file()
         .try_clone()
@@ -220,15 +237,15 @@ fn locate(
     root: Option<&Netns>,
 ) -> Result<Location, RestoreError> {
     if let Some(pod) = pod {
-        let name = side.name.clone();
-        let want_idx = side.ifindex;
+        let side = side.clone();
+        let o = originals.clone();
         let found = pod.run(move || -> Option<u32> {
             let mut sock = NlSocket::route().ok()?;
-            if let Ok(Some(l)) = link::link_by_name(&mut sock, &name) {
-                return Some(l.ifindex);
-            }
-            let idx = want_idx?;
-            link::link_by_index(&mut sock, idx).ok().flatten().map(|l| l.ifindex)
+            link::links(&mut sock)
+                .ok()?
+                .into_iter()
+                .find(|l| is_ours_in_pod(l, &side, &o))
+                .map(|l| l.ifindex)
         });
         // A namespace that cannot be entered any more counts as gone.
         if let Ok(Some(idx)) = found {
@@ -450,6 +467,27 @@ mod tests {
         // Same name, other device.
         assert!(!matches_fallen_device(&link("net0", 40, [2, 0, 0, 0, 0, 1]), &side, &o));
         assert!(!matches_fallen_device(&link("eth9", 40, [2, 0, 0, 0, 0, 9]), &side, &o));
+    }
+
+    #[test]
+    fn a_stranger_with_the_pod_name_is_not_ours() {
+        let o = originals();
+        let side = PodSide {
+            name: "net0".into(),
+            ifindex: None,
+            mac: Some([2, 0, 0, 0, 0, 9]),
+        };
+        assert!(!is_ours_in_pod(&link("net0", 3, [2, 9, 9, 9, 9, 9]), &side, &o));
+        assert!(is_ours_in_pod(&link("net0", 3, [2, 0, 0, 0, 0, 9]), &side, &o));
+        // Moved, but the rename failed: still under the host name, original MAC.
+        assert!(is_ours_in_pod(&link("eth1", 4, [2, 0, 0, 0, 0, 7]), &side, &o));
+        // Name only: trusted.
+        let by_name = PodSide {
+            name: "net0".into(),
+            ifindex: None,
+            mac: None,
+        };
+        assert!(is_ours_in_pod(&link("net0", 3, [2, 9, 9, 9, 9, 9]), &by_name, &o));
     }
 
     #[test]
