@@ -63,7 +63,7 @@ pub fn run_to(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<i32> 
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {shown}"))?
     };
-    let docs = parse_documents(&text, &args.driver_name).with_context(|| format!("{shown}"))?;
+    let docs = parse_documents(&text, &args.driver_name).with_context(|| shown.clone())?;
     let problems: usize = docs.iter().map(|d| d.problems().count()).sum();
     let valid = problems == 0 && !docs.is_empty();
 
