@@ -44,14 +44,20 @@ fn veth_attributes() {
     let peer = TestNetns::new("ivb").unwrap();
     veth(&node, "v0", &peer, "p0").unwrap();
     veth(&node, "Ab_c.1", &peer, "p1").unwrap();
-    node.ip(&["addr", "add", "192.0.2.10/24", "dev", "v0"]).unwrap();
-    node.ip(&["addr", "add", "192.0.2.11/24", "dev", "v0"]).unwrap();
-    node.ip(&["-6", "addr", "add", "2001:db8::10/64", "dev", "v0", "nodad"]).unwrap();
+    node.ip(&["addr", "add", "192.0.2.10/24", "dev", "v0"])
+        .unwrap();
+    node.ip(&["addr", "add", "192.0.2.11/24", "dev", "v0"])
+        .unwrap();
+    node.ip(&["-6", "addr", "add", "2001:db8::10/64", "dev", "v0", "nodad"])
+        .unwrap();
     node.ip(&["link", "set", "v0", "mtu", "1400"]).unwrap();
 
     let devs = Inventory::scan(&node.open(), &opts()).unwrap();
     println!("{}", serde_json::to_string_pretty(&devs).unwrap());
-    assert!(by_ifname(&devs, "lo").is_none(), "loopback is never published");
+    assert!(
+        by_ifname(&devs, "lo").is_none(),
+        "loopback is never published"
+    );
     let v0 = by_ifname(&devs, "v0").expect("v0 published");
     assert_eq!(v0.name, "v0");
     assert_eq!(v0.ifindex, node.ifindex("v0").unwrap());
@@ -62,10 +68,17 @@ fn veth_attributes() {
     assert_eq!(get(v0, attr::VIRTUAL), Some(&AttrValue::Bool(true)));
     assert_eq!(get(v0, attr::STATE), Some(&s("up")));
     assert_eq!(get(v0, attr::IPV4), Some(&s("192.0.2.10/24,192.0.2.11/24")));
-    assert_eq!(get(v0, attr::IPV6), Some(&s("2001:db8::10/64")), "link-local is not listed");
+    assert_eq!(
+        get(v0, attr::IPV6),
+        Some(&s("2001:db8::10/64")),
+        "link-local is not listed"
+    );
     assert_eq!(get(v0, attr::DRIVER), Some(&s("veth")));
     assert_eq!(get(v0, attr::EBPF), Some(&AttrValue::Bool(false)));
-    assert!(get(v0, attr::PCI_ADDRESS).is_none(), "veth has no PCI parent");
+    assert!(
+        get(v0, attr::PCI_ADDRESS).is_none(),
+        "veth has no PCI parent"
+    );
 
     let odd = by_ifname(&devs, "Ab_c.1").expect("Ab_c.1 published");
     assert_eq!(odd.name, "ab-c-1");
@@ -79,18 +92,43 @@ fn uplink_stack_and_loopback_are_excluded() {
     // v4 uplink with a macvlan on top.
     veth(&node, "up0", &peer, "pu0").unwrap();
     node.ip(&["route", "add", "default", "dev", "up0"]).unwrap();
-    node.ip(&["link", "add", "mv0", "link", "up0", "type", "macvlan", "mode", "bridge"]).unwrap();
+    node.ip(&[
+        "link", "add", "mv0", "link", "up0", "type", "macvlan", "mode", "bridge",
+    ])
+    .unwrap();
     node.ip(&["link", "set", "mv0", "up"]).unwrap();
     // v6 uplink on a bridge, with a port.
     node.ip(&["link", "add", "br1", "type", "bridge"]).unwrap();
     node.ip(&["link", "set", "br1", "up"]).unwrap();
     veth(&node, "s0", &peer, "ps0").unwrap();
     node.ip(&["link", "set", "s0", "master", "br1"]).unwrap();
-    node.ip(&["-6", "addr", "add", "2001:db8:1::1/64", "dev", "br1", "nodad"]).unwrap();
-    node.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::ff", "dev", "br1"]).unwrap();
+    node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "br1",
+        "nodad",
+    ])
+    .unwrap();
+    node.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:1::ff",
+        "dev",
+        "br1",
+    ])
+    .unwrap();
     // Not related to any uplink: a macvlan on a free veth is publishable.
     veth(&node, "free0", &peer, "pf0").unwrap();
-    node.ip(&["link", "add", "mv1", "link", "free0", "type", "macvlan", "mode", "bridge"]).unwrap();
+    node.ip(&[
+        "link", "add", "mv1", "link", "free0", "type", "macvlan", "mode", "bridge",
+    ])
+    .unwrap();
 
     let devs = Inventory::scan(&node.open(), &opts()).unwrap();
     let names: BTreeSet<&str> = devs.iter().map(|d| d.ifname.as_str()).collect();
@@ -125,15 +163,29 @@ fn cel_filter_includes_and_excludes() {
             .collect()
     };
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(scan(r#"device.attributes["netclaim.dev"].ifName.startsWith("v")"#), set(&["v0"]));
-    assert_eq!(scan(r#"device.attributes["netclaim.dev"].ifName != "v0""#), set(&["w0"]));
-    assert_eq!(scan(r#"device.attributes["netclaim.dev"].mtu > 1500"#), set(&["w0"]));
     assert_eq!(
-        scan(r#"device.driver == "netclaim.dev" && device.attributes["netclaim.dev"].kind == "veth""#),
+        scan(r#"device.attributes["netclaim.dev"].ifName.startsWith("v")"#),
+        set(&["v0"])
+    );
+    assert_eq!(
+        scan(r#"device.attributes["netclaim.dev"].ifName != "v0""#),
+        set(&["w0"])
+    );
+    assert_eq!(
+        scan(r#"device.attributes["netclaim.dev"].mtu > 1500"#),
+        set(&["w0"])
+    );
+    assert_eq!(
+        scan(
+            r#"device.driver == "netclaim.dev" && device.attributes["netclaim.dev"].kind == "veth""#
+        ),
         set(&["v0", "w0"])
     );
     // A missing attribute is an evaluation error: the device is not published.
-    assert_eq!(scan(r#"device.attributes["netclaim.dev"].pciAddress == "x""#), set(&[]));
+    assert_eq!(
+        scan(r#"device.attributes["netclaim.dev"].pciAddress == "x""#),
+        set(&[])
+    );
     assert!(DeviceFilter::new("device.attributes[").is_err());
 }
 
@@ -179,8 +231,19 @@ fn watcher_sees_changes_within_250ms() {
     check(
         "link added",
         &|| {
-            node.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "pn0", "netns", peer.name()])
-                .unwrap();
+            node.ip(&[
+                "link",
+                "add",
+                "n0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "pn0",
+                "netns",
+                peer.name(),
+            ])
+            .unwrap();
         },
         &|d| by_ifname(d, "n0").is_some(),
     );
@@ -195,14 +258,16 @@ fn watcher_sees_changes_within_250ms() {
     check(
         "address added",
         &|| {
-            node.ip(&["addr", "add", "192.0.2.20/24", "dev", "n0"]).unwrap();
+            node.ip(&["addr", "add", "192.0.2.20/24", "dev", "n0"])
+                .unwrap();
         },
         &|d| attr_is(d, "n0", attr::IPV4, &s("192.0.2.20/24")),
     );
     check(
         "address removed",
         &|| {
-            node.ip(&["addr", "del", "192.0.2.20/24", "dev", "n0"]).unwrap();
+            node.ip(&["addr", "del", "192.0.2.20/24", "dev", "n0"])
+                .unwrap();
         },
         &|d| by_ifname(d, "n0").is_some_and(|x| get(x, attr::IPV4).is_none()),
     );
@@ -248,11 +313,15 @@ fn watcher_sees_bpf_programs_within_250ms() {
     let netns = node.open();
     let watcher = InventoryWatcher::start(Arc::new(node.open()), opts()).unwrap();
     let rx = watcher.subscribe();
-    assert!(attr_is(&rx.borrow(), "b0", attr::EBPF, &AttrValue::Bool(false)));
+    assert!(attr_is(
+        &rx.borrow(),
+        "b0",
+        attr::EBPF,
+        &AttrValue::Bool(false)
+    ));
 
     let layout = PinLayout::new(bpf.path());
     let key = DatapathKey::new("inv", "claim", "b0").unwrap();
-    let t = Instant::now();
     let dp = AttachedDatapath::attach(
         &layout,
         key,
@@ -262,6 +331,8 @@ fn watcher_sees_bpf_programs_within_250ms() {
         AttachOptions::default(),
     )
     .unwrap();
+    // Measured from attach() returning: load and verification are not the watcher's.
+    let t = Instant::now();
     let attached = wait_for(&rx, "programs attached", t, |d| {
         attr_is(d, "b0", attr::EBPF, &AttrValue::Bool(true))
     });
@@ -279,10 +350,8 @@ fn watcher_sees_bpf_programs_within_250ms() {
         attr_is(d, "b0", attr::EBPF, &AttrValue::Bool(false))
             && by_ifname(d, "b0").is_some_and(|x| get(x, attr::EBPF_PROGRAMS).is_none())
     });
-    // attach() itself loads and verifies the object, so measure only detach strictly
-    // and attach with the load time included.
+    assert!(attached < LIMIT, "attach seen after {attached:?}");
     assert!(detached < LIMIT, "detach seen after {detached:?}");
-    println!("attach (incl. load+verify) seen after {attached:?}");
     watcher.stop();
 }
 
@@ -293,13 +362,16 @@ fn in_use_devices_stay_published() {
     veth(&node, "k0", &peer, "pk0").unwrap();
     let watcher = InventoryWatcher::start(Arc::new(node.open()), opts()).unwrap();
     let rx = watcher.subscribe();
-    let before = by_ifname(&rx.borrow(), "k0").cloned().expect("k0 published");
+    let before = by_ifname(&rx.borrow(), "k0")
+        .cloned()
+        .expect("k0 published");
     watcher.pin_in_use(["k0".to_string()].into());
     // Give the watcher the pin before the device goes.
     std::thread::sleep(Duration::from_millis(50));
 
     // Move k0 away (as if into a pod): it must stay published, unchanged.
-    node.ip(&["link", "set", "k0", "netns", peer.name()]).unwrap();
+    node.ip(&["link", "set", "k0", "netns", peer.name()])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let kept = by_ifname(&rx.borrow(), "k0").cloned();
     assert_eq!(kept.as_ref(), Some(&before));
@@ -307,7 +379,9 @@ fn in_use_devices_stay_published() {
     // Unpinned and absent: it goes.
     let t = Instant::now();
     watcher.pin_in_use(BTreeSet::new());
-    wait_for(&rx, "unpinned device removed", t, |d| by_ifname(d, "k0").is_none());
+    wait_for(&rx, "unpinned device removed", t, |d| {
+        by_ifname(d, "k0").is_none()
+    });
 
     // merge_in_use on its own.
     let merged = Inventory::merge_in_use(Vec::new(), &[("k0".to_string(), before.clone())].into());

@@ -42,7 +42,12 @@ pub fn run(args: InventoryArgs) -> anyhow::Result<i32> {
     let scan = Inventory::scan_detailed(&netns, &opts)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&scan.devices)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&scan.devices)?),
+        // Through JSON so attribute values read `string: eth0` as in a ResourceSlice,
+        // not as YAML enum tags.
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&serde_json::to_value(&scan.devices)?)?
+        ),
         Output::Table => {
             let d = &args.driver_name;
             let get = |dev: &crate::inventory::Device, n: &str| {

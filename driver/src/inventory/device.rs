@@ -114,7 +114,11 @@ where
     let mut any = false;
     for item in items {
         let item = item.as_ref();
-        let extra = if out.is_empty() { item.len() } else { item.len() + 1 };
+        let extra = if out.is_empty() {
+            item.len()
+        } else {
+            item.len() + 1
+        };
         if out.len() + extra > MAX_STRING_LEN {
             // Later items might be shorter, but skipping would reorder the list.
             break;
@@ -148,8 +152,14 @@ mod tests {
     fn attr_value_serialises_like_a_resource_slice() {
         let v = serde_json::to_string(&AttrValue::String("eth0".into())).unwrap();
         assert_eq!(v, r#"{"string":"eth0"}"#);
-        assert_eq!(serde_json::to_string(&AttrValue::Int(1500)).unwrap(), r#"{"int":1500}"#);
-        assert_eq!(serde_json::to_string(&AttrValue::Bool(true)).unwrap(), r#"{"bool":true}"#);
+        assert_eq!(
+            serde_json::to_string(&AttrValue::Int(1500)).unwrap(),
+            r#"{"int":1500}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&AttrValue::Bool(true)).unwrap(),
+            r#"{"bool":true}"#
+        );
         let back: AttrValue = serde_json::from_str(r#"{"version":"1.2.3"}"#).unwrap();
         assert_eq!(back, AttrValue::Version("1.2.3".into()));
     }

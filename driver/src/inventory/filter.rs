@@ -35,7 +35,9 @@ pub struct DeviceFilter {
 
 impl std::fmt::Debug for DeviceFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("DeviceFilter").field(&self.expression).finish()
+        f.debug_tuple("DeviceFilter")
+            .field(&self.expression)
+            .finish()
     }
 }
 
@@ -109,7 +111,10 @@ fn device_value(driver: &str, device: &Device) -> Value {
     let mut top: HashMap<String, Value> = HashMap::new();
     top.insert("driver".into(), Value::from(driver));
     top.insert("attributes".into(), Value::from(attributes));
-    top.insert("capacity".into(), Value::from(HashMap::<String, Value>::new()));
+    top.insert(
+        "capacity".into(),
+        Value::from(HashMap::<String, Value>::new()),
+    );
     Value::from(top)
 }
 
@@ -123,8 +128,14 @@ mod tests {
             ifname: "veth0".into(),
             ifindex: 3,
             attributes: [
-                ("netclaim.dev/ifName".to_string(), AttrValue::String("veth0".into())),
-                ("netclaim.dev/kind".to_string(), AttrValue::String("veth".into())),
+                (
+                    "netclaim.dev/ifName".to_string(),
+                    AttrValue::String("veth0".into()),
+                ),
+                (
+                    "netclaim.dev/kind".to_string(),
+                    AttrValue::String("veth".into()),
+                ),
                 ("netclaim.dev/mtu".to_string(), AttrValue::Int(1500)),
                 ("netclaim.dev/virtual".to_string(), AttrValue::Bool(true)),
             ]
@@ -135,11 +146,18 @@ mod tests {
     #[test]
     fn selector_shape() {
         let d = dev();
-        let t = |e: &str| DeviceFilter::new(e).unwrap().matches("netclaim.dev", &d).unwrap();
+        let t = |e: &str| {
+            DeviceFilter::new(e)
+                .unwrap()
+                .matches("netclaim.dev", &d)
+                .unwrap()
+        };
         assert!(t(r#"device.driver == "netclaim.dev""#));
         assert!(t(r#"device.attributes["netclaim.dev"].kind == "veth""#));
         assert!(t(r#"device.attributes["netclaim.dev"]["mtu"] >= 1500"#));
-        assert!(t(r#"device.attributes["netclaim.dev"].ifName.startsWith("veth")"#));
+        assert!(t(
+            r#"device.attributes["netclaim.dev"].ifName.startsWith("veth")"#
+        ));
         assert!(!t(r#"device.attributes["netclaim.dev"].virtual == false"#));
     }
 
@@ -147,7 +165,8 @@ mod tests {
     fn errors_are_reported() {
         assert!(DeviceFilter::new("device.attributes[").is_err());
         let d = dev();
-        let f = DeviceFilter::new(r#"device.attributes["netclaim.dev"].pciAddress == "x""#).unwrap();
+        let f =
+            DeviceFilter::new(r#"device.attributes["netclaim.dev"].pciAddress == "x""#).unwrap();
         assert!(f.matches("netclaim.dev", &d).is_err());
         let f = DeviceFilter::new("1 + 1").unwrap();
         assert!(f.matches("netclaim.dev", &d).is_err());

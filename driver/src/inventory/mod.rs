@@ -240,10 +240,7 @@ fn build(
                 a.insert(q(attr::IS_SRIOV_VF), AttrValue::Bool(p.is_vf));
                 a.insert(q(attr::RDMA), AttrValue::Bool(p.rdma));
                 if let Some(root) = &p.pcie_root {
-                    a.insert(
-                        format!("{STANDARD_DOMAIN}/{}", attr::PCIE_ROOT),
-                        s(root),
-                    );
+                    a.insert(format!("{STANDARD_DOMAIN}/{}", attr::PCIE_ROOT), s(root));
                 }
             }
         }

@@ -77,7 +77,11 @@ fn normalise(raw: &str, hash_input: &str) -> String {
 /// `base` cut so that `-<hash>` fits, then the suffix appended.
 fn with_suffix(base: &str, hash_input: &str) -> String {
     let keep = MAX_LABEL - HASH_LEN - 1;
-    let cut = if base.len() > keep { &base[..keep] } else { base };
+    let cut = if base.len() > keep {
+        &base[..keep]
+    } else {
+        base
+    };
     format!("{}-{}", cut.trim_end_matches('-'), short_hash(hash_input))
 }
 
@@ -103,10 +107,8 @@ pub fn assign_names(requests: &[NameRequest]) -> Vec<String> {
         groups.entry(w.as_str()).or_default().push(i);
     }
     let mut out = wanted.clone();
-    let mut taken: std::collections::BTreeSet<String> = groups
-        .iter()
-        .map(|(label, _)| (*label).to_string())
-        .collect();
+    let mut taken: std::collections::BTreeSet<String> =
+        groups.keys().map(|label| (*label).to_string()).collect();
     for (label, mut claimants) in groups {
         if claimants.len() < 2 {
             continue;

@@ -22,7 +22,10 @@ pub fn tcx_programs(ifname: &str) -> BTreeMap<u32, String> {
     for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
         if let Ok((_, infos)) = SchedClassifier::query_tcx(ifname, dir) {
             for info in infos {
-                out.insert(info.id(), info.name_as_str().unwrap_or_default().to_string());
+                out.insert(
+                    info.id(),
+                    info.name_as_str().unwrap_or_default().to_string(),
+                );
             }
         }
     }
@@ -71,7 +74,12 @@ impl ProgramNames {
         }
         let mut out: Vec<String> = ids
             .iter()
-            .map(|id| self.names.get(id).cloned().unwrap_or_else(|| id.to_string()))
+            .map(|id| {
+                self.names
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| id.to_string())
+            })
             .collect();
         out.sort();
         out.dedup();

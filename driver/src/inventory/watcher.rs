@@ -80,7 +80,9 @@ impl InventoryWatcher {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(InventoryError::Watcher("stopped before the first scan".into()))
+                Err(InventoryError::Watcher(
+                    "stopped before the first scan".into(),
+                ))
             }
         }
     }
