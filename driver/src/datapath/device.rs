@@ -657,6 +657,38 @@ impl AttachedDatapath {
     }
 }
 
+/// Loads a fresh instance with `policy` in slot A and every program verified, but
+/// attaches nothing: for `BPF_PROG_TEST_RUN` benchmarks and verifier checks.
+pub fn load_unattached(sizes: MapSizes, policy: &DatapathPolicy) -> Result<Ebpf, DatapathError> {
+    let key = DatapathKey::new("bench", "bench", "bench")?;
+    let compiled = policy
+        .compile(&BTreeMap::new(), sizes.prefixes)
+        .map_err(|source| DatapathError::Policy {
+            key: key.to_string(),
+            source,
+        })?;
+    let mut ebpf = object::load(sizes).map_err(|e| DatapathError::Load {
+        key: key.to_string(),
+        source: Box::new(e),
+    })?;
+    write_initial_policy(&mut ebpf, &key, &compiled)?;
+    for name in [netclaim_common::PROG_BARE, PROG_EGRESS, PROG_INGRESS_TC] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| map_err(&key, "program", format!("{name} missing from the object")))?
+            .try_into()
+            .map_err(|e| prog_err(&key, "test run", e))?;
+        prog.load().map_err(|e| prog_err(&key, "test run", e))?;
+    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(PROG_INGRESS_XDP)
+        .ok_or_else(|| map_err(&key, "program", "nc_ingress missing from the object"))?
+        .try_into()
+        .map_err(|e| prog_err(&key, "nc_ingress", e))?;
+    xdp.load().map_err(|e| prog_err(&key, "nc_ingress", e))?;
+    Ok(ebpf)
+}
+
 fn zero_per_cpu() -> Result<Vec<u64>, std::io::Error> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(vec![0u64; n])

@@ -1,0 +1,284 @@
+//! `cargo xtask bench datapath`: per-packet cost of the programs by BPF_PROG_TEST_RUN
+//! (bare pass-through baseline, counting only, full enforcement with 1…65536
+//! prefixes, IPv4 and IPv6), and TCP throughput through a veth pair between two test
+//! namespaces with and without the data path attached (iperf3).
+//!
+//! Prefixes live only in map keys (nothing is sent to them); all packets of the
+//! throughput run stay inside the two namespaces this program creates.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::SchedClassifier;
+use ipnet::IpNet;
+use netclaim::datapath::{
+    device::{load_unattached, AttachOptions},
+    object::MapSizes,
+    AttachedDatapath, DatapathKey, DatapathPolicy, DataplaneKnobs, PinLayout,
+};
+use netclaim_tests::{
+    netenv::TestBpfRoot,
+    topology::{PodWire, POD_IF},
+};
+use serde_json::json;
+
+const PREFIX_COUNTS: [u32; 4] = [1, 16, 1024, 65536];
+const REPEAT: u32 = 2_000_000;
+const ROUNDS: usize = 5;
+
+/// `union bpf_attr` as used by BPF_PROG_TEST_RUN.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// Runs the program `REPEAT` times on `packet`; returns (ns per run, return value).
+fn test_run(prog: &SchedClassifier, packet: &[u8]) -> Result<(f64, u32)> {
+    let fd = prog.fd()?.as_fd().as_raw_fd();
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: REPEAT,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid, fully initialised bpf_attr prefix for this command,
+    // and the buffers it points to outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    Ok((f64::from(attr.duration), attr.retval))
+}
+
+/// Median ns/packet over several rounds.
+fn measure(prog: &SchedClassifier, packet: &[u8], expect_retval: u32) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let (ns, ret) = test_run(prog, packet)?;
+        if ret != expect_retval {
+            bail!("program returned {ret}, expected {expect_retval}: the packet is not on the path being measured");
+        }
+        samples.push(ns);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn frame_v4(dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend([192, 0, 2, 10]);
+    ip.extend(dst);
+    p.extend(ip);
+    p.extend([0x30, 0x39, 0x23, 0x28, 0, 26, 0, 0]);
+    p.extend([0u8; 18]);
+    p
+}
+
+fn frame_v6(dst: [u8; 16]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    p.extend([0x60, 0, 0, 0, 0, 26, 17, 64]);
+    p.extend("2001:db8::10".parse::<std::net::Ipv6Addr>().map(|a| a.octets()).unwrap_or([0; 16]));
+    p.extend(dst);
+    p.extend([0x30, 0x39, 0x23, 0x28, 0, 26, 0, 0]);
+    p.extend([0u8; 18]);
+    p
+}
+
+fn prefixes_v4(n: u32) -> Vec<IpNet> {
+    (0..n)
+        .map(|i| IpNet::new([10, (i >> 8) as u8, i as u8, 0].into(), 24).expect("valid /24"))
+        .collect()
+}
+
+fn prefixes_v6(n: u32) -> Vec<IpNet> {
+    (0..n)
+        .map(|i| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            a[4] = (i >> 8) as u8;
+            a[5] = i as u8;
+            IpNet::new(a.into(), 48).expect("valid /48")
+        })
+        .collect()
+}
+
+fn policy(routes: Vec<IpNet>) -> DatapathPolicy {
+    DatapathPolicy {
+        addresses: vec![
+            "192.0.2.10/24".parse().expect("cidr"),
+            "2001:db8::10/64".parse().expect("cidr"),
+        ],
+        routes,
+        knobs: DataplaneKnobs::default(),
+    }
+}
+
+fn prog<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    ebpf.program(name)
+        .with_context(|| format!("{name} missing"))?
+        .try_into()
+        .map_err(Into::into)
+}
+
+fn per_packet() -> Result<serde_json::Value> {
+    const TC_ACT_OK: u32 = 0;
+    let sizes = MapSizes { prefixes: 65536 + 16 };
+    let count_only = load_unattached(sizes, &DatapathPolicy::default())?;
+    let pkt = frame_v4([10, 0, 0, 7]);
+    let bare_ns = measure(prog(&count_only, "nc_bare")?, &pkt, TC_ACT_OK)?;
+    let count_ns = measure(prog(&count_only, "nc_egress")?, &pkt, TC_ACT_OK)?;
+    println!("{:<34} {:>10.1} ns/packet", "bare pass-through (baseline)", bare_ns);
+    println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", "counting only", count_ns, count_ns / bare_ns);
+
+    let mut v4 = BTreeMap::new();
+    let mut v6 = BTreeMap::new();
+    for n in PREFIX_COUNTS {
+        let ebpf = load_unattached(sizes, &policy(prefixes_v4(n)))?;
+        // Hit the last prefix inserted (deepest in key order).
+        let i = n - 1;
+        let ns = measure(prog(&ebpf, "nc_egress")?, &frame_v4([10, (i >> 8) as u8, i as u8, 7]), TC_ACT_OK)?;
+        println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", format!("enforce IPv4, {n} prefixes"), ns, ns / bare_ns);
+        v4.insert(n.to_string(), ns);
+        drop(ebpf);
+
+        let ebpf = load_unattached(sizes, &policy(prefixes_v6(n)))?;
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        dst[4] = (i >> 8) as u8;
+        dst[5] = i as u8;
+        dst[15] = 7;
+        let ns = measure(prog(&ebpf, "nc_egress")?, &frame_v6(dst), TC_ACT_OK)?;
+        println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", format!("enforce IPv6, {n} prefixes"), ns, ns / bare_ns);
+        v6.insert(n.to_string(), ns);
+    }
+    let ratio16 = v4.get("16").copied().unwrap_or(f64::NAN) / bare_ns;
+    println!("target: enforcement at 16 prefixes <= 2x bare; measured {ratio16:.2}x");
+    Ok(json!({
+        "bare_ns": bare_ns,
+        "count_ns": count_ns,
+        "enforce_v4_ns": v4,
+        "enforce_v6_ns": v6,
+        "enforce_16_ratio_v4": ratio16,
+        "repeat_per_round": REPEAT,
+        "rounds": ROUNDS,
+    }))
+}
+
+fn iperf(net: &PodWire, seconds: u32) -> Result<f64> {
+    let mut server = net
+        .wire
+        .command("iperf3")
+        .args(["-s", "-1", "-B", "192.0.2.1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 server (cargo xtask setup installs iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = net
+        .pod
+        .command("iperf3")
+        .args(["-c", "192.0.2.1", "-p", "5201", "-B", "192.0.2.10", "-J", "-t"])
+        .arg(seconds.to_string())
+        .output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no throughput in iperf3 output: {}", v["error"]))?;
+    Ok(bps / 1e9)
+}
+
+fn throughput() -> Result<serde_json::Value> {
+    let net = PodWire::new("bdp", false)?;
+    let bpf = TestBpfRoot::new("bdp")?;
+    let layout = PinLayout::new(bpf.path());
+    let pod = net.pod.open();
+    let p = DatapathPolicy {
+        addresses: vec!["192.0.2.10/24".parse()?],
+        routes: vec![],
+        knobs: DataplaneKnobs::default(),
+    };
+    let (mut bare, mut with) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        bare.push(iperf(&net, 3)?);
+        let key = DatapathKey::new("bench", "throughput", format!("r{round}"))?;
+        let dp = AttachedDatapath::attach(&layout, key, &pod, POD_IF, &p, AttachOptions::default())?;
+        with.push(iperf(&net, 3)?);
+        let c = dp.counters()?;
+        if c.drops.values().any(|d| *d > 0) {
+            bail!("the data path dropped benchmark traffic: {c:?}");
+        }
+        dp.detach(&layout, Some(&pod))?;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (b, w) = (mean(&bare), mean(&with));
+    println!("{:<34} {:>10.2} Gbit/s  (runs {:?})", "TCP over veth, bare", b, bare);
+    println!("{:<34} {:>10.2} Gbit/s  (runs {:?})", "TCP over veth, with datapath", w, with);
+    println!("throughput ratio (with / without): {:.3}  (target >= 0.95)", w / b);
+    Ok(json!({
+        "throughput_bare_gbps": b,
+        "throughput_datapath_gbps": w,
+        "throughput_ratio": w / b,
+        "throughput_runs_bare_gbps": bare,
+        "throughput_runs_datapath_gbps": with,
+    }))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "bench/results/datapath.json".into());
+    println!("== datapath benchmark (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, median) ==");
+    let mut result = per_packet()?;
+    println!("== TCP throughput through a veth pair (iperf3, 3 x 3 s each) ==");
+    let t = throughput()?;
+    if let (Some(r), Some(t)) = (result.as_object_mut(), t.as_object()) {
+        r.extend(t.clone());
+    }
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
+    println!("written to {out}");
+    Ok(())
+}
