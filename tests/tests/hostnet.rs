@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use netclaim::netns::{
-    move_and_configure, restore, restore_device, ConfigureError, HostOriginals,
-    InterfaceSettings, PodSide, RestoreOutcome, RouteSpec, Step,
+    move_and_configure, restore, restore_device, ConfigureError, HostOriginals, InterfaceSettings,
+    PodSide, RestoreOutcome, RouteSpec, Step,
 };
 use netclaim_tests::netenv::{unique, veth, TestNetns};
 use serde_json::Value;
@@ -68,7 +68,11 @@ fn read_kernel(ns: &TestNetns, dev: &str) -> Result<KernelView> {
     let link = link.get(0).context("no link in ip -j output")?.clone();
     let flags: Vec<String> = link["flags"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let addresses = link["addr_info"]
         .as_array()
@@ -89,7 +93,11 @@ fn read_kernel(ns: &TestNetns, dev: &str) -> Result<KernelView> {
         .and_then(Value::as_object)
         .map(|o| {
             o.iter()
-                .filter_map(|(k, v)| v.get("active").and_then(Value::as_bool).map(|a| (k.clone(), a)))
+                .filter_map(|(k, v)| {
+                    v.get("active")
+                        .and_then(Value::as_bool)
+                        .map(|a| (k.clone(), a))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -155,12 +163,38 @@ fn setup(tag: &str) -> Result<Setup> {
 fn host_config(node: &TestNetns, dev: &str) -> Result<()> {
     node.ip(&["addr", "add", "192.0.2.1/24", "dev", dev])?;
     node.ip(&["addr", "add", "2001:db8:1::1/64", "dev", dev, "nodad"])?;
-    node.ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.254", "dev", dev])?;
     node.ip(&[
-        "route", "add", "203.0.113.0/25", "dev", dev, "scope", "link", "src", "192.0.2.1",
-        "table", "100",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.254",
+        "dev",
+        dev,
     ])?;
-    node.ip(&["-6", "route", "add", "2001:db8:3::/64", "via", "2001:db8:1::fe", "dev", dev])?;
+    node.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/25",
+        "dev",
+        dev,
+        "scope",
+        "link",
+        "src",
+        "192.0.2.1",
+        "table",
+        "100",
+    ])?;
+    node.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:3::/64",
+        "via",
+        "2001:db8:1::fe",
+        "dev",
+        dev,
+    ])?;
     Ok(())
 }
 
@@ -220,7 +254,10 @@ fn restore_and_compare(
     let host = s.node.open();
     let pod = s.pod.open();
     let outcome = restore(&host, Some(&pod), pod_ifname, originals)?;
-    assert!(matches!(outcome, RestoreOutcome::Restored { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, RestoreOutcome::Restored { .. }),
+        "{outcome:?}"
+    );
     assert!(!link_exists(&s.pod, pod_ifname), "device left in the pod");
     let after = read_kernel(&s.node, &s.dev)?;
     compare_restored(before, &after);
@@ -234,8 +271,14 @@ fn compare_restored(before: &KernelView, after: &KernelView) {
     assert_eq!(after.up, before.up, "admin state");
     assert_eq!(after.gso_max_size, before.gso_max_size, "gso_max_size");
     assert_eq!(after.gro_max_size, before.gro_max_size, "gro_max_size");
-    assert_eq!(after.gso_ipv4_max_size, before.gso_ipv4_max_size, "gso_ipv4_max_size");
-    assert_eq!(after.gro_ipv4_max_size, before.gro_ipv4_max_size, "gro_ipv4_max_size");
+    assert_eq!(
+        after.gso_ipv4_max_size, before.gso_ipv4_max_size,
+        "gso_ipv4_max_size"
+    );
+    assert_eq!(
+        after.gro_ipv4_max_size, before.gro_ipv4_max_size,
+        "gro_ipv4_max_size"
+    );
     assert_eq!(after.addresses, before.addresses, "addresses");
     assert_eq!(after.routes, before.routes, "routes");
     assert_eq!(after.features, before.features, "ethtool features");
@@ -278,7 +321,11 @@ fn every_field_is_applied_in_the_pod_and_restored_on_the_host() -> Result<()> {
         "203.0.113.0/25 gw=- src=192.0.2.10 scope=link table=100 proto=static",
         "2001:db8:3::/64 gw=2001:db8:2::1 src=- scope=global table=main proto=static",
     ] {
-        assert!(has_route(&got, r), "missing route {r:?} in {:#?}", got.routes);
+        assert!(
+            has_route(&got, r),
+            "missing route {r:?} in {:#?}",
+            got.routes
+        );
     }
     // Host routes are not carried along when the claim sets addresses.
     assert!(!has_route(&got, "198.51.100.0/24 gw=192.0.2.254"));
@@ -347,7 +394,10 @@ fn an_unknown_ethtool_feature_is_refused_before_anything_changes() -> Result<()>
     };
     let msg = err.to_string();
     assert!(
-        msg.contains(&format!("ethtool.features[\"foo\"]: not a feature of {}", s.dev)),
+        msg.contains(&format!(
+            "ethtool.features[\"foo\"]: not a feature of {}",
+            s.dev
+        )),
         "{msg}"
     );
     assert_eq!(err.step(), Some(Step::Validate));
@@ -375,7 +425,9 @@ fn an_mtu_above_the_device_maximum_names_interface_mtu() -> Result<()> {
 fn a_name_taken_in_the_pod_fails_the_move_and_leaves_the_device_home() -> Result<()> {
     let s = setup("clash")?;
     let before = read_kernel(&s.node, &s.dev)?;
-    s.pod.ip(&["link", "add", "net1", "type", "veth", "peer", "name", "net1p"])?;
+    s.pod.ip(&[
+        "link", "add", "net1", "type", "veth", "peer", "name", "net1p",
+    ])?;
     let stranger = read_kernel(&s.pod, "net1")?;
     let err = match move_and_configure(&s.node.open(), &s.pod.open(), &s.dev, &full_settings()) {
         Ok(c) => bail!("configure should fail, got {c:?}"),
@@ -410,7 +462,11 @@ fn a_claim_without_addresses_carries_the_host_addresses_and_routes() -> Result<(
         "203.0.113.0/25 gw=- src=192.0.2.1 scope=link table=100 proto=boot",
         "2001:db8:3::/64 gw=2001:db8:1::fe",
     ] {
-        assert!(has_route(&got, r), "missing carried route {r:?} in {:#?}", got.routes);
+        assert!(
+            has_route(&got, r),
+            "missing carried route {r:?} in {:#?}",
+            got.routes
+        );
     }
     restore_and_compare(&s, "net1", &done.originals, &before)
 }
@@ -430,7 +486,7 @@ fn a_veth_destroyed_with_its_namespace_is_reported_gone() -> Result<()> {
         node, pod, _peer, ..
     } = s;
     drop(pod); // ip netns del: the namespace and the veth in it go away
-    // The peer end disappears with it (netns cleanup runs asynchronously).
+               // The peer end disappears with it (netns cleanup runs asynchronously).
     let mut gone = false;
     for _ in 0..100 {
         if !link_exists(&_peer, "peer0") {
@@ -440,7 +496,13 @@ fn a_veth_destroyed_with_its_namespace_is_reported_gone() -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(gone, "veth peer should vanish with the pod namespace");
-    let outcome = restore_device(&node.open(), None, &side, &done.originals, Some(&fake_root.open()))?;
+    let outcome = restore_device(
+        &node.open(),
+        None,
+        &side,
+        &done.originals,
+        Some(&fake_root.open()),
+    )?;
     assert_eq!(outcome, RestoreOutcome::Gone);
     Ok(())
 }
@@ -453,7 +515,9 @@ fn macvlan_setup(tag: &str) -> Result<Setup> {
     let parent = unique("par");
     veth(&node, &parent, &peer, "peer0")?;
     let dev = unique("mv");
-    node.ip(&["link", "add", "link", &parent, "name", &dev, "type", "macvlan", "mode", "bridge"])?;
+    node.ip(&[
+        "link", "add", "link", &parent, "name", &dev, "type", "macvlan", "mode", "bridge",
+    ])?;
     node.ip(&["link", "set", &dev, "up"])?;
     host_config(&node, &dev)?;
     Ok(Setup {
@@ -490,7 +554,10 @@ fn a_macvlan_is_configured_and_restored_from_a_live_namespace() -> Result<()> {
     assert_eq!(got.mtu, 1400);
     assert_eq!(got.mac, "02:00:00:00:bb:02");
     assert!(got.addresses.contains("198.51.100.20/24"));
-    assert!(has_route(&got, "203.0.113.0/24 gw=198.51.100.1 src=- scope=global table=200"));
+    assert!(has_route(
+        &got,
+        "203.0.113.0/24 gw=198.51.100.1 src=- scope=global table=200"
+    ));
     restore_and_compare(&s, "net2", &done.originals, &before)
 }
 
@@ -503,7 +570,8 @@ fn a_macvlan_fallen_into_root_is_found_and_brought_home() -> Result<()> {
     let fake_root = TestNetns::new("mvrr")?;
     let before = read_kernel(&s.node, &s.dev)?;
     let done = move_and_configure(&s.node.open(), &s.pod.open(), &s.dev, &macvlan_settings())?;
-    s.pod.ip(&["link", "set", "net2", "netns", fake_root.name()])?;
+    s.pod
+        .ip(&["link", "set", "net2", "netns", fake_root.name()])?;
     assert!(link_exists(&fake_root, "net2"));
     let outcome = restore_device(
         &s.node.open(),
@@ -512,7 +580,10 @@ fn a_macvlan_fallen_into_root_is_found_and_brought_home() -> Result<()> {
         &done.originals,
         Some(&fake_root.open()),
     )?;
-    assert!(matches!(outcome, RestoreOutcome::RestoredFromRoot { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, RestoreOutcome::RestoredFromRoot { .. }),
+        "{outcome:?}"
+    );
     assert!(!link_exists(&fake_root, "net2"));
     let after = read_kernel(&s.node, &s.dev)?;
     compare_restored(&before, &after);
@@ -525,12 +596,32 @@ fn the_lookup_in_root_ignores_a_stranger_with_the_same_name() -> Result<()> {
     let fake_root = TestNetns::new("mvsr")?;
     let done = move_and_configure(&s.node.open(), &s.pod.open(), &s.dev, &macvlan_settings())?;
     // A different device called net2 in "root", with another MAC.
-    fake_root.ip(&["link", "add", "net2", "address", "02:00:00:00:cc:03", "type", "veth", "peer", "name", "x0"])?;
+    fake_root.ip(&[
+        "link",
+        "add",
+        "net2",
+        "address",
+        "02:00:00:00:cc:03",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "x0",
+    ])?;
     let mut side: PodSide = done.pod_side();
     side.ifindex = None;
-    let outcome = restore_device(&s.node.open(), None, &side, &done.originals, Some(&fake_root.open()))?;
+    let outcome = restore_device(
+        &s.node.open(),
+        None,
+        &side,
+        &done.originals,
+        Some(&fake_root.open()),
+    )?;
     assert_eq!(outcome, RestoreOutcome::Gone);
-    assert!(link_exists(&fake_root, "net2"), "stranger must stay where it is");
+    assert!(
+        link_exists(&fake_root, "net2"),
+        "stranger must stay where it is"
+    );
     // The real device is still in the pod; put it back for a clean finish.
     restore(&s.node.open(), Some(&s.pod.open()), "net2", &done.originals)?;
     Ok(())

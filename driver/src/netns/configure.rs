@@ -299,27 +299,57 @@ pub(crate) fn per_field(change: &LinkChange) -> Vec<(&'static str, LinkChange)> 
     let mut out = Vec::new();
     let base = LinkChange::default;
     if let Some(v) = change.mtu {
-        out.push(("interface.mtu", LinkChange { mtu: Some(v), ..base() }));
+        out.push((
+            "interface.mtu",
+            LinkChange {
+                mtu: Some(v),
+                ..base()
+            },
+        ));
     }
     if let Some(v) = change.mac {
-        out.push(("interface.hardwareAddr", LinkChange { mac: Some(v), ..base() }));
+        out.push((
+            "interface.hardwareAddr",
+            LinkChange {
+                mac: Some(v),
+                ..base()
+            },
+        ));
     }
     if let Some(v) = change.gso_max_size {
-        out.push(("interface.gsoMaxSize", LinkChange { gso_max_size: Some(v), ..base() }));
+        out.push((
+            "interface.gsoMaxSize",
+            LinkChange {
+                gso_max_size: Some(v),
+                ..base()
+            },
+        ));
     }
     if let Some(v) = change.gro_max_size {
-        out.push(("interface.groMaxSize", LinkChange { gro_max_size: Some(v), ..base() }));
+        out.push((
+            "interface.groMaxSize",
+            LinkChange {
+                gro_max_size: Some(v),
+                ..base()
+            },
+        ));
     }
     if let Some(v) = change.gso_ipv4_max_size {
         out.push((
             "interface.gsoIPv4MaxSize",
-            LinkChange { gso_ipv4_max_size: Some(v), ..base() },
+            LinkChange {
+                gso_ipv4_max_size: Some(v),
+                ..base()
+            },
         ));
     }
     if let Some(v) = change.gro_ipv4_max_size {
         out.push((
             "interface.groIPv4MaxSize",
-            LinkChange { gro_ipv4_max_size: Some(v), ..base() },
+            LinkChange {
+                gro_ipv4_max_size: Some(v),
+                ..base()
+            },
         ));
     }
     out
@@ -364,8 +394,8 @@ pub fn move_and_configure(
     let job_settings = settings.clone();
     let job_ifname = host_ifname.to_string();
     let job_pod_name = pod_name.clone();
-    let host_result = host.run(move || -> Result<HostJob, Box<(Failure, Option<HostOriginals>)>> {
-        host_job(&job_ifname, &job_pod_name, &job_settings, &pod_fd).map_err(Box::new)
+    let host_result = host.run(move || -> Result<HostJob, HostFailure> {
+        host_job(&job_ifname, &job_pod_name, &job_settings, &pod_fd)
     })?;
 
     let moved = match host_result {
@@ -396,7 +426,13 @@ pub fn move_and_configure(
     let pending = moved.pending.clone();
     let features = moved.features.clone();
     let pod_result = pod.run(move || {
-        pod_job(&job_pod_name, &job_settings, &job_originals, &pending, &features)
+        pod_job(
+            &job_pod_name,
+            &job_settings,
+            &job_originals,
+            &pending,
+            &features,
+        )
     })?;
     match pod_result {
         Ok((facts, addresses)) => Ok(Configured {
@@ -455,14 +491,17 @@ fn finish_failure(
     }
 }
 
+/// A host-side failure, with the originals when they were captured.
+type HostFailure = Box<(Failure, Option<HostOriginals>)>;
+
 fn host_job(
     host_ifname: &str,
     pod_name: &str,
     settings: &InterfaceSettings,
     pod_fd: &OwnedFd,
-) -> Result<HostJob, (Failure, Option<HostOriginals>)> {
+) -> Result<HostJob, HostFailure> {
     let untouched = |step, field: &str, e: StepError| {
-        (
+        Box::new((
             Failure {
                 step,
                 field: field.to_string(),
@@ -470,7 +509,7 @@ fn host_job(
                 touched: false,
             },
             None,
-        )
+        ))
     };
     let mut sock = NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let mut eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
@@ -481,7 +520,7 @@ fn host_job(
     };
     let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
-    let features = validate(settings, &link, &originals).map_err(|f| (f, None))?;
+    let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
 
     // One message: down + move + rename + link settings.
     let settings_change = link_settings(settings);
@@ -507,7 +546,7 @@ fn host_job(
     }
     // Did the move itself happen before the refusal?
     let still_home = link::link_by_index(&mut sock, link.ifindex)
-        .map_err(|e| (fail(Step::Move, "device", e), Some(originals.clone())))?
+        .map_err(|e| Box::new((fail(Step::Move, "device", e), Some(originals.clone()))))?
         .is_some_and(|l| l.name == link.name);
     if still_home {
         let bare = LinkChange {
@@ -522,7 +561,7 @@ fn host_job(
             } else {
                 "device"
             };
-            return Err((fail(Step::Move, field, e), Some(originals)));
+            return Err(Box::new((fail(Step::Move, field, e), Some(originals))));
         }
     }
     Ok(HostJob::Moved(Box::new(Moved {
@@ -666,8 +705,10 @@ fn apply_ethtool(
             .unwrap_or_else(|| prefix.to_string())
     };
     if !features.is_empty() {
-        let wanted: BTreeMap<String, bool> =
-            features.iter().map(|(n, (on, _))| (n.clone(), *on)).collect();
+        let wanted: BTreeMap<String, bool> = features
+            .iter()
+            .map(|(n, (on, _))| (n.clone(), *on))
+            .collect();
         eth.set_features(idx, &wanted).map_err(|e| {
             let mut keys = features.values().map(|(_, k)| k);
             fail(Step::Ethtool, first_key("ethtool.features", &mut keys), e)
@@ -691,7 +732,11 @@ fn apply_ethtool(
     if !private_flags.is_empty() {
         eth.set_private_flags(idx, private_flags).map_err(|e| {
             let mut keys = private_flags.keys();
-            fail(Step::Ethtool, first_key("ethtool.privateFlags", &mut keys), e)
+            fail(
+                Step::Ethtool,
+                first_key("ethtool.privateFlags", &mut keys),
+                e,
+            )
         })?;
         let now = eth
             .private_flags(idx)
@@ -734,7 +779,11 @@ mod tests {
         let fields: Vec<_> = per_field(&c).into_iter().map(|(f, _)| f).collect();
         assert_eq!(
             fields,
-            vec!["interface.mtu", "interface.hardwareAddr", "interface.groIPv4MaxSize"]
+            vec![
+                "interface.mtu",
+                "interface.hardwareAddr",
+                "interface.groIPv4MaxSize"
+            ]
         );
     }
 }

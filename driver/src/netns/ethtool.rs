@@ -380,7 +380,8 @@ mod tests {
         w.flag(ETHTOOL_A_BITSET_NOMASK).u32(2, 64);
         w.nested(ETHTOOL_A_BITSET_BITS, |l| {
             l.nested(ETHTOOL_A_BITSET_BITS_BIT, |b| {
-                b.u32(1, 3).string(ETHTOOL_A_BITSET_BIT_NAME, "tx-checksum-ip-generic");
+                b.u32(1, 3)
+                    .string(ETHTOOL_A_BITSET_BIT_NAME, "tx-checksum-ip-generic");
             });
         });
         assert_eq!(
@@ -437,7 +438,10 @@ const LEGACY_NAMES: &[(&str, &[&str])] = &[
             "tx-checksum-sctp",
         ],
     ),
-    ("scatter-gather", &["tx-scatter-gather", "tx-scatter-gather-fraglist"]),
+    (
+        "scatter-gather",
+        &["tx-scatter-gather", "tx-scatter-gather-fraglist"],
+    ),
     ("sg", &["tx-scatter-gather", "tx-scatter-gather-fraglist"]),
     (
         "tcp-segmentation-offload",
@@ -480,7 +484,9 @@ const LEGACY_NAMES: &[(&str, &[&str])] = &[
 pub enum FeatureProblem {
     Unknown,
     /// Not changeable and currently in the other state.
-    Fixed { active: bool },
+    Fixed {
+        active: bool,
+    },
 }
 
 /// Resolves requested feature names (kernel or legacy `ethtool -k` names) against a
@@ -554,8 +560,14 @@ mod resolve_tests {
         let req = BTreeMap::from([("tso".to_string(), false), ("gro".to_string(), false)]);
         let got = resolve_features(&req, &device()).unwrap();
         assert_eq!(got.get("rx-gro"), Some(&(false, "gro".to_string())));
-        assert_eq!(got.get("tx-tcp-segmentation"), Some(&(false, "tso".to_string())));
-        assert_eq!(got.get("tx-tcp6-segmentation"), Some(&(false, "tso".to_string())));
+        assert_eq!(
+            got.get("tx-tcp-segmentation"),
+            Some(&(false, "tso".to_string()))
+        );
+        assert_eq!(
+            got.get("tx-tcp6-segmentation"),
+            Some(&(false, "tso".to_string()))
+        );
         assert!(!got.contains_key("tx-tcp-ecn-segmentation"));
     }
 

@@ -76,7 +76,9 @@ pub struct NlSocket {
 
 impl fmt::Debug for NlSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NlSocket").field("port", &self.port).finish()
+        f.debug_struct("NlSocket")
+            .field("port", &self.port)
+            .finish()
     }
 }
 

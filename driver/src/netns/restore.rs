@@ -363,7 +363,9 @@ fn home_job(
 }
 
 fn field_name(config_field: &str) -> &str {
-    config_field.strip_prefix("interface.").unwrap_or(config_field)
+    config_field
+        .strip_prefix("interface.")
+        .unwrap_or(config_field)
 }
 
 fn restore_ethtool(o: &HostOriginals, idx: u32, problems: &mut Vec<String>) {
@@ -460,13 +462,33 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 9]),
         };
         let o = originals();
-        assert!(matches_fallen_device(&link("net0", 40, [2, 0, 0, 0, 0, 9]), &side, &o));
+        assert!(matches_fallen_device(
+            &link("net0", 40, [2, 0, 0, 0, 0, 9]),
+            &side,
+            &o
+        ));
         // The kernel's fallback name when the pod-side name is taken in root.
-        assert!(matches_fallen_device(&link("dev41", 41, [2, 0, 0, 0, 0, 9]), &side, &o));
-        assert!(matches_fallen_device(&link("net0", 3, [2, 0, 0, 0, 0, 1]), &side, &o));
+        assert!(matches_fallen_device(
+            &link("dev41", 41, [2, 0, 0, 0, 0, 9]),
+            &side,
+            &o
+        ));
+        assert!(matches_fallen_device(
+            &link("net0", 3, [2, 0, 0, 0, 0, 1]),
+            &side,
+            &o
+        ));
         // Same name, other device.
-        assert!(!matches_fallen_device(&link("net0", 40, [2, 0, 0, 0, 0, 1]), &side, &o));
-        assert!(!matches_fallen_device(&link("eth9", 40, [2, 0, 0, 0, 0, 9]), &side, &o));
+        assert!(!matches_fallen_device(
+            &link("net0", 40, [2, 0, 0, 0, 0, 1]),
+            &side,
+            &o
+        ));
+        assert!(!matches_fallen_device(
+            &link("eth9", 40, [2, 0, 0, 0, 0, 9]),
+            &side,
+            &o
+        ));
     }
 
     #[test]
@@ -477,17 +499,33 @@ mod tests {
             ifindex: None,
             mac: Some([2, 0, 0, 0, 0, 9]),
         };
-        assert!(!is_ours_in_pod(&link("net0", 3, [2, 9, 9, 9, 9, 9]), &side, &o));
-        assert!(is_ours_in_pod(&link("net0", 3, [2, 0, 0, 0, 0, 9]), &side, &o));
+        assert!(!is_ours_in_pod(
+            &link("net0", 3, [2, 9, 9, 9, 9, 9]),
+            &side,
+            &o
+        ));
+        assert!(is_ours_in_pod(
+            &link("net0", 3, [2, 0, 0, 0, 0, 9]),
+            &side,
+            &o
+        ));
         // Moved, but the rename failed: still under the host name, original MAC.
-        assert!(is_ours_in_pod(&link("eth1", 4, [2, 0, 0, 0, 0, 7]), &side, &o));
+        assert!(is_ours_in_pod(
+            &link("eth1", 4, [2, 0, 0, 0, 0, 7]),
+            &side,
+            &o
+        ));
         // Name only: trusted.
         let by_name = PodSide {
             name: "net0".into(),
             ifindex: None,
             mac: None,
         };
-        assert!(is_ours_in_pod(&link("net0", 3, [2, 9, 9, 9, 9, 9]), &by_name, &o));
+        assert!(is_ours_in_pod(
+            &link("net0", 3, [2, 9, 9, 9, 9, 9]),
+            &by_name,
+            &o
+        ));
     }
 
     #[test]
