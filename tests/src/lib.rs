@@ -8,3 +8,5 @@
 pub mod netenv;
 pub mod topology;
 pub mod traffic;
+pub mod apiserver;
+pub mod kubelet;
