@@ -23,7 +23,10 @@ fn compile_protos() {
     }
     let fds = match protox::compile(PROTOS, [&proto_dir]) {
         Ok(fds) => fds,
-        Err(err) => panic!("\n\nnetclaim: cannot parse the .proto files in {}:\n{err:?}\n", proto_dir.display()),
+        Err(err) => panic!(
+            "\n\nnetclaim: cannot parse the .proto files in {}:\n{err:?}\n",
+            proto_dir.display()
+        ),
     };
     if let Err(err) = tonic_prost_build::configure()
         .build_server(true)
@@ -40,7 +43,8 @@ fn main() {
     let object = match std::env::var_os("NETCLAIM_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
         None => {
-            let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+            let manifest =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
             manifest.join("../target/ebpf/netclaim.bpf.o")
         }
     };

@@ -43,14 +43,62 @@ struct ResourceType {
 }
 
 const TYPES: &[ResourceType] = &[
-    ResourceType { kind: "Node", plural: "nodes", api_version: "v1", namespaced: false, status_subresource: true },
-    ResourceType { kind: "Pod", plural: "pods", api_version: "v1", namespaced: true, status_subresource: true },
-    ResourceType { kind: "Event", plural: "events", api_version: "v1", namespaced: true, status_subresource: false },
-    ResourceType { kind: "Event", plural: "events", api_version: "events.k8s.io/v1", namespaced: true, status_subresource: false },
-    ResourceType { kind: "ResourceSlice", plural: "resourceslices", api_version: "resource.k8s.io/v1", namespaced: false, status_subresource: false },
-    ResourceType { kind: "ResourceClaim", plural: "resourceclaims", api_version: "resource.k8s.io/v1", namespaced: true, status_subresource: true },
-    ResourceType { kind: "ResourceClaimTemplate", plural: "resourceclaimtemplates", api_version: "resource.k8s.io/v1", namespaced: true, status_subresource: false },
-    ResourceType { kind: "DeviceClass", plural: "deviceclasses", api_version: "resource.k8s.io/v1", namespaced: false, status_subresource: false },
+    ResourceType {
+        kind: "Node",
+        plural: "nodes",
+        api_version: "v1",
+        namespaced: false,
+        status_subresource: true,
+    },
+    ResourceType {
+        kind: "Pod",
+        plural: "pods",
+        api_version: "v1",
+        namespaced: true,
+        status_subresource: true,
+    },
+    ResourceType {
+        kind: "Event",
+        plural: "events",
+        api_version: "v1",
+        namespaced: true,
+        status_subresource: false,
+    },
+    ResourceType {
+        kind: "Event",
+        plural: "events",
+        api_version: "events.k8s.io/v1",
+        namespaced: true,
+        status_subresource: false,
+    },
+    ResourceType {
+        kind: "ResourceSlice",
+        plural: "resourceslices",
+        api_version: "resource.k8s.io/v1",
+        namespaced: false,
+        status_subresource: false,
+    },
+    ResourceType {
+        kind: "ResourceClaim",
+        plural: "resourceclaims",
+        api_version: "resource.k8s.io/v1",
+        namespaced: true,
+        status_subresource: true,
+    },
+    ResourceType {
+        kind: "ResourceClaimTemplate",
+        plural: "resourceclaimtemplates",
+        api_version: "resource.k8s.io/v1",
+        namespaced: true,
+        status_subresource: false,
+    },
+    ResourceType {
+        kind: "DeviceClass",
+        plural: "deviceclasses",
+        api_version: "resource.k8s.io/v1",
+        namespaced: false,
+        status_subresource: false,
+    },
 ];
 
 fn type_index(kind_or_plural: &str) -> Option<usize> {
@@ -69,9 +117,9 @@ fn type_for(api_version: &str, plural: &str) -> Option<usize> {
 fn type_of_object(object: &Value) -> Option<usize> {
     let kind = object.get("kind")?.as_str()?;
     let api_version = object.get("apiVersion").and_then(Value::as_str);
-    TYPES.iter().position(|t| {
-        t.kind == kind && api_version.is_none_or(|v| v == t.api_version)
-    })
+    TYPES
+        .iter()
+        .position(|t| t.kind == kind && api_version.is_none_or(|v| v == t.api_version))
 }
 
 /// Errors of the programmatic API.
@@ -191,7 +239,9 @@ impl Store {
         if name.is_empty() {
             let prefix = meta_str(&object, "generateName");
             if prefix.is_empty() {
-                return Err(ApiError::bad("metadata.name or metadata.generateName is required"));
+                return Err(ApiError::bad(
+                    "metadata.name or metadata.generateName is required",
+                ));
             }
             self.next_uid += 1;
             name = format!("{prefix}{:05x}", self.next_uid);
@@ -220,7 +270,16 @@ impl Store {
         meta.entry("creationTimestamp")
             .or_insert_with(|| json!("2025-01-01T00:00:00Z"));
         self.objects[idx].insert((ns, name), object.clone());
-        self.record(events, WatchEvent { type_idx: idx, kind: "ADDED", rv, object: object.clone(), old: None });
+        self.record(
+            events,
+            WatchEvent {
+                type_idx: idx,
+                kind: "ADDED",
+                rv,
+                object: object.clone(),
+                old: None,
+            },
+        );
         Ok(object)
     }
 
@@ -260,10 +319,23 @@ impl Store {
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         meta.insert(
             "generation".into(),
-            json!(if spec_changed { generation + 1 } else { generation }),
+            json!(if spec_changed {
+                generation + 1
+            } else {
+                generation
+            }),
         );
         self.objects[idx].insert(key, object.clone());
-        self.record(events, WatchEvent { type_idx: idx, kind: "MODIFIED", rv, object: object.clone(), old: Some(old) });
+        self.record(
+            events,
+            WatchEvent {
+                type_idx: idx,
+                kind: "MODIFIED",
+                rv,
+                object: object.clone(),
+                old: Some(old),
+            },
+        );
         Ok(object)
     }
 
@@ -278,7 +350,16 @@ impl Store {
         self.managers.remove(&(idx, key.0.clone(), key.1.clone()));
         let rv = self.bump();
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
-        self.record(events, WatchEvent { type_idx: idx, kind: "DELETED", rv, object: object.clone(), old: None });
+        self.record(
+            events,
+            WatchEvent {
+                type_idx: idx,
+                kind: "DELETED",
+                rv,
+                object: object.clone(),
+                old: None,
+            },
+        );
         Some(object)
     }
 }
@@ -339,7 +420,13 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn device_key(entry: &Value) -> DeviceKey {
-    let s = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     (s("driver"), s("pool"), s("device"))
 }
 
@@ -347,7 +434,12 @@ fn device_key(entry: &Value) -> DeviceKey {
 /// Objects merge key by key; lists are replaced, except `status.devices`, which is a
 /// map keyed by (driver, pool, device): the manager's entries are replaced, entries it
 /// applied before and no longer applies are removed, others' entries stay.
-fn apply(current: &mut Value, applied: &Value, owned: &mut BTreeMap<String, Vec<DeviceKey>>, manager: &str) {
+fn apply(
+    current: &mut Value,
+    applied: &Value,
+    owned: &mut BTreeMap<String, Vec<DeviceKey>>,
+    manager: &str,
+) {
     let mut applied = applied.clone();
     let devices = applied
         .get_mut("status")
@@ -368,7 +460,8 @@ fn apply(current: &mut Value, applied: &Value, owned: &mut BTreeMap<String, Vec<
             if let Value::Array(list) = list {
                 list.retain(|e| {
                     let key = device_key(e);
-                    !(previously.contains(&key) && !new_keys.contains(&key))
+                    // Drop what this manager applied before and no longer applies.
+                    !previously.contains(&key) || new_keys.contains(&key)
                 });
                 for entry in new_entries {
                     let key = device_key(&entry);
@@ -388,7 +481,9 @@ fn deep_merge(target: &mut Value, overlay: &Value) {
         (Value::Object(target), Value::Object(overlay)) => {
             for (key, value) in overlay {
                 match target.get_mut(key) {
-                    Some(existing) if existing.is_object() && value.is_object() => deep_merge(existing, value),
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        deep_merge(existing, value)
+                    }
                     _ => {
                         target.insert(key.clone(), value.clone());
                     }
@@ -429,7 +524,10 @@ fn split_selector(s: &str) -> Vec<String> {
         cur.push(c);
     }
     out.push(cur);
-    out.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_selector(s: &str) -> Vec<Requirement> {
@@ -486,8 +584,14 @@ impl Filter {
     fn from_query(namespace: Option<String>, query: &HashMap<String, String>) -> Self {
         Self {
             namespace,
-            labels: query.get("labelSelector").map(|s| parse_selector(s)).unwrap_or_default(),
-            fields: query.get("fieldSelector").map(|s| parse_selector(s)).unwrap_or_default(),
+            labels: query
+                .get("labelSelector")
+                .map(|s| parse_selector(s))
+                .unwrap_or_default(),
+            fields: query
+                .get("fieldSelector")
+                .map(|s| parse_selector(s))
+                .unwrap_or_default(),
         }
     }
 
@@ -499,7 +603,10 @@ impl Filter {
         }
         let labels = object.pointer("/metadata/labels");
         matches(&self.labels, |k| {
-            labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_owned)
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         }) && matches(&self.fields, |path| {
             let pointer = format!("/{}", path.replace('.', "/"));
             match object.pointer(&pointer) {
@@ -543,7 +650,12 @@ fn parse_path(path: &str) -> Option<Target> {
     if TYPES[type_idx].namespaced != namespace.is_some() && name.is_some() {
         return None;
     }
-    Some(Target { type_idx, namespace, name, subresource })
+    Some(Target {
+        type_idx,
+        namespace,
+        name,
+        subresource,
+    })
 }
 
 fn status_response(code: StatusCode, reason: &str, message: &str, details: Value) -> Response {
@@ -557,7 +669,12 @@ fn status_response(code: StatusCode, reason: &str, message: &str, details: Value
         "details": details,
         "code": code.as_u16(),
     });
-    (code, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error_response(err: ApiError, t: Option<&ResourceType>, name: Option<&str>) -> Response {
@@ -573,7 +690,12 @@ fn error_response(err: ApiError, t: Option<&ResourceType>, name: Option<&str>) -
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (code, [("content-type", "application/json")], value.to_string()).into_response()
+    (
+        code,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 async fn handle(
@@ -588,7 +710,10 @@ async fn handle(
         return status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("the server could not find the requested resource ({})", uri.path()),
+            &format!(
+                "the server could not find the requested resource ({})",
+                uri.path()
+            ),
             json!({}),
         );
     };
@@ -617,7 +742,9 @@ async fn handle(
                 metadata_mut(&mut object).insert("namespace".into(), json!(ns));
             }
             let mut store = shared.lock();
-            store.create(&shared.events, target.type_idx, object).map(|o| (StatusCode::CREATED, o))
+            store
+                .create(&shared.events, target.type_idx, object)
+                .map(|o| (StatusCode::CREATED, o))
         }),
         (&Method::PUT, Some(name)) => parse_body(&body, &headers)
             .and_then(|object| update(&shared, &target, name, object))
@@ -660,7 +787,11 @@ fn list(shared: &Shared, idx: usize, filter: &Filter) -> Value {
     let mut store = shared.lock();
     store.ensure();
     let t = &TYPES[idx];
-    let items: Vec<Value> = store.objects[idx].values().filter(|o| filter.accepts(o)).cloned().collect();
+    let items: Vec<Value> = store.objects[idx]
+        .values()
+        .filter(|o| filter.accepts(o))
+        .cloned()
+        .collect();
     json!({
         "apiVersion": t.api_version,
         "kind": format!("{}List", t.kind),
@@ -674,7 +805,10 @@ fn update(shared: &Shared, target: &Target, name: &str, object: Value) -> Result
     let t = &TYPES[target.type_idx];
     let mut store = shared.lock();
     store.ensure();
-    let key = (target.namespace.clone().unwrap_or_default(), name.to_owned());
+    let key = (
+        target.namespace.clone().unwrap_or_default(),
+        name.to_owned(),
+    );
     let Some(current) = store.objects[target.type_idx].get(&key).cloned() else {
         return Err(ApiError::not_found(t, name));
     };
@@ -695,7 +829,12 @@ fn update(shared: &Shared, target: &Target, name: &str, object: Value) -> Result
 }
 
 /// Keeps the parts of `current` a write to this (sub)resource may not change.
-fn combine(t: &ResourceType, subresource: Option<&str>, current: &Value, mut new: Value) -> Result<Value, ApiError> {
+fn combine(
+    t: &ResourceType,
+    subresource: Option<&str>,
+    current: &Value,
+    mut new: Value,
+) -> Result<Value, ApiError> {
     match subresource {
         None => {
             if t.status_subresource {
@@ -715,7 +854,10 @@ fn combine(t: &ResourceType, subresource: Option<&str>, current: &Value, mut new
             }
             Ok(out)
         }
-        Some(other) => Err(ApiError::bad(format!("{} has no subresource {other:?}", t.plural))),
+        Some(other) => Err(ApiError::bad(format!(
+            "{} has no subresource {other:?}",
+            t.plural
+        ))),
     }
 }
 
@@ -736,7 +878,10 @@ fn patch(
     let patch = parse_body(body, headers)?;
     let mut store = shared.lock();
     store.ensure();
-    let key = (target.namespace.clone().unwrap_or_default(), name.to_owned());
+    let key = (
+        target.namespace.clone().unwrap_or_default(),
+        name.to_owned(),
+    );
     let current = store.objects[target.type_idx].get(&key).cloned();
     if content_type.starts_with("application/apply-patch") {
         let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
@@ -753,7 +898,9 @@ fn patch(
                 if let Some(ns) = &target.namespace {
                     meta.insert("namespace".into(), json!(ns));
                 }
-                store.create(&shared.events, target.type_idx, object).map(|o| (StatusCode::CREATED, o))
+                store
+                    .create(&shared.events, target.type_idx, object)
+                    .map(|o| (StatusCode::CREATED, o))
             }
             None => Err(ApiError::not_found(t, name)),
             Some(current) => {
@@ -784,7 +931,10 @@ fn patch(
     let Some(current) = current else {
         return Err(ApiError::not_found(t, name));
     };
-    let sent_rv = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+    let sent_rv = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !sent_rv.is_empty() && sent_rv != meta_str(&current, "resourceVersion") {
         return Err(ApiError {
             code: StatusCode::CONFLICT,
@@ -795,7 +945,9 @@ fn patch(
     let mut patched = current.clone();
     merge_patch(&mut patched, &patch);
     let new = combine(t, target.subresource.as_deref(), &current, patched)?;
-    store.replace(&shared.events, target.type_idx, key, new).map(|o| (StatusCode::OK, o))
+    store
+        .replace(&shared.events, target.type_idx, key, new)
+        .map(|o| (StatusCode::OK, o))
 }
 
 fn watch_line(kind: &str, object: &Value) -> Bytes {
@@ -804,7 +956,12 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn watch_response(shared: &Arc<Shared>, idx: usize, filter: Filter, query: &HashMap<String, String>) -> Response {
+fn watch_response(
+    shared: &Arc<Shared>,
+    idx: usize,
+    filter: Filter,
+    query: &HashMap<String, String>,
+) -> Response {
     let since: Option<u64> = query
         .get("resourceVersion")
         .filter(|v| !v.is_empty() && v.as_str() != "0")
@@ -822,7 +979,11 @@ fn watch_response(shared: &Arc<Shared>, idx: usize, filter: Filter, query: &Hash
         let mut replay = Vec::new();
         match since {
             Some(since) if !initial_events => {
-                for e in store.history.iter().filter(|e| e.type_idx == idx && e.rv > since) {
+                for e in store
+                    .history
+                    .iter()
+                    .filter(|e| e.type_idx == idx && e.rv > since)
+                {
                     if let Some(line) = event_line(&filter, e) {
                         replay.push(line);
                     }
@@ -945,10 +1106,15 @@ impl FakeApiServer {
     /// directory).
     pub async fn start_on(addr: SocketAddr, kubeconfig: Option<PathBuf>) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared { store: Mutex::new(Store::default()), events });
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            events,
+        });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -958,11 +1124,21 @@ impl FakeApiServer {
                 tracing::error!("fake API server stopped: {err}");
             }
         });
-        let dir = std::env::temp_dir().join(format!("netclaim-fake-apiserver-{}-{}", std::process::id(), addr.port()));
+        let dir = std::env::temp_dir().join(format!(
+            "netclaim-fake-apiserver-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = kubeconfig.unwrap_or_else(|| dir.join("kubeconfig"));
         std::fs::write(&kubeconfig, kubeconfig_text(&format!("http://{addr}")))?;
-        Ok(Self { shared, addr, dir, kubeconfig, stop: Some(stop) })
+        Ok(Self {
+            shared,
+            addr,
+            dir,
+            kubeconfig,
+            stop: Some(stop),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -983,8 +1159,14 @@ impl FakeApiServer {
     /// Creates or replaces an object (its `kind`, and `apiVersion` where two types
     /// share a kind, pick the type). Returns the stored object.
     pub fn put(&self, object: Value) -> Result<Value, FakeApiError> {
-        let idx = type_of_object(&object)
-            .ok_or_else(|| FakeApiError::UnknownKind(object.get("kind").map(|k| k.to_string()).unwrap_or_default()))?;
+        let idx = type_of_object(&object).ok_or_else(|| {
+            FakeApiError::UnknownKind(
+                object
+                    .get("kind")
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+            )
+        })?;
         let t = &TYPES[idx];
         let name = meta_str(&object, "name");
         if name.is_empty() {
@@ -1017,7 +1199,9 @@ impl FakeApiServer {
         let ns = if TYPES[idx].namespaced { namespace } else { "" };
         let mut store = self.shared.lock();
         store.ensure();
-        store.objects[idx].get(&(ns.to_owned(), name.to_owned())).cloned()
+        store.objects[idx]
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Every object of a kind.
@@ -1053,7 +1237,10 @@ impl FakeApiServer {
 
     /// [`FakeApiServer::load_yaml`] of a file.
     pub fn load_yaml_file(&self, path: &Path) -> Result<Vec<Value>, FakeApiError> {
-        let text = std::fs::read_to_string(path).map_err(|source| FakeApiError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| FakeApiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         self.load_yaml(&text)
     }
 }
@@ -1081,12 +1268,14 @@ mod tests {
     #[test]
     fn selectors() {
         let obj = json!({"metadata": {"name": "a", "labels": {"app": "x", "tier": "db"}}, "spec": {"nodeName": "n1", "driver": "d"}});
-        let f = |l: &str, fs: &str| Filter {
-            namespace: None,
-            labels: parse_selector(l),
-            fields: parse_selector(fs),
-        }
-        .accepts(&obj);
+        let f = |l: &str, fs: &str| {
+            Filter {
+                namespace: None,
+                labels: parse_selector(l),
+                fields: parse_selector(fs),
+            }
+            .accepts(&obj)
+        };
         assert!(f("app=x", "spec.nodeName=n1"));
         assert!(f("app in (x,y),!missing", "spec.driver==d"));
         assert!(!f("app notin (x)", ""));
@@ -1098,13 +1287,26 @@ mod tests {
     fn apply_keeps_other_managers_device_entries() {
         let mut owned = BTreeMap::new();
         let mut obj = json!({"status": {"devices": [{"driver": "other", "pool": "p", "device": "d", "data": 1}]}});
-        apply(&mut obj, &json!({"status": {"devices": [
-            {"driver": "me", "pool": "p", "device": "a"},
-            {"driver": "me", "pool": "p", "device": "b"}
-        ]}}), &mut owned, "me");
+        apply(
+            &mut obj,
+            &json!({"status": {"devices": [
+                {"driver": "me", "pool": "p", "device": "a"},
+                {"driver": "me", "pool": "p", "device": "b"}
+            ]}}),
+            &mut owned,
+            "me",
+        );
         assert_eq!(obj["status"]["devices"].as_array().map(Vec::len), Some(3));
-        apply(&mut obj, &json!({"status": {"devices": [{"driver": "me", "pool": "p", "device": "b", "x": 2}]}}), &mut owned, "me");
-        let devices = obj["status"]["devices"].as_array().cloned().unwrap_or_default();
+        apply(
+            &mut obj,
+            &json!({"status": {"devices": [{"driver": "me", "pool": "p", "device": "b", "x": 2}]}}),
+            &mut owned,
+            "me",
+        );
+        let devices = obj["status"]["devices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(devices.len(), 2);
         assert_eq!(devices[0]["driver"], "other");
         assert_eq!(devices[1]["x"], 2);

@@ -114,7 +114,10 @@ impl FakeKubelet {
                 }
             }
             if Instant::now() > deadline {
-                bail!("no (new) registration socket {} after {timeout:?}", path.display());
+                bail!(
+                    "no (new) registration socket {} after {timeout:?}",
+                    path.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -206,7 +209,8 @@ impl DraClient {
     ) -> anyhow::Result<BTreeMap<String, PrepareAnswer>> {
         Ok(match self.version {
             DraVersion::V1 => {
-                let mut client = dra_v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let mut client =
+                    dra_v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
                 let request = dra_v1::NodePrepareResourcesRequest {
                     claims: claims
                         .iter()
@@ -233,7 +237,13 @@ impl DraClient {
                                 share_id: d.share_id,
                             })
                             .collect();
-                        (uid, PrepareAnswer { devices, error: r.error })
+                        (
+                            uid,
+                            PrepareAnswer {
+                                devices,
+                                error: r.error,
+                            },
+                        )
                     })
                     .collect()
             }
@@ -266,7 +276,13 @@ impl DraClient {
                                 share_id: None,
                             })
                             .collect();
-                        (uid, PrepareAnswer { devices, error: r.error })
+                        (
+                            uid,
+                            PrepareAnswer {
+                                devices,
+                                error: r.error,
+                            },
+                        )
                     })
                     .collect()
             }
@@ -277,7 +293,8 @@ impl DraClient {
     pub async fn unprepare(&self, claims: &[ClaimRef]) -> anyhow::Result<BTreeMap<String, String>> {
         Ok(match self.version {
             DraVersion::V1 => {
-                let mut client = dra_v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let mut client =
+                    dra_v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
                 let request = dra_v1::NodeUnprepareResourcesRequest {
                     claims: claims
                         .iter()
@@ -289,7 +306,11 @@ impl DraClient {
                         .collect(),
                 };
                 let response = client.node_unprepare_resources(request).await?.into_inner();
-                response.claims.into_iter().map(|(uid, r)| (uid, r.error)).collect()
+                response
+                    .claims
+                    .into_iter()
+                    .map(|(uid, r)| (uid, r.error))
+                    .collect()
             }
             DraVersion::V1beta1 => {
                 let mut client =
@@ -305,7 +326,11 @@ impl DraClient {
                         .collect(),
                 };
                 let response = client.node_unprepare_resources(request).await?.into_inner();
-                response.claims.into_iter().map(|(uid, r)| (uid, r.error)).collect()
+                response
+                    .claims
+                    .into_iter()
+                    .map(|(uid, r)| (uid, r.error))
+                    .collect()
             }
         })
     }

@@ -86,7 +86,11 @@ async fn wait_ready(plugin: &KubeletPlugin, attempt: u32) {
     )
     .await
     .is_ok();
-    assert!(waited, "plugin not registered: {:?}", *plugin.registration().borrow());
+    assert!(
+        waited,
+        "plugin not registered: {:?}",
+        *plugin.registration().borrow()
+    );
 }
 
 #[tokio::test]
@@ -100,7 +104,9 @@ async fn registration_handshake_and_both_dra_versions() {
         healthy: true,
     }]);
     let stub = Arc::new(StubPreparer::default());
-    let plugin = kubelet::serve(config.clone(), stub.clone(), health_rx).await.unwrap();
+    let plugin = kubelet::serve(config.clone(), stub.clone(), health_rx)
+        .await
+        .unwrap();
     assert!(!plugin.is_ready());
 
     for socket in [plugin.dra_socket(), plugin.registration_socket()] {
@@ -108,19 +114,35 @@ async fn registration_handshake_and_both_dra_versions() {
         assert_eq!(mode, 0o600, "{}", socket.display());
     }
     let dra_dir = plugin.dra_socket().parent().unwrap();
-    assert_eq!(std::fs::metadata(dra_dir).unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(
+        std::fs::metadata(dra_dir).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
 
     let kubelet = FakeKubelet::new(dir.path());
-    let registered = kubelet.wait_and_register(DRIVER, Verdict::Accept, WAIT).await.unwrap();
+    let registered = kubelet
+        .wait_and_register(DRIVER, Verdict::Accept, WAIT)
+        .await
+        .unwrap();
     assert_eq!(registered.info.r#type, "DRAPlugin");
     assert_eq!(registered.info.name, DRIVER);
-    assert_eq!(std::path::Path::new(&registered.info.endpoint), config.dra_socket());
+    assert_eq!(
+        std::path::Path::new(&registered.info.endpoint),
+        config.dra_socket()
+    );
     assert!(std::path::Path::new(&registered.info.endpoint).is_absolute());
     assert_eq!(
         registered.info.supported_versions,
-        vec!["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
+        vec![
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1alpha1.DRAResourceHealth"
+        ]
     );
-    assert_eq!(DraVersion::preferred(&registered.info), Some(DraVersion::V1));
+    assert_eq!(
+        DraVersion::preferred(&registered.info),
+        Some(DraVersion::V1)
+    );
     wait_ready(&plugin, 1).await;
 
     let claims = [cref("good", "uid-1"), cref("broken", "uid-2")];
@@ -136,7 +158,10 @@ async fn registration_handshake_and_both_dra_versions() {
         // share_id exists only in v1.
         let expected_share = (version == DraVersion::V1).then(|| "share-1".to_owned());
         assert_eq!(good.devices[0].share_id, expected_share);
-        assert_eq!(answers["uid-2"].error, "claim default/broken: broken on purpose");
+        assert_eq!(
+            answers["uid-2"].error,
+            "claim default/broken: broken on purpose"
+        );
         assert!(answers["uid-2"].devices.is_empty());
         let unprepared = dra.unprepare(&claims).await.unwrap();
         assert_eq!(unprepared["uid-1"], "");
@@ -147,17 +172,36 @@ async fn registration_handshake_and_both_dra_versions() {
     let first = health.next(WAIT).await.unwrap().unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].device, "eth1");
-    assert_eq!(first[0].status, netclaim::kubelet::proto::health_v1alpha1::HealthStatus::Healthy);
+    assert_eq!(
+        first[0].status,
+        netclaim::kubelet::proto::health_v1alpha1::HealthStatus::Healthy
+    );
     health_tx.send_replace(vec![
-        DeviceHealth { pool: "node-a".into(), device: "eth1".into(), healthy: false },
-        DeviceHealth { pool: "node-a".into(), device: "eth2".into(), healthy: true },
+        DeviceHealth {
+            pool: "node-a".into(),
+            device: "eth1".into(),
+            healthy: false,
+        },
+        DeviceHealth {
+            pool: "node-a".into(),
+            device: "eth2".into(),
+            healthy: true,
+        },
     ]);
     let second = health.next(WAIT).await.unwrap().unwrap();
     assert_eq!(second.len(), 2);
-    assert_eq!(second[0].status, netclaim::kubelet::proto::health_v1alpha1::HealthStatus::Unhealthy);
+    assert_eq!(
+        second[0].status,
+        netclaim::kubelet::proto::health_v1alpha1::HealthStatus::Unhealthy
+    );
 
-    let (dra_socket, reg_socket) = (plugin.dra_socket().to_owned(), plugin.registration_socket().to_owned());
-    tokio::time::timeout(WAIT, plugin.shutdown()).await.expect("shutdown hangs");
+    let (dra_socket, reg_socket) = (
+        plugin.dra_socket().to_owned(),
+        plugin.registration_socket().to_owned(),
+    );
+    tokio::time::timeout(WAIT, plugin.shutdown())
+        .await
+        .expect("shutdown hangs");
     assert!(!dra_socket.exists(), "DRA socket left behind");
     assert!(!reg_socket.exists(), "registration socket left behind");
 }
@@ -172,13 +216,21 @@ async fn stale_sockets_are_replaced() {
         std::fs::write(&path, b"stale").unwrap();
     }
     let (_tx, rx) = watch::channel(Vec::new());
-    let plugin = kubelet::serve(config, Arc::new(StubPreparer::default()), rx).await.unwrap();
+    let plugin = kubelet::serve(config, Arc::new(StubPreparer::default()), rx)
+        .await
+        .unwrap();
     let registered = FakeKubelet::new(dir.path())
         .wait_and_register(DRIVER, Verdict::Accept, WAIT)
         .await
         .unwrap();
     wait_ready(&plugin, 1).await;
-    let answers = registered.dra(DraVersion::V1beta1).await.unwrap().prepare(&[cref("x", "u")]).await.unwrap();
+    let answers = registered
+        .dra(DraVersion::V1beta1)
+        .await
+        .unwrap()
+        .prepare(&[cref("x", "u")])
+        .await
+        .unwrap();
     assert_eq!(answers["u"].error, "");
     plugin.shutdown().await;
 }
@@ -216,7 +268,10 @@ async fn refused_registration_is_not_ready_and_registers_again() {
     }
 
     // A new socket file appears after the backoff; kubelet registers it.
-    let (socket, _) = kubelet.wait_for_socket(DRIVER, Some(first_socket), WAIT).await.unwrap();
+    let (socket, _) = kubelet
+        .wait_for_socket(DRIVER, Some(first_socket), WAIT)
+        .await
+        .unwrap();
     kubelet.register(&socket, Verdict::Accept).await.unwrap();
     wait_ready(&plugin, 2).await;
     assert!(plugin.is_ready());
@@ -267,9 +322,16 @@ async fn start_driver(
 ) -> Driver {
     let store = Arc::new(StateStore::open(state_dir).unwrap());
     let client = api.client().await.unwrap();
-    let preparer = prepare::Preparer::new(client, DRIVER, store.clone(), prepare::network_config_parser());
+    let preparer = prepare::Preparer::new(
+        client,
+        DRIVER,
+        store.clone(),
+        prepare::network_config_parser(),
+    );
     let (_tx, rx) = watch::channel(Vec::new());
-    let plugin = kubelet::serve(config(kubelet_dir), Arc::new(preparer), rx).await.unwrap();
+    let plugin = kubelet::serve(config(kubelet_dir), Arc::new(preparer), rx)
+        .await
+        .unwrap();
     let registered = FakeKubelet::new(kubelet_dir)
         .wait_and_register(DRIVER, Verdict::Accept, WAIT)
         .await
@@ -283,26 +345,54 @@ async fn start_driver(
 async fn prepare_checkpoint_restart_unprepare() {
     init_tracing();
     let api = FakeApiServer::start().await.unwrap();
-    let good_params = json!({"interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 9000}});
-    api.put(allocated_claim("good", "uid-good", good_params, &["pod-a"])).unwrap();
-    api.put(allocated_claim("bad", "uid-bad", json!({"interface": {"mtuu": 9000}}), &["pod-b"])).unwrap();
-    api.put(allocated_claim("shared", "uid-shared", json!({}), &["pod-c", "pod-d"])).unwrap();
+    let good_params =
+        json!({"interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 9000}});
+    api.put(allocated_claim("good", "uid-good", good_params, &["pod-a"]))
+        .unwrap();
+    api.put(allocated_claim(
+        "bad",
+        "uid-bad",
+        json!({"interface": {"mtuu": 9000}}),
+        &["pod-b"],
+    ))
+    .unwrap();
+    api.put(allocated_claim(
+        "invalid",
+        "uid-invalid",
+        json!({"interface": {"addresses": ["192.0.2.300/24"]}}),
+        &["pod-e"],
+    ))
+    .unwrap();
+    api.put(allocated_claim(
+        "shared",
+        "uid-shared",
+        json!({}),
+        &["pod-c", "pod-d"],
+    ))
+    .unwrap();
     let kubelet_dir = tempfile::tempdir().unwrap();
     let state_dir = tempfile::tempdir().unwrap();
 
-    let driver = start_driver(&api, kubelet_dir.path(), state_dir.path(), DraVersion::V1beta1).await;
+    let driver = start_driver(
+        &api,
+        kubelet_dir.path(),
+        state_dir.path(),
+        DraVersion::V1beta1,
+    )
+    .await;
 
     // A mixed batch: one good claim, one with bad config, one shared, one stale UID,
     // one missing. Only the good one gets devices; the call itself succeeds.
     let batch = [
         cref("good", "uid-good"),
         cref("bad", "uid-bad"),
+        cref("invalid", "uid-invalid"),
         cref("shared", "uid-shared"),
         cref("good", "uid-of-a-deleted-claim"),
         cref("missing", "uid-missing"),
     ];
     let answers = driver.dra.prepare(&batch).await.unwrap();
-    assert_eq!(answers.len(), 5);
+    assert_eq!(answers.len(), 6);
     let good = &answers["uid-good"];
     assert_eq!(good.error, "", "good claim failed");
     assert_eq!(good.devices.len(), 1);
@@ -313,17 +403,34 @@ async fn prepare_checkpoint_restart_unprepare() {
     let bad = &answers["uid-bad"].error;
     assert!(bad.contains("claim default/bad"), "{bad}");
     assert!(bad.contains("mtuu"), "{bad}");
-    assert!(bad.contains("status.allocation.devices.config"), "{bad}");
+    assert!(
+        bad.contains("status.allocation.devices.config[1].opaque.parameters.interface.mtuu"),
+        "{bad}"
+    );
+    // A semantic problem (found on the merged config) names the field too.
+    let invalid = &answers["uid-invalid"].error;
+    assert!(invalid.contains("claim default/invalid"), "{invalid}");
+    assert!(invalid.contains("interface.addresses[0]"), "{invalid}");
     assert!(answers["uid-bad"].devices.is_empty());
     assert_eq!(
         answers["uid-shared"].error,
         "claim default/shared is reserved for 2 pods; netclaim devices are exclusive"
     );
-    assert!(answers["uid-of-a-deleted-claim"].error.contains("uid"), "{}", answers["uid-of-a-deleted-claim"].error);
-    assert!(answers["uid-missing"].error.contains("claim default/missing: not found"));
+    assert!(
+        answers["uid-of-a-deleted-claim"].error.contains("uid"),
+        "{}",
+        answers["uid-of-a-deleted-claim"].error
+    );
+    assert!(answers["uid-missing"]
+        .error
+        .contains("claim default/missing: not found"));
 
     // The plan is in the checkpoint, with the merged config (class then claim).
-    let stored = driver.store.get("uid-good").unwrap().expect("plan checkpointed");
+    let stored = driver
+        .store
+        .get("uid-good")
+        .unwrap()
+        .expect("plan checkpointed");
     assert_eq!(stored.plans.len(), 1);
     let plan = &stored.plans[0];
     assert_eq!(plan.pod.name, "pod-a");
@@ -337,7 +444,11 @@ async fn prepare_checkpoint_restart_unprepare() {
     // Idempotent: the second prepare answers from the checkpoint, even with the
     // claim gone from the API server.
     api.delete("ResourceClaim", "default", "good").unwrap();
-    let again = driver.dra.prepare(&[cref("good", "uid-good")]).await.unwrap();
+    let again = driver
+        .dra
+        .prepare(&[cref("good", "uid-good")])
+        .await
+        .unwrap();
     assert_eq!(again["uid-good"], *good);
 
     // Restart: new plugin, new store from the same state dir.
@@ -347,7 +458,11 @@ async fn prepare_checkpoint_restart_unprepare() {
     drop(store);
     let driver = start_driver(&api, kubelet_dir.path(), state_dir.path(), DraVersion::V1).await;
     assert_eq!(driver.store.list().unwrap().len(), 1);
-    let after = driver.dra.prepare(&[cref("good", "uid-good")]).await.unwrap();
+    let after = driver
+        .dra
+        .prepare(&[cref("good", "uid-good")])
+        .await
+        .unwrap();
     assert_eq!(after["uid-good"].error, "");
     assert_eq!(after["uid-good"].devices[0].device, "dev-good");
 
@@ -355,15 +470,33 @@ async fn prepare_checkpoint_restart_unprepare() {
     let mut stored = driver.store.get("uid-good").unwrap().unwrap();
     stored.plans[0].attached = true;
     driver.store.put(&stored).unwrap();
-    let refused = driver.dra.unprepare(&[cref("good", "uid-good")]).await.unwrap();
-    assert!(refused["uid-good"].contains("still attached to pod default/pod-a"), "{}", refused["uid-good"]);
+    let refused = driver
+        .dra
+        .unprepare(&[cref("good", "uid-good")])
+        .await
+        .unwrap();
+    assert!(
+        refused["uid-good"].contains("still attached to pod default/pod-a"),
+        "{}",
+        refused["uid-good"]
+    );
     assert!(driver.store.get("uid-good").unwrap().is_some());
 
     // ...and forgets the claim once it is not.
     stored.plans[0].attached = false;
     driver.store.put(&stored).unwrap();
-    let done = driver.dra.unprepare(&[cref("good", "uid-good"), cref("never", "uid-never")]).await.unwrap();
-    assert_eq!(done, BTreeMap::from([("uid-good".into(), String::new()), ("uid-never".into(), String::new())]));
+    let done = driver
+        .dra
+        .unprepare(&[cref("good", "uid-good"), cref("never", "uid-never")])
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        BTreeMap::from([
+            ("uid-good".into(), String::new()),
+            ("uid-never".into(), String::new())
+        ])
+    );
     assert!(driver.store.list().unwrap().is_empty());
     driver.plugin.shutdown().await;
 }
@@ -376,7 +509,8 @@ async fn fake_apiserver_speaks_kubernetes() {
 
     init_tracing();
     let api = FakeApiServer::start().await.unwrap();
-    api.put(allocated_claim("c", "uid-c", json!({}), &["p"])).unwrap();
+    api.put(allocated_claim("c", "uid-c", json!({}), &["p"]))
+        .unwrap();
     let client = api.client().await.unwrap();
     let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
 
@@ -391,8 +525,12 @@ async fn fake_apiserver_speaks_kubernetes() {
     // Stale resourceVersion → 409.
     let mut stale = got.clone();
     stale.metadata.resource_version = Some("1".into());
-    api.put(allocated_claim("c", "uid-c", json!({"x": 1}), &["p"])).unwrap();
-    let err = claims.replace("c", &PostParams::default(), &stale).await.unwrap_err();
+    api.put(allocated_claim("c", "uid-c", json!({"x": 1}), &["p"]))
+        .unwrap();
+    let err = claims
+        .replace("c", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(status) => assert_eq!(status.code, 409),
         other => panic!("{other}"),
@@ -402,7 +540,11 @@ async fn fake_apiserver_speaks_kubernetes() {
     let other = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
         "status": {"devices": [{"driver": "gpu.example.com", "pool": "p", "device": "gpu0"}]}});
     claims
-        .patch_status("c", &PatchParams::apply("gpu.example.com"), &Patch::Apply(&other))
+        .patch_status(
+            "c",
+            &PatchParams::apply("gpu.example.com"),
+            &Patch::Apply(&other),
+        )
         .await
         .unwrap();
     let mine = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
@@ -417,27 +559,46 @@ async fn fake_apiserver_speaks_kubernetes() {
     assert!(devices.iter().any(|d| d.driver == "gpu.example.com"));
     // The status write did not touch the spec.
     let stored = api.get("ResourceClaim", "default", "c").unwrap();
-    assert_eq!(stored["spec"]["devices"]["config"][0]["opaque"]["parameters"]["x"], 1);
+    assert_eq!(
+        stored["spec"]["devices"]["config"][0]["opaque"]["parameters"]["x"],
+        1
+    );
 
     // Watch from the list's resourceVersion sees later changes, filtered by field.
     use futures::{StreamExt, TryStreamExt};
     use kube::api::{ListParams, WatchEvent, WatchParams};
-    let list = claims.list(&ListParams::default().fields("metadata.name=d")).await.unwrap();
+    let list = claims
+        .list(&ListParams::default().fields("metadata.name=d"))
+        .await
+        .unwrap();
     assert!(list.items.is_empty());
     let rv = list.metadata.resource_version.unwrap();
     let mut stream = claims
-        .watch(&WatchParams::default().fields("metadata.name=d").timeout(10), &rv)
+        .watch(
+            &WatchParams::default().fields("metadata.name=d").timeout(10),
+            &rv,
+        )
         .await
         .unwrap()
         .boxed();
-    api.put(allocated_claim("other", "uid-o", json!({}), &["p"])).unwrap();
-    api.put(allocated_claim("d", "uid-d", json!({}), &["p"])).unwrap();
-    let event = tokio::time::timeout(WAIT, stream.try_next()).await.unwrap().unwrap().unwrap();
+    api.put(allocated_claim("other", "uid-o", json!({}), &["p"]))
+        .unwrap();
+    api.put(allocated_claim("d", "uid-d", json!({}), &["p"]))
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match event {
         WatchEvent::Added(claim) => assert_eq!(claim.metadata.name.as_deref(), Some("d")),
         other => panic!("unexpected {other:?}"),
     }
     api.delete("resourceclaims", "default", "d").unwrap();
-    let event = tokio::time::timeout(WAIT, stream.try_next()).await.unwrap().unwrap().unwrap();
+    let event = tokio::time::timeout(WAIT, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(matches!(event, WatchEvent::Deleted(_)), "{event:?}");
 }

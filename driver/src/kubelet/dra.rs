@@ -68,7 +68,12 @@ macro_rules! dra_version {
                 &self,
                 request: Request<$version::NodePrepareResourcesRequest>,
             ) -> Result<Response<$version::NodePrepareResourcesResponse>, Status> {
-                let claims = request.into_inner().claims.into_iter().map(claim_ref).collect();
+                let claims = request
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(claim_ref)
+                    .collect();
                 tracing::debug!(version = stringify!($version), "NodePrepareResources");
                 let results = self.preparer.prepare(claims).await;
                 let claims = results
@@ -87,14 +92,21 @@ macro_rules! dra_version {
                         (uid, answer)
                     })
                     .collect();
-                Ok(Response::new($version::NodePrepareResourcesResponse { claims }))
+                Ok(Response::new($version::NodePrepareResourcesResponse {
+                    claims,
+                }))
             }
 
             async fn node_unprepare_resources(
                 &self,
                 request: Request<$version::NodeUnprepareResourcesRequest>,
             ) -> Result<Response<$version::NodeUnprepareResourcesResponse>, Status> {
-                let claims = request.into_inner().claims.into_iter().map(claim_ref).collect();
+                let claims = request
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(claim_ref)
+                    .collect();
                 tracing::debug!(version = stringify!($version), "NodeUnprepareResources");
                 let results = self.preparer.unprepare(claims).await;
                 let claims = results
@@ -104,7 +116,9 @@ macro_rules! dra_version {
                         (uid, $version::NodeUnprepareResourceResponse { error })
                     })
                     .collect();
-                Ok(Response::new($version::NodeUnprepareResourcesResponse { claims }))
+                Ok(Response::new($version::NodeUnprepareResourcesResponse {
+                    claims,
+                }))
             }
         }
     };

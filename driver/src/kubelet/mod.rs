@@ -185,12 +185,7 @@ pub async fn serve(
     let (stop, stop_rx) = watch::channel(false);
     let dra_socket = config.dra_socket();
     let dra_listener = SocketGuard::bind(&dra_socket)?;
-    let dra_task = tokio::spawn(dra::run(
-        dra_listener,
-        preparer,
-        health,
-        stop_rx.clone(),
-    ));
+    let dra_task = tokio::spawn(dra::run(dra_listener, preparer, health, stop_rx.clone()));
     let (registration, registration_task) =
         match registration::start(config.clone(), dra_socket.clone(), stop_rx) {
             Ok(started) => started,

@@ -24,19 +24,37 @@ use serde_json::Value;
 use super::{ClaimPreparer, ClaimRef, PrepareResults, PreparedDevice, UnprepareResults};
 use crate::state::{ClaimPlans, ClaimRecord, Plan, PodRecord, StateError, StateStore};
 
-/// Validates one driver config: `(parameters, path prefix) -> Ok or a message whose
-/// field paths start with the prefix`. Injected so the config rules stay in
-/// [`crate::config`].
-pub type ConfigParser = Arc<dyn Fn(&Value, &str) -> Result<(), String> + Send + Sync>;
+/// One check of opaque parameters: `(parameters, path prefix) -> Ok or a message whose
+/// field paths start with the prefix`.
+pub type ConfigCheck = Arc<dyn Fn(&Value, &str) -> Result<(), String> + Send + Sync>;
 
-/// Structural check only: the parameters must decode as a
-/// [`crate::config::NetworkConfig`] (unknown fields and wrong types are refused).
+/// How prepare checks this driver's configs. Injected so the config rules stay in
+/// [`crate::config`].
+#[derive(Clone)]
+pub struct ConfigParser {
+    /// Each config entry on its own, before merging: unknown fields and wrong types,
+    /// reported at the entry's exact path in the claim.
+    pub structure: ConfigCheck,
+    /// The merged parameters of one device: every rule.
+    pub full: ConfigCheck,
+}
+
+/// The config module's checks: [`crate::config::parameters::decode`] per entry and
+/// [`crate::config::parse_parameters`] on the merged result, all problems at once,
+/// with their field paths.
 pub fn network_config_parser() -> ConfigParser {
-    Arc::new(|value, prefix| {
-        serde_json::from_value::<crate::config::NetworkConfig>(value.clone())
-            .map(|_| ())
-            .map_err(|err| format!("{prefix}: {err}"))
-    })
+    ConfigParser {
+        structure: Arc::new(|value, prefix| {
+            crate::config::parameters::decode(value)
+                .map(|_| ())
+                .map_err(|errors| errors.prefixed(prefix).to_string())
+        }),
+        full: Arc::new(|value, prefix| {
+            crate::config::parse_parameters(value, prefix)
+                .map(|_| ())
+                .map_err(|errors| errors.to_string())
+        }),
+    }
 }
 
 /// Why one claim could not be prepared or unprepared. Every message names the claim.
@@ -289,18 +307,16 @@ pub fn plan_claim(
     };
 
     // This driver's configs in precedence order: FromClass, then FromClaim.
-    let mut configs: Vec<(usize, &k8s_openapi::api::resource::v1::DeviceAllocationConfiguration)> =
-        devices
-            .config
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, c)| {
-                c.opaque
-                    .as_ref()
-                    .is_some_and(|o| o.driver == driver_name)
-            })
-            .collect();
+    let mut configs: Vec<(
+        usize,
+        &k8s_openapi::api::resource::v1::DeviceAllocationConfiguration,
+    )> = devices
+        .config
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| c.opaque.as_ref().is_some_and(|o| o.driver == driver_name))
+        .collect();
     configs.sort_by_key(|(index, c)| (c.source != "FromClass", *index));
 
     let mut plans = Vec::with_capacity(order.len());
@@ -314,30 +330,36 @@ pub fn plan_claim(
             .filter(|(_, c)| applies_to(c.requests.as_deref(), &requests))
             .filter_map(|(index, c)| c.opaque.as_ref().map(|o| (*index, &o.parameters.0)))
             .collect();
+        let config_error = |message: String| PrepareError::Config {
+            claim: name.clone(),
+            device: device.clone(),
+            request: requests.join(","),
+            message,
+        };
         let mut merged = Value::Object(Default::default());
-        for (_, parameters) in &applicable {
+        for (index, parameters) in &applicable {
+            let prefix = format!("status.allocation.devices.config[{index}].opaque.parameters");
+            (parser.structure)(parameters, &prefix).map_err(config_error)?;
             merge(&mut merged, parameters);
         }
         let prefix = match applicable.as_slice() {
             [(index, _)] => format!("status.allocation.devices.config[{index}].opaque.parameters"),
             _ => "parameters".to_owned(),
         };
-        if let Err(message) = parser(&merged, &prefix) {
+        if let Err(message) = (parser.full)(&merged, &prefix) {
             let message = if applicable.len() > 1 {
                 let sources: Vec<String> = applicable
                     .iter()
                     .map(|(index, _)| format!("config[{index}]"))
                     .collect();
-                format!("{message} (merged from status.allocation.devices.{})", sources.join(", "))
+                format!(
+                    "{message} (merged from status.allocation.devices.{})",
+                    sources.join(", ")
+                )
             } else {
                 message
             };
-            return Err(PrepareError::Config {
-                claim: name,
-                device,
-                request: requests.join(","),
-                message,
-            });
+            return Err(config_error(message));
         }
         plans.push(Plan {
             claim: record.clone(),
@@ -406,7 +428,7 @@ mod tests {
     }
 
     fn strict_parser() -> ConfigParser {
-        Arc::new(|value, prefix| {
+        let check: ConfigCheck = Arc::new(|value, prefix| {
             let Some(obj) = value.as_object() else {
                 return Err(format!("{prefix}: expected an object"));
             };
@@ -416,7 +438,11 @@ mod tests {
                 }
             }
             Ok(())
-        })
+        });
+        ConfigParser {
+            structure: check.clone(),
+            full: check,
+        }
     }
 
     fn allocated(configs: Value, reserved: Value) -> ResourceClaim {
@@ -518,7 +544,8 @@ mod tests {
         let object = allocated(json!([]), one_pod());
         let err = plan_claim(&other, &object, "netclaim.dev", &strict_parser(), 0).unwrap_err();
         assert!(matches!(err, PrepareError::UidMismatch { .. }));
-        let bare = claim(json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u1"}, "spec": {}}));
+        let bare =
+            claim(json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u1"}, "spec": {}}));
         let err = plan_claim(&cref(), &bare, "netclaim.dev", &strict_parser(), 0).unwrap_err();
         assert!(matches!(err, PrepareError::NotAllocated { .. }));
     }

@@ -151,10 +151,7 @@ impl StateStore {
         let removed = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             let removed = table.remove(uid).map_err(|e| self.db_err(e))?;
-            match removed {
-                Some(value) => Some(decode(uid, value.value())),
-                None => None,
-            }
+            removed.map(|value| decode(uid, value.value()))
         };
         txn.commit().map_err(|e| self.db_err(e))?;
         removed.transpose()
@@ -202,7 +199,9 @@ fn open_and_verify(path: &Path) -> Result<Database, Problem> {
     }));
     match result {
         Ok(result) => result,
-        Err(_) => Err(Problem::Corrupt("the database library panicked reading it".into())),
+        Err(_) => Err(Problem::Corrupt(
+            "the database library panicked reading it".into(),
+        )),
     }
 }
 
@@ -257,7 +256,10 @@ fn decode(uid: &str, value: &[u8]) -> Result<ClaimPlans, StateError> {
         message,
     };
     if value.len() < DIGEST_LEN {
-        return Err(entry_err(format!("value of {} bytes is too short", value.len())));
+        return Err(entry_err(format!(
+            "value of {} bytes is too short",
+            value.len()
+        )));
     }
     let (digest, json) = value.split_at(DIGEST_LEN);
     if Sha256::digest(json).as_slice() != digest {
@@ -349,7 +351,11 @@ mod tests {
         std::fs::write(&path, b"this is not a database at all, just garbage bytes").unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let aside = store.moved_aside().unwrap().to_owned();
-        assert!(aside.file_name().unwrap().to_string_lossy().contains(".corrupt-"));
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains(".corrupt-"));
         assert_eq!(
             std::fs::read(&aside).unwrap(),
             b"this is not a database at all, just garbage bytes"
@@ -370,7 +376,9 @@ mod tests {
             {
                 let mut table = txn.open_table(CLAIMS).unwrap();
                 let mut value = vec![0u8; DIGEST_LEN];
-                value.extend_from_slice(br#"{"claim":{"namespace":"a","name":"b","uid":"u"},"plans":[]}"#);
+                value.extend_from_slice(
+                    br#"{"claim":{"namespace":"a","name":"b","uid":"u"},"plans":[]}"#,
+                );
                 table.insert("u", value.as_slice()).unwrap();
             }
             txn.commit().unwrap();

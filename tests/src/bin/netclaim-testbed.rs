@@ -21,7 +21,10 @@ use netclaim_tests::kubelet::{DraVersion, FakeKubelet, Verdict};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "netclaim-testbed", about = "Fake API server and fake kubelet for netclaim")]
+#[command(
+    name = "netclaim-testbed",
+    about = "Fake API server and fake kubelet for netclaim"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -141,18 +144,27 @@ async fn main() -> anyhow::Result<()> {
             };
             let dra = registered.dra(version).await?;
             if !prepare.is_empty() {
-                let claims = prepare.iter().map(|c| claim_ref(c)).collect::<Result<Vec<_>, _>>()?;
+                let claims = prepare
+                    .iter()
+                    .map(|c| claim_ref(c))
+                    .collect::<Result<Vec<_>, _>>()?;
                 for (uid, answer) in dra.prepare(&claims).await? {
                     let devices: Vec<_> = answer
                         .devices
                         .iter()
                         .map(|d| json!({"requests": d.request_names, "pool": d.pool, "device": d.device}))
                         .collect();
-                    println!("{}", json!({"prepare": uid, "devices": devices, "error": answer.error}));
+                    println!(
+                        "{}",
+                        json!({"prepare": uid, "devices": devices, "error": answer.error})
+                    );
                 }
             }
             if !unprepare.is_empty() {
-                let claims = unprepare.iter().map(|c| claim_ref(c)).collect::<Result<Vec<_>, _>>()?;
+                let claims = unprepare
+                    .iter()
+                    .map(|c| claim_ref(c))
+                    .collect::<Result<Vec<_>, _>>()?;
                 for (uid, error) in dra.unprepare(&claims).await? {
                     println!("{}", json!({"unprepare": uid, "error": error}));
                 }
