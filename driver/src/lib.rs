@@ -16,6 +16,7 @@ pub mod config;
 pub mod datapath;
 pub mod inventory;
 pub mod kubelet;
+pub mod metrics;
 pub mod netns;
 pub mod state;
 
