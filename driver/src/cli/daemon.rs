@@ -1,19 +1,280 @@
-//! `netclaim run`: the node daemon.
+//! `netclaim run`: the node daemon. Reading this file top-down shows what runs:
+//!
+//! 1. the network namespace the daemon starts in is captured as the node's ("home"
+//!    for every device);
+//! 2. the checkpoint is opened (plans and host originals survive restarts);
+//! 3. `/metrics`, `/healthz`, `/readyz` start;
+//! 4. the inventory watches netlink in the node namespace, the publisher turns its
+//!    device list into this node's ResourceSlices;
+//! 5. the kubelet plugin registers and serves DRA (prepare = read claim, validate,
+//!    plan, checkpoint) and the health stream;
+//! 6. the NRI plugin connects to the runtime; pod events move devices in and out and
+//!    attach the data path; the status writer reports to the ResourceClaim;
+//! 7. SIGTERM/SIGINT: sockets are removed, tasks stop. Devices inside pods and their
+//!    pinned data paths are left as they are: they keep working, and the next start
+//!    adopts them.
 
-use std::path::PathBuf;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
 
+use anyhow::Context;
 use clap::Args;
+use tokio::sync::watch;
+
+use crate::{
+    datapath::PinLayout,
+    inventory::{DeviceFilter, InventoryOptions, InventoryWatcher},
+    kubelet::{
+        self, prepare::Preparer, ClaimPreparer, ClaimRef, KubeletPluginConfig, PrepareResults,
+        UnprepareResults,
+    },
+    metrics::{Metrics, Readiness},
+    netns::Netns,
+    state::StateStore,
+};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// DRA driver name; also the domain of device attributes.
     #[arg(long, default_value = crate::DEFAULT_DRIVER_NAME)]
     pub driver_name: String,
+    /// This node's name (the pool name and the ResourceSlices' nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubelet's root directory (plugin sockets live below it).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
+    /// Where the checkpoint lives.
+    #[arg(long, default_value = "/var/run/netclaim")]
+    pub state_dir: PathBuf,
     /// Root of the driver's pins on bpffs.
     #[arg(long, default_value = crate::DEFAULT_BPF_ROOT)]
     pub bpf_root: PathBuf,
+    /// The runtime's NRI socket.
+    #[arg(long, default_value = "/var/run/nri/nri.sock")]
+    pub nri_socket: PathBuf,
+    /// NRI plugin index (two digits; orders plugins).
+    #[arg(long, default_value = "00")]
+    pub nri_index: String,
+    /// CEL expression over device attributes selecting what is published
+    /// (default: every device that is not loopback or part of a default-route uplink).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// `off` disables the eBPF data path (no enforcement, no counters).
+    #[arg(long, value_enum, default_value = "on")]
+    pub dataplane: Dataplane,
+    /// How often claim status (counters, conditions) is refreshed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9177")]
+    pub metrics_address: SocketAddr,
 }
 
-pub async fn run(_args: RunArgs) -> anyhow::Result<i32> {
-    Err(super::NotBuilt("run").into())
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataplane {
+    On,
+    Off,
+}
+
+/// Parses `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by ms, s or m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
+
+/// Counts and times DRA calls, then delegates.
+struct MeteredPreparer {
+    inner: Arc<dyn ClaimPreparer>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl ClaimPreparer for MeteredPreparer {
+    async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+        let started = Instant::now();
+        let results = self.inner.prepare(claims).await;
+        let ok = results.values().all(Result::is_ok);
+        self.metrics
+            .observe_dra("NodePrepareResources", ok, started.elapsed());
+        results
+    }
+
+    async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let started = Instant::now();
+        let results = self.inner.unprepare(claims).await;
+        let ok = results.values().all(Result::is_ok);
+        self.metrics
+            .observe_dra("NodeUnprepareResources", ok, started.elapsed());
+        results
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig and no in-cluster configuration")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+fn check_bpf_root(root: &std::path::Path) -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = root.parent().unwrap_or(root);
+    let st = nix::sys::statfs::statfs(parent)
+        .with_context(|| format!("--bpf-root {}: cannot stat its parent", root.display()))?;
+    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        anyhow::bail!(
+            "--bpf-root {}: {} is not a bpffs mount (mount -t bpf bpf /sys/fs/bpf)",
+            root.display(),
+            parent.display()
+        );
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    tracing::info!(
+        driver = %args.driver_name,
+        node = %args.node_name,
+        version = env!("CARGO_PKG_VERSION"),
+        "netclaim starting"
+    );
+    // 1. The node's namespace: wherever we were started.
+    let host = Arc::new(Netns::current().context("capturing the node's network namespace")?);
+    if args.dataplane == Dataplane::On {
+        check_bpf_root(&args.bpf_root)?;
+    }
+    let layout = PinLayout::new(&args.bpf_root);
+
+    // 2. Checkpoint.
+    let store = Arc::new(
+        StateStore::open(&args.state_dir)
+            .with_context(|| format!("opening the checkpoint in {}", args.state_dir.display()))?,
+    );
+
+    // 3. Metrics and health.
+    let metrics = Metrics::new((args.dataplane == Dataplane::On).then(|| layout.clone()));
+    let readiness = Arc::new(Readiness::default());
+    let _http = crate::metrics::serve(args.metrics_address, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("--metrics-address {}", args.metrics_address))?;
+
+    let client = kube_client(args.kubeconfig.as_ref()).await?;
+
+    // 4. Inventory (and, once built, the ResourceSlice publisher).
+    let filter = match &args.filter {
+        Some(expr) => Some(DeviceFilter::new(expr).context("--filter")?),
+        None => None,
+    };
+    let inventory = InventoryWatcher::start(
+        host.clone(),
+        InventoryOptions {
+            driver_name: args.driver_name.clone(),
+            filter,
+            ..InventoryOptions::default()
+        },
+    )
+    .context("starting the inventory")?;
+    let devices = inventory.subscribe();
+    let _publisher = start_publisher(&client, &args, devices.clone(), &metrics, &readiness);
+
+    // 5. Kubelet plugin.
+    let (_health_tx, health_rx) = watch::channel(Vec::new());
+    let preparer: Arc<dyn ClaimPreparer> = Arc::new(MeteredPreparer {
+        inner: Arc::new(Preparer::new(
+            client.clone(),
+            args.driver_name.clone(),
+            store.clone(),
+            kubelet::prepare::network_config_parser(),
+        )),
+        metrics: metrics.clone(),
+    });
+    let plugin = kubelet::serve(
+        KubeletPluginConfig::new(&args.kubelet_dir, &args.driver_name),
+        preparer,
+        health_rx,
+    )
+    .await
+    .context("starting the kubelet plugin")?;
+    {
+        let mut registration = plugin.registration();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            loop {
+                let registered = registration.borrow_and_update().is_registered();
+                readiness
+                    .kubelet_registered
+                    .store(registered, Ordering::Relaxed);
+                if registration.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // 7. Run until told to stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    plugin.shutdown().await;
+    drop(inventory);
+    tracing::info!("netclaim stopped; devices in pods and their data paths stay in place");
+    Ok(0)
+}
+
+/// The ResourceSlice publisher, when it is part of this build.
+fn start_publisher(
+    _client: &kube::Client,
+    _args: &RunArgs,
+    _devices: watch::Receiver<Arc<Vec<crate::inventory::Device>>>,
+    _metrics: &Arc<Metrics>,
+    _readiness: &Arc<Readiness>,
+) -> Option<()> {
+    tracing::warn!("ResourceSlice publishing is not built into this version yet");
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }
