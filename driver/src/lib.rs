@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod kubelet;
 pub mod metrics;
 pub mod netns;
+pub mod publisher;
 pub mod state;
 
 /// Default DRA driver name; also the domain of device attributes.
