@@ -7,6 +7,7 @@
 
 pub mod configure;
 pub mod ethtool;
+pub mod foreign;
 pub mod host;
 pub mod link;
 pub mod netlink;
@@ -16,6 +17,7 @@ pub mod thread;
 pub use configure::{
     move_and_configure, ConfigureError, Configured, InterfaceSettings, RouteSpec, Step,
 };
+pub use foreign::{remove_foreign_programs, ForeignProgramError, RemovedProgram};
 pub use host::HostOriginals;
 pub use restore::{restore, restore_device, PodSide, RestoreError, RestoreOutcome};
 pub use thread::{Netns, NetnsError};
