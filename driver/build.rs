@@ -37,8 +37,34 @@ fn compile_protos() {
     }
 }
 
+/// NRI messages (`proto/nri.proto`): prost messages only. The ttrpc framing and the
+/// service dispatch are hand-written in `src/nri/`, so no service code is generated.
+fn compile_nri_proto() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let proto_dir = manifest.join("../proto");
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("nri.proto").display()
+    );
+    let fds = match protox::compile(["nri.proto"], [&proto_dir]) {
+        Ok(fds) => fds,
+        Err(err) => panic!(
+            "\n\nnetclaim: cannot parse {}/nri.proto:\n{err:?}\n",
+            proto_dir.display()
+        ),
+    };
+    if let Err(err) = tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_fds(fds)
+    {
+        panic!("\n\nnetclaim: NRI message code generation failed: {err}\n");
+    }
+}
+
 fn main() {
     compile_protos();
+    compile_nri_proto();
     println!("cargo:rerun-if-env-changed=NETCLAIM_EBPF_OBJECT");
     let object = match std::env::var_os("NETCLAIM_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod kubelet;
 pub mod metrics;
 pub mod netns;
+pub mod nri;
 pub mod publisher;
 pub mod state;
 
