@@ -10,17 +10,21 @@
 //! * [`netns`] — entering network namespaces on dedicated threads, moving and
 //!   configuring interfaces and restoring them;
 //! * [`datapath`] — the eBPF programs per device: load, attach, pin, policy, counters;
+//! * [`lifecycle`] — what happens to a claimed device when its pod starts and stops;
+//! * [`status`] — the claim's device status (KEP-4817) and device health;
 //! * [`cli`] — the `netclaim` subcommands.
 pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod inventory;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod metrics;
 pub mod netns;
 pub mod nri;
 pub mod publisher;
 pub mod state;
+pub mod status;
 
 /// Default DRA driver name; also the domain of device attributes.
 pub const DEFAULT_DRIVER_NAME: &str = "netclaim.dev";

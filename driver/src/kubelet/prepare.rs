@@ -371,6 +371,7 @@ pub fn plan_claim(
             attached: false,
             share_id,
             prepared_at: now,
+            attachment: None,
         });
     }
     Ok(ClaimPlans {

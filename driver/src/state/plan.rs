@@ -57,6 +57,32 @@ pub struct Plan {
     /// Unix seconds when the plan was made.
     #[serde(default)]
     pub prepared_at: u64,
+    /// What the pod hooks did with the device while it is inside the pod: enough to
+    /// detach and restore it after a restart of the driver. `None` while at home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// The record of a device handed to a pod (written by `lifecycle`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// The pod's network namespace path (the runtime's bind mount).
+    pub pod_netns: std::path::PathBuf,
+    /// The device's name, ifindex and MAC inside the pod.
+    pub pod_ifname: String,
+    #[serde(default)]
+    pub pod_ifindex: Option<u32>,
+    #[serde(default)]
+    pub pod_mac: Option<[u8; 6]>,
+    /// The host's state of the device before it moved.
+    pub originals: crate::netns::HostOriginals,
+    /// Whether a data path is pinned for the device (key: claim namespace/name, device).
+    #[serde(default)]
+    pub datapath: bool,
+    /// Unix seconds when the device was attached.
+    #[serde(default)]
+    pub attached_at: u64,
 }
 
 /// Everything prepared for one claim: the checkpoint's unit of storage.

@@ -321,6 +321,7 @@ mod tests {
                 attached: false,
                 share_id: None,
                 prepared_at: 1,
+                attachment: None,
             }],
         }
     }

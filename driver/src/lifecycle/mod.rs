@@ -1,0 +1,743 @@
+//! What happens to a claimed device when its pod starts and stops: [`Pods`].
+//!
+//! Top-down, `start_pod(uid, name, netns)`:
+//! 1. the plans of this pod UID from the checkpoint (made by `NodePrepareResources`);
+//! 2. per device: the claim's config ([`crate::config::parse_parameters`]), the host
+//!    interface of the device (a [`DeviceResolver`] the daemon builds from the
+//!    inventory), [`crate::netns::move_and_configure`] from the node's namespace into
+//!    the pod's (after removing foreign eBPF programs when the config says
+//!    `disableEbpfPrograms`), then [`AttachedDatapath::attach`] with the claim's policy (or the
+//!    addresses the device carried from the host) unless `--dataplane=off`;
+//! 3. the checkpoint records `attached`, the pod-side name, the [`HostOriginals`] and
+//!    whether a data path is pinned, so a restarted driver can still give it back;
+//! 4. a [`DeviceEvent`] goes to the status writer (a channel send: no API call here).
+//!
+//! If any device fails, everything already done for this pod is undone (detach,
+//! restore, checkpoint cleared) and the error names claim, device and step.
+//! `stop_pod`/`remove_pod` detach and restore field by field
+//! ([`crate::netns::restore_device`]) and clear the record; a namespace that is
+//! already gone is fine (a veth end dies with it and is reported as `Gone`).
+//! `synchronize` returns devices of pods that no longer exist and attaches devices of
+//! live pods that started while the driver was away.
+//!
+//! All work is blocking (netlink on namespace threads, bpf syscalls): call it from
+//! `spawn_blocking` (the NRI adapter in [`nri`] does). Calls are serialised.
+
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::parse_parameters;
+use crate::datapath::{AttachedDatapath, DatapathError, DatapathKey, PinLayout};
+use crate::netns::{
+    move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals, Netns, NetnsError, PodSide,
+    RestoreOutcome, Step,
+};
+use crate::state::{Attachment, Plan, StateError, StateStore};
+use crate::status::{DeviceEvent, DeviceRef, FailedPart, StatusSender};
+
+/// Finds the host interface of a published device. The daemon answers from the
+/// inventory; tests pass a closure over a map.
+pub trait DeviceResolver: Send + Sync {
+    fn host_ifname(&self, pool: &str, device: &str) -> Option<String>;
+}
+
+impl<F> DeviceResolver for F
+where
+    F: Fn(&str, &str) -> Option<String> + Send + Sync,
+{
+    fn host_ifname(&self, pool: &str, device: &str) -> Option<String> {
+        self(pool, device)
+    }
+}
+
+/// Command-line settings of the pod lifecycle.
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    /// `--dataplane`: attach the eBPF data path (`on`) or only move and configure.
+    pub dataplane: bool,
+    /// `--bpf-root`.
+    pub bpf_root: PathBuf,
+    /// Where the kernel drops physical devices of a destroyed pod namespace (the
+    /// machine's root namespace); `None` skips that lookup. Tests pass a namespace that
+    /// plays root, or `None`.
+    pub root_netns: Option<PathBuf>,
+}
+
+impl LifecycleConfig {
+    pub fn new(bpf_root: impl Into<PathBuf>) -> Self {
+        Self {
+            dataplane: true,
+            bpf_root: bpf_root.into(),
+            root_netns: Some(PathBuf::from("/proc/1/ns/net")),
+        }
+    }
+}
+
+/// The part of handing a device over that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleStep {
+    Config,
+    Resolve,
+    ForeignPrograms,
+    Configure(Option<Step>),
+    Datapath,
+    Checkpoint,
+    Detach,
+    Restore,
+}
+
+impl fmt::Display for LifecycleStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LifecycleStep::Config => f.write_str("reading the claim config"),
+            LifecycleStep::Resolve => f.write_str("finding the host interface"),
+            LifecycleStep::ForeignPrograms => f.write_str("removing foreign eBPF programs"),
+            LifecycleStep::Configure(Some(step)) => write!(f, "configuring: {step}"),
+            LifecycleStep::Configure(None) => f.write_str("configuring"),
+            LifecycleStep::Datapath => f.write_str("attaching the data path"),
+            LifecycleStep::Checkpoint => f.write_str("recording in the checkpoint"),
+            LifecycleStep::Detach => f.write_str("detaching the data path"),
+            LifecycleStep::Restore => f.write_str("restoring the device on the host"),
+        }
+    }
+}
+
+/// Why a pod hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("pod {pod}: reading the checkpoint: {source}")]
+    Checkpoint {
+        pod: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("pod {pod}: {source}")]
+    PodNetns {
+        pod: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error(
+        "claim {claim}, device {device}, pod {pod}: {step}: {message}{}",
+        if undo.is_empty() { String::new() } else { format!(" (undoing the pod's other devices: {})", undo.join("; ")) }
+    )]
+    Device {
+        claim: String,
+        device: String,
+        pod: String,
+        step: LifecycleStep,
+        message: String,
+        /// Problems while undoing what was already done for the pod.
+        undo: Vec<String>,
+    },
+    #[error("pod {pod}: {} device(s) could not be returned: {}", problems.len(), problems.join("; "))]
+    Incomplete { pod: String, problems: Vec<String> },
+}
+
+/// What a hook did with one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceOutcome {
+    /// `namespace/name` of the claim.
+    pub claim: String,
+    pub pool: String,
+    pub device: String,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Moved, configured and (when `datapath`) attached.
+    Attached { pod_ifname: String, datapath: bool },
+    /// Was already in the pod (a repeated hook).
+    AlreadyAttached { pod_ifname: String },
+    /// Left the pod: restored at home, or gone with the namespace.
+    Returned(RestoreOutcome),
+}
+
+/// What [`Pods::synchronize`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub returned: Vec<DeviceOutcome>,
+    pub started: Vec<DeviceOutcome>,
+    pub errors: Vec<LifecycleError>,
+}
+
+/// The pod lifecycle. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Pods {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<StateStore>,
+    host: Netns,
+    layout: PinLayout,
+    resolver: Arc<dyn DeviceResolver>,
+    config: LifecycleConfig,
+    status: Option<StatusSender>,
+    serial: Mutex<()>,
+}
+
+/// A failed device, before it is tied to the pod's error.
+struct Failure {
+    step: LifecycleStep,
+    part: FailedPart,
+    reason: &'static str,
+    message: String,
+}
+
+/// A device handed over during this `start_pod`, for undo.
+struct Done {
+    claim_uid: String,
+    plan: Plan,
+    side: PodSide,
+    originals: HostOriginals,
+    datapath: Option<DatapathKey>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn device_ref(plan: &Plan) -> DeviceRef {
+    DeviceRef {
+        claim: plan.claim.clone(),
+        pod: plan.pod.clone(),
+        pool: plan.pool.clone(),
+        device: plan.device.clone(),
+    }
+}
+
+fn configure_reason(err: &ConfigureError) -> &'static str {
+    match err.step() {
+        None => "DeviceNotFound",
+        Some(Step::Capture) => "CaptureFailed",
+        Some(Step::Validate) => "InvalidForDevice",
+        Some(Step::Move) => "MoveFailed",
+        Some(Step::LinkSettings) => "LinkSettingsFailed",
+        Some(Step::Addresses) => "AddressesFailed",
+        Some(Step::LinkUp) => "LinkUpFailed",
+        Some(Step::Routes) => "RoutesFailed",
+        Some(Step::Ethtool) => "EthtoolFailed",
+        Some(Step::ReadBack) => "ReadBackFailed",
+    }
+}
+
+impl Pods {
+    /// `host` is the node's namespace, captured once at start (home of every device).
+    pub fn new(
+        store: Arc<StateStore>,
+        host: Netns,
+        resolver: Arc<dyn DeviceResolver>,
+        config: LifecycleConfig,
+        status: Option<StatusSender>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                layout: PinLayout::new(config.bpf_root.clone()),
+                store,
+                host,
+                resolver,
+                config,
+                status,
+                serial: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The checkpoint this lifecycle records into.
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.inner.store
+    }
+
+    /// Hands every device planned for pod `pod_uid` to the pod namespace at `netns`.
+    pub fn start_pod(
+        &self,
+        pod_uid: &str,
+        pod_name: &str,
+        netns: &Path,
+    ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let _serial = self.lock();
+        self.inner.start(pod_uid, pod_name, netns)
+    }
+
+    /// Gives back every device of pod `pod_uid` (pod stopping).
+    pub fn stop_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let _serial = self.lock();
+        self.inner.give_back(pod_uid)
+    }
+
+    /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
+    pub fn remove_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let _serial = self.lock();
+        self.inner.give_back(pod_uid)
+    }
+
+    /// Reconciles with the pods that exist (`uid → network namespace path`): devices
+    /// attached to any other pod go home; live pods with unattached plans get them.
+    pub fn synchronize(&self, live: &BTreeMap<String, PathBuf>) -> SyncReport {
+        let _serial = self.lock();
+        let mut report = SyncReport::default();
+        let plans = match self.inner.store.list() {
+            Ok(p) => p,
+            Err(source) => {
+                report.errors.push(LifecycleError::Checkpoint {
+                    pod: "*".into(),
+                    source,
+                });
+                return report;
+            }
+        };
+        let mut stale = std::collections::BTreeSet::new();
+        let mut pending = BTreeMap::new();
+        for plan in plans.iter().flat_map(|c| c.plans.iter()) {
+            let is_live = live.contains_key(&plan.pod.uid);
+            if (plan.attached || plan.attachment.is_some()) && !is_live {
+                stale.insert(plan.pod.uid.clone());
+            } else if !plan.attached && is_live {
+                pending.insert(plan.pod.uid.clone(), plan.pod.to_string());
+            }
+        }
+        for uid in stale {
+            tracing::info!(pod_uid = %uid, "pod no longer exists; returning its devices");
+            match self.inner.give_back(&uid) {
+                Ok(o) => report.returned.extend(o),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        for (uid, name) in pending {
+            let Some(path) = live.get(&uid) else { continue };
+            tracing::info!(pod = %name, "live pod without its devices; attaching them");
+            match self.inner.start(&uid, &name, path) {
+                Ok(o) => report.started.extend(o),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        report
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .serial
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, LifecycleError> {
+        let claims = self
+            .store
+            .list()
+            .map_err(|source| LifecycleError::Checkpoint {
+                pod: pod_uid.to_string(),
+                source,
+            })?;
+        Ok(claims
+            .into_iter()
+            .flat_map(|c| {
+                let uid = c.claim.uid.clone();
+                c.plans.into_iter().map(move |p| (uid.clone(), p))
+            })
+            .filter(|(_, p)| p.pod.uid == pod_uid)
+            .collect())
+    }
+
+    /// Changes one plan in the checkpoint. A claim that was unprepared meanwhile is
+    /// left alone.
+    fn update_plan(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        change: impl FnOnce(&mut Plan),
+    ) -> Result<(), StateError> {
+        let Some(mut stored) = self.store.get(claim_uid)? else {
+            return Ok(());
+        };
+        if let Some(p) = stored
+            .plans
+            .iter_mut()
+            .find(|p| p.pool == plan.pool && p.device == plan.device)
+        {
+            change(p);
+            self.store.put(&stored)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, event: DeviceEvent) {
+        if let Some(tx) = &self.status {
+            // The writer may be gone at shutdown; the kernel state is what matters.
+            let _ = tx.send(event);
+        }
+    }
+
+    fn start(
+        &self,
+        pod_uid: &str,
+        pod_name: &str,
+        netns: &Path,
+    ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let plans = self.plans_of(pod_uid)?;
+        if plans.is_empty() {
+            tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
+            return Ok(Vec::new());
+        }
+        let pod_label = plans
+            .first()
+            .map(|(_, p)| p.pod.to_string())
+            .unwrap_or_else(|| pod_name.to_string());
+        let pod = Netns::open(netns).map_err(|source| LifecycleError::PodNetns {
+            pod: pod_label.clone(),
+            source,
+        })?;
+        let mut done: Vec<Done> = Vec::new();
+        let mut outcomes = Vec::new();
+        for (claim_uid, plan) in plans {
+            let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+            let _entered = span.enter();
+            if let (true, Some(att)) = (plan.attached, &plan.attachment) {
+                tracing::debug!("already in the pod");
+                outcomes.push(DeviceOutcome {
+                    claim: plan.claim.to_string(),
+                    pool: plan.pool.clone(),
+                    device: plan.device.clone(),
+                    action: Action::AlreadyAttached {
+                        pod_ifname: att.pod_ifname.clone(),
+                    },
+                });
+                continue;
+            }
+            match self.attach_one(&claim_uid, &plan, &pod) {
+                Ok(d) => {
+                    tracing::info!(
+                        interface = %d.side.name,
+                        datapath = d.datapath.is_some(),
+                        "device handed to the pod"
+                    );
+                    self.emit(DeviceEvent::Started {
+                        device: device_ref(&plan),
+                        pod_netns: netns.to_path_buf(),
+                        pod_ifname: d.side.name.clone(),
+                        datapath: d.datapath.clone(),
+                    });
+                    outcomes.push(DeviceOutcome {
+                        claim: plan.claim.to_string(),
+                        pool: plan.pool.clone(),
+                        device: plan.device.clone(),
+                        action: Action::Attached {
+                            pod_ifname: d.side.name.clone(),
+                            datapath: d.datapath.is_some(),
+                        },
+                    });
+                    done.push(d);
+                }
+                Err(f) => {
+                    tracing::warn!(step = %f.step, reason = f.reason, "handing the device to the pod failed: {}", f.message);
+                    self.emit(DeviceEvent::Failed {
+                        device: device_ref(&plan),
+                        part: f.part,
+                        reason: f.reason.to_string(),
+                        message: f.message.clone(),
+                    });
+                    drop(_entered);
+                    let undo = self.undo(done, &pod, &plan);
+                    return Err(LifecycleError::Device {
+                        claim: plan.claim.to_string(),
+                        device: plan.device.clone(),
+                        pod: plan.pod.to_string(),
+                        step: f.step,
+                        message: f.message,
+                        undo,
+                    });
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn attach_one(&self, claim_uid: &str, plan: &Plan, pod: &Netns) -> Result<Done, Failure> {
+        let cfg = parse_parameters(&plan.config, "parameters").map_err(|e| Failure {
+            step: LifecycleStep::Config,
+            part: FailedPart::Network,
+            reason: "InvalidConfig",
+            message: e.to_string(),
+        })?;
+        let ifname = self
+            .resolver
+            .host_ifname(&plan.pool, &plan.device)
+            .ok_or_else(|| Failure {
+                step: LifecycleStep::Resolve,
+                part: FailedPart::Network,
+                reason: "DeviceNotFound",
+                message: format!(
+                    "device {} of pool {} is not in the node's inventory",
+                    plan.device, plan.pool
+                ),
+            })?;
+        if cfg.disable_ebpf_programs {
+            let name = ifname.clone();
+            let removed = self
+                .host
+                .run_async(move || async move { remove_foreign_programs(&name).await })
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|message| Failure {
+                    step: LifecycleStep::ForeignPrograms,
+                    part: FailedPart::Network,
+                    reason: "ForeignProgramsNotRemoved",
+                    message,
+                })?;
+            for program in removed {
+                tracing::info!(interface = %ifname, "removed foreign program {program}");
+            }
+        }
+        let configured = move_and_configure(
+            &self.host,
+            pod,
+            &ifname,
+            &settings::interface_settings(&cfg),
+        )
+        .map_err(|e| Failure {
+            step: LifecycleStep::Configure(e.step()),
+            part: FailedPart::Network,
+            reason: configure_reason(&e),
+            message: e.to_string(),
+        })?;
+        let side = configured.pod_side();
+        let originals = configured.originals.clone();
+
+        let mut datapath = None;
+        if self.config.dataplane {
+            let policy = settings::datapath_policy(&cfg, &configured.addresses);
+            let attached = DatapathKey::new(
+                plan.claim.namespace.clone(),
+                plan.claim.name.clone(),
+                plan.device.clone(),
+            )
+            .map_err(DatapathError::from)
+            .and_then(|key| {
+                AttachedDatapath::attach(
+                    &self.layout,
+                    key,
+                    pod,
+                    &configured.pod_ifname,
+                    &policy,
+                    Default::default(),
+                )
+            });
+            match attached {
+                Ok(dp) => datapath = Some(dp.key().clone()),
+                Err(e) => {
+                    let mut message = e.to_string();
+                    if let Err(r) = restore_device(&self.host, Some(pod), &side, &originals, None)
+                    {
+                        message.push_str(&format!(" (and restoring the device failed: {r})"));
+                    }
+                    return Err(Failure {
+                        step: LifecycleStep::Datapath,
+                        part: FailedPart::DataPath,
+                        reason: "DataPathAttachFailed",
+                        message,
+                    });
+                }
+            }
+        }
+
+        let attachment = Attachment {
+            pod_netns: pod.path().to_path_buf(),
+            pod_ifname: side.name.clone(),
+            pod_ifindex: side.ifindex,
+            pod_mac: side.mac,
+            originals: originals.clone(),
+            datapath: datapath.is_some(),
+            attached_at: unix_now(),
+        };
+        let recorded = self.update_plan(claim_uid, plan, |p| {
+            p.attached = true;
+            p.attachment = Some(attachment);
+        });
+        let done = Done {
+            claim_uid: claim_uid.to_string(),
+            plan: plan.clone(),
+            side,
+            originals,
+            datapath,
+        };
+        if let Err(e) = recorded {
+            let mut message = e.to_string();
+            for problem in self.take_back(&done, Some(pod)) {
+                message.push_str(&format!(" (undo: {problem})"));
+            }
+            return Err(Failure {
+                step: LifecycleStep::Checkpoint,
+                part: FailedPart::Sibling,
+                reason: "CheckpointFailed",
+                message,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Detaches and restores one device handed over in this call; problems as text.
+    fn take_back(&self, done: &Done, pod: Option<&Netns>) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(key) = &done.datapath {
+            match AttachedDatapath::adopt(&self.layout, key.clone()) {
+                Ok(dp) => {
+                    if let Err(e) = dp.detach(&self.layout, pod) {
+                        problems.push(format!("{}: {e}", LifecycleStep::Detach));
+                    }
+                }
+                Err(DatapathError::NotPinned { .. }) => {}
+                Err(e) => problems.push(format!("{}: {e}", LifecycleStep::Detach)),
+            }
+        }
+        if let Err(e) = restore_device(&self.host, pod, &done.side, &done.originals, None) {
+            problems.push(format!("{}: {e}", LifecycleStep::Restore));
+        }
+        problems
+    }
+
+    /// Undoes the devices already handed to the pod when a later one failed.
+    fn undo(&self, done: Vec<Done>, pod: &Netns, failed: &Plan) -> Vec<String> {
+        let mut problems = Vec::new();
+        for d in done.into_iter().rev() {
+            let span = tracing::info_span!("device", claim = %d.plan.claim, pod = %d.plan.pod, device = %d.plan.device);
+            let _entered = span.enter();
+            let mut mine = self.take_back(&d, Some(pod));
+            if mine.is_empty() {
+                if let Err(e) = self.update_plan(&d.claim_uid, &d.plan, |p| {
+                    p.attached = false;
+                    p.attachment = None;
+                }) {
+                    mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
+                }
+                tracing::info!("device returned because device {} failed", failed.device);
+            }
+            self.emit(DeviceEvent::Failed {
+                device: device_ref(&d.plan),
+                part: FailedPart::Sibling,
+                reason: "PodStartFailed".into(),
+                message: format!(
+                    "returned to the host because device {} of claim {} failed",
+                    failed.device, failed.claim
+                ),
+            });
+            problems.extend(
+                mine.into_iter()
+                    .map(|p| format!("claim {}, device {}: {p}", d.plan.claim, d.plan.device)),
+            );
+        }
+        problems
+    }
+
+    /// Gives back every device of the pod that the checkpoint says is in it.
+    fn give_back(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let plans = self.plans_of(pod_uid)?;
+        let mut outcomes = Vec::new();
+        let mut problems = Vec::new();
+        let mut pod_label = pod_uid.to_string();
+        for (claim_uid, plan) in plans {
+            pod_label = plan.pod.to_string();
+            let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+            let _entered = span.enter();
+            let Some(att) = plan.attachment.clone() else {
+                if plan.attached {
+                    // Attached without a record (older checkpoint): nothing to restore from.
+                    tracing::warn!("attached without a record of the host state; marking it home");
+                    if let Err(e) = self.update_plan(&claim_uid, &plan, |p| p.attached = false) {
+                        problems.push(format!("claim {}, device {}: {}: {e}", plan.claim, plan.device, LifecycleStep::Checkpoint));
+                    }
+                }
+                continue;
+            };
+            let pod = Netns::open(&att.pod_netns).ok();
+            let side = PodSide {
+                name: att.pod_ifname.clone(),
+                ifindex: att.pod_ifindex,
+                mac: att.pod_mac,
+            };
+            let done = Done {
+                claim_uid: claim_uid.clone(),
+                plan: plan.clone(),
+                side,
+                originals: att.originals.clone(),
+                datapath: if att.datapath {
+                    DatapathKey::new(
+                        plan.claim.namespace.clone(),
+                        plan.claim.name.clone(),
+                        plan.device.clone(),
+                    )
+                    .ok()
+                } else {
+                    None
+                },
+            };
+            let mut mine = Vec::new();
+            if let Some(key) = &done.datapath {
+                match AttachedDatapath::adopt(&self.layout, key.clone()) {
+                    Ok(dp) => {
+                        if let Err(e) = dp.detach(&self.layout, pod.as_ref()) {
+                            mine.push(format!("{}: {e}", LifecycleStep::Detach));
+                        }
+                    }
+                    Err(DatapathError::NotPinned { .. }) => {}
+                    Err(e) => mine.push(format!("{}: {e}", LifecycleStep::Detach)),
+                }
+            }
+            let root = self
+                .config
+                .root_netns
+                .as_ref()
+                .and_then(|p| Netns::open(p).ok());
+            match restore_device(&self.host, pod.as_ref(), &done.side, &done.originals, root.as_ref()) {
+                Ok(outcome) => {
+                    match &outcome {
+                        RestoreOutcome::Gone => tracing::info!("device gone with the pod's namespace"),
+                        _ => tracing::info!(interface = %done.originals.name, "device restored on the host"),
+                    }
+                    if let Err(e) = self.update_plan(&claim_uid, &plan, |p| {
+                        p.attached = false;
+                        p.attachment = None;
+                    }) {
+                        mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
+                    }
+                    self.emit(DeviceEvent::Stopped {
+                        device: device_ref(&plan),
+                    });
+                    outcomes.push(DeviceOutcome {
+                        claim: plan.claim.to_string(),
+                        pool: plan.pool.clone(),
+                        device: plan.device.clone(),
+                        action: Action::Returned(outcome),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("restoring the device failed; will retry: {e}");
+                    mine.push(format!("{}: {e}", LifecycleStep::Restore));
+                }
+            }
+            problems.extend(
+                mine.into_iter()
+                    .map(|p| format!("claim {}, device {}: {p}", plan.claim, plan.device)),
+            );
+        }
+        if problems.is_empty() {
+            Ok(outcomes)
+        } else {
+            Err(LifecycleError::Incomplete {
+                pod: pod_label,
+                problems,
+            })
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The claim's validated config mapped onto what `netns` and `datapath` take (pure).
+
+use crate::config::ValidConfig;
+use crate::datapath::DatapathPolicy;
+use crate::netns::{InterfaceSettings, RouteSpec};
+
+/// [`InterfaceSettings`] for `move_and_configure` from a [`ValidConfig`].
+pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
+    let i = &cfg.interface;
+    InterfaceSettings {
+        name: i.name.clone(),
+        addresses: i.addresses.clone(),
+        mtu: i.mtu,
+        mac: i.hardware_addr,
+        gso_max_size: i.gso_max_size,
+        gro_max_size: i.gro_max_size,
+        gso_ipv4_max_size: i.gso_ipv4_max_size,
+        gro_ipv4_max_size: i.gro_ipv4_max_size,
+        routes: cfg
+            .routes
+            .iter()
+            .map(|r| RouteSpec {
+                destination: r.destination,
+                gateway: r.gateway,
+                source: r.source,
+                scope: r.scope.as_u8(),
+                table: r.table,
+            })
+            .collect(),
+        ethtool_features: cfg.ethtool.features.clone(),
+        private_flags: cfg.ethtool.private_flags.clone(),
+    }
+}
+
+/// The data-path policy: the config's, with the addresses the device carried from the
+/// host (read back in the pod) when the config sets none.
+pub fn datapath_policy(cfg: &ValidConfig, addresses_in_pod: &[ipnet::IpNet]) -> DatapathPolicy {
+    let mut policy = cfg.datapath_policy();
+    if policy.addresses.is_empty() {
+        policy.addresses = addresses_in_pod.to_vec();
+    }
+    policy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_parameters;
+
+    #[test]
+    fn maps_every_field() {
+        let cfg = parse_parameters(
+            &serde_json::json!({
+                "interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 1400,
+                              "hardwareAddr": "02:00:00:00:00:01"},
+                "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}],
+                "ethtool": {"features": {"tx-checksumming": false}}
+            }),
+            "parameters",
+        )
+        .expect("valid config");
+        let s = interface_settings(&cfg);
+        assert_eq!(s.name.as_deref(), Some("net1"));
+        assert_eq!(s.mtu, Some(1400));
+        assert_eq!(s.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(s.routes[0].scope, 0);
+        assert_eq!(s.ethtool_features.get("tx-checksumming"), Some(&false));
+        let carried: Vec<ipnet::IpNet> = vec!["203.0.113.5/24".parse().expect("net")];
+        assert_eq!(datapath_policy(&cfg, &carried).addresses, cfg.interface.addresses);
+        let bare = ValidConfig::default();
+        assert_eq!(datapath_policy(&bare, &carried).addresses, carried);
+    }
+}
