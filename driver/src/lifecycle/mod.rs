@@ -23,6 +23,7 @@
 //! All work is blocking (netlink on namespace threads, bpf syscalls): call it from
 //! `spawn_blocking` (the NRI adapter in [`nri`] does). Calls are serialised.
 
+pub mod nri;
 pub mod settings;
 
 use std::collections::BTreeMap;
