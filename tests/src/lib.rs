@@ -10,3 +10,4 @@ pub mod topology;
 pub mod traffic;
 pub mod apiserver;
 pub mod kubelet;
+pub mod runtime;

@@ -1,0 +1,466 @@
+//! A fake container runtime for tests: the NRI side of containerd / CRI-O.
+//!
+//! It listens on a unix socket, accepts the plugin, serves `Runtime/RegisterPlugin` on
+//! conn 2 (recording name and index), then calls `Configure` (with a request timeout)
+//! and `Synchronize` (with the pods it was given) on conn 1, the way the real runtimes
+//! do. Afterwards a test drives pod events on demand: in [`Mode::Current`] through
+//! `RunPodSandbox`/`StopPodSandbox`/`RemovePodSandbox`, falling back to `StateChange`
+//! when the plugin answers Unimplemented (as NRI >= 0.12 runtimes do); in
+//! [`Mode::Legacy`] (NRI <= 0.11) through `StateChange` only. Every hook reports the
+//! latency measured here and the status the plugin returned.
+//!
+//! It reuses netclaim's mux and ttrpc code for the transport; the wire layouts are
+//! pinned by byte-level unit tests in `netclaim::nri`.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use netclaim::nri::api::{
+    ConfigureRequest, ConfigureResponse, Empty, Event, LinuxNamespace, LinuxPodSandbox, PodSandbox,
+    RegisterPluginRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent, StopPodSandboxRequest,
+    SynchronizeRequest, SynchronizeResponse,
+};
+use netclaim::nri::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use netclaim::nri::ttrpc::{self, code, Client, Status, TtrpcError};
+use netclaim::nri::{PLUGIN_SERVICE, RUNTIME_SERVICE};
+use prost::Message;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+
+/// Which NRI generation the fake runtime plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// NRI >= 0.12: dedicated pod methods, StateChange as fallback.
+    Current,
+    /// NRI <= 0.11: pod events only through StateChange.
+    Legacy,
+}
+
+/// What the runtime sends the plugin at connection time.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub mode: Mode,
+    /// Budget of every hook, sent in Configure and enforced on calls.
+    pub request_timeout: Duration,
+    /// How long the plugin has to register after connecting.
+    pub registration_timeout: Duration,
+    /// Pods handed over in Synchronize.
+    pub pods: Vec<PodSandbox>,
+}
+
+impl RuntimeConfig {
+    pub fn new(mode: Mode) -> Self {
+        RuntimeConfig {
+            mode,
+            request_timeout: Duration::from_secs(2),
+            registration_timeout: Duration::from_secs(5),
+            pods: Vec::new(),
+        }
+    }
+}
+
+/// What the plugin said at registration and Configure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub name: String,
+    pub idx: String,
+    pub nri_version: String,
+    /// Events mask from ConfigureResponse.
+    pub events: i32,
+    /// Number of this registration since the runtime started (1 = first).
+    pub generation: u64,
+}
+
+/// How a pod event reached the plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The dedicated method (RunPodSandbox, ...).
+    Method,
+    /// StateChange only (legacy mode).
+    StateChange,
+    /// The dedicated method answered Unimplemented; StateChange followed.
+    Fallback,
+}
+
+/// The result of one hook as the runtime sees it.
+#[derive(Clone, Debug)]
+pub struct HookOutcome {
+    pub latency: Duration,
+    pub delivery: Delivery,
+    /// `Err` with the ttrpc status (transport failures map to DEADLINE_EXCEEDED (4)
+    /// or UNAVAILABLE (14)).
+    pub status: Result<(), Status>,
+}
+
+/// gRPC code used when the plugin is unreachable.
+pub const UNAVAILABLE: i32 = 14;
+
+struct Connected {
+    client: Arc<Client>,
+    _mux: Mux,
+    _server: JoinHandle<()>,
+}
+
+struct Shared {
+    config: RuntimeConfig,
+    registration: watch::Sender<Option<Registration>>,
+    connected: Mutex<Option<Connected>>,
+}
+
+/// The fake runtime. Dropping it closes the plugin connection and removes the socket.
+pub struct FakeRuntime {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl FakeRuntime {
+    /// Binds `path` (replacing a stale socket file) and starts accepting the plugin.
+    pub async fn start(path: impl Into<PathBuf>, config: RuntimeConfig) -> anyhow::Result<Self> {
+        let path = path.into();
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        let (registration, _) = watch::channel(None);
+        let shared = Arc::new(Shared { config, registration, connected: Mutex::new(None) });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(FakeRuntime { path, shared, accept })
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits until a plugin has registered and been configured and synchronized.
+    pub async fn wait_registered(&self, timeout: Duration) -> anyhow::Result<Registration> {
+        let mut rx = self.shared.registration.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|r| r.is_some())).await;
+        match waited {
+            Ok(Ok(registration)) => registration.clone().context("registration vanished"),
+            Ok(Err(_)) => bail!("fake runtime stopped"),
+            Err(_) => bail!("no plugin registered within {timeout:?}"),
+        }
+    }
+
+    /// Waits for a registration newer than `generation` (after a reconnect).
+    pub async fn wait_registration_after(&self, generation: u64, timeout: Duration) -> anyhow::Result<Registration> {
+        let mut rx = self.shared.registration.subscribe();
+        let waited = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|r| r.as_ref().is_some_and(|r| r.generation > generation)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(registration)) => registration.clone().context("registration vanished"),
+            Ok(Err(_)) => bail!("fake runtime stopped"),
+            Err(_) => bail!("no new registration within {timeout:?}"),
+        }
+    }
+
+    pub async fn run_pod(&self, pod: &PodSandbox) -> HookOutcome {
+        self.pod_event(Event::RunPodSandbox, pod).await
+    }
+
+    pub async fn stop_pod(&self, pod: &PodSandbox) -> HookOutcome {
+        self.pod_event(Event::StopPodSandbox, pod).await
+    }
+
+    pub async fn remove_pod(&self, pod: &PodSandbox) -> HookOutcome {
+        self.pod_event(Event::RemovePodSandbox, pod).await
+    }
+
+    /// Calls `Plugin/Shutdown` and closes the connection, as a runtime going down does.
+    pub async fn shutdown_plugin(&self) -> anyhow::Result<()> {
+        let mut connected = self.shared.connected.lock().await;
+        if let Some(conn) = connected.as_ref() {
+            let timeout = Some(self.shared.config.request_timeout);
+            conn.client.call::<_, Empty>(PLUGIN_SERVICE, "Shutdown", &Empty {}, timeout).await?;
+        }
+        *connected = None;
+        Ok(())
+    }
+
+    /// Stops listening, drops the plugin connection and removes the socket file.
+    pub async fn stop(self) {
+        drop(self);
+    }
+
+    async fn pod_event(&self, event: Event, pod: &PodSandbox) -> HookOutcome {
+        let started = Instant::now();
+        let client = self.shared.connected.lock().await.as_ref().map(|c| c.client.clone());
+        let Some(client) = client else {
+            return HookOutcome {
+                latency: started.elapsed(),
+                delivery: Delivery::Method,
+                status: Err(Status::new(UNAVAILABLE, "no plugin connected")),
+            };
+        };
+        let timeout = Some(self.shared.config.request_timeout);
+        let (delivery, result) = match self.shared.config.mode {
+            Mode::Legacy => (Delivery::StateChange, state_change(&client, event, pod, timeout).await),
+            Mode::Current => {
+                let direct = match event {
+                    Event::RunPodSandbox => {
+                        let request = RunPodSandboxRequest { pod: Some(pod.clone()) };
+                        client.call_raw(PLUGIN_SERVICE, "RunPodSandbox", request.encode_to_vec(), timeout).await
+                    }
+                    Event::StopPodSandbox => {
+                        let request = StopPodSandboxRequest { pod: Some(pod.clone()) };
+                        client.call_raw(PLUGIN_SERVICE, "StopPodSandbox", request.encode_to_vec(), timeout).await
+                    }
+                    _ => {
+                        let request = RemovePodSandboxRequest { pod: Some(pod.clone()) };
+                        client.call_raw(PLUGIN_SERVICE, "RemovePodSandbox", request.encode_to_vec(), timeout).await
+                    }
+                };
+                match direct {
+                    Err(err) if err.code() == Some(code::UNIMPLEMENTED) => {
+                        (Delivery::Fallback, state_change(&client, event, pod, timeout).await)
+                    }
+                    other => (Delivery::Method, other.map(|_| ())),
+                }
+            }
+        };
+        HookOutcome { latency: started.elapsed(), delivery, status: result.map_err(to_status) }
+    }
+}
+
+impl Drop for FakeRuntime {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(mut connected) = self.shared.connected.try_lock() {
+            *connected = None;
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn state_change(
+    client: &Client,
+    event: Event,
+    pod: &PodSandbox,
+    timeout: Option<Duration>,
+) -> Result<(), TtrpcError> {
+    let request = StateChangeEvent { event: event as i32, pod: Some(pod.clone()), container: None };
+    client.call_raw(PLUGIN_SERVICE, "StateChange", request.encode_to_vec(), timeout).await.map(|_| ())
+}
+
+fn to_status(err: TtrpcError) -> Status {
+    match err {
+        TtrpcError::Status { code, message } => Status::new(code, message),
+        TtrpcError::Timeout { .. } => Status::new(code::DEADLINE_EXCEEDED, err.to_string()),
+        other => Status::new(UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// Aborts the task when dropped, so stopping the accept loop also stops a plugin
+/// setup in progress.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    let mut generation = 0u64;
+    let mut current: Option<AbortOnDrop> = None;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        generation += 1;
+        // One plugin at a time: a new connection replaces the old one.
+        current.take();
+        current = Some(AbortOnDrop(tokio::spawn(handle_plugin(stream, shared.clone(), generation))));
+    }
+}
+
+/// The `Runtime` service: only RegisterPlugin.
+struct RuntimeService {
+    registered: mpsc::Sender<RegisterPluginRequest>,
+}
+
+#[async_trait::async_trait]
+impl ttrpc::Service for RuntimeService {
+    async fn call(&self, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u8>, Status> {
+        match (service, method) {
+            (RUNTIME_SERVICE, "RegisterPlugin") => {
+                let request = RegisterPluginRequest::decode(payload)
+                    .map_err(|err| Status::new(code::INVALID_ARGUMENT, err.to_string()))?;
+                let _ = self.registered.send(request).await;
+                Ok(Empty {}.encode_to_vec())
+            }
+            _ => Err(Status::unimplemented(service, method)),
+        }
+    }
+}
+
+async fn handle_plugin(stream: tokio::net::UnixStream, shared: Arc<Shared>, generation: u64) {
+    if let Err(err) = configure_plugin(stream, &shared, generation).await {
+        tracing::warn!(error = %err, "fake runtime: plugin setup failed");
+    }
+}
+
+async fn configure_plugin(stream: tokio::net::UnixStream, shared: &Shared, generation: u64) -> anyhow::Result<()> {
+    let (mux, mut conns) = Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])?;
+    let (Some(runtime_conn), Some(plugin_conn)) = (conns.pop(), conns.pop()) else {
+        bail!("mux returned too few conns");
+    };
+    let (registered_tx, mut registered_rx) = mpsc::channel(1);
+    let server = tokio::spawn(async move {
+        let _ = ttrpc::serve(runtime_conn, Arc::new(RuntimeService { registered: registered_tx })).await;
+    });
+    let client = Arc::new(Client::new(plugin_conn));
+    let config = &shared.config;
+    let register = tokio::time::timeout(config.registration_timeout, registered_rx.recv())
+        .await
+        .context("plugin did not register in time")?
+        .context("plugin went away before registering")?;
+    let timeout = Some(config.request_timeout);
+    let configure = ConfigureRequest {
+        config: String::new(),
+        runtime_name: "netclaim-fake-runtime".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        registration_timeout: config.registration_timeout.as_millis() as i64,
+        request_timeout: config.request_timeout.as_millis() as i64,
+        nri_version: "v0.12.0".into(),
+    };
+    let configured: ConfigureResponse = client.call(PLUGIN_SERVICE, "Configure", &configure, timeout).await?;
+    let sync = SynchronizeRequest { pods: config.pods.clone(), containers: Vec::new(), more: false };
+    let _: SynchronizeResponse = client.call(PLUGIN_SERVICE, "Synchronize", &sync, timeout).await?;
+    *shared.connected.lock().await = Some(Connected { client, _mux: mux, _server: server });
+    shared.registration.send_replace(Some(Registration {
+        name: register.plugin_name,
+        idx: register.plugin_idx,
+        nri_version: register.nri_version,
+        events: configured.events,
+        generation,
+    }));
+    Ok(())
+}
+
+/// A pod sandbox as the runtime would describe it.
+pub fn pod(id: &str, namespace: &str, name: &str, uid: &str, netns: &str) -> PodSandbox {
+    PodSandbox {
+        id: id.into(),
+        name: name.into(),
+        uid: uid.into(),
+        namespace: namespace.into(),
+        runtime_handler: "runc".into(),
+        linux: Some(LinuxPodSandbox {
+            namespaces: vec![
+                LinuxNamespace { r#type: "ipc".into(), path: String::new() },
+                LinuxNamespace { r#type: "network".into(), path: netns.into() },
+            ],
+        }),
+        pid: 4242,
+        ..Default::default()
+    }
+}
+
+/// Arguments of `netclaim-testbed runtime`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Socket to listen on (the plugin connects here).
+    #[arg(long, default_value = netclaim::nri::DEFAULT_SOCKET_PATH)]
+    pub socket: PathBuf,
+    /// NRI generation: current (dedicated pod methods) or legacy (StateChange only).
+    #[arg(long, default_value = "current")]
+    pub mode: String,
+    /// Hook budget sent in Configure, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+    /// Pods to hand over in Synchronize, as `id,namespace/name,uid,netns`.
+    #[arg(long = "sync-pod")]
+    pub sync_pods: Vec<String>,
+}
+
+/// Parses `id,namespace/name,uid,netns`.
+pub fn parse_pod(spec: &str) -> anyhow::Result<PodSandbox> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [id, ns_name, uid, netns] = parts.as_slice() else {
+        bail!("pod {spec:?}: expected id,namespace/name,uid,netns");
+    };
+    let Some((namespace, name)) = ns_name.split_once('/') else {
+        bail!("pod {spec:?}: expected namespace/name in the second field");
+    };
+    Ok(pod(id, namespace, name, uid, netns))
+}
+
+/// `netclaim-testbed runtime`: serves NRI on `--socket`, prints the registration as a
+/// JSON line, then reads commands from stdin — `run|stop|remove id,ns/name,uid,netns`
+/// — and prints each outcome as a JSON line. Ends at EOF on stdin.
+pub async fn serve_cli(args: RuntimeArgs) -> anyhow::Result<()> {
+    let mode = match args.mode.as_str() {
+        "current" => Mode::Current,
+        "legacy" => Mode::Legacy,
+        other => bail!("unknown mode {other:?}: expected current or legacy"),
+    };
+    let mut config = RuntimeConfig::new(mode);
+    config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    config.pods = args.sync_pods.iter().map(|spec| parse_pod(spec)).collect::<anyhow::Result<_>>()?;
+    let runtime = FakeRuntime::start(&args.socket, config).await?;
+    let registration = runtime.wait_registered(Duration::from_secs(3600)).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "registered": registration.name, "idx": registration.idx,
+            "nri_version": registration.nri_version, "events": registration.events,
+        })
+    );
+    let (lines_tx, mut lines) = mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((verb, spec)) = line.split_once(' ') else {
+            eprintln!("expected: run|stop|remove id,namespace/name,uid,netns");
+            continue;
+        };
+        let pod = match parse_pod(spec.trim()) {
+            Ok(pod) => pod,
+            Err(err) => {
+                eprintln!("{err}");
+                continue;
+            }
+        };
+        let outcome = match verb {
+            "run" => runtime.run_pod(&pod).await,
+            "stop" => runtime.stop_pod(&pod).await,
+            "remove" => runtime.remove_pod(&pod).await,
+            other => {
+                eprintln!("unknown command {other:?}");
+                continue;
+            }
+        };
+        let (code, message) = match &outcome.status {
+            Ok(()) => (0, String::new()),
+            Err(status) => (status.code, status.message.clone()),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": verb, "pod": pod.id, "delivery": format!("{:?}", outcome.delivery),
+                "latency_us": outcome.latency.as_micros() as u64, "code": code, "message": message,
+            })
+        );
+    }
+    runtime.stop().await;
+    Ok(())
+}
