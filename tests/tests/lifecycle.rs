@@ -1,0 +1,434 @@
+//! The pod lifecycle and the claim's device status against the real kernel and the
+//! fake API server.
+//!
+//! Topology (nothing in the machine's root namespace):
+//! ```text
+//!  node ns                      wire ns
+//!  nic0 203.0.113.77/24 <veth>  w0 192.0.2.1/24, lo 198.51.100.1, 203.0.113.1
+//!  (the "NIC" of device nic-a)
+//!  pod ns: receives nic0 as net1 192.0.2.10/24, route 198.51.100.0/24 via 192.0.2.1
+//! ```
+//! Plans are written straight into a `StateStore` in a temp dir, as prepare leaves
+//! them; the ResourceClaim in the fake API server is allocated as a scheduler would.
+//! Every check reads the kernel back with `ip -j` or the fake API server's stored
+//! object, not through the driver's own code.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use netclaim::{
+    lifecycle::{Action, DeviceResolver, LifecycleConfig, Pods},
+    netns::RestoreOutcome,
+    state::{ClaimPlans, ClaimRecord, Plan, PodRecord, StateStore},
+    status::{status_channel, DeviceEvent, StatusConfig, StatusReceiver, StatusWriter},
+};
+use netclaim_tests::{
+    apiserver::FakeApiServer,
+    netenv::{veth, TestBpfRoot, TestNetns},
+    traffic::{udp_send, UdpSink},
+};
+use serde_json::{json, Value};
+
+const DRIVER: &str = "netclaim.dev";
+const POD_UID: &str = "pod-uid-1";
+const N: u32 = 25;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn no_ipv6(ns: &TestNetns) {
+    ns.exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )
+    .expect("sysctl");
+}
+
+struct Env {
+    node: TestNetns,
+    wire: TestNetns,
+    pod: TestNetns,
+    bpf: TestBpfRoot,
+    state: tempfile::TempDir,
+    api: FakeApiServer,
+}
+
+impl Env {
+    async fn new(tag: &str) -> Env {
+        let node = TestNetns::new(&format!("{tag}n")).expect("node ns");
+        let wire = TestNetns::new(&format!("{tag}w")).expect("wire ns");
+        let pod = TestNetns::new(&format!("{tag}p")).expect("pod ns");
+        for ns in [&node, &wire, &pod] {
+            no_ipv6(ns);
+        }
+        veth(&node, "nic0", &wire, "w0").expect("veth");
+        node.ip(&["addr", "add", "203.0.113.77/24", "dev", "nic0"])
+            .expect("host address");
+        wire.ip(&["addr", "add", "192.0.2.1/24", "dev", "w0"]).expect("wire address");
+        for a in ["198.51.100.1/32", "203.0.113.1/32"] {
+            wire.ip(&["addr", "add", a, "dev", "lo"]).expect("lo address");
+        }
+        let bpf = TestBpfRoot::new(tag).expect("bpf root");
+        let state = tempfile::tempdir().expect("state dir");
+        let api = FakeApiServer::start().await.expect("fake apiserver");
+        Env {
+            node,
+            wire,
+            pod,
+            bpf,
+            state,
+            api,
+        }
+    }
+
+    fn store(&self) -> Arc<StateStore> {
+        Arc::new(StateStore::open(self.state.path()).expect("checkpoint"))
+    }
+
+    fn pods(&self, store: Arc<StateStore>, status: Option<netclaim::status::StatusSender>) -> Pods {
+        let resolver: Arc<dyn DeviceResolver> = Arc::new(|_pool: &str, device: &str| {
+            (device == "nic-a").then(|| "nic0".to_string())
+        });
+        let mut config = LifecycleConfig::new(self.bpf.path());
+        config.root_netns = None;
+        Pods::new(store, self.node.open(), resolver, config, status)
+    }
+
+    /// The claim (allocated, reserved for the pod, with another driver's status entry)
+    /// in the API server and its plan in the checkpoint.
+    fn claim(&self, store: &StateStore, name: &str, parameters: Value) {
+        let uid = format!("uid-{name}");
+        self.api
+            .put(json!({
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "metadata": {"name": name, "namespace": "default", "uid": uid},
+                "spec": {"devices": {
+                    "requests": [{"name": "nic", "exactly": {"deviceClassName": "netclaim"}}],
+                    "config": [{"requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": parameters.clone()}}]
+                }},
+                "status": {
+                    "allocation": {"devices": {
+                        "results": [{"request": "nic", "driver": DRIVER, "pool": "node-a", "device": "nic-a"}],
+                        "config": [{"source": "FromClaim", "requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": parameters}}]
+                    }},
+                    "reservedFor": [{"resource": "pods", "name": "pod1", "uid": POD_UID}],
+                    "devices": [{"driver": "other.dev", "pool": "p", "device": "gpu0",
+                                 "conditions": [], "data": {"x": 1}}]
+                }
+            }))
+            .expect("put claim");
+        let claim = ClaimRecord {
+            namespace: "default".into(),
+            name: name.into(),
+            uid,
+        };
+        store
+            .put(&ClaimPlans {
+                claim: claim.clone(),
+                plans: vec![Plan {
+                    claim,
+                    pod: PodRecord {
+                        namespace: "default".into(),
+                        name: "pod1".into(),
+                        uid: POD_UID.into(),
+                    },
+                    device: "nic-a".into(),
+                    pool: "node-a".into(),
+                    requests: vec!["nic".into()],
+                    config: parameters,
+                    ..Default::default()
+                }],
+            })
+            .expect("put plan");
+    }
+
+    async fn writer(&self) -> StatusWriter {
+        let client = self.api.client().await.expect("client");
+        let mut config = StatusConfig::new(DRIVER, self.bpf.path());
+        config.backoff = Duration::from_millis(20);
+        StatusWriter::new(client, config)
+    }
+
+    fn our_entry(&self, name: &str) -> Option<Value> {
+        let claim = self.api.get("ResourceClaim", "default", name)?;
+        claim["status"]["devices"]
+            .as_array()?
+            .iter()
+            .find(|d| d["driver"] == DRIVER)
+            .cloned()
+    }
+
+    fn other_entry_kept(&self, name: &str) -> bool {
+        self.api
+            .get("ResourceClaim", "default", name)
+            .and_then(|c| c["status"]["devices"].as_array().cloned())
+            .is_some_and(|l| l.iter().any(|d| d["driver"] == "other.dev" && d["data"]["x"] == 1))
+    }
+}
+
+async fn drain(rx: &mut StatusReceiver, writer: &mut StatusWriter) -> Vec<DeviceEvent> {
+    let mut seen = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        seen.push(ev.clone());
+        writer.handle(ev).await;
+    }
+    seen
+}
+
+fn ip_json(ns: &TestNetns, args: &[&str]) -> Value {
+    let out = ns.ip(args).expect("ip -j");
+    serde_json::from_slice(&out.stdout).expect("ip json")
+}
+
+/// (name, mtu, global addresses) of a link, or None.
+fn link(ns: &TestNetns, dev: &str) -> Option<(String, u64, Vec<String>)> {
+    let out = ns.ip(&["-j", "addr", "show", "dev", dev]).ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let l = v.get(0)?;
+    let addrs = l["addr_info"]
+        .as_array()?
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+        .collect();
+    Some((l["ifname"].as_str()?.to_string(), l["mtu"].as_u64()?, addrs))
+}
+
+fn condition<'a>(entry: &'a Value, ty: &str) -> &'a Value {
+    entry["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == ty))
+        .unwrap_or(&Value::Null)
+}
+
+fn good_config() -> Value {
+    json!({
+        "interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 1400},
+        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_traffic_status_stop() {
+    let env = Env::new("lc").await;
+    let store = env.store();
+    env.claim(&store, "c1", good_config());
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+
+    // Start: interface in the pod, named, addressed, routed; data path attached.
+    let outcomes = pods
+        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .expect("start_pod");
+    assert_eq!(
+        outcomes[0].action,
+        Action::Attached {
+            pod_ifname: "net1".into(),
+            datapath: true
+        }
+    );
+    let (name, mtu, addrs) = link(&env.pod, "net1").expect("net1 in the pod");
+    assert_eq!((name.as_str(), mtu), ("net1", 1400));
+    assert_eq!(addrs, vec!["192.0.2.10/24".to_string()]);
+    assert!(link(&env.node, "nic0").is_none(), "nic0 left the node");
+    let routes = ip_json(&env.pod, &["-j", "route", "show", "dev", "net1"]);
+    assert!(
+        routes
+            .as_array()
+            .expect("routes")
+            .iter()
+            .any(|r| r["dst"] == "198.51.100.0/24" && r["gateway"] == "192.0.2.1"),
+        "claim route present: {routes}"
+    );
+    assert!(!env.bpf.leftovers().is_empty(), "data path pinned");
+    let plan = store.get("uid-c1").expect("get").expect("plan");
+    let att = plan.plans[0].attachment.as_ref().expect("attachment recorded");
+    assert!(plan.plans[0].attached && att.datapath && att.pod_ifname == "net1");
+    assert_eq!(att.originals.name, "nic0");
+
+    // Repeated hook: nothing happens twice.
+    let again = pods
+        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .expect("start_pod again");
+    assert!(matches!(again[0].action, Action::AlreadyAttached { .. }));
+
+    // Status: all three conditions True, networkData read back from the kernel.
+    let events = drain(&mut rx, &mut writer).await;
+    assert!(matches!(events.as_slice(), [DeviceEvent::Started { .. }]));
+    let entry = env.our_entry("c1").expect("status entry written");
+    for ty in ["Ready", "NetworkReady", "DataPathReady"] {
+        assert_eq!(condition(&entry, ty)["status"], "True", "{ty}: {entry}");
+    }
+    assert_eq!(condition(&entry, "Ready")["reason"], "NetworkDeviceReady");
+    assert_eq!(entry["pool"], "node-a");
+    assert_eq!(entry["device"], "nic-a");
+    assert_eq!(entry["networkData"]["interfaceName"], "net1");
+    assert_eq!(
+        entry["networkData"]["hardwareAddress"],
+        env.pod.mac("net1").expect("mac").as_str()
+    );
+    assert_eq!(entry["networkData"]["ips"], json!(["192.0.2.10/24"]));
+    assert_eq!(entry["data"]["state"], "Available");
+    assert!(entry["data"]["datapath"]["egressProgramId"].as_u64().is_some());
+    assert!(env.other_entry_kept("c1"), "other driver's entry untouched");
+    let ready_since = condition(&entry, "Ready")["lastTransitionTime"].clone();
+
+    // Traffic: the claim's route passes, another destination is dropped.
+    let pod_mac = env.pod.mac("net1").expect("pod mac");
+    let wire_mac = env.wire.mac("w0").expect("wire mac");
+    env.pod
+        .ip(&["neigh", "replace", "192.0.2.1", "lladdr", &wire_mac, "dev", "net1", "nud", "permanent"])
+        .expect("neigh");
+    env.wire
+        .ip(&["neigh", "replace", "192.0.2.10", "lladdr", &pod_mac, "dev", "w0", "nud", "permanent"])
+        .expect("neigh");
+    env.pod
+        .ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1", "dev", "net1"])
+        .expect("extra route outside the claim");
+    let wire_ns = env.wire.open();
+    let allowed = UdpSink::start(&wire_ns, sa("198.51.100.1:5000")).expect("sink");
+    let forbidden = UdpSink::start(&wire_ns, sa("203.0.113.1:5000")).expect("sink");
+    let pod_ns = env.pod.open();
+    udp_send(&pod_ns, sa("192.0.2.10:0"), sa("198.51.100.1:5000"), N, 100).expect("send");
+    udp_send(&pod_ns, sa("192.0.2.10:0"), sa("203.0.113.1:5000"), N, 100).expect("send");
+    assert_eq!(allowed.wait_for(u64::from(N), Duration::from_secs(5)), u64::from(N));
+    assert_eq!(forbidden.wait_for(0, Duration::from_millis(300)), 0);
+
+    // Refresh: counters match the traffic; no transition, so the time is kept.
+    writer.refresh().await;
+    let entry = env.our_entry("c1").expect("entry");
+    let counters = &entry["data"]["counters"];
+    assert_eq!(counters["routeHits"]["198.51.100.0/24"], u64::from(N), "{counters}");
+    let drops: u64 = counters["drops"]
+        .as_object()
+        .expect("drops")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(drops, u64::from(N), "{counters}");
+    assert!(counters["txPackets"].as_u64().unwrap_or(0) >= u64::from(N));
+    assert_eq!(condition(&entry, "Ready")["lastTransitionTime"], ready_since);
+
+    // Stop: the device is home as it was, pins gone, checkpoint and status cleared.
+    let stopped = pods.stop_pod(POD_UID).expect("stop_pod");
+    assert!(matches!(
+        stopped[0].action,
+        Action::Returned(RestoreOutcome::Restored { .. })
+    ));
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(link(&env.pod, "net1").is_none());
+    assert!(env.bpf.leftovers().is_empty(), "pins left: {:?}", env.bpf.leftovers());
+    let plan = store.get("uid-c1").expect("get").expect("plan");
+    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    drain(&mut rx, &mut writer).await;
+    assert!(env.our_entry("c1").is_none(), "our entry removed on stop");
+    assert!(env.other_entry_kept("c1"));
+
+    // Remove after stop: nothing left to do, not an error.
+    assert!(pods.remove_pod(POD_UID).expect("remove_pod").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_route_goes_home_and_reports_false() {
+    let env = Env::new("lf").await;
+    let store = env.store();
+    // No addresses: the host's 203.0.113.77/24 is carried; 198.51.100.1 is no
+    // neighbour on that link, so the kernel refuses the route.
+    env.claim(
+        &store,
+        "c2",
+        json!({
+            "interface": {"name": "bad1", "mtu": 1300},
+            "routes": [{"destination": "192.0.2.0/24", "gateway": "198.51.100.1"}]
+        }),
+    );
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+
+    let err = pods
+        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .expect_err("the route cannot be added");
+    let text = err.to_string();
+    assert!(text.contains("claim default/c2"), "{text}");
+    assert!(text.contains("device nic-a"), "{text}");
+    assert!(text.contains("adding routes"), "{text}");
+
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(link(&env.pod, "bad1").is_none());
+    assert!(env.bpf.leftovers().is_empty());
+    let plan = store.get("uid-c2").expect("get").expect("plan");
+    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+
+    drain(&mut rx, &mut writer).await;
+    let entry = env.our_entry("c2").expect("status entry");
+    let ready = condition(&entry, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "RoutesFailed");
+    assert!(ready["message"].as_str().unwrap_or("").contains("routes"), "{ready}");
+    assert_eq!(condition(&entry, "NetworkReady")["status"], "False");
+    assert_eq!(condition(&entry, "DataPathReady")["status"], "False");
+    assert_eq!(condition(&entry, "DataPathReady")["reason"], "NotAttempted");
+    assert_eq!(entry["data"]["state"], "Error");
+    assert!(entry.get("networkData").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_driver_stops_a_pod_started_before() {
+    let env = Env::new("lr").await;
+    {
+        let store = env.store();
+        env.claim(&store, "c3", good_config());
+        let pods = env.pods(store, None);
+        pods.start_pod(POD_UID, "default/pod1", env.pod.path())
+            .expect("start_pod");
+        assert!(link(&env.pod, "net1").is_some());
+    } // the old driver is gone; its pins and the device stay
+
+    let store = env.store();
+    let pods = env.pods(store.clone(), None);
+    let stopped = pods.stop_pod(POD_UID).expect("stop by the new driver");
+    assert_eq!(stopped.len(), 1);
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(env.bpf.leftovers().is_empty(), "pins left: {:?}", env.bpf.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronize_returns_devices_of_vanished_pods() {
+    let env = Env::new("ls").await;
+    let store = env.store();
+    env.claim(&store, "c4", good_config());
+    let pods = env.pods(store.clone(), None);
+    pods.start_pod(POD_UID, "default/pod1", env.pod.path())
+        .expect("start_pod");
+    // The runtime lists no pods: the device goes home.
+    let report = pods.synchronize(&BTreeMap::<String, PathBuf>::new());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.returned.len(), 1);
+    assert!(link(&env.node, "nic0").is_some());
+    // The pod is listed again: its unattached device is handed over.
+    let live = BTreeMap::from([(POD_UID.to_string(), env.pod.path().to_path_buf())]);
+    let report = pods.synchronize(&live);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.started.len(), 1);
+    assert!(link(&env.pod, "net1").is_some());
+    pods.stop_pod(POD_UID).expect("stop");
+}
