@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use netclaim::nri::api::{
     ConfigureRequest, ConfigureResponse, Empty, Event, LinuxNamespace, LinuxPodSandbox, PodSandbox,
-    RegisterPluginRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent, StopPodSandboxRequest,
-    SynchronizeRequest, SynchronizeResponse,
+    RegisterPluginRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent,
+    StopPodSandboxRequest, SynchronizeRequest, SynchronizeResponse,
 };
 use netclaim::nri::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use netclaim::nri::ttrpc::{self, code, Client, Status, TtrpcError};
@@ -123,13 +123,23 @@ impl FakeRuntime {
     pub async fn start(path: impl Into<PathBuf>, config: RuntimeConfig) -> anyhow::Result<Self> {
         let path = path.into();
         if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
-        let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
         let (registration, _) = watch::channel(None);
-        let shared = Arc::new(Shared { config, registration, connected: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            config,
+            registration,
+            connected: Mutex::new(None),
+        });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(FakeRuntime { path, shared, accept })
+        Ok(FakeRuntime {
+            path,
+            shared,
+            accept,
+        })
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -148,7 +158,11 @@ impl FakeRuntime {
     }
 
     /// Waits for a registration newer than `generation` (after a reconnect).
-    pub async fn wait_registration_after(&self, generation: u64, timeout: Duration) -> anyhow::Result<Registration> {
+    pub async fn wait_registration_after(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Registration> {
         let mut rx = self.shared.registration.subscribe();
         let waited = tokio::time::timeout(
             timeout,
@@ -179,7 +193,9 @@ impl FakeRuntime {
         let mut connected = self.shared.connected.lock().await;
         if let Some(conn) = connected.as_ref() {
             let timeout = Some(self.shared.config.request_timeout);
-            conn.client.call::<_, Empty>(PLUGIN_SERVICE, "Shutdown", &Empty {}, timeout).await?;
+            conn.client
+                .call::<_, Empty>(PLUGIN_SERVICE, "Shutdown", &Empty {}, timeout)
+                .await?;
         }
         *connected = None;
         Ok(())
@@ -192,7 +208,13 @@ impl FakeRuntime {
 
     async fn pod_event(&self, event: Event, pod: &PodSandbox) -> HookOutcome {
         let started = Instant::now();
-        let client = self.shared.connected.lock().await.as_ref().map(|c| c.client.clone());
+        let client = self
+            .shared
+            .connected
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.client.clone());
         let Some(client) = client else {
             return HookOutcome {
                 latency: started.elapsed(),
@@ -202,31 +224,66 @@ impl FakeRuntime {
         };
         let timeout = Some(self.shared.config.request_timeout);
         let (delivery, result) = match self.shared.config.mode {
-            Mode::Legacy => (Delivery::StateChange, state_change(&client, event, pod, timeout).await),
+            Mode::Legacy => (
+                Delivery::StateChange,
+                state_change(&client, event, pod, timeout).await,
+            ),
             Mode::Current => {
                 let direct = match event {
                     Event::RunPodSandbox => {
-                        let request = RunPodSandboxRequest { pod: Some(pod.clone()) };
-                        client.call_raw(PLUGIN_SERVICE, "RunPodSandbox", request.encode_to_vec(), timeout).await
+                        let request = RunPodSandboxRequest {
+                            pod: Some(pod.clone()),
+                        };
+                        client
+                            .call_raw(
+                                PLUGIN_SERVICE,
+                                "RunPodSandbox",
+                                request.encode_to_vec(),
+                                timeout,
+                            )
+                            .await
                     }
                     Event::StopPodSandbox => {
-                        let request = StopPodSandboxRequest { pod: Some(pod.clone()) };
-                        client.call_raw(PLUGIN_SERVICE, "StopPodSandbox", request.encode_to_vec(), timeout).await
+                        let request = StopPodSandboxRequest {
+                            pod: Some(pod.clone()),
+                        };
+                        client
+                            .call_raw(
+                                PLUGIN_SERVICE,
+                                "StopPodSandbox",
+                                request.encode_to_vec(),
+                                timeout,
+                            )
+                            .await
                     }
                     _ => {
-                        let request = RemovePodSandboxRequest { pod: Some(pod.clone()) };
-                        client.call_raw(PLUGIN_SERVICE, "RemovePodSandbox", request.encode_to_vec(), timeout).await
+                        let request = RemovePodSandboxRequest {
+                            pod: Some(pod.clone()),
+                        };
+                        client
+                            .call_raw(
+                                PLUGIN_SERVICE,
+                                "RemovePodSandbox",
+                                request.encode_to_vec(),
+                                timeout,
+                            )
+                            .await
                     }
                 };
                 match direct {
-                    Err(err) if err.code() == Some(code::UNIMPLEMENTED) => {
-                        (Delivery::Fallback, state_change(&client, event, pod, timeout).await)
-                    }
+                    Err(err) if err.code() == Some(code::UNIMPLEMENTED) => (
+                        Delivery::Fallback,
+                        state_change(&client, event, pod, timeout).await,
+                    ),
                     other => (Delivery::Method, other.map(|_| ())),
                 }
             }
         };
-        HookOutcome { latency: started.elapsed(), delivery, status: result.map_err(to_status) }
+        HookOutcome {
+            latency: started.elapsed(),
+            delivery,
+            status: result.map_err(to_status),
+        }
     }
 }
 
@@ -246,8 +303,20 @@ async fn state_change(
     pod: &PodSandbox,
     timeout: Option<Duration>,
 ) -> Result<(), TtrpcError> {
-    let request = StateChangeEvent { event: event as i32, pod: Some(pod.clone()), container: None };
-    client.call_raw(PLUGIN_SERVICE, "StateChange", request.encode_to_vec(), timeout).await.map(|_| ())
+    let request = StateChangeEvent {
+        event: event as i32,
+        pod: Some(pod.clone()),
+        container: None,
+    };
+    client
+        .call_raw(
+            PLUGIN_SERVICE,
+            "StateChange",
+            request.encode_to_vec(),
+            timeout,
+        )
+        .await
+        .map(|_| ())
 }
 
 fn to_status(err: TtrpcError) -> Status {
@@ -279,7 +348,11 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         generation += 1;
         // One plugin at a time: a new connection replaces the old one.
         current.take();
-        current = Some(AbortOnDrop(tokio::spawn(handle_plugin(stream, shared.clone(), generation))));
+        current = Some(AbortOnDrop(tokio::spawn(handle_plugin(
+            stream,
+            shared.clone(),
+            generation,
+        ))));
     }
 }
 
@@ -309,14 +382,24 @@ async fn handle_plugin(stream: tokio::net::UnixStream, shared: Arc<Shared>, gene
     }
 }
 
-async fn configure_plugin(stream: tokio::net::UnixStream, shared: &Shared, generation: u64) -> anyhow::Result<()> {
+async fn configure_plugin(
+    stream: tokio::net::UnixStream,
+    shared: &Shared,
+    generation: u64,
+) -> anyhow::Result<()> {
     let (mux, mut conns) = Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])?;
     let (Some(runtime_conn), Some(plugin_conn)) = (conns.pop(), conns.pop()) else {
         bail!("mux returned too few conns");
     };
     let (registered_tx, mut registered_rx) = mpsc::channel(1);
     let server = tokio::spawn(async move {
-        let _ = ttrpc::serve(runtime_conn, Arc::new(RuntimeService { registered: registered_tx })).await;
+        let _ = ttrpc::serve(
+            runtime_conn,
+            Arc::new(RuntimeService {
+                registered: registered_tx,
+            }),
+        )
+        .await;
     });
     let client = Arc::new(Client::new(plugin_conn));
     let config = &shared.config;
@@ -333,10 +416,22 @@ async fn configure_plugin(stream: tokio::net::UnixStream, shared: &Shared, gener
         request_timeout: config.request_timeout.as_millis() as i64,
         nri_version: "v0.12.0".into(),
     };
-    let configured: ConfigureResponse = client.call(PLUGIN_SERVICE, "Configure", &configure, timeout).await?;
-    let sync = SynchronizeRequest { pods: config.pods.clone(), containers: Vec::new(), more: false };
-    let _: SynchronizeResponse = client.call(PLUGIN_SERVICE, "Synchronize", &sync, timeout).await?;
-    *shared.connected.lock().await = Some(Connected { client, _mux: mux, _server: server });
+    let configured: ConfigureResponse = client
+        .call(PLUGIN_SERVICE, "Configure", &configure, timeout)
+        .await?;
+    let sync = SynchronizeRequest {
+        pods: config.pods.clone(),
+        containers: Vec::new(),
+        more: false,
+    };
+    let _: SynchronizeResponse = client
+        .call(PLUGIN_SERVICE, "Synchronize", &sync, timeout)
+        .await?;
+    *shared.connected.lock().await = Some(Connected {
+        client,
+        _mux: mux,
+        _server: server,
+    });
     shared.registration.send_replace(Some(Registration {
         name: register.plugin_name,
         idx: register.plugin_idx,
@@ -357,8 +452,14 @@ pub fn pod(id: &str, namespace: &str, name: &str, uid: &str, netns: &str) -> Pod
         runtime_handler: "runc".into(),
         linux: Some(LinuxPodSandbox {
             namespaces: vec![
-                LinuxNamespace { r#type: "ipc".into(), path: String::new() },
-                LinuxNamespace { r#type: "network".into(), path: netns.into() },
+                LinuxNamespace {
+                    r#type: "ipc".into(),
+                    path: String::new(),
+                },
+                LinuxNamespace {
+                    r#type: "network".into(),
+                    path: netns.into(),
+                },
             ],
         }),
         pid: 4242,
@@ -406,7 +507,11 @@ pub async fn serve_cli(args: RuntimeArgs) -> anyhow::Result<()> {
     };
     let mut config = RuntimeConfig::new(mode);
     config.request_timeout = Duration::from_millis(args.request_timeout_ms);
-    config.pods = args.sync_pods.iter().map(|spec| parse_pod(spec)).collect::<anyhow::Result<_>>()?;
+    config.pods = args
+        .sync_pods
+        .iter()
+        .map(|spec| parse_pod(spec))
+        .collect::<anyhow::Result<_>>()?;
     let runtime = FakeRuntime::start(&args.socket, config).await?;
     let registration = runtime.wait_registered(Duration::from_secs(3600)).await?;
     println!(

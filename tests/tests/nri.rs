@@ -15,10 +15,13 @@ use netclaim_tests::runtime::{pod, Delivery, FakeRuntime, Mode, RuntimeConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// What the handler saw, in order: (event, pod id, uid, netns path).
+/// One delivered event: (event, pod id, uid, netns path).
+type Seen = (String, String, String, Option<String>);
+
+/// What the handler saw, in order.
 #[derive(Default)]
 struct Recorder {
-    events: Mutex<Vec<(String, String, String, Option<String>)>>,
+    events: Mutex<Vec<Seen>>,
     synced: Mutex<Vec<Vec<String>>>,
     /// Pods whose run hook fails with this message.
     refuse_run: Mutex<Option<(String, String)>>,
@@ -34,7 +37,7 @@ impl Recorder {
         ));
     }
 
-    fn events(&self) -> Vec<(String, String, String, Option<String>)> {
+    fn events(&self) -> Vec<Seen> {
         self.events.lock().unwrap().clone()
     }
 }
@@ -60,7 +63,10 @@ impl PodHandler for Recorder {
     }
 
     async fn synchronize(&self, pods: &[PodSandbox]) {
-        self.synced.lock().unwrap().push(pods.iter().map(|p| p.id.clone()).collect());
+        self.synced
+            .lock()
+            .unwrap()
+            .push(pods.iter().map(|p| p.id.clone()).collect());
     }
 }
 
@@ -100,13 +106,18 @@ async fn registers_configures_and_synchronizes() {
     assert_eq!(registration.events, 0x7);
     wait_connected(&plugin, true).await;
     assert_eq!(plugin.request_timeout(), Some(Duration::from_millis(1500)));
-    assert_eq!(*recorder.synced.lock().unwrap(), vec![vec!["sb-1".to_string(), "sb-2".to_string()]]);
+    assert_eq!(
+        *recorder.synced.lock().unwrap(),
+        vec![vec!["sb-1".to_string(), "sb-2".to_string()]]
+    );
 }
 
 async fn pod_lifecycle(mode: Mode, expected: Delivery) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nri.sock");
-    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(mode)).await.unwrap();
+    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(mode))
+        .await
+        .unwrap();
     let recorder = Arc::new(Recorder::default());
     let _plugin = NriPlugin::start(fast_config(&socket), recorder.clone()).unwrap();
     runtime.wait_registered(WAIT).await.unwrap();
@@ -119,12 +130,23 @@ async fn pod_lifecycle(mode: Mode, expected: Delivery) {
     ] {
         assert_eq!(outcome.status, Ok(()), "{step}");
         assert_eq!(outcome.delivery, expected, "{step}");
-        assert!(outcome.latency < Duration::from_secs(2), "{step}: {:?}", outcome.latency);
+        assert!(
+            outcome.latency < Duration::from_secs(2),
+            "{step}: {:?}",
+            outcome.latency
+        );
     }
     let netns = Some("/var/run/netns/cni-9".to_string());
     let expected_events: Vec<_> = ["run", "stop", "remove"]
         .iter()
-        .map(|e| (e.to_string(), "sb-9".to_string(), "uid-9".to_string(), netns.clone()))
+        .map(|e| {
+            (
+                e.to_string(),
+                "sb-9".to_string(),
+                "uid-9".to_string(),
+                netns.clone(),
+            )
+        })
         .collect();
     assert_eq!(recorder.events(), expected_events);
 }
@@ -144,18 +166,35 @@ async fn handler_error_is_an_error_status_for_the_runtime() {
     for mode in [Mode::Current, Mode::Legacy] {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nri.sock");
-        let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(mode)).await.unwrap();
+        let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(mode))
+            .await
+            .unwrap();
         let recorder = Arc::new(Recorder::default());
-        *recorder.refuse_run.lock().unwrap() = Some(("sb-bad".into(), "device eth9 is gone".into()));
+        *recorder.refuse_run.lock().unwrap() =
+            Some(("sb-bad".into(), "device eth9 is gone".into()));
         let _plugin = NriPlugin::start(fast_config(&socket), recorder.clone()).unwrap();
         runtime.wait_registered(WAIT).await.unwrap();
 
-        let bad = pod("sb-bad", "default", "bad", "uid-bad", "/var/run/netns/cni-bad");
+        let bad = pod(
+            "sb-bad",
+            "default",
+            "bad",
+            "uid-bad",
+            "/var/run/netns/cni-bad",
+        );
         let outcome = runtime.run_pod(&bad).await;
         let status = outcome.status.expect_err("run should fail");
         assert_ne!(status.code, code::OK, "{mode:?}");
-        assert!(status.message.contains("device eth9 is gone"), "{mode:?}: {}", status.message);
-        assert!(status.message.contains("default/bad"), "{mode:?}: {}", status.message);
+        assert!(
+            status.message.contains("device eth9 is gone"),
+            "{mode:?}: {}",
+            status.message
+        );
+        assert!(
+            status.message.contains("default/bad"),
+            "{mode:?}: {}",
+            status.message
+        );
 
         let good = pod("sb-ok", "default", "ok", "uid-ok", "/var/run/netns/cni-ok");
         assert_eq!(runtime.run_pod(&good).await.status, Ok(()), "{mode:?}");
@@ -174,7 +213,8 @@ impl ttrpc::Service for LegacyPlugin {
             "Configure" => Ok(ConfigureResponse { events: EVENT_MASK }.encode_to_vec()),
             "Synchronize" => Ok(SynchronizeResponse::default().encode_to_vec()),
             "StateChange" => {
-                let event = StateChangeEvent::decode(payload).map_err(|e| Status::new(code::INVALID_ARGUMENT, e.to_string()))?;
+                let event = StateChangeEvent::decode(payload)
+                    .map_err(|e| Status::new(code::INVALID_ARGUMENT, e.to_string()))?;
                 if let Some(pod) = event.pod.as_ref() {
                     self.0.record(&format!("state-change-{}", event.event), pod);
                 }
@@ -192,17 +232,32 @@ async fn current_runtime_falls_back_to_state_change_on_unimplemented() {
 
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nri.sock");
-    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(Mode::Current)).await.unwrap();
+    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(Mode::Current))
+        .await
+        .unwrap();
     let recorder = Arc::new(Recorder::default());
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    let (_mux, mut conns) = Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]).unwrap();
+    let (_mux, mut conns) =
+        Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]).unwrap();
     let runtime_conn = conns.pop().unwrap();
     let plugin_conn = conns.pop().unwrap();
-    let server = tokio::spawn(ttrpc::serve(plugin_conn, Arc::new(LegacyPlugin(recorder.clone()))));
+    let server = tokio::spawn(ttrpc::serve(
+        plugin_conn,
+        Arc::new(LegacyPlugin(recorder.clone())),
+    ));
     let client = ttrpc::Client::new(runtime_conn);
-    let register = RegisterPluginRequest { plugin_name: "old".into(), plugin_idx: "42".into(), nri_version: String::new() };
+    let register = RegisterPluginRequest {
+        plugin_name: "old".into(),
+        plugin_idx: "42".into(),
+        nri_version: String::new(),
+    };
     let _: Empty = client
-        .call(netclaim::nri::RUNTIME_SERVICE, "RegisterPlugin", &register, Some(WAIT))
+        .call(
+            netclaim::nri::RUNTIME_SERVICE,
+            "RegisterPlugin",
+            &register,
+            Some(WAIT),
+        )
         .await
         .unwrap();
     let registration = runtime.wait_registered(WAIT).await.unwrap();
@@ -214,7 +269,12 @@ async fn current_runtime_falls_back_to_state_change_on_unimplemented() {
     assert_eq!(outcome.delivery, Delivery::Fallback);
     assert_eq!(
         recorder.events(),
-        vec![("state-change-1".into(), "sb-f".into(), "uid-f".into(), Some("/var/run/netns/cni-f".into()))]
+        vec![(
+            "state-change-1".into(),
+            "sb-f".into(),
+            "uid-f".into(),
+            Some("/var/run/netns/cni-f".into())
+        )]
     );
     server.abort();
 }
@@ -229,7 +289,9 @@ async fn reconnects_after_the_runtime_restarts() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!*plugin.connected().borrow());
 
-    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(Mode::Current)).await.unwrap();
+    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(Mode::Current))
+        .await
+        .unwrap();
     runtime.wait_registered(WAIT).await.unwrap();
     wait_connected(&plugin, true).await;
 
@@ -243,13 +305,27 @@ async fn reconnects_after_the_runtime_restarts() {
     let registration = runtime.wait_registered(WAIT).await.unwrap();
     assert_eq!(registration.idx, "00");
     wait_connected(&plugin, true).await;
-    let outcome = runtime.run_pod(&pod("sb-r", "default", "r", "uid-r", "/var/run/netns/cni-r")).await;
+    let outcome = runtime
+        .run_pod(&pod(
+            "sb-r",
+            "default",
+            "r",
+            "uid-r",
+            "/var/run/netns/cni-r",
+        ))
+        .await;
     assert_eq!(outcome.status, Ok(()));
-    assert_eq!(recorder.synced.lock().unwrap().last(), Some(&vec!["sb-r".to_string()]));
+    assert_eq!(
+        recorder.synced.lock().unwrap().last(),
+        Some(&vec!["sb-r".to_string()])
+    );
 
     // Shutdown from the runtime also ends the session; the plugin comes back.
     runtime.shutdown_plugin().await.unwrap();
-    let again = runtime.wait_registration_after(registration.generation, WAIT).await.unwrap();
+    let again = runtime
+        .wait_registration_after(registration.generation, WAIT)
+        .await
+        .unwrap();
     assert!(again.generation > registration.generation);
     drop(runtime);
     assert!(!socket.exists());

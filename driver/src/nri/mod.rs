@@ -75,8 +75,14 @@ mod tests {
         let pod = PodSandbox {
             linux: Some(LinuxPodSandbox {
                 namespaces: vec![
-                    LinuxNamespace { r#type: "ipc".into(), path: "/proc/1/ns/ipc".into() },
-                    LinuxNamespace { r#type: "network".into(), path: "/var/run/netns/cni-1".into() },
+                    LinuxNamespace {
+                        r#type: "ipc".into(),
+                        path: "/proc/1/ns/ipc".into(),
+                    },
+                    LinuxNamespace {
+                        r#type: "network".into(),
+                        path: "/var/run/netns/cni-1".into(),
+                    },
                 ],
             }),
             ..Default::default()
@@ -90,16 +96,33 @@ mod tests {
         // linux = 8 -> namespaces = 5 -> {type = 1, path = 2}
         let pod = PodSandbox {
             linux: Some(LinuxPodSandbox {
-                namespaces: vec![LinuxNamespace { r#type: "n".into(), path: "p".into() }],
+                namespaces: vec![LinuxNamespace {
+                    r#type: "n".into(),
+                    path: "p".into(),
+                }],
             }),
             ..Default::default()
         };
-        assert_eq!(pod.encode_to_vec(), vec![0x42, 8, 0x2a, 6, 0x0a, 1, b'n', 0x12, 1, b'p']);
-        let event = StateChangeEvent { event: Event::StopPodSandbox as i32, pod: None, container: None };
+        assert_eq!(
+            pod.encode_to_vec(),
+            vec![0x42, 8, 0x2a, 6, 0x0a, 1, b'n', 0x12, 1, b'p']
+        );
+        let event = StateChangeEvent {
+            event: Event::StopPodSandbox as i32,
+            pod: None,
+            container: None,
+        };
         assert_eq!(event.encode_to_vec(), vec![0x08, 2]);
         let response = ConfigureResponse { events: 7 };
         assert_eq!(response.encode_to_vec(), vec![0x10, 7]);
-        let register = RegisterPluginRequest { plugin_name: "a".into(), plugin_idx: "00".into(), nri_version: "v".into() };
-        assert_eq!(register.encode_to_vec(), vec![0x0a, 1, b'a', 0x12, 2, b'0', b'0', 0x1a, 1, b'v']);
+        let register = RegisterPluginRequest {
+            plugin_name: "a".into(),
+            plugin_idx: "00".into(),
+            nri_version: "v".into(),
+        };
+        assert_eq!(
+            register.encode_to_vec(),
+            vec![0x0a, 1, b'a', 0x12, 2, b'0', b'0', 0x1a, 1, b'v']
+        );
     }
 }

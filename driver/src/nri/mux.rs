@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -136,7 +138,11 @@ async fn demux<R: AsyncRead>(
         let mut left = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
         let mut sink = conns.get_mut(&conn);
         if sink.is_none() {
-            tracing::warn!(conn, len = left, "NRI mux: frame for an unknown conn id, skipped");
+            tracing::warn!(
+                conn,
+                len = left,
+                "NRI mux: frame for an unknown conn id, skipped"
+            );
         }
         let mut failed = false;
         while left > 0 {
@@ -167,7 +173,11 @@ async fn demux<R: AsyncRead>(
 }
 
 /// Reads what the local side wrote to a conn and queues it as frames.
-async fn pump_conn(id: u32, mut pipe: ReadHalf<DuplexStream>, frames: mpsc::Sender<(u32, Vec<u8>)>) {
+async fn pump_conn(
+    id: u32,
+    mut pipe: ReadHalf<DuplexStream>,
+    frames: mpsc::Sender<(u32, Vec<u8>)>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match pipe.read(&mut buf).await {
@@ -183,7 +193,10 @@ async fn pump_conn(id: u32, mut pipe: ReadHalf<DuplexStream>, frames: mpsc::Send
 
 /// The only writer of the socket: frames are written whole, so conns never interleave
 /// inside a frame.
-async fn write_frames<W: AsyncWrite>(mut sock: WriteHalf<W>, mut frames: mpsc::Receiver<(u32, Vec<u8>)>) {
+async fn write_frames<W: AsyncWrite>(
+    mut sock: WriteHalf<W>,
+    mut frames: mpsc::Receiver<(u32, Vec<u8>)>,
+) {
     while let Some((id, payload)) = frames.recv().await {
         if sock.write_all(&encode_frames(id, &payload)).await.is_err() {
             break;
@@ -221,7 +234,10 @@ mod tests {
         let (a, _b) = tokio::io::duplex(64);
         assert!(matches!(Mux::start(a, &[0]), Err(MuxError::ReservedConn)));
         let (a, _b) = tokio::io::duplex(64);
-        assert!(matches!(Mux::start(a, &[1, 1]), Err(MuxError::DuplicateConn(1))));
+        assert!(matches!(
+            Mux::start(a, &[1, 1]),
+            Err(MuxError::DuplicateConn(1))
+        ));
     }
 
     #[tokio::test]
@@ -260,7 +276,9 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let (_mux_a, mut conns_a) = Mux::start(a, &[1, 2]).unwrap();
         let (_mux_b, mut conns_b) = Mux::start(b, &[1, 2]).unwrap();
-        let payload: Vec<u8> = (0..MAX_FRAME_PAYLOAD + 12345).map(|i| (i % 251) as u8).collect();
+        let payload: Vec<u8> = (0..MAX_FRAME_PAYLOAD + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let expected = payload.clone();
         let mut writer = conns_a.remove(0);
         let send = tokio::spawn(async move { writer.write_all(&payload).await.map(|_| writer) });

@@ -25,8 +25,8 @@ use tracing::Instrument;
 
 use super::api::{
     self, ConfigureRequest, ConfigureResponse, Empty, Event, PodSandbox, RegisterPluginRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent, StopPodSandboxRequest, SynchronizeRequest,
-    SynchronizeResponse,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent, StopPodSandboxRequest,
+    SynchronizeRequest, SynchronizeResponse,
 };
 use super::mux::{Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use super::ttrpc::{self, code, Client, Status, TtrpcError};
@@ -88,7 +88,11 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
-    pub fn new(socket_path: impl Into<PathBuf>, name: impl Into<String>, idx: impl Into<String>) -> PluginConfig {
+    pub fn new(
+        socket_path: impl Into<PathBuf>,
+        name: impl Into<String>,
+        idx: impl Into<String>,
+    ) -> PluginConfig {
         PluginConfig {
             socket_path: socket_path.into(),
             name: name.into(),
@@ -130,12 +134,24 @@ impl NriPlugin {
     }
 
     /// Starts the plugin with an explicit configuration.
-    pub fn start(config: PluginConfig, handler: Arc<dyn PodHandler>) -> Result<NriPlugin, NriError> {
+    pub fn start(
+        config: PluginConfig,
+        handler: Arc<dyn PodHandler>,
+    ) -> Result<NriPlugin, NriError> {
         config.validate()?;
         let (connected_tx, connected) = watch::channel(false);
         let request_timeout = Arc::new(StdMutex::new(None));
-        let task = tokio::spawn(reconnect_loop(config, handler, connected_tx, request_timeout.clone()));
-        Ok(NriPlugin { connected, request_timeout, task })
+        let task = tokio::spawn(reconnect_loop(
+            config,
+            handler,
+            connected_tx,
+            request_timeout.clone(),
+        ));
+        Ok(NriPlugin {
+            connected,
+            request_timeout,
+            task,
+        })
     }
 
     /// `true` while registered with a runtime; for readiness.
@@ -145,7 +161,10 @@ impl NriPlugin {
 
     /// The per-hook budget the runtime announced in Configure, if any yet.
     pub fn request_timeout(&self) -> Option<Duration> {
-        *self.request_timeout.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .request_timeout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -183,11 +202,17 @@ async fn reconnect_loop(
 
 /// One connection to the runtime, from connect to disconnect. `Ok` means the plugin was
 /// registered and the runtime later went away.
-async fn session(config: &PluginConfig, service: Arc<PluginService>, connected: &watch::Sender<bool>) -> Result<(), NriError> {
-    let stream = UnixStream::connect(&config.socket_path).await.map_err(|source| NriError::Connect {
-        path: config.socket_path.clone(),
-        source,
-    })?;
+async fn session(
+    config: &PluginConfig,
+    service: Arc<PluginService>,
+    connected: &watch::Sender<bool>,
+) -> Result<(), NriError> {
+    let stream = UnixStream::connect(&config.socket_path)
+        .await
+        .map_err(|source| NriError::Connect {
+            path: config.socket_path.clone(),
+            source,
+        })?;
     let (mux, mut conns) = Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])?;
     let (Some(runtime_conn), Some(plugin_conn)) = (conns.pop(), conns.pop()) else {
         return Err(NriError::Mux(MuxError::ReservedConn));
@@ -200,11 +225,20 @@ async fn session(config: &PluginConfig, service: Arc<PluginService>, connected: 
         nri_version: NRI_VERSION.to_string(),
     };
     let registered = client
-        .call::<_, Empty>(RUNTIME_SERVICE, "RegisterPlugin", &register, Some(config.registration_timeout))
+        .call::<_, Empty>(
+            RUNTIME_SERVICE,
+            "RegisterPlugin",
+            &register,
+            Some(config.registration_timeout),
+        )
         .await;
     if let Err(source) = registered {
         server.abort();
-        return Err(NriError::Register { name: config.name.clone(), idx: config.idx.clone(), source });
+        return Err(NriError::Register {
+            name: config.name.clone(),
+            idx: config.idx.clone(),
+            source,
+        });
     }
     tracing::info!(socket = %config.socket_path.display(), name = %config.name, idx = %config.idx, "NRI plugin registered");
     connected.send_replace(true);
@@ -229,11 +263,21 @@ struct PluginService {
 }
 
 fn decode<M: Message + Default>(method: &str, payload: &[u8]) -> Result<M, Status> {
-    M::decode(payload).map_err(|err| Status::new(code::INVALID_ARGUMENT, format!("{method}: undecodable request: {err}")))
+    M::decode(payload).map_err(|err| {
+        Status::new(
+            code::INVALID_ARGUMENT,
+            format!("{method}: undecodable request: {err}"),
+        )
+    })
 }
 
 fn required_pod(method: &str, pod: Option<PodSandbox>) -> Result<PodSandbox, Status> {
-    pod.ok_or_else(|| Status::new(code::INVALID_ARGUMENT, format!("{method}: request carries no pod")))
+    pod.ok_or_else(|| {
+        Status::new(
+            code::INVALID_ARGUMENT,
+            format!("{method}: request carries no pod"),
+        )
+    })
 }
 
 impl PluginService {
@@ -247,13 +291,23 @@ impl PluginService {
         };
         result.map_err(|message| {
             tracing::warn!(parent: &span, error = %message, "NRI pod hook failed");
-            Status::new(code::UNKNOWN, format!("netclaim: {} pod {}: {message}", event.as_str_name(), pod.display_name()))
+            Status::new(
+                code::UNKNOWN,
+                format!(
+                    "netclaim: {} pod {}: {message}",
+                    event.as_str_name(),
+                    pod.display_name()
+                ),
+            )
         })
     }
 
     async fn synchronize(&self, request: SynchronizeRequest) -> SynchronizeResponse {
         let pods = {
-            let mut pending = self.sync_pods.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pending = self
+                .sync_pods
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             pending.extend(request.pods);
             if request.more {
                 None
@@ -265,7 +319,10 @@ impl PluginService {
             tracing::info!(pods = pods.len(), "NRI synchronize");
             self.handler.synchronize(&pods).await;
         }
-        SynchronizeResponse { update: Vec::new(), more: request.more }
+        SynchronizeResponse {
+            update: Vec::new(),
+            more: request.more,
+        }
     }
 }
 
@@ -278,8 +335,14 @@ impl ttrpc::Service for PluginService {
         match method {
             "Configure" => {
                 let request: ConfigureRequest = decode(method, payload)?;
-                let budget = u64::try_from(request.request_timeout).ok().filter(|ms| *ms > 0).map(Duration::from_millis);
-                *self.request_timeout.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = budget;
+                let budget = u64::try_from(request.request_timeout)
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis);
+                *self
+                    .request_timeout
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = budget;
                 tracing::info!(
                     runtime = %request.runtime_name,
                     version = %request.runtime_version,
@@ -298,17 +361,20 @@ impl ttrpc::Service for PluginService {
             }
             "RunPodSandbox" => {
                 let request: RunPodSandboxRequest = decode(method, payload)?;
-                self.pod_event(Event::RunPodSandbox, &required_pod(method, request.pod)?).await?;
+                self.pod_event(Event::RunPodSandbox, &required_pod(method, request.pod)?)
+                    .await?;
                 Ok(api::RunPodSandboxResponse {}.encode_to_vec())
             }
             "StopPodSandbox" => {
                 let request: StopPodSandboxRequest = decode(method, payload)?;
-                self.pod_event(Event::StopPodSandbox, &required_pod(method, request.pod)?).await?;
+                self.pod_event(Event::StopPodSandbox, &required_pod(method, request.pod)?)
+                    .await?;
                 Ok(api::StopPodSandboxResponse {}.encode_to_vec())
             }
             "RemovePodSandbox" => {
                 let request: RemovePodSandboxRequest = decode(method, payload)?;
-                self.pod_event(Event::RemovePodSandbox, &required_pod(method, request.pod)?).await?;
+                self.pod_event(Event::RemovePodSandbox, &required_pod(method, request.pod)?)
+                    .await?;
                 Ok(api::RemovePodSandboxResponse {}.encode_to_vec())
             }
             "StateChange" => {
@@ -316,7 +382,8 @@ impl ttrpc::Service for PluginService {
                 let event = Event::try_from(request.event).unwrap_or(Event::Unknown);
                 match event {
                     Event::RunPodSandbox | Event::StopPodSandbox | Event::RemovePodSandbox => {
-                        self.pod_event(event, &required_pod(method, request.pod)?).await?;
+                        self.pod_event(event, &required_pod(method, request.pod)?)
+                            .await?;
                     }
                     _ => tracing::debug!(event = request.event, "NRI state change ignored"),
                 }
@@ -334,10 +401,16 @@ mod tests {
     #[test]
     fn index_must_be_two_digits() {
         for bad in ["", "0", "000", "a1", "1 "] {
-            assert!(matches!(PluginConfig::new("/x", "n", bad).validate(), Err(NriError::InvalidIndex(_))));
+            assert!(matches!(
+                PluginConfig::new("/x", "n", bad).validate(),
+                Err(NriError::InvalidIndex(_))
+            ));
         }
         assert!(PluginConfig::new("/x", "n", "00").validate().is_ok());
         assert!(PluginConfig::new("/x", "n", "99").validate().is_ok());
-        assert!(matches!(PluginConfig::new("/x", "", "10").validate(), Err(NriError::EmptyName)));
+        assert!(matches!(
+            PluginConfig::new("/x", "", "10").validate(),
+            Err(NriError::EmptyName)
+        ));
     }
 }

@@ -85,12 +85,18 @@ pub struct Status {
 
 impl Status {
     pub fn new(code: i32, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
+        Status {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The answer for a `(service, method)` nobody serves.
     pub fn unimplemented(service: &str, method: &str) -> Status {
-        Status::new(code::UNIMPLEMENTED, format!("{service}/{method} is not implemented"))
+        Status::new(
+            code::UNIMPLEMENTED,
+            format!("{service}/{method} is not implemented"),
+        )
     }
 }
 
@@ -135,7 +141,12 @@ pub struct RawMessage {
 }
 
 /// Encodes one message: header and body.
-pub fn encode_message(stream_id: u32, kind: u8, flags: u8, body: &[u8]) -> Result<Vec<u8>, TtrpcError> {
+pub fn encode_message(
+    stream_id: u32,
+    kind: u8,
+    flags: u8,
+    body: &[u8],
+) -> Result<Vec<u8>, TtrpcError> {
     if body.len() > MAX_MESSAGE_LEN {
         return Err(TtrpcError::MessageTooLarge(body.len()));
     }
@@ -149,13 +160,19 @@ pub fn encode_message(stream_id: u32, kind: u8, flags: u8, body: &[u8]) -> Resul
 }
 
 /// Reads one message; `Ok(None)` on a clean EOF between messages.
-pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<RawMessage>, TtrpcError> {
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<RawMessage>, TtrpcError> {
     let mut header = [0u8; MESSAGE_HEADER_LEN];
     let mut filled = 0;
     while filled < MESSAGE_HEADER_LEN {
         let n = reader.read(&mut header[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(TtrpcError::Closed) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(TtrpcError::Closed)
+            };
         }
         filled += n;
     }
@@ -165,11 +182,19 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option
     }
     let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|err| match err.kind() {
-        std::io::ErrorKind::UnexpectedEof => TtrpcError::Closed,
-        _ => TtrpcError::Io(err),
-    })?;
-    Ok(Some(RawMessage { stream_id, kind: header[8], flags: header[9], body }))
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => TtrpcError::Closed,
+            _ => TtrpcError::Io(err),
+        })?;
+    Ok(Some(RawMessage {
+        stream_id,
+        kind: header[8],
+        flags: header[9],
+        body,
+    }))
 }
 
 type Pending = Arc<StdMutex<Option<HashMap<u32, oneshot::Sender<Response>>>>>;
@@ -191,7 +216,12 @@ impl Client {
         let (read, write): (ReadHalf<S>, WriteHalf<S>) = tokio::io::split(conn);
         let pending: Pending = Arc::new(StdMutex::new(Some(HashMap::new())));
         let reader = tokio::spawn(read_responses(read, pending.clone()));
-        Client { writer: Mutex::new(Box::new(write)), pending, next_id: AtomicU32::new(1), reader }
+        Client {
+            writer: Mutex::new(Box::new(write)),
+            pending,
+            next_id: AtomicU32::new(1),
+            reader,
+        }
     }
 
     /// Calls `service/method` with an encoded request; returns the encoded answer.
@@ -207,13 +237,18 @@ impl Client {
             service: service.to_string(),
             method: method.to_string(),
             payload,
-            timeout_nano: timeout.map(|t| t.as_nanos().min(i64::MAX as u128) as i64).unwrap_or(0),
+            timeout_nano: timeout
+                .map(|t| t.as_nanos().min(i64::MAX as u128) as i64)
+                .unwrap_or(0),
             metadata: Vec::new(),
         };
         let frame = encode_message(stream_id, TYPE_REQUEST, 0, &request.encode_to_vec())?;
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             match pending.as_mut() {
                 Some(map) => map.insert(stream_id, tx),
                 None => return Err(TtrpcError::Closed),
@@ -234,16 +269,21 @@ impl Client {
                 Ok(answer) => answer,
                 Err(_) => {
                     self.forget(stream_id);
-                    return Err(TtrpcError::Timeout { service: service.to_string(), method: method.to_string(), after });
+                    return Err(TtrpcError::Timeout {
+                        service: service.to_string(),
+                        method: method.to_string(),
+                        after,
+                    });
                 }
             },
             None => rx.await,
         };
         let response = answer.map_err(|_| TtrpcError::Closed)?;
         match response.status {
-            Some(status) if status.code != code::OK => {
-                Err(TtrpcError::Status { code: status.code, message: status.message })
-            }
+            Some(status) if status.code != code::OK => Err(TtrpcError::Status {
+                code: status.code,
+                message: status.message,
+            }),
             _ => Ok(response.payload),
         }
     }
@@ -256,12 +296,17 @@ impl Client {
         request: &Req,
         timeout: Option<Duration>,
     ) -> Result<Resp, TtrpcError> {
-        let payload = self.call_raw(service, method, request.encode_to_vec(), timeout).await?;
+        let payload = self
+            .call_raw(service, method, request.encode_to_vec(), timeout)
+            .await?;
         Ok(Resp::decode(payload.as_slice())?)
     }
 
     fn forget(&self, stream_id: u32) {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(map) = pending.as_mut() {
             map.remove(&stream_id);
         }
@@ -285,7 +330,11 @@ async fn read_responses<R: AsyncRead>(mut read: ReadHalf<R>, pending: Pending) {
             }
         };
         if message.kind != TYPE_RESPONSE {
-            tracing::debug!(kind = message.kind, stream = message.stream_id, "ttrpc client: ignored message");
+            tracing::debug!(
+                kind = message.kind,
+                stream = message.stream_id,
+                "ttrpc client: ignored message"
+            );
             continue;
         }
         let response = match Response::decode(message.body.as_slice()) {
@@ -293,24 +342,36 @@ async fn read_responses<R: AsyncRead>(mut read: ReadHalf<R>, pending: Pending) {
             Err(err) => {
                 tracing::warn!(error = %err, stream = message.stream_id, "ttrpc client: undecodable response");
                 Response {
-                    status: Some(Status::new(code::INTERNAL, format!("undecodable response: {err}"))),
+                    status: Some(Status::new(
+                        code::INTERNAL,
+                        format!("undecodable response: {err}"),
+                    )),
                     payload: Vec::new(),
                 }
             }
         };
         let waiter = {
-            let mut pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            pending.as_mut().and_then(|map| map.remove(&message.stream_id))
+            let mut pending = pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            pending
+                .as_mut()
+                .and_then(|map| map.remove(&message.stream_id))
         };
         match waiter {
             Some(waiter) => {
                 let _ = waiter.send(response);
             }
-            None => tracing::debug!(stream = message.stream_id, "ttrpc client: response for no pending call"),
+            None => tracing::debug!(
+                stream = message.stream_id,
+                "ttrpc client: response for no pending call"
+            ),
         }
     }
     // Closing the map fails every pending and future call with Closed.
-    let mut pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut pending = pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     *pending = None;
 }
 
@@ -334,23 +395,44 @@ where
             None => return Ok(()),
         };
         if message.kind != TYPE_REQUEST {
-            tracing::debug!(kind = message.kind, stream = message.stream_id, "ttrpc server: ignored message");
+            tracing::debug!(
+                kind = message.kind,
+                stream = message.stream_id,
+                "ttrpc server: ignored message"
+            );
             continue;
         }
         let service = service.clone();
         let write = write.clone();
         tokio::spawn(async move {
             let response = match Request::decode(message.body.as_slice()) {
-                Ok(request) => match service.call(&request.service, &request.method, &request.payload).await {
-                    Ok(payload) => Response { status: Some(Status::new(code::OK, "")), payload },
-                    Err(status) => Response { status: Some(status), payload: Vec::new() },
+                Ok(request) => match service
+                    .call(&request.service, &request.method, &request.payload)
+                    .await
+                {
+                    Ok(payload) => Response {
+                        status: Some(Status::new(code::OK, "")),
+                        payload,
+                    },
+                    Err(status) => Response {
+                        status: Some(status),
+                        payload: Vec::new(),
+                    },
                 },
                 Err(err) => Response {
-                    status: Some(Status::new(code::INVALID_ARGUMENT, format!("undecodable request: {err}"))),
+                    status: Some(Status::new(
+                        code::INVALID_ARGUMENT,
+                        format!("undecodable request: {err}"),
+                    )),
                     payload: Vec::new(),
                 },
             };
-            let frame = match encode_message(message.stream_id, TYPE_RESPONSE, 0, &response.encode_to_vec()) {
+            let frame = match encode_message(
+                message.stream_id,
+                TYPE_RESPONSE,
+                0,
+                &response.encode_to_vec(),
+            ) {
                 Ok(frame) => frame,
                 Err(err) => {
                     tracing::warn!(error = %err, "ttrpc server: answer not sendable");
@@ -383,23 +465,41 @@ mod tests {
             method: "m".into(),
             payload: vec![9],
             timeout_nano: 1,
-            metadata: vec![KeyValue { key: "k".into(), value: "v".into() }],
+            metadata: vec![KeyValue {
+                key: "k".into(),
+                value: "v".into(),
+            }],
         };
         // 1:"s" 2:"m" 3:[9] 4:1 5:{1:"k" 2:"v"}
         assert_eq!(
             request.encode_to_vec(),
-            vec![0x0a, 1, b's', 0x12, 1, b'm', 0x1a, 1, 9, 0x20, 1, 0x2a, 6, 0x0a, 1, b'k', 0x12, 1, b'v']
+            vec![
+                0x0a, 1, b's', 0x12, 1, b'm', 0x1a, 1, 9, 0x20, 1, 0x2a, 6, 0x0a, 1, b'k', 0x12, 1,
+                b'v'
+            ]
         );
-        let response = Response { status: Some(Status::new(12, "x")), payload: vec![7] };
-        assert_eq!(response.encode_to_vec(), vec![0x0a, 5, 0x08, 12, 0x12, 1, b'x', 0x12, 1, 7]);
+        let response = Response {
+            status: Some(Status::new(12, "x")),
+            payload: vec![7],
+        };
+        assert_eq!(
+            response.encode_to_vec(),
+            vec![0x0a, 5, 0x08, 12, 0x12, 1, b'x', 0x12, 1, 7]
+        );
     }
 
     #[tokio::test]
     async fn oversized_length_is_refused_without_allocating() {
         let mut wire: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
-        assert!(matches!(read_message(&mut wire).await, Err(TtrpcError::MessageTooLarge(_))));
+        assert!(matches!(
+            read_message(&mut wire).await,
+            Err(TtrpcError::MessageTooLarge(_))
+        ));
         let mut truncated: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 1, 1, 0, b'a'];
-        assert!(matches!(read_message(&mut truncated).await, Err(TtrpcError::Closed)));
+        assert!(matches!(
+            read_message(&mut truncated).await,
+            Err(TtrpcError::Closed)
+        ));
         let mut empty: &[u8] = &[];
         assert!(matches!(read_message(&mut empty).await, Ok(None)));
     }
@@ -408,7 +508,12 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Service for Echo {
-        async fn call(&self, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u8>, Status> {
+        async fn call(
+            &self,
+            service: &str,
+            method: &str,
+            payload: &[u8],
+        ) -> Result<Vec<u8>, Status> {
             match (service, method) {
                 ("test.Echo", "Echo") => Ok(payload.to_vec()),
                 ("test.Echo", "Fail") => Err(Status::new(code::UNKNOWN, "refused")),
@@ -431,12 +536,23 @@ mod tests {
         for (i, answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.unwrap(), vec![i as u8; 3]);
         }
-        let err = client.call_raw("test.Echo", "Fail", Vec::new(), None).await.unwrap_err();
+        let err = client
+            .call_raw("test.Echo", "Fail", Vec::new(), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(code::UNKNOWN));
-        let err = client.call_raw("test.Other", "Echo", Vec::new(), None).await.unwrap_err();
+        let err = client
+            .call_raw("test.Other", "Echo", Vec::new(), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(code::UNIMPLEMENTED));
         let err = client
-            .call_raw("test.Echo", "Slow", Vec::new(), Some(Duration::from_millis(20)))
+            .call_raw(
+                "test.Echo",
+                "Slow",
+                Vec::new(),
+                Some(Duration::from_millis(20)),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, TtrpcError::Timeout { .. }));
@@ -467,7 +583,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             drop(b);
         });
-        let err = client.call_raw("s", "m", Vec::new(), None).await.unwrap_err();
+        let err = client
+            .call_raw("s", "m", Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, TtrpcError::Closed | TtrpcError::Io(_)));
         closer.await.unwrap();
     }

@@ -8,6 +8,9 @@
 //!   [--unprepare ns/name/uid]... [--watch-health]` plays kubelet: waits for the
 //!   registration socket, registers (or refuses), runs the calls and prints the answers
 //!   as JSON lines.
+//! * `netclaim-testbed runtime --socket /tmp/nri.sock [--mode current|legacy]
+//!   [--sync-pod id,ns/name,uid,netns]...` plays the runtime's NRI side; see
+//!   `netclaim_tests::runtime::serve_cli`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +72,9 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Play the container runtime's NRI side; pod events come from stdin
+    /// (`run|stop|remove id,namespace/name,uid,netns`), outcomes go to stdout as JSON.
+    Runtime(netclaim_tests::runtime::RuntimeArgs),
 }
 
 fn claim_ref(text: &str) -> anyhow::Result<ClaimRef> {
@@ -90,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Runtime(args) => netclaim_tests::runtime::serve_cli(args).await,
         Command::Apiserver {
             listen,
             kubeconfig,
