@@ -13,13 +13,7 @@
 //! Every check reads the kernel back with `ip -j` or the fake API server's stored
 //! object, not through the driver's own code.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use netclaim::{
     lifecycle::{Action, DeviceResolver, LifecycleConfig, Pods},
@@ -74,9 +68,11 @@ impl Env {
         veth(&node, "nic0", &wire, "w0").expect("veth");
         node.ip(&["addr", "add", "203.0.113.77/24", "dev", "nic0"])
             .expect("host address");
-        wire.ip(&["addr", "add", "192.0.2.1/24", "dev", "w0"]).expect("wire address");
+        wire.ip(&["addr", "add", "192.0.2.1/24", "dev", "w0"])
+            .expect("wire address");
         for a in ["198.51.100.1/32", "203.0.113.1/32"] {
-            wire.ip(&["addr", "add", a, "dev", "lo"]).expect("lo address");
+            wire.ip(&["addr", "add", a, "dev", "lo"])
+                .expect("lo address");
         }
         let bpf = TestBpfRoot::new(tag).expect("bpf root");
         let state = tempfile::tempdir().expect("state dir");
@@ -96,9 +92,8 @@ impl Env {
     }
 
     fn pods(&self, store: Arc<StateStore>, status: Option<netclaim::status::StatusSender>) -> Pods {
-        let resolver: Arc<dyn DeviceResolver> = Arc::new(|_pool: &str, device: &str| {
-            (device == "nic-a").then(|| "nic0".to_string())
-        });
+        let resolver: Arc<dyn DeviceResolver> =
+            Arc::new(|_pool: &str, device: &str| (device == "nic-a").then(|| "nic0".to_string()));
         let mut config = LifecycleConfig::new(self.bpf.path());
         config.root_netns = None;
         Pods::new(store, self.node.open(), resolver, config, status)
@@ -173,7 +168,10 @@ impl Env {
         self.api
             .get("ResourceClaim", "default", name)
             .and_then(|c| c["status"]["devices"].as_array().cloned())
-            .is_some_and(|l| l.iter().any(|d| d["driver"] == "other.dev" && d["data"]["x"] == 1))
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|d| d["driver"] == "other.dev" && d["data"]["x"] == 1)
+            })
     }
 }
 
@@ -254,7 +252,10 @@ async fn start_traffic_status_stop() {
     );
     assert!(!env.bpf.leftovers().is_empty(), "data path pinned");
     let plan = store.get("uid-c1").expect("get").expect("plan");
-    let att = plan.plans[0].attachment.as_ref().expect("attachment recorded");
+    let att = plan.plans[0]
+        .attachment
+        .as_ref()
+        .expect("attachment recorded");
     assert!(plan.plans[0].attached && att.datapath && att.pod_ifname == "net1");
     assert_eq!(att.originals.name, "nic0");
 
@@ -281,7 +282,9 @@ async fn start_traffic_status_stop() {
     );
     assert_eq!(entry["networkData"]["ips"], json!(["192.0.2.10/24"]));
     assert_eq!(entry["data"]["state"], "Available");
-    assert!(entry["data"]["datapath"]["egressProgramId"].as_u64().is_some());
+    assert!(entry["data"]["datapath"]["egressProgramId"]
+        .as_u64()
+        .is_some());
     assert!(env.other_entry_kept("c1"), "other driver's entry untouched");
     let ready_since = condition(&entry, "Ready")["lastTransitionTime"].clone();
 
@@ -289,13 +292,41 @@ async fn start_traffic_status_stop() {
     let pod_mac = env.pod.mac("net1").expect("pod mac");
     let wire_mac = env.wire.mac("w0").expect("wire mac");
     env.pod
-        .ip(&["neigh", "replace", "192.0.2.1", "lladdr", &wire_mac, "dev", "net1", "nud", "permanent"])
+        .ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            &wire_mac,
+            "dev",
+            "net1",
+            "nud",
+            "permanent",
+        ])
         .expect("neigh");
     env.wire
-        .ip(&["neigh", "replace", "192.0.2.10", "lladdr", &pod_mac, "dev", "w0", "nud", "permanent"])
+        .ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.10",
+            "lladdr",
+            &pod_mac,
+            "dev",
+            "w0",
+            "nud",
+            "permanent",
+        ])
         .expect("neigh");
     env.pod
-        .ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1", "dev", "net1"])
+        .ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "net1",
+        ])
         .expect("extra route outside the claim");
     let wire_ns = env.wire.open();
     let allowed = UdpSink::start(&wire_ns, sa("198.51.100.1:5000")).expect("sink");
@@ -303,14 +334,21 @@ async fn start_traffic_status_stop() {
     let pod_ns = env.pod.open();
     udp_send(&pod_ns, sa("192.0.2.10:0"), sa("198.51.100.1:5000"), N, 100).expect("send");
     udp_send(&pod_ns, sa("192.0.2.10:0"), sa("203.0.113.1:5000"), N, 100).expect("send");
-    assert_eq!(allowed.wait_for(u64::from(N), Duration::from_secs(5)), u64::from(N));
+    assert_eq!(
+        allowed.wait_for(u64::from(N), Duration::from_secs(5)),
+        u64::from(N)
+    );
     assert_eq!(forbidden.wait_for(0, Duration::from_millis(300)), 0);
 
     // Refresh: counters match the traffic; no transition, so the time is kept.
     writer.refresh().await;
     let entry = env.our_entry("c1").expect("entry");
     let counters = &entry["data"]["counters"];
-    assert_eq!(counters["routeHits"]["198.51.100.0/24"], u64::from(N), "{counters}");
+    assert_eq!(
+        counters["routeHits"]["198.51.100.0/24"],
+        u64::from(N),
+        "{counters}"
+    );
     let drops: u64 = counters["drops"]
         .as_object()
         .expect("drops")
@@ -319,7 +357,10 @@ async fn start_traffic_status_stop() {
         .sum();
     assert_eq!(drops, u64::from(N), "{counters}");
     assert!(counters["txPackets"].as_u64().unwrap_or(0) >= u64::from(N));
-    assert_eq!(condition(&entry, "Ready")["lastTransitionTime"], ready_since);
+    assert_eq!(
+        condition(&entry, "Ready")["lastTransitionTime"],
+        ready_since
+    );
 
     // Stop: the device is home as it was, pins gone, checkpoint and status cleared.
     let stopped = pods.stop_pod(POD_UID).expect("stop_pod");
@@ -331,7 +372,11 @@ async fn start_traffic_status_stop() {
     assert_eq!((name.as_str(), mtu), ("nic0", 1500));
     assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
     assert!(link(&env.pod, "net1").is_none());
-    assert!(env.bpf.leftovers().is_empty(), "pins left: {:?}", env.bpf.leftovers());
+    assert!(
+        env.bpf.leftovers().is_empty(),
+        "pins left: {:?}",
+        env.bpf.leftovers()
+    );
     let plan = store.get("uid-c1").expect("get").expect("plan");
     assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
     drain(&mut rx, &mut writer).await;
@@ -381,7 +426,10 @@ async fn failing_route_goes_home_and_reports_false() {
     let ready = condition(&entry, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "RoutesFailed");
-    assert!(ready["message"].as_str().unwrap_or("").contains("routes"), "{ready}");
+    assert!(
+        ready["message"].as_str().unwrap_or("").contains("routes"),
+        "{ready}"
+    );
     assert_eq!(condition(&entry, "NetworkReady")["status"], "False");
     assert_eq!(condition(&entry, "DataPathReady")["status"], "False");
     assert_eq!(condition(&entry, "DataPathReady")["reason"], "NotAttempted");
@@ -408,7 +456,11 @@ async fn restarted_driver_stops_a_pod_started_before() {
     let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
     assert_eq!((name.as_str(), mtu), ("nic0", 1500));
     assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
-    assert!(env.bpf.leftovers().is_empty(), "pins left: {:?}", env.bpf.leftovers());
+    assert!(
+        env.bpf.leftovers().is_empty(),
+        "pins left: {:?}",
+        env.bpf.leftovers()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

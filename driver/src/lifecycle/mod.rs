@@ -35,8 +35,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::parse_parameters;
 use crate::datapath::{AttachedDatapath, DatapathError, DatapathKey, PinLayout};
 use crate::netns::{
-    move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals, Netns, NetnsError, PodSide,
-    RestoreOutcome, Step,
+    move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals,
+    Netns, NetnsError, PodSide, RestoreOutcome, Step,
 };
 use crate::state::{Attachment, Plan, StateError, StateStore};
 use crate::status::{DeviceEvent, DeviceRef, FailedPart, StatusSender};
@@ -539,8 +539,7 @@ impl Inner {
                 Ok(dp) => datapath = Some(dp.key().clone()),
                 Err(e) => {
                     let mut message = e.to_string();
-                    if let Err(r) = restore_device(&self.host, Some(pod), &side, &originals, None)
-                    {
+                    if let Err(r) = restore_device(&self.host, Some(pod), &side, &originals, None) {
                         message.push_str(&format!(" (and restoring the device failed: {r})"));
                     }
                     return Err(Failure {
@@ -656,7 +655,12 @@ impl Inner {
                     // Attached without a record (older checkpoint): nothing to restore from.
                     tracing::warn!("attached without a record of the host state; marking it home");
                     if let Err(e) = self.update_plan(&claim_uid, &plan, |p| p.attached = false) {
-                        problems.push(format!("claim {}, device {}: {}: {e}", plan.claim, plan.device, LifecycleStep::Checkpoint));
+                        problems.push(format!(
+                            "claim {}, device {}: {}: {e}",
+                            plan.claim,
+                            plan.device,
+                            LifecycleStep::Checkpoint
+                        ));
                     }
                 }
                 continue;
@@ -700,11 +704,21 @@ impl Inner {
                 .root_netns
                 .as_ref()
                 .and_then(|p| Netns::open(p).ok());
-            match restore_device(&self.host, pod.as_ref(), &done.side, &done.originals, root.as_ref()) {
+            match restore_device(
+                &self.host,
+                pod.as_ref(),
+                &done.side,
+                &done.originals,
+                root.as_ref(),
+            ) {
                 Ok(outcome) => {
                     match &outcome {
-                        RestoreOutcome::Gone => tracing::info!("device gone with the pod's namespace"),
-                        _ => tracing::info!(interface = %done.originals.name, "device restored on the host"),
+                        RestoreOutcome::Gone => {
+                            tracing::info!("device gone with the pod's namespace")
+                        }
+                        _ => {
+                            tracing::info!(interface = %done.originals.name, "device restored on the host")
+                        }
                     }
                     if let Err(e) = self.update_plan(&claim_uid, &plan, |p| {
                         p.attached = false;

@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(s.routes[0].scope, 0);
         assert_eq!(s.ethtool_features.get("tx-checksumming"), Some(&false));
         let carried: Vec<ipnet::IpNet> = vec!["203.0.113.5/24".parse().expect("net")];
-        assert_eq!(datapath_policy(&cfg, &carried).addresses, cfg.interface.addresses);
+        assert_eq!(
+            datapath_policy(&cfg, &carried).addresses,
+            cfg.interface.addresses
+        );
         let bare = ValidConfig::default();
         assert_eq!(datapath_policy(&bare, &carried).addresses, carried);
     }

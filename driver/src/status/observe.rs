@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::datapath::{AttachedDatapath, CounterSnapshot, DatapathKey, PinLayout};
 use crate::datapath::device::DatapathInfo;
+use crate::datapath::{AttachedDatapath, CounterSnapshot, DatapathKey, PinLayout};
 use crate::inventory::links::dump_links;
 use crate::netns::netlink::NlSocket;
 use crate::netns::{link, Netns};

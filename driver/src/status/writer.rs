@@ -93,7 +93,9 @@ pub enum StatusError {
 /// How a device got to where it is (from the last event).
 #[derive(Clone, Debug)]
 enum Origin {
-    Started { datapath: bool },
+    Started {
+        datapath: bool,
+    },
     Failed {
         part: FailedPart,
         reason: String,
@@ -421,7 +423,10 @@ impl StatusWriter {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match api.patch_status(&claim.name, &params, &Patch::Apply(&body)).await {
+            match api
+                .patch_status(&claim.name, &params, &Patch::Apply(&body))
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(status)) if status.code == 404 => {
                     return Err(StatusError::ClaimGone {
@@ -480,9 +485,7 @@ impl StatusWriter {
 /// 409 (conflict), 429 and 5xx from the API server, and transport errors.
 fn retryable(err: &kube::Error) -> bool {
     match err {
-        kube::Error::Api(status) => {
-            status.code == 409 || status.code == 429 || status.code >= 500
-        }
+        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
     }
