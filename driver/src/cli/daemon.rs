@@ -27,14 +27,18 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::PinLayout,
-    inventory::{DeviceFilter, InventoryOptions, InventoryWatcher},
+    inventory::{Device, DeviceFilter, InventoryOptions, InventoryWatcher},
     kubelet::{
         self, prepare::Preparer, ClaimPreparer, ClaimRef, KubeletPluginConfig, PrepareResults,
         UnprepareResults,
     },
+    lifecycle::{LifecycleConfig, Pods},
     metrics::{Metrics, Readiness},
     netns::Netns,
+    nri::{NriPlugin, PodHandler, PodSandbox},
+    publisher::Publisher,
     state::StateStore,
+    status::{status_channel, StatusConfig, StatusWriter},
 };
 
 #[derive(Debug, Args)]
@@ -127,6 +131,46 @@ impl ClaimPreparer for MeteredPreparer {
     }
 }
 
+/// Counts and times NRI pod events, then delegates.
+struct MeteredPods {
+    inner: Arc<dyn PodHandler>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl PodHandler for MeteredPods {
+    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.run_pod(pod).await;
+        self.metrics
+            .observe_nri("RunPodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn stop_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.stop_pod(pod).await;
+        self.metrics
+            .observe_nri("StopPodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn remove_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.remove_pod(pod).await;
+        self.metrics
+            .observe_nri("RemovePodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn synchronize(&self, pods: &[PodSandbox]) {
+        let started = Instant::now();
+        self.inner.synchronize(pods).await;
+        self.metrics
+            .observe_nri("Synchronize", true, started.elapsed());
+    }
+}
+
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -188,25 +232,70 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let client = kube_client(args.kubeconfig.as_ref()).await?;
 
-    // 4. Inventory (and, once built, the ResourceSlice publisher).
+    // 4. Inventory and the ResourceSlice publisher.
     let filter = match &args.filter {
         Some(expr) => Some(DeviceFilter::new(expr).context("--filter")?),
         None => None,
     };
-    let inventory = InventoryWatcher::start(
-        host.clone(),
-        InventoryOptions {
-            driver_name: args.driver_name.clone(),
-            filter,
-            ..InventoryOptions::default()
-        },
-    )
-    .context("starting the inventory")?;
+    let inventory = Arc::new(
+        InventoryWatcher::start(
+            host.clone(),
+            InventoryOptions {
+                driver_name: args.driver_name.clone(),
+                filter,
+                ..InventoryOptions::default()
+            },
+        )
+        .context("starting the inventory")?,
+    );
     let devices = inventory.subscribe();
-    let _publisher = start_publisher(&client, &args, devices.clone(), &metrics, &readiness);
+    let publisher = Publisher::start(
+        client.clone(),
+        args.driver_name.clone(),
+        args.node_name.clone(),
+        devices.clone(),
+    );
+    {
+        let mut published = publisher.published();
+        let (readiness, metrics, devices) = (readiness.clone(), metrics.clone(), devices.clone());
+        tokio::spawn(async move {
+            loop {
+                if published.borrow_and_update().is_some() {
+                    readiness.slices_published.store(true, Ordering::Relaxed);
+                    metrics.set_published_devices(devices.borrow().len());
+                }
+                if published.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // Prepared devices stay published while they are inside pods (and absent here).
+    {
+        let (store, inventory) = (store.clone(), inventory.clone());
+        tokio::spawn(async move {
+            let mut last = std::collections::BTreeSet::new();
+            loop {
+                let in_use: std::collections::BTreeSet<String> = store
+                    .list()
+                    .map(|claims| {
+                        claims
+                            .into_iter()
+                            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if in_use != last {
+                    inventory.pin_in_use(in_use.clone());
+                    last = in_use;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
 
     // 5. Kubelet plugin.
-    let (_health_tx, health_rx) = watch::channel(Vec::new());
+    let (health_tx, health_rx) = watch::channel(Vec::new());
     let preparer: Arc<dyn ClaimPreparer> = Arc::new(MeteredPreparer {
         inner: Arc::new(Preparer::new(
             client.clone(),
@@ -239,6 +328,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         });
     }
 
+    // 6. Status writer, pod lifecycle, NRI plugin.
+    let (status_tx, status_rx) = status_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut status_config = StatusConfig::new(args.driver_name.clone(), args.bpf_root.clone());
+    status_config.interval = args.status_interval;
+    let mut writer = StatusWriter::new(client.clone(), status_config).with_health(health_tx);
+    writer.seed(&store);
+    let status_task = tokio::spawn(writer.run(status_rx, stop_rx));
+
+    let node = args.node_name.clone();
+    let resolver_devices = devices.clone();
+    let resolver = move |pool: &str, device: &str| -> Option<String> {
+        if pool != node {
+            return None;
+        }
+        let list: Arc<Vec<Device>> = resolver_devices.borrow().clone();
+        list.iter()
+            .find(|d| d.name == device)
+            .map(|d| d.ifname.clone())
+    };
+    let mut lifecycle = LifecycleConfig::new(&args.bpf_root);
+    lifecycle.dataplane = args.dataplane == Dataplane::On;
+    let pods = Pods::new(
+        store.clone(),
+        Netns::current().context("capturing the node's network namespace")?,
+        Arc::new(resolver),
+        lifecycle,
+        Some(status_tx),
+    );
+    let nri = NriPlugin::connect(
+        &args.nri_socket,
+        args.driver_name.clone(),
+        args.nri_index.clone(),
+        Arc::new(MeteredPods {
+            inner: Arc::new(pods),
+            metrics: metrics.clone(),
+        }),
+    )
+    .context("starting the NRI plugin")?;
+    {
+        let mut connected = nri.connected();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            loop {
+                let up = *connected.borrow_and_update();
+                readiness.nri_connected.store(up, Ordering::Relaxed);
+                tracing::info!(connected = up, "NRI connection state");
+                if connected.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     // 7. Run until told to stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -246,22 +389,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
+    drop(nri);
     plugin.shutdown().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), status_task).await;
+    drop(publisher);
     drop(inventory);
     tracing::info!("netclaim stopped; devices in pods and their data paths stay in place");
     Ok(0)
-}
-
-/// The ResourceSlice publisher, when it is part of this build.
-fn start_publisher(
-    _client: &kube::Client,
-    _args: &RunArgs,
-    _devices: watch::Receiver<Arc<Vec<crate::inventory::Device>>>,
-    _metrics: &Arc<Metrics>,
-    _readiness: &Arc<Readiness>,
-) -> Option<()> {
-    tracing::warn!("ResourceSlice publishing is not built into this version yet");
-    None
 }
 
 #[cfg(test)]
