@@ -11,3 +11,4 @@ pub mod traffic;
 pub mod apiserver;
 pub mod kubelet;
 pub mod runtime;
+pub mod scenario;

@@ -292,6 +292,11 @@ fn test(extra: &[String]) -> Result<()> {
     let started = Instant::now();
     setup()?;
     build_ebpf(false)?;
+    // The end-to-end tests start the real `netclaim` binary.
+    println!("[test] cargo build -p netclaim --bins");
+    run(Command::new(host_cargo())
+        .current_dir(root())
+        .args(["build", "--locked", "-p", "netclaim", "--bins"]))?;
     println!("[test] cargo test --workspace");
     let mut cmd = Command::new(host_cargo());
     cmd.current_dir(root())

@@ -1,0 +1,413 @@
+//! The whole life of a claimed interface, end to end, with the real `netclaim` binary:
+//! a fake API server, a fake kubelet and a fake NRI runtime (all speaking the real
+//! protocols), real namespaces as node, pod and "wire", a veth end as the node's NIC,
+//! and real eBPF programs. The e2e tests assert on it; `cargo xtask demo` narrates it.
+//!
+//! ```text
+//!  node ns (plays the host)          wire ns
+//!   eth1 192.0.2.50/24 mtu 1400 <veth> peer1 192.0.2.1/24
+//!   netclaim run, fake apiserver          lo 198.51.100.1, 203.0.113.1
+//!  pod ns: gets eth1 as net1 192.0.2.10/24, route 198.51.100.0/24 via 192.0.2.1
+//! ```
+//! The scenario's own async code runs on threads that entered the node namespace, so
+//! the API server's 127.0.0.1 is the node's loopback, which is where the driver (a
+//! child process started from there) looks for it.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use netclaim::kubelet::ClaimRef;
+use serde_json::{json, Value};
+
+use crate::{
+    apiserver::FakeApiServer,
+    kubelet::{DraClient, DraVersion, FakeKubelet, Verdict},
+    netenv::{veth, TestBpfRoot, TestNetns},
+    runtime::{pod, FakeRuntime, HookOutcome, Mode, RuntimeConfig},
+    traffic::{udp_send, UdpSink},
+};
+
+pub const DRIVER: &str = "netclaim.dev";
+pub const NODE: &str = "demo-node";
+pub const NIC: &str = "eth1";
+pub const POD_IF: &str = "net1";
+pub const ALLOWED: &str = "198.51.100.1:9000";
+pub const FORBIDDEN: &str = "203.0.113.1:9000";
+
+/// How the scenario talks to a human (demo) or not (tests).
+pub trait Narrator: Send + Sync {
+    fn step(&self, n: u32, title: &str);
+    fn show(&self, label: &str, body: &str);
+    fn progress(&self, what: &str, elapsed: Duration);
+}
+
+/// Prints nothing but step titles (tests: visible with --nocapture).
+pub struct Quiet;
+
+impl Narrator for Quiet {
+    fn step(&self, n: u32, title: &str) {
+        println!("[e2e] {n}. {title}");
+    }
+    fn show(&self, _: &str, _: &str) {}
+    fn progress(&self, _: &str, _: Duration) {}
+}
+
+/// Finds the `netclaim` binary next to the running executable's profile directory.
+pub fn netclaim_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NETCLAIM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("netclaim");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "the netclaim binary was not found near {} (build it: cargo build -p netclaim, or run through cargo xtask test)",
+        exe.display()
+    )
+}
+
+/// Runs `work` on a thread that entered `netns`, inside a multi-thread tokio runtime
+/// whose workers (created from that thread) are in the same namespace.
+pub fn run_in_netns<T, F, Fut>(netns: &Path, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let path = netns.to_path_buf();
+    std::thread::spawn(move || -> Result<T> {
+        let f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns {}", path.display()))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(work())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("scenario thread panicked"))?
+}
+
+/// The namespaces and directories of one run; all removed on drop.
+pub struct Topology {
+    pub node: TestNetns,
+    pub wire: TestNetns,
+    pub pod: TestNetns,
+    pub bpf: TestBpfRoot,
+    pub dir: tempfile::TempDir,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Result<Self> {
+        let node = TestNetns::new(&format!("{tag}n"))?;
+        let wire = TestNetns::new(&format!("{tag}w"))?;
+        let pod = TestNetns::new(&format!("{tag}p"))?;
+        veth(&node, NIC, &wire, "peer1")?;
+        node.ip(&["link", "set", NIC, "mtu", "1400"])?;
+        wire.ip(&["link", "set", "peer1", "mtu", "1400"])?;
+        node.ip(&["addr", "add", "192.0.2.50/24", "dev", NIC])?;
+        wire.ip(&["addr", "add", "192.0.2.1/24", "dev", "peer1"])?;
+        for a in ["198.51.100.1/32", "203.0.113.1/32"] {
+            wire.ip(&["addr", "add", a, "dev", "lo"])?;
+        }
+        Ok(Self {
+            node,
+            wire,
+            pod,
+            bpf: TestBpfRoot::new(tag)?,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+    pub fn nri_socket(&self) -> PathBuf {
+        self.dir.path().join("nri.sock")
+    }
+}
+
+/// The driver process; stopped with SIGTERM on drop.
+pub struct Driver {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Driver {
+    /// Starts `netclaim run` in the calling thread's namespace.
+    pub fn start(topo: &Topology, kubeconfig: &Path, status_interval: &str) -> Result<Self> {
+        let log = topo.dir.path().join("netclaim.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(netclaim_binary()?)
+            .args(["--log", "info,netclaim=debug", "run", "--node-name", NODE, "--kubeconfig"])
+            .arg(kubeconfig)
+            .arg("--kubelet-dir")
+            .arg(topo.kubelet_dir())
+            .arg("--state-dir")
+            .arg(topo.dir.path().join("state"))
+            .arg("--bpf-root")
+            .arg(topo.bpf.path())
+            .arg("--nri-socket")
+            .arg(topo.nri_socket())
+            .args(["--metrics-address", "127.0.0.1:0", "--status-interval", status_interval])
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .context("starting netclaim run")?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("netclaim did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Waits until `check` returns `Some`, reporting progress; fails after `timeout`.
+pub async fn wait_for<T>(
+    narrator: &dyn Narrator,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        if last_report.elapsed() > Duration::from_millis(500) {
+            narrator.progress(what, started.elapsed());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A claim allocated to the node's NIC the way the scheduler would, reserved for one pod.
+pub fn claim(name: &str, uid: &str, device: &str, pod_name: &str, pod_uid: &str, parameters: Value) -> Value {
+    json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"devices": {
+            "requests": [{"name": "nic", "exactly": {"deviceClassName": DRIVER}}],
+            "config": [{"requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": parameters.clone()}}]
+        }},
+        "status": {
+            "allocation": {"devices": {
+                "results": [{"request": "nic", "driver": DRIVER, "pool": NODE, "device": device}],
+                "config": [{"source": "FromClaim", "requests": ["nic"],
+                            "opaque": {"driver": DRIVER, "parameters": parameters}}]
+            }},
+            "reservedFor": [{"resource": "pods", "name": pod_name, "uid": pod_uid}]
+        }
+    })
+}
+
+/// The claim config of the happy path.
+pub fn good_parameters() -> Value {
+    json!({
+        "interface": {"name": POD_IF, "addresses": ["192.0.2.10/24"], "mtu": 1500},
+        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}],
+        "dataplane": {"enforceRoutes": true, "antiSpoofing": true, "ingressFilter": true}
+    })
+}
+
+/// The running stand-ins plus the driver.
+pub struct Cluster {
+    pub api: FakeApiServer,
+    pub runtime: FakeRuntime,
+    pub dra: DraClient,
+    pub driver: Driver,
+    pub device: String,
+}
+
+/// Steps 1–2: stand-ins and driver up, registered, devices published.
+pub async fn bring_up(topo: &Topology, mode: Mode, narrator: &dyn Narrator) -> Result<Cluster> {
+    narrator.step(1, "start the fake API server, the fake NRI runtime and `netclaim run` in the node namespace");
+    let api = FakeApiServer::start().await?;
+    api.put(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": "node-uid-1"}}))?;
+    api.put(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
+        "metadata": {"name": DRIVER},
+        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == \"{DRIVER}\"")}}]}
+    }))?;
+    let runtime = FakeRuntime::start(topo.nri_socket(), RuntimeConfig::new(mode)).await?;
+    let driver = Driver::start(topo, api.kubeconfig_path(), "1s")?;
+    let kubelet = FakeKubelet::new(topo.kubelet_dir());
+    let registered = kubelet
+        .wait_and_register(DRIVER, Verdict::Accept, Duration::from_secs(20))
+        .await
+        .with_context(|| format!("registration; driver log:\n{}", driver.log_text()))?;
+    narrator.show("kubelet registration (GetInfo)", &format!("{:#?}", registered.info));
+    let reg = runtime
+        .wait_registered(Duration::from_secs(20))
+        .await
+        .with_context(|| format!("NRI registration; driver log:\n{}", driver.log_text()))?;
+    narrator.show("NRI registration", &format!("plugin {} index {} events {:#x}", reg.name, reg.idx, reg.events));
+    let dra = registered.dra(DraVersion::V1).await?;
+
+    narrator.step(2, "devices published as a ResourceSlice");
+    let slice = wait_for(narrator, "the ResourceSlice with eth1", Duration::from_secs(20), || {
+        api.list("ResourceSlice").into_iter().find(|s| {
+            s["spec"]["devices"].as_array().is_some_and(|d| {
+                d.iter().any(|d| d["attributes"][format!("{DRIVER}/ifName")]["string"] == NIC)
+            })
+        })
+    })
+    .await
+    .with_context(|| format!("driver log:\n{}", driver.log_text()))?;
+    let device = slice["spec"]["devices"]
+        .as_array()
+        .and_then(|d| {
+            d.iter()
+                .find(|d| d["attributes"][format!("{DRIVER}/ifName")]["string"] == NIC)
+                .and_then(|d| d["name"].as_str())
+        })
+        .context("device name")?
+        .to_string();
+    narrator.show("ResourceSlice", &serde_yaml::to_string(&slice)?);
+    Ok(Cluster {
+        api,
+        runtime,
+        dra,
+        driver,
+        device,
+    })
+}
+
+/// Prepares a claim through the fake kubelet; returns the per-claim error (empty = ok).
+pub async fn prepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
+    let answers = c
+        .dra
+        .prepare(&[ClaimRef {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+        }])
+        .await?;
+    let answer = answers.get(uid).context("no answer for the claim")?;
+    Ok(answer.error.clone())
+}
+
+pub async fn unprepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
+    let answers = c
+        .dra
+        .unprepare(&[ClaimRef {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+        }])
+        .await?;
+    Ok(answers.get(uid).cloned().unwrap_or_default())
+}
+
+pub async fn run_pod(c: &Cluster, topo: &Topology, uid: &str, name: &str) -> HookOutcome {
+    let p = pod(&format!("sandbox-{uid}"), "default", name, uid, &topo.pod.path().display().to_string());
+    c.runtime.run_pod(&p).await
+}
+
+pub async fn stop_pod(c: &Cluster, topo: &Topology, uid: &str, name: &str) -> (HookOutcome, HookOutcome) {
+    let p = pod(&format!("sandbox-{uid}"), "default", name, uid, &topo.pod.path().display().to_string());
+    let stop = c.runtime.stop_pod(&p).await;
+    let remove = c.runtime.remove_pod(&p).await;
+    (stop, remove)
+}
+
+/// Sends `n` datagrams from the pod to an allowed and to a forbidden destination;
+/// returns how many arrived at each.
+pub fn traffic(topo: &Topology, n: u32) -> Result<(u64, u64)> {
+    let pod = topo.pod.open();
+    let wire = topo.wire.open();
+    // Something in the pod routes around the claim: the data path must still drop it.
+    topo.pod.ip(&["route", "replace", "203.0.113.0/24", "via", "192.0.2.1", "dev", POD_IF])?;
+    let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
+    let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
+    let src: SocketAddr = "192.0.2.10:0".parse()?;
+    // The first datagram may wait for ARP; send one and let it resolve.
+    udp_send(&pod, src, ALLOWED.parse()?, 1, 32)?;
+    allowed.wait_for(1, Duration::from_secs(3));
+    udp_send(&pod, src, ALLOWED.parse()?, n - 1, 32)?;
+    udp_send(&pod, src, FORBIDDEN.parse()?, n, 32)?;
+    let got = allowed.wait_for(u64::from(n), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    Ok((got, forbidden.count()))
+}
+
+/// Our entry in the claim's `status.devices`.
+pub fn status_entry(api: &FakeApiServer, name: &str) -> Option<Value> {
+    let claim = api.get("ResourceClaim", "default", name)?;
+    claim["status"]["devices"]
+        .as_array()?
+        .iter()
+        .find(|d| d["driver"] == DRIVER)
+        .cloned()
+}
+
+pub fn condition<'a>(entry: &'a Value, type_: &str) -> Option<&'a Value> {
+    entry["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// `ip -j` facts of a link in a namespace: (mtu, addresses as CIDR strings).
+pub fn link_facts(ns: &TestNetns, link: &str) -> Result<(u64, Vec<String>)> {
+    let out = ns.ip(&["-j", "addr", "show", "dev", link])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let l = v.get(0).context("no such link")?;
+    let mtu = l["mtu"].as_u64().unwrap_or(0);
+    let addrs = l["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["scope"] == "global")
+                .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((mtu, addrs))
+}
