@@ -94,7 +94,10 @@ fn put_node(api: &FakeApiServer) -> String {
     let node = api
         .put(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
         .unwrap();
-    node["metadata"]["uid"].as_str().unwrap_or_default().to_string()
+    node["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn synthetic(count: usize) -> Vec<Device> {
@@ -104,17 +107,17 @@ fn synthetic(count: usize) -> Vec<Device> {
             ifname: format!("eth{i}"),
             ifindex: u32::try_from(i).unwrap_or(0) + 2,
             attributes: BTreeMap::from([
-                (format!("{DRIVER}/ifName"), AttrValue::String(format!("eth{i}"))),
+                (
+                    format!("{DRIVER}/ifName"),
+                    AttrValue::String(format!("eth{i}")),
+                ),
                 (format!("{DRIVER}/mtu"), AttrValue::Int(1500)),
             ]),
         })
         .collect()
 }
 
-async fn start(
-    api: &FakeApiServer,
-    devices: watch::Receiver<Arc<Vec<Device>>>,
-) -> PublisherHandle {
+async fn start(api: &FakeApiServer, devices: watch::Receiver<Arc<Vec<Device>>>) -> PublisherHandle {
     let client = api.client().await.unwrap();
     Publisher::start(client, DRIVER.into(), NODE.into(), devices)
 }
@@ -126,9 +129,11 @@ async fn veth_slices_owner_and_republish_latency() {
     let uid = put_node(&api);
     let ns = TestNetns::new("pub").unwrap();
     veth(&ns, "va", &ns, "vb").unwrap();
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "va"]).unwrap();
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "va"])
+        .unwrap();
 
-    let watcher = InventoryWatcher::start(Arc::new(ns.open()), InventoryOptions::default()).unwrap();
+    let watcher =
+        InventoryWatcher::start(Arc::new(ns.open()), InventoryOptions::default()).unwrap();
     let started = Instant::now();
     let publisher = start(&api, watcher.subscribe()).await;
     let g1 = wait_published(&publisher, None).await;
@@ -159,7 +164,10 @@ async fn veth_slices_owner_and_republish_latency() {
         assert!(d["name"].as_str().is_some_and(|n| !n.is_empty()), "{peer}");
     }
     let va = device_by_ifname(&api, "va").unwrap_or_default();
-    assert_eq!(va["attributes"][format!("{DRIVER}/ipv4")], json!({"string": "192.0.2.1/24"}));
+    assert_eq!(
+        va["attributes"][format!("{DRIVER}/ipv4")],
+        json!({"string": "192.0.2.1/24"})
+    );
     assert!(device_by_ifname(&api, "lo").is_none());
 
     // Link added: both ends appear within 1 s, one generation higher.
@@ -179,7 +187,8 @@ async fn veth_slices_owner_and_republish_latency() {
     let t = Instant::now();
     ns.ip(&["link", "set", "vc", "mtu", "1400"]).unwrap();
     let took = wait_until("mtu change", t, &api, |api| {
-        device_by_ifname(api, "vc").is_some_and(|d| d["attributes"][format!("{DRIVER}/mtu")]["int"] == 1400)
+        device_by_ifname(api, "vc")
+            .is_some_and(|d| d["attributes"][format!("{DRIVER}/mtu")]["int"] == 1400)
     })
     .await;
     println!("republish after mtu change: {took:?}");
@@ -223,15 +232,20 @@ async fn split_into_slices_of_128_and_shrink_deletes_stale() {
         assert_eq!(s["spec"]["pool"]["resourceSliceCount"], 2);
     }
     // Sorted by device name: the last one lands alone in slice 1.
-    assert_eq!(all["node-a-netclaim-dev-1"]["spec"]["devices"][0]["name"], "dev-0128");
+    assert_eq!(
+        all["node-a-netclaim-dev-1"]["spec"]["devices"][0]["name"],
+        "dev-0128"
+    );
 
     // 300 devices: three slices, one new generation.
     tx.send_replace(Arc::new(synthetic(300)));
     let g2 = wait_published(&publisher, Some(g1)).await;
     let all = slices(&api);
     assert_eq!(all.len(), 3);
-    assert!(all.values().all(|s| s["spec"]["pool"]["generation"] == g2
-        && s["spec"]["pool"]["resourceSliceCount"] == 3));
+    assert!(all
+        .values()
+        .all(|s| s["spec"]["pool"]["generation"] == g2
+            && s["spec"]["pool"]["resourceSliceCount"] == 3));
 
     // Shrink to 5: the extra slices are deleted, the remaining one has a new generation.
     let t = Instant::now();
@@ -251,7 +265,10 @@ async fn split_into_slices_of_128_and_shrink_deletes_stale() {
     let g4 = wait_published(&publisher, Some(g3)).await;
     let all = slices(&api);
     assert_eq!(all.len(), 1);
-    assert_eq!(all["node-a-netclaim-dev-0"]["spec"]["pool"]["generation"], g4);
+    assert_eq!(
+        all["node-a-netclaim-dev-0"]["spec"]["pool"]["generation"],
+        g4
+    );
 
     // A restarted publisher with the same devices keeps the generation.
     drop(publisher);
@@ -274,9 +291,9 @@ async fn outside_deletes_and_edits_are_repaired() {
     let intact = |api: &FakeApiServer| {
         slices(api).get(name).is_some_and(|s| {
             s["spec"] == original[name]["spec"]
-                && ["netclaim.dev/node", "netclaim.dev/driver"].iter().all(|k| {
-                    s["metadata"]["labels"][k] == original[name]["metadata"]["labels"][k]
-                })
+                && ["netclaim.dev/node", "netclaim.dev/driver"]
+                    .iter()
+                    .all(|k| s["metadata"]["labels"][k] == original[name]["metadata"]["labels"][k])
         })
     };
 
@@ -309,7 +326,8 @@ async fn outside_deletes_and_edits_are_repaired() {
 
     // A stray slice with our labels: deleted.
     let mut stray = slices(&api)[name].clone();
-    stray["metadata"] = json!({"name": "node-a-netclaim-dev-7", "labels": original[name]["metadata"]["labels"]});
+    stray["metadata"] =
+        json!({"name": "node-a-netclaim-dev-7", "labels": original[name]["metadata"]["labels"]});
     let t = Instant::now();
     api.put(stray).unwrap();
     let took = wait_until("stray deleted", t, &api, |api| {
@@ -321,7 +339,9 @@ async fn outside_deletes_and_edits_are_repaired() {
 
     // The generation never moved: the devices did not change.
     assert_eq!(*publisher.published().borrow(), Some(g));
-    assert!(generations(&api).iter().all(|x| u64::try_from(*x).ok() == Some(g)));
+    assert!(generations(&api)
+        .iter()
+        .all(|x| u64::try_from(*x).ok() == Some(g)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +354,8 @@ async fn missing_node_publishes_without_owner() {
     let all = slices(&api);
     assert_eq!(all.len(), 1);
     let s = &all["node-a-netclaim-dev-0"];
-    assert!(s["metadata"]["ownerReferences"].is_null() || s["metadata"]["ownerReferences"] == json!([]));
+    assert!(
+        s["metadata"]["ownerReferences"].is_null() || s["metadata"]["ownerReferences"] == json!([])
+    );
     assert_eq!(s["spec"]["devices"].as_array().map(Vec::len), Some(3));
 }

@@ -212,7 +212,10 @@ async fn sleep_until(at: Option<Instant>) {
 impl State {
     /// Whether a watch event on our slices asks for a reconcile (it does unless we
     /// caused it ourselves).
-    fn needs_reconcile(&mut self, event: Result<watcher::Event<ResourceSlice>, watcher::Error>) -> bool {
+    fn needs_reconcile(
+        &mut self,
+        event: Result<watcher::Event<ResourceSlice>, watcher::Error>,
+    ) -> bool {
         let event = match event {
             Ok(e) => e,
             Err(e) => {
@@ -241,8 +244,7 @@ impl State {
     /// Looks up the Node for the owner reference (at first and then every 30 s
     /// while it is missing).
     async fn refresh_owner(&mut self) {
-        if self.pool.owner.is_some()
-            || self.node_checked.is_some_and(|t| t.elapsed() < NODE_RETRY)
+        if self.pool.owner.is_some() || self.node_checked.is_some_and(|t| t.elapsed() < NODE_RETRY)
         {
             return;
         }
@@ -252,10 +254,16 @@ impl State {
                 Some(uid) => {
                     self.pool.owner = Some(slices::node_owner(&self.pool.node, &uid));
                 }
-                None => tracing::warn!(node = %self.pool.node, "Node has no uid; publishing ResourceSlices without an owner"),
+                None => {
+                    tracing::warn!(node = %self.pool.node, "Node has no uid; publishing ResourceSlices without an owner")
+                }
             },
-            Ok(None) => tracing::warn!(node = %self.pool.node, "Node not found; publishing ResourceSlices without an owner (retrying every 30 s)"),
-            Err(e) => tracing::warn!(node = %self.pool.node, error = %e, "reading the Node failed; publishing ResourceSlices without an owner"),
+            Ok(None) => {
+                tracing::warn!(node = %self.pool.node, "Node not found; publishing ResourceSlices without an owner (retrying every 30 s)")
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.pool.node, error = %e, "reading the Node failed; publishing ResourceSlices without an owner")
+            }
         }
     }
 
@@ -314,7 +322,10 @@ impl State {
             .iter()
             .filter_map(|s| s.metadata.name.as_deref())
             .collect();
-        for (name, stale) in observed.iter().filter(|(n, _)| !wanted.contains(n.as_str())) {
+        for (name, stale) in observed
+            .iter()
+            .filter(|(n, _)| !wanted.contains(n.as_str()))
+        {
             let mut params = DeleteParams::default();
             if let Some(uid) = &stale.metadata.uid {
                 params = params.preconditions(kube::api::Preconditions {
@@ -369,7 +380,11 @@ impl State {
         for _ in 0..CONFLICT_RETRIES {
             let result = match &current {
                 Some(o) if slices::up_to_date(o, want) => return Ok(false),
-                Some(o) => self.api.replace(name, &pp, &slices::replacement(o, want)).await,
+                Some(o) => {
+                    self.api
+                        .replace(name, &pp, &slices::replacement(o, want))
+                        .await
+                }
                 None => self.api.create(&pp, want).await,
             };
             match result {
@@ -386,20 +401,24 @@ impl State {
                 // Created meanwhile, changed meanwhile, or deleted meanwhile: re-read.
                 Err(e) if matches!(code(&e), Some(404 | 409)) => {
                     tracing::debug!(slice = name, error = %e, "slice changed under us; re-reading");
-                    current = self
-                        .api
-                        .get_opt(name)
-                        .await
-                        .map_err(|source| PublishError::Slice {
-                            slice: name.to_string(),
-                            what: "get",
-                            source,
-                        })?;
+                    current =
+                        self.api
+                            .get_opt(name)
+                            .await
+                            .map_err(|source| PublishError::Slice {
+                                slice: name.to_string(),
+                                what: "get",
+                                source,
+                            })?;
                 }
                 Err(source) => {
                     return Err(PublishError::Slice {
                         slice: name.to_string(),
-                        what: if current.is_some() { "replace" } else { "create" },
+                        what: if current.is_some() {
+                            "replace"
+                        } else {
+                            "create"
+                        },
                         source,
                     })
                 }

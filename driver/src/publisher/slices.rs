@@ -101,8 +101,14 @@ pub fn label_value(value: &str) -> String {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     let valid = value.len() <= MAX_LABEL_VALUE_LEN
         && value.chars().all(ok_char)
-        && value.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
-        && value.chars().last().is_none_or(|c| c.is_ascii_alphanumeric());
+        && value
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .last()
+            .is_none_or(|c| c.is_ascii_alphanumeric());
     if valid {
         value.to_string()
     } else {
@@ -156,7 +162,11 @@ pub fn pool_devices(devices: &[Device]) -> Vec<&Device> {
 
 /// Every slice of the pool at `generation`. An empty device list still gives one
 /// (empty) slice, so the pool and its generation stay visible.
-pub fn build_slices(pool: &PoolIdentity, devices: &[Device], generation: u64) -> Vec<ResourceSlice> {
+pub fn build_slices(
+    pool: &PoolIdentity,
+    devices: &[Device],
+    generation: u64,
+) -> Vec<ResourceSlice> {
     let devices = pool_devices(devices);
     let chunks: Vec<&[&Device]> = if devices.is_empty() {
         vec![&[]]
@@ -260,7 +270,10 @@ mod tests {
             .collect();
         assert_eq!(sizes, vec![128, 128, 44]);
         for (i, s) in slices.iter().enumerate() {
-            assert_eq!(s.metadata.name.as_deref(), Some(format!("node-a-netclaim-dev-{i}").as_str()));
+            assert_eq!(
+                s.metadata.name.as_deref(),
+                Some(format!("node-a-netclaim-dev-{i}").as_str())
+            );
             assert_eq!(s.spec.pool.generation, 7);
             assert_eq!(s.spec.pool.resource_slice_count, 3);
             assert_eq!(s.spec.pool.name, "node-a");
@@ -316,7 +329,14 @@ mod tests {
         assert!(!up_to_date(&observed, &desired));
         let r = replacement(&observed, &desired);
         assert_eq!(r.metadata.resource_version.as_deref(), Some("9"));
-        assert_eq!(r.metadata.labels.as_ref().and_then(|l| l.get("extra")).map(String::as_str), Some("x"));
+        assert_eq!(
+            r.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("extra"))
+                .map(String::as_str),
+            Some("x")
+        );
         let mut unlabeled = desired.clone();
         unlabeled.metadata.labels = None;
         assert!(!up_to_date(&unlabeled, &desired));

@@ -59,7 +59,8 @@ impl Drop for TempDir {
 
 /// VmRSS of this process in MiB.
 fn rss_mib() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -99,7 +100,10 @@ fn ip_batch(ns: &TestNetns, lines: &str) -> Result<()> {
         .context("writing to ip -batch")?;
     let out = child.wait_with_output().context("waiting for ip -batch")?;
     if !out.status.success() {
-        bail!("ip -batch failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -142,6 +146,8 @@ struct PublishNumbers {
     republish_ms: f64,
     slices: usize,
     rss_before: f64,
+    /// After the inventory's first scan, before the publisher started.
+    rss_inventory: f64,
     rss_after: f64,
 }
 
@@ -154,7 +160,11 @@ async fn bench_publish(api: &FakeApiServer) -> Result<PublishNumbers> {
     }
     let t = Instant::now();
     ip_batch(&ns, &lines)?;
-    println!("created {} veth devices in {:.0} ms", 2 * PAIRS, ms(t.elapsed()));
+    println!(
+        "created {} veth devices in {:.0} ms",
+        2 * PAIRS,
+        ms(t.elapsed())
+    );
     let client = api.client().await?;
 
     let rss_before = rss_mib()?;
@@ -164,6 +174,7 @@ async fn bench_publish(api: &FakeApiServer) -> Result<PublishNumbers> {
         InventoryWatcher::start(netns, InventoryOptions::default())
     })
     .await??;
+    let rss_inventory = rss_mib()?;
     let publisher = Publisher::start(client, DRIVER.into(), NODE.into(), watcher.subscribe());
     let (slices, generation) = wait_devices(api, 2 * PAIRS, started).await?;
     let publish = started.elapsed();
@@ -186,13 +197,15 @@ async fn bench_publish(api: &FakeApiServer) -> Result<PublishNumbers> {
         republish_ms: ms(republish),
         slices,
         rss_before,
+        rss_inventory,
         rss_after,
     })
 }
 
 /// A claim as the scheduler leaves it, allocated one device of this node's pool.
 fn allocated_claim(name: &str, uid: &str) -> Value {
-    let parameters = json!({"interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 9000}});
+    let parameters =
+        json!({"interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 9000}});
     json!({
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -254,7 +267,11 @@ struct PrepareNumbers {
     p32: Vec<Duration>,
 }
 
-async fn bench_prepare(api: &FakeApiServer, calls_1: usize, calls_32: usize) -> Result<PrepareNumbers> {
+async fn bench_prepare(
+    api: &FakeApiServer,
+    calls_1: usize,
+    calls_32: usize,
+) -> Result<PrepareNumbers> {
     let kubelet_dir = TempDir::new("kubelet")?;
     let state_dir = TempDir::new("state")?;
     let store = Arc::new(StateStore::open(&state_dir.0)?);
@@ -277,9 +294,15 @@ async fn bench_prepare(api: &FakeApiServer, calls_1: usize, calls_32: usize) -> 
         .context("plugin never registered")??;
     let dra = registered.dra(DraVersion::V1).await?;
 
-    let warm: Vec<Vec<ClaimRef>> = claims(api, "warm", 10)?.into_iter().map(|c| vec![c]).collect();
+    let warm: Vec<Vec<ClaimRef>> = claims(api, "warm", 10)?
+        .into_iter()
+        .map(|c| vec![c])
+        .collect();
     time_calls(&dra, &warm).await?;
-    let single: Vec<Vec<ClaimRef>> = claims(api, "one", calls_1)?.into_iter().map(|c| vec![c]).collect();
+    let single: Vec<Vec<ClaimRef>> = claims(api, "one", calls_1)?
+        .into_iter()
+        .map(|c| vec![c])
+        .collect();
     let p1 = time_calls(&dra, &single).await?;
     let batched: Vec<Vec<ClaimRef>> = claims(api, "many", calls_32 * 32)?
         .chunks(32)
@@ -335,6 +358,10 @@ async fn main() -> Result<()> {
         ("rss_1000_mib", publish.rss_after),
         ("rss_1000_delta_mib", rss_delta),
         ("rss_before_mib", publish.rss_before),
+        (
+            "rss_inventory_delta_mib",
+            publish.rss_inventory - publish.rss_before,
+        ),
         ("prepare_1_p50_ms", percentile(&prep.p1, 0.50)),
         ("prepare_1_p99_ms", percentile(&prep.p1, 0.99)),
         ("prepare_32_p50_ms", percentile(&prep.p32, 0.50)),
