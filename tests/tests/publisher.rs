@@ -337,6 +337,19 @@ async fn outside_deletes_and_edits_are_repaired() {
     println!("stray slice deleted: {took:?}");
     assert!(took < DEADLINE, "{took:?}");
 
+    // A storm of outside edits racing the repairs (the publisher's replaces hit 409s
+    // on stale resourceVersions and re-read): it still ends intact.
+    for i in 0..50 {
+        let mut edited = slices(&api)[name].clone();
+        edited["spec"]["devices"][0]["attributes"][format!("{DRIVER}/mtu")] = json!({"int": i});
+        api.put(edited).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t = Instant::now();
+    let took = wait_until("repair after edit storm", t, &api, intact).await;
+    println!("repair after 50 racing edits: {took:?}");
+    assert!(took < DEADLINE, "{took:?}");
+
     // The generation never moved: the devices did not change.
     assert_eq!(*publisher.published().borrow(), Some(g));
     assert!(generations(&api)
