@@ -13,6 +13,9 @@
 //!   `Preparer` (claim read from the API, config validated, plan checkpointed);
 //!   `prepare_32_p50_ms` / `prepare_32_p99_ms`: 32 fresh claims per call.
 //!
+//! RSS depends on glibc's per-thread malloc arenas (run to run ±10 MiB here);
+//! `MALLOC_ARENA_MAX` from the environment is recorded in the JSON.
+//!
 //! Prints a table and writes the JSON to `--out <path>` (default
 //! `bench/results/control-plane.json`). The namespace, the kubelet and state
 //! directories are removed by guards, also on failure.
@@ -392,6 +395,7 @@ async fn main() -> Result<()> {
         "prepare_1_calls": prep.p1.len(),
         "prepare_32_calls": prep.p32.len(),
         "targets": {"publish_1000_ms": 2000, "rss_1000_mib": 64},
+        "malloc_arena_max": std::env::var("MALLOC_ARENA_MAX").ok(),
         "note": "RSS includes the in-process fake API server; rss_1000_delta_mib is the growth from just before inventory + publisher started",
     });
     for (k, v) in rows {
