@@ -216,6 +216,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         check_bpf_root(&args.bpf_root)?;
     }
     let layout = PinLayout::new(&args.bpf_root);
+    if args.dataplane == Dataplane::On {
+        crate::datapath::pool::WarmPool::global().warm();
+    }
 
     // 2. Checkpoint.
     let store = Arc::new(

@@ -266,10 +266,12 @@ impl AttachedDatapath {
             .map(|m| m.ino())
             .unwrap_or(0);
 
-        let mut ebpf = object::load(sizes).map_err(|e| DatapathError::Load {
-            key: key.to_string(),
-            source: Box::new(e),
-        })?;
+        let mut ebpf = super::pool::WarmPool::global()
+            .take(sizes)
+            .map_err(|e| DatapathError::Load {
+                key: key.to_string(),
+                source: Box::new(e),
+            })?;
         write_initial_policy(&mut ebpf, &key, &compiled)?;
 
         let thread_key = key.clone();
@@ -852,7 +854,9 @@ fn attach_in_netns(
         .ok_or_else(|| map_err(key, "program nc_egress", "missing from the eBPF object"))?
         .try_into()
         .map_err(|e| prog_err(key, "nc_egress", e))?;
-    egress.load().map_err(|e| prog_err(key, "nc_egress", e))?;
+    if egress.fd().is_err() {
+        egress.load().map_err(|e| prog_err(key, "nc_egress", e))?;
+    }
     let mut egress_link = None;
     if matches!(options.egress, None | Some(EgressMode::Tcx)) {
         match egress.attach_with_options(
@@ -906,7 +910,9 @@ fn attach_in_netns(
             .ok_or_else(|| map_err(key, "program nc_ingress", "missing from the eBPF object"))?
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress", e))?;
-        xdp.load().map_err(|e| prog_err(key, "nc_ingress", e))?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(|e| prog_err(key, "nc_ingress", e))?;
+        }
         let modes: &[(XdpMode, IngressMode)] = match want {
             Some(IngressMode::XdpGeneric) => &[(XdpMode::Skb, IngressMode::XdpGeneric)],
             Some(IngressMode::XdpNative) => &[(XdpMode::Driver, IngressMode::XdpNative)],
@@ -940,7 +946,9 @@ fn attach_in_netns(
             .ok_or_else(|| map_err(key, "program nc_ingress_tc", "missing from the eBPF object"))?
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
-        tc_in.load().map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
+        if tc_in.fd().is_err() {
+            tc_in.load().map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
+        }
         if want != Some(IngressMode::Clsact) {
             match tc_in.attach_with_options(
                 ifname,

@@ -11,6 +11,7 @@
 //!
 //! * [`object`] — the embedded object and how it is loaded;
 //! * [`pins`] — where everything is pinned;
+//! * [`pool`] — spare pre-verified instances that keep the verifier off pod start;
 //! * [`policy`] — claim addresses/routes/knobs compiled into map contents (pure);
 //! * [`device`] — [`AttachedDatapath`]: attach, adopt, update, read, detach;
 //! * [`counters`] — per-CPU values summed into [`CounterSnapshot`];
@@ -21,6 +22,7 @@ pub mod device;
 pub mod logs;
 pub mod object;
 pub mod pins;
+pub mod pool;
 pub mod policy;
 
 pub use counters::CounterSnapshot;
