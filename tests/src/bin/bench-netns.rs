@@ -124,6 +124,7 @@ nsenter --net={node_path} ethtool -K {dev} rx-checksum on tx-checksum-ip-generic
 
 fn main() -> Result<()> {
     let mut runs = 200usize;
+    let mut out = PathBuf::from("bench/results/netns.json");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -134,7 +135,8 @@ fn main() -> Result<()> {
                     .parse()
                     .context("--runs")?
             }
-            other => bail!("unknown argument {other} (usage: bench-netns [--runs N])"),
+            "--out" => out = PathBuf::from(args.next().context("--out needs a path")?),
+            other => bail!("unknown argument {other} (usage: bench-netns [--runs N] [--out FILE])"),
         }
     }
     let s = settings()?;
@@ -242,9 +244,10 @@ fn main() -> Result<()> {
         "speedup_p50": speedup,
         "concurrent_64_total_ms": conc_ms,
     });
-    let dir = PathBuf::from("bench/results");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("netns.json");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let path = out;
     std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
