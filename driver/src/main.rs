@@ -6,7 +6,10 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("netclaim: invalid --log/RUST_LOG filter {:?}: {e}; using \"info\"", cli.log);
+        eprintln!(
+            "netclaim: invalid --log/RUST_LOG filter {:?}: {e}; using \"info\"",
+            cli.log
+        );
         EnvFilter::new("info")
     });
     let builder = tracing_subscriber::fmt()

@@ -39,7 +39,9 @@ pub struct MethodLabels {
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
 }
 
 /// The driver's metrics registry.
@@ -59,11 +61,13 @@ impl Metrics {
     pub fn new(bpf_root: Option<PinLayout>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("netclaim");
         let dra_requests = Family::<RequestLabels, Counter>::default();
-        let dra_latency =
-            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let dra_latency = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let nri_requests = Family::<RequestLabels, Counter>::default();
-        let nri_latency =
-            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let nri_latency = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let published_devices = Gauge::default();
         let status_write_errors = Counter::default();
         registry.register(
@@ -117,7 +121,8 @@ impl Metrics {
     }
 
     pub fn set_published_devices(&self, n: usize) {
-        self.published_devices.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.published_devices
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn status_write_failed(&self) {
@@ -159,7 +164,9 @@ fn observe(
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Appends per-device data-path counters read from the pins.
@@ -176,22 +183,62 @@ fn render_datapath(out: &mut String, layout: &PinLayout) {
         let claim = escape(&format!("{}/{}", key.claim_namespace, key.claim_name));
         let device = escape(&key.device);
         let l = format!("claim=\"{claim}\",device=\"{device}\"");
-        let _ = writeln!(packets, "netclaim_datapath_packets_total{{{l},direction=\"rx\"}} {}", c.rx_packets);
-        let _ = writeln!(packets, "netclaim_datapath_packets_total{{{l},direction=\"tx\"}} {}", c.tx_packets);
-        let _ = writeln!(bytes, "netclaim_datapath_bytes_total{{{l},direction=\"rx\"}} {}", c.rx_bytes);
-        let _ = writeln!(bytes, "netclaim_datapath_bytes_total{{{l},direction=\"tx\"}} {}", c.tx_bytes);
+        let _ = writeln!(
+            packets,
+            "netclaim_datapath_packets_total{{{l},direction=\"rx\"}} {}",
+            c.rx_packets
+        );
+        let _ = writeln!(
+            packets,
+            "netclaim_datapath_packets_total{{{l},direction=\"tx\"}} {}",
+            c.tx_packets
+        );
+        let _ = writeln!(
+            bytes,
+            "netclaim_datapath_bytes_total{{{l},direction=\"rx\"}} {}",
+            c.rx_bytes
+        );
+        let _ = writeln!(
+            bytes,
+            "netclaim_datapath_bytes_total{{{l},direction=\"tx\"}} {}",
+            c.tx_bytes
+        );
         for (reason, n) in &c.drops {
-            let _ = writeln!(drops, "netclaim_datapath_drops_total{{{l},reason=\"{}\"}} {n}", escape(reason));
+            let _ = writeln!(
+                drops,
+                "netclaim_datapath_drops_total{{{l},reason=\"{}\"}} {n}",
+                escape(reason)
+            );
         }
         for (prefix, n) in &c.route_hits {
-            let _ = writeln!(hits, "netclaim_datapath_route_hits_total{{{l},prefix=\"{}\"}} {n}", escape(prefix));
+            let _ = writeln!(
+                hits,
+                "netclaim_datapath_route_hits_total{{{l},prefix=\"{}\"}} {n}",
+                escape(prefix)
+            );
         }
     }
     for (name, help, body) in [
-        ("netclaim_datapath_packets", "packets seen by a device's data path", packets),
-        ("netclaim_datapath_bytes", "bytes seen by a device's data path", bytes),
-        ("netclaim_datapath_drops", "packets dropped by a device's data path, by reason", drops),
-        ("netclaim_datapath_route_hits", "egress packets per allowed prefix", hits),
+        (
+            "netclaim_datapath_packets",
+            "packets seen by a device's data path",
+            packets,
+        ),
+        (
+            "netclaim_datapath_bytes",
+            "bytes seen by a device's data path",
+            bytes,
+        ),
+        (
+            "netclaim_datapath_drops",
+            "packets dropped by a device's data path, by reason",
+            drops,
+        ),
+        (
+            "netclaim_datapath_route_hits",
+            "egress packets per allowed prefix",
+            hits,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}.");
         let _ = writeln!(out, "# TYPE {name} counter");
@@ -291,9 +338,12 @@ mod tests {
         assert!(text.contains(
             "netclaim_dra_requests_total{method=\"NodePrepareResources\",outcome=\"success\"} 1"
         ), "{text}");
-        assert!(text.contains(
-            "netclaim_nri_requests_total{method=\"RunPodSandbox\",outcome=\"error\"} 1"
-        ), "{text}");
+        assert!(
+            text.contains(
+                "netclaim_nri_requests_total{method=\"RunPodSandbox\",outcome=\"error\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("netclaim_published_devices 5"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use netclaim_common::{
-    flags, DatapathMeta, DeviceCounters, DropReason, RouteValue, SlotConfig, MAX_LOCAL_ADDRS, MAX_PREFIXES,
-    MAX_ROUTE_HITS,
+    flags, DatapathMeta, DeviceCounters, DropReason, RouteValue, SlotConfig, MAX_LOCAL_ADDRS,
+    MAX_PREFIXES, MAX_ROUTE_HITS,
 };
 
 #[map(name = "NC_COUNTERS")]
@@ -296,8 +296,7 @@ fn ingress_verdict(data: usize, end: usize, p: Policy) -> Verdict {
         let Some(dst) = bytes::<4>(data, end, off + 16) else {
             return Verdict::Pass;
         };
-        if dst[0] == 169 && dst[1] == 254 || dst[0] & 0xf0 == 0xe0 || is_local_v4(p.slot, &dst)
-        {
+        if dst[0] == 169 && dst[1] == 254 || dst[0] & 0xf0 == 0xe0 || is_local_v4(p.slot, &dst) {
             return Verdict::Pass;
         }
         return Verdict::Drop(DropReason::NotLocal);

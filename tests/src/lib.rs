@@ -5,10 +5,10 @@
 //! Everything here creates its objects inside namespaces it made itself; the
 //! machine's root namespace never gets a test device, address, route or packet.
 
-pub mod netenv;
-pub mod topology;
-pub mod traffic;
 pub mod apiserver;
 pub mod kubelet;
+pub mod netenv;
 pub mod runtime;
 pub mod scenario;
+pub mod topology;
+pub mod traffic;

@@ -27,9 +27,7 @@ pub fn require_root() {
 
 /// Runs a command and fails with its stderr when it does not succeed.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{:?} failed ({}): {}",
@@ -130,7 +128,16 @@ impl Drop for TestNetns {
 /// Creates a veth pair with one end in each namespace, both up.
 pub fn veth(a: &TestNetns, a_name: &str, b: &TestNetns, b_name: &str) -> Result<()> {
     a.ip(&[
-        "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name(),
+        "link",
+        "add",
+        a_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
     ])?;
     a.ip(&["link", "set", a_name, "up"])?;
     b.ip(&["link", "set", b_name, "up"])?;

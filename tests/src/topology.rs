@@ -66,8 +66,28 @@ impl PodWire {
         let wire_mac = wire.mac(WIRE_IF)?;
         pod.ip(&["addr", "add", "192.0.2.10/24", "dev", POD_IF])?;
         wire.ip(&["addr", "add", "192.0.2.1/24", "dev", WIRE_IF])?;
-        pod.ip(&["neigh", "replace", "192.0.2.1", "lladdr", &wire_mac, "dev", POD_IF, "nud", "permanent"])?;
-        wire.ip(&["neigh", "replace", "192.0.2.10", "lladdr", &pod_mac, "dev", WIRE_IF, "nud", "permanent"])?;
+        pod.ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            &wire_mac,
+            "dev",
+            POD_IF,
+            "nud",
+            "permanent",
+        ])?;
+        wire.ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.10",
+            "lladdr",
+            &pod_mac,
+            "dev",
+            WIRE_IF,
+            "nud",
+            "permanent",
+        ])?;
         for dst in ["198.51.100.1/32", "203.0.113.1/32"] {
             wire.ip(&["addr", "add", dst, "dev", "lo"])?;
         }
@@ -77,13 +97,44 @@ impl PodWire {
         if ipv6 {
             pod.ip(&["addr", "add", "2001:db8::10/64", "dev", POD_IF, "nodad"])?;
             wire.ip(&["addr", "add", "2001:db8::1/64", "dev", WIRE_IF, "nodad"])?;
-            pod.ip(&["-6", "neigh", "replace", "2001:db8::1", "lladdr", &wire_mac, "dev", POD_IF, "nud", "permanent"])?;
-            wire.ip(&["-6", "neigh", "replace", "2001:db8::10", "lladdr", &pod_mac, "dev", WIRE_IF, "nud", "permanent"])?;
+            pod.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                "2001:db8::1",
+                "lladdr",
+                &wire_mac,
+                "dev",
+                POD_IF,
+                "nud",
+                "permanent",
+            ])?;
+            wire.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                "2001:db8::10",
+                "lladdr",
+                &pod_mac,
+                "dev",
+                WIRE_IF,
+                "nud",
+                "permanent",
+            ])?;
             for dst in ["2001:db8:100::1/128", "2001:db8:200::1/128"] {
                 wire.ip(&["addr", "add", dst, "dev", "lo", "nodad"])?;
             }
             for dst in ["2001:db8:100::/48", "2001:db8:200::/48"] {
-                pod.ip(&["-6", "route", "add", dst, "via", "2001:db8::1", "dev", POD_IF])?;
+                pod.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    dst,
+                    "via",
+                    "2001:db8::1",
+                    "dev",
+                    POD_IF,
+                ])?;
             }
         }
         Ok(Self {

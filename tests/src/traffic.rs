@@ -17,7 +17,13 @@ use netclaim::netns::Netns;
 /// Sends `count` UDP datagrams of `payload` bytes from `src` (bound; port 0 = any) to
 /// `dst` inside `ns`. Returns how many the kernel accepted; sends that the data path
 /// drops still count as accepted for the socket when the drop happens at tc egress.
-pub fn udp_send(ns: &Netns, src: SocketAddr, dst: SocketAddr, count: u32, payload: usize) -> Result<u32> {
+pub fn udp_send(
+    ns: &Netns,
+    src: SocketAddr,
+    dst: SocketAddr,
+    count: u32,
+    payload: usize,
+) -> Result<u32> {
     ns.run(move || -> Result<u32> {
         let sock = UdpSocket::bind(src).with_context(|| format!("bind {src}"))?;
         let buf = vec![0x5a_u8; payload];

@@ -108,8 +108,14 @@ fn counts_exactly_logs_and_cleans_up() {
     const RX: u32 = 50;
     udp_send(&pod_ns, sa("192.0.2.10:0"), sa("192.0.2.1:7000"), TX, 100).unwrap();
     udp_send(&wire_ns, sa("192.0.2.1:0"), sa("192.0.2.10:7001"), RX, 60).unwrap();
-    assert_eq!(wire_sink.wait_for(u64::from(TX), Duration::from_secs(5)), u64::from(TX));
-    assert_eq!(pod_sink.wait_for(u64::from(RX), Duration::from_secs(5)), u64::from(RX));
+    assert_eq!(
+        wire_sink.wait_for(u64::from(TX), Duration::from_secs(5)),
+        u64::from(TX)
+    );
+    assert_eq!(
+        pod_sink.wait_for(u64::from(RX), Duration::from_secs(5)),
+        u64::from(RX)
+    );
 
     let c = dp.counters().unwrap();
     // Ethernet 14 + IPv4 20 + UDP 8 + payload.
@@ -131,7 +137,11 @@ fn counts_exactly_logs_and_cleans_up() {
     drop(wire_sink);
     drop(pod_sink);
     dp.detach(&layout, Some(&pod_ns)).unwrap();
-    assert!(bpf.leftovers().is_empty(), "pins left: {:?}", bpf.leftovers());
+    assert!(
+        bpf.leftovers().is_empty(),
+        "pins left: {:?}",
+        bpf.leftovers()
+    );
 
     // The kernel frees programs, maps and links asynchronously; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -153,7 +163,10 @@ fn counts_exactly_logs_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Nothing attached on the interface either.
-    let out = net.pod.exec("bpftool", &["net", "show", "dev", POD_IF]).unwrap();
+    let out = net
+        .pod
+        .exec("bpftool", &["net", "show", "dev", POD_IF])
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("nc_"), "{text}");
 }

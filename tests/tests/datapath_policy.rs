@@ -70,27 +70,65 @@ fn enforces_routes_spoofing_and_ingress_v4_and_v6() {
     let pod = f.net.pod.open();
     let wire = f.net.wire.open();
     // A secondary address that the host has but the claim does not.
-    f.net.pod.ip(&["addr", "add", "192.0.2.99/24", "dev", POD_IF]).unwrap();
-    f.net.pod.ip(&["addr", "add", "2001:db8::99/64", "dev", POD_IF, "nodad"]).unwrap();
+    f.net
+        .pod
+        .ip(&["addr", "add", "192.0.2.99/24", "dev", POD_IF])
+        .unwrap();
+    f.net
+        .pod
+        .ip(&["addr", "add", "2001:db8::99/64", "dev", POD_IF, "nodad"])
+        .unwrap();
     let key = DatapathKey::new("default", "enf", "a0").unwrap();
-    let dp = AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), AttachOptions::default()).unwrap();
+    let dp = AttachedDatapath::attach(
+        &f.layout,
+        key,
+        &pod,
+        POD_IF,
+        &claim_policy(),
+        AttachOptions::default(),
+    )
+    .unwrap();
 
     for (family, allowed, forbidden, spoof_src, good_src, local_sink_ok, not_local) in [
-        ("v4", "198.51.100.1:9000", "203.0.113.1:9000", "192.0.2.99:0", "192.0.2.10:0", "192.0.2.10:9100", "192.0.2.77"),
-        ("v6", "[2001:db8:100::1]:9000", "[2001:db8:200::1]:9000", "[2001:db8::99]:0", "[2001:db8::10]:0", "[2001:db8::10]:9100", "2001:db8::77"),
+        (
+            "v4",
+            "198.51.100.1:9000",
+            "203.0.113.1:9000",
+            "192.0.2.99:0",
+            "192.0.2.10:0",
+            "192.0.2.10:9100",
+            "192.0.2.77",
+        ),
+        (
+            "v6",
+            "[2001:db8:100::1]:9000",
+            "[2001:db8:200::1]:9000",
+            "[2001:db8::99]:0",
+            "[2001:db8::10]:0",
+            "[2001:db8::10]:9100",
+            "2001:db8::77",
+        ),
     ] {
         let before = dp.counters().unwrap();
         // Allowed destination passes and counts a hit on its route.
         let sink = UdpSink::start(&wire, sa(allowed)).unwrap();
         udp_send(&pod, sa(good_src), sa(allowed), N, 64).unwrap();
-        assert_eq!(sink.wait_for(N.into(), WAIT), u64::from(N), "{family}: allowed traffic lost");
+        assert_eq!(
+            sink.wait_for(N.into(), WAIT),
+            u64::from(N),
+            "{family}: allowed traffic lost"
+        );
         drop(sink);
 
         // Destination outside every allowed prefix: dropped, counted as no_route.
         let sink = UdpSink::start(&wire, sa(forbidden)).unwrap();
         udp_send(&pod, sa(good_src), sa(forbidden), N, 64).unwrap();
         std::thread::sleep(QUIET);
-        assert_eq!(sink.count(), 0, "{family}: forbidden destination reached the wire");
+        assert_eq!(
+            sink.count(),
+            0,
+            "{family}: forbidden destination reached the wire"
+        );
         drop(sink);
 
         // Spoofed source (an address of the host, not of the claim): spoofed_source.
@@ -108,23 +146,57 @@ fn enforces_routes_spoofing_and_ingress_v4_and_v6() {
         if v6 {
             args.push("-6");
         }
-        args.extend(["neigh", "replace", not_local_ip, "lladdr", &lladdr, "dev", WIRE_IF, "nud", "permanent"]);
+        args.extend([
+            "neigh",
+            "replace",
+            not_local_ip,
+            "lladdr",
+            &lladdr,
+            "dev",
+            WIRE_IF,
+            "nud",
+            "permanent",
+        ]);
         f.net.wire.ip(&args).unwrap();
         let src = if v6 { "[2001:db8::1]:0" } else { "192.0.2.1:0" };
-        let dst = if v6 { format!("[{not_local_ip}]:9200") } else { format!("{not_local_ip}:9200") };
+        let dst = if v6 {
+            format!("[{not_local_ip}]:9200")
+        } else {
+            format!("{not_local_ip}:9200")
+        };
         udp_send(&wire, sa(src), sa(&dst), N, 64).unwrap();
         // Local unicast still passes.
         let sink = UdpSink::start(&pod, sa(local_sink_ok)).unwrap();
         udp_send(&wire, sa(src), sa(local_sink_ok), N, 64).unwrap();
-        assert_eq!(sink.wait_for(N.into(), WAIT), u64::from(N), "{family}: local ingress lost");
+        assert_eq!(
+            sink.wait_for(N.into(), WAIT),
+            u64::from(N),
+            "{family}: local ingress lost"
+        );
         drop(sink);
 
         let after = dp.counters().unwrap();
         let delta = |r: DropReason| after.dropped(r) - before.dropped(r);
-        assert_eq!(delta(DropReason::NoRoute), u64::from(N), "{family} {after:?}");
-        assert_eq!(delta(DropReason::SpoofedSource), u64::from(N), "{family} {after:?}");
-        assert_eq!(delta(DropReason::NotLocal), u64::from(N), "{family} {after:?}");
-        let route = if v6 { "2001:db8:100::/48" } else { "198.51.100.0/24" };
+        assert_eq!(
+            delta(DropReason::NoRoute),
+            u64::from(N),
+            "{family} {after:?}"
+        );
+        assert_eq!(
+            delta(DropReason::SpoofedSource),
+            u64::from(N),
+            "{family} {after:?}"
+        );
+        assert_eq!(
+            delta(DropReason::NotLocal),
+            u64::from(N),
+            "{family} {after:?}"
+        );
+        let route = if v6 {
+            "2001:db8:100::/48"
+        } else {
+            "198.51.100.0/24"
+        };
         assert_eq!(
             after.route_hits.get(route).copied().unwrap_or(0)
                 - before.route_hits.get(route).copied().unwrap_or(0),
@@ -149,16 +221,36 @@ fn same_ifindex_in_two_namespaces_never_mix() {
     let k1 = DatapathKey::new("ns1", "iso", "a0").unwrap();
     let k2 = DatapathKey::new("ns2", "iso", "a0").unwrap();
     // Same layout root for both: per-device directories keep them apart.
-    let dp1 = AttachedDatapath::attach(&f1.layout, k1, &p1, POD_IF, &claim_policy(), AttachOptions::default()).unwrap();
+    let dp1 = AttachedDatapath::attach(
+        &f1.layout,
+        k1,
+        &p1,
+        POD_IF,
+        &claim_policy(),
+        AttachOptions::default(),
+    )
+    .unwrap();
     let mut other = claim_policy();
     other.routes = nets(&["203.0.113.0/24"]); // device 2 allows what device 1 forbids
-    let dp2 = AttachedDatapath::attach(&f1.layout, k2, &p2, POD_IF, &other, AttachOptions::default()).unwrap();
+    let dp2 = AttachedDatapath::attach(
+        &f1.layout,
+        k2,
+        &p2,
+        POD_IF,
+        &other,
+        AttachOptions::default(),
+    )
+    .unwrap();
 
     let s1 = UdpSink::start(&w1, sa("203.0.113.1:9000")).unwrap();
     let s2 = UdpSink::start(&w2, sa("203.0.113.1:9000")).unwrap();
     udp_send(&p1, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), N, 32).unwrap();
     udp_send(&p2, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), N, 32).unwrap();
-    assert_eq!(s2.wait_for(N.into(), WAIT), u64::from(N), "device 2 allows 203.0.113.0/24");
+    assert_eq!(
+        s2.wait_for(N.into(), WAIT),
+        u64::from(N),
+        "device 2 allows 203.0.113.0/24"
+    );
     assert_eq!(s1.count(), 0, "device 1 forbids 203.0.113.0/24");
     let (c1, c2) = (dp1.counters().unwrap(), dp2.counters().unwrap());
     assert_eq!(c1.dropped(DropReason::NoRoute), u64::from(N));
@@ -182,7 +274,15 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     let pod = f.net.pod.open();
     let wire = f.net.wire.open();
     let key = DatapathKey::new("default", "swap", "a0").unwrap();
-    let mut dp = AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), AttachOptions::default()).unwrap();
+    let mut dp = AttachedDatapath::attach(
+        &f.layout,
+        key,
+        &pod,
+        POD_IF,
+        &claim_policy(),
+        AttachOptions::default(),
+    )
+    .unwrap();
     let allowed_sink = UdpSink::start(&wire, sa("198.51.100.1:9000")).unwrap();
     let forbidden_sink = UdpSink::start(&wire, sa("203.0.113.1:9000")).unwrap();
 
@@ -192,8 +292,22 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     let sender_ns = f.net.pod.open();
     let sender = std::thread::spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
-            udp_send(&sender_ns, sa("192.0.2.10:0"), sa("198.51.100.1:9000"), 50, 32).unwrap();
-            udp_send(&sender_ns, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), 10, 32).unwrap();
+            udp_send(
+                &sender_ns,
+                sa("192.0.2.10:0"),
+                sa("198.51.100.1:9000"),
+                50,
+                32,
+            )
+            .unwrap();
+            udp_send(
+                &sender_ns,
+                sa("192.0.2.10:0"),
+                sa("203.0.113.1:9000"),
+                10,
+                32,
+            )
+            .unwrap();
             sent2.fetch_add(50, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -208,7 +322,8 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     let started = Instant::now();
     let mut swaps = 0;
     while started.elapsed() < Duration::from_secs(2) {
-        dp.update_policy(if swaps % 2 == 0 { &a } else { &b }).unwrap();
+        dp.update_policy(if swaps % 2 == 0 { &a } else { &b })
+            .unwrap();
         swaps += 1;
     }
     stop.store(true, Ordering::Relaxed);
@@ -218,7 +333,11 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     println!("{swaps} policy swaps under {total} allowed datagrams");
     assert!(swaps > 20, "too few swaps ({swaps}) to mean anything");
     assert_eq!(got, total, "allowed packets lost during policy swaps");
-    assert_eq!(forbidden_sink.count(), 0, "forbidden packets passed during swaps");
+    assert_eq!(
+        forbidden_sink.count(),
+        0,
+        "forbidden packets passed during swaps"
+    );
     let c = dp.counters().unwrap();
     assert!(c.dropped(DropReason::NoRoute) > 0);
     assert_eq!(c.dropped(DropReason::SpoofedSource), 0, "{c:?}");
@@ -238,7 +357,11 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
         .args([POD_IF, "default", "rst", "a0", &policy])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // The owner has exited: programs must still count and enforce.
@@ -251,9 +374,18 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
     let key = DatapathKey::new("default", "rst", "a0").unwrap();
     let dp = AttachedDatapath::adopt(&f.layout, key).unwrap();
     let info = dp.info().unwrap();
-    assert_eq!(serde_json::json!(info.egress_program_id), first["egressProgramId"]);
-    assert_eq!(serde_json::json!(info.egress_link_id), first["egressLinkId"]);
-    assert_eq!(serde_json::json!(info.ingress_link_id), first["ingressLinkId"]);
+    assert_eq!(
+        serde_json::json!(info.egress_program_id),
+        first["egressProgramId"]
+    );
+    assert_eq!(
+        serde_json::json!(info.egress_link_id),
+        first["egressLinkId"]
+    );
+    assert_eq!(
+        serde_json::json!(info.ingress_link_id),
+        first["ingressLinkId"]
+    );
     let c = dp.counters().unwrap();
     assert_eq!(c.dropped(DropReason::NoRoute), u64::from(N));
     assert_eq!(c.route_hits.get("198.51.100.0/24"), Some(&u64::from(N)));
@@ -262,7 +394,10 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
     udp_send(&pod, sa("192.0.2.10:0"), sa("198.51.100.1:9000"), N, 32).unwrap();
     assert_eq!(sink.wait_for(2 * u64::from(N), WAIT), 2 * u64::from(N));
     let c2 = dp.counters().unwrap();
-    assert_eq!(c2.route_hits.get("198.51.100.0/24"), Some(&(2 * u64::from(N))));
+    assert_eq!(
+        c2.route_hits.get("198.51.100.0/24"),
+        Some(&(2 * u64::from(N)))
+    );
     drop(sink);
     dp.detach(&f.layout, Some(&pod)).unwrap();
 }
@@ -283,31 +418,53 @@ fn clsact_and_generic_xdp_fallbacks_work_and_detach_cleanly() {
             ingress: Some(ingress),
             sizes: None,
         };
-        let dp = AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), opts).unwrap();
+        let dp =
+            AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), opts).unwrap();
         let info = dp.info().unwrap();
         assert_eq!(info.egress_mode, Some(egress));
         assert_eq!(info.ingress_mode, Some(ingress));
-        let ids = [info.egress_program_id.unwrap(), info.ingress_program_id.unwrap()];
+        let ids = [
+            info.egress_program_id.unwrap(),
+            info.ingress_program_id.unwrap(),
+        ];
 
         let sink = UdpSink::start(&wire, sa("198.51.100.1:9000")).unwrap();
         udp_send(&pod, sa("192.0.2.10:0"), sa("198.51.100.1:9000"), N, 32).unwrap();
         udp_send(&pod, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), N, 32).unwrap();
-        assert_eq!(sink.wait_for(N.into(), WAIT), u64::from(N), "{egress:?}/{ingress:?}");
+        assert_eq!(
+            sink.wait_for(N.into(), WAIT),
+            u64::from(N),
+            "{egress:?}/{ingress:?}"
+        );
         let local = UdpSink::start(&pod, sa("192.0.2.10:9100")).unwrap();
         udp_send(&wire, sa("192.0.2.1:0"), sa("192.0.2.10:9100"), N, 32).unwrap();
         assert_eq!(local.wait_for(N.into(), WAIT), u64::from(N));
         let c = dp.counters().unwrap();
-        assert_eq!(c.dropped(DropReason::NoRoute), u64::from(N), "{egress:?}/{ingress:?}");
+        assert_eq!(
+            c.dropped(DropReason::NoRoute),
+            u64::from(N),
+            "{egress:?}/{ingress:?}"
+        );
         assert!(c.rx_packets >= u64::from(N), "{egress:?}/{ingress:?} {c:?}");
         drop((sink, local));
 
         dp.detach(&f.layout, Some(&pod)).unwrap();
-        let out = f.net.pod.exec("bpftool", &["net", "show", "dev", POD_IF]).unwrap();
+        let out = f
+            .net
+            .pod
+            .exec("bpftool", &["net", "show", "dev", POD_IF])
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(!text.contains("nc_"), "{egress:?}/{ingress:?} left attached: {text}");
+        assert!(
+            !text.contains("nc_"),
+            "{egress:?}/{ingress:?} left attached: {text}"
+        );
         let deadline = Instant::now() + WAIT;
         while kernel_bpf_ids().0.iter().any(|i| ids.contains(i)) {
-            assert!(Instant::now() < deadline, "{egress:?}/{ingress:?}: programs not freed");
+            assert!(
+                Instant::now() < deadline,
+                "{egress:?}/{ingress:?}: programs not freed"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -324,7 +481,15 @@ fn no_addresses_means_counting_only() {
         routes: nets(&["198.51.100.0/24"]),
         knobs: DataplaneKnobs::default(),
     };
-    let dp = AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &policy, AttachOptions::default()).unwrap();
+    let dp = AttachedDatapath::attach(
+        &f.layout,
+        key,
+        &pod,
+        POD_IF,
+        &policy,
+        AttachOptions::default(),
+    )
+    .unwrap();
     let info = dp.info().unwrap();
     assert!(
         matches!(&info.enforcement, netclaim::datapath::Enforcement::CountOnly { reason } if reason.contains("no IP addresses")),
@@ -332,7 +497,11 @@ fn no_addresses_means_counting_only() {
     );
     let sink = UdpSink::start(&wire, sa("203.0.113.1:9000")).unwrap();
     udp_send(&pod, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), N, 32).unwrap();
-    assert_eq!(sink.wait_for(N.into(), WAIT), u64::from(N), "count-only must not drop");
+    assert_eq!(
+        sink.wait_for(N.into(), WAIT),
+        u64::from(N),
+        "count-only must not drop"
+    );
     assert!(dp.counters().unwrap().tx_packets >= u64::from(N));
     drop(sink);
     dp.detach(&f.layout, Some(&pod)).unwrap();

@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{ensure, Context, Result};
 use netclaim_tests::runtime::Mode;
 use netclaim_tests::scenario::{
-    self, bring_up, claim, condition, good_parameters, link_facts, prepare, run_in_netns,
-    run_pod, status_entry, stop_pod, traffic, unprepare, wait_for, Quiet, Topology, NIC, POD_IF,
+    self, bring_up, claim, condition, good_parameters, link_facts, prepare, run_in_netns, run_pod,
+    status_entry, stop_pod, traffic, unprepare, wait_for, Quiet, Topology, NIC, POD_IF,
 };
 use serde_json::json;
 
@@ -19,59 +19,123 @@ const N: u32 = 30;
 fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
     let topo = Arc::new(Topology::new(tag)?);
     let t = topo.clone();
-    run_in_netns(&topo.node.path().to_path_buf(), move || async move {
+    run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let mut c = bring_up(&topo, mode, &Quiet).await?;
-        c.api.put(claim("web", "uid-web", &c.device, "web-0", "pod-uid-web", good_parameters()))?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
         let err = prepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "prepare failed: {err}");
 
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(started.status.is_ok(), "RunPodSandbox failed: {:?}\n{}", started.status, c.driver.log_text());
-        println!("RunPodSandbox via {:?} took {:?}", started.delivery, started.latency);
+        ensure!(
+            started.status.is_ok(),
+            "RunPodSandbox failed: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        println!(
+            "RunPodSandbox via {:?} took {:?}",
+            started.delivery, started.latency
+        );
 
         // The interface is in the pod, configured; gone from the node.
         let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
-        ensure!(mtu == 1500 && addrs == vec!["192.0.2.10/24".to_string()], "pod link: mtu {mtu} {addrs:?}");
+        ensure!(
+            mtu == 1500 && addrs == vec!["192.0.2.10/24".to_string()],
+            "pod link: mtu {mtu} {addrs:?}"
+        );
         let routes = topo.pod.ip(&["-j", "route", "show", "198.51.100.0/24"])?;
         let routes: serde_json::Value = serde_json::from_slice(&routes.stdout)?;
-        ensure!(routes[0]["gateway"] == "192.0.2.1" && routes[0]["dev"] == POD_IF, "routes {routes}");
-        ensure!(topo.node.ip(&["link", "show", NIC]).is_err(), "{NIC} still on the node");
+        ensure!(
+            routes[0]["gateway"] == "192.0.2.1" && routes[0]["dev"] == POD_IF,
+            "routes {routes}"
+        );
+        ensure!(
+            topo.node.ip(&["link", "show", NIC]).is_err(),
+            "{NIC} still on the node"
+        );
 
         let (allowed, forbidden) = tokio::task::block_in_place(|| traffic(&topo, N))?;
-        ensure!(allowed == u64::from(N), "allowed traffic: {allowed}/{N} arrived");
+        ensure!(
+            allowed == u64::from(N),
+            "allowed traffic: {allowed}/{N} arrived"
+        );
         ensure!(forbidden == 0, "forbidden traffic passed: {forbidden}");
 
-        let entry = wait_for(&Quiet, "status with counters", Duration::from_secs(20), || {
-            let e = status_entry(&c.api, "web")?;
-            let counters = &e["data"]["counters"];
-            let ready = ["Ready", "NetworkReady", "DataPathReady"]
-                .iter()
-                .all(|t| condition(&e, t).is_some_and(|c| c["status"] == "True"));
-            (ready
-                && counters["routeHits"]["198.51.100.0/24"] == json!(N)
-                && counters["drops"]["no_route"] == json!(N))
-            .then_some(e)
-        })
+        let entry = wait_for(
+            &Quiet,
+            "status with counters",
+            Duration::from_secs(20),
+            || {
+                let e = status_entry(&c.api, "web")?;
+                let counters = &e["data"]["counters"];
+                let ready = ["Ready", "NetworkReady", "DataPathReady"]
+                    .iter()
+                    .all(|t| condition(&e, t).is_some_and(|c| c["status"] == "True"));
+                (ready
+                    && counters["routeHits"]["198.51.100.0/24"] == json!(N)
+                    && counters["drops"]["no_route"] == json!(N))
+                .then_some(e)
+            },
+        )
         .await
         .with_context(|| format!("claim: {:?}", c.api.get("ResourceClaim", "default", "web")))?;
-        ensure!(condition(&entry, "Ready").is_some_and(|c| c["reason"] == "NetworkDeviceReady"), "{entry}");
+        ensure!(
+            condition(&entry, "Ready").is_some_and(|c| c["reason"] == "NetworkDeviceReady"),
+            "{entry}"
+        );
         ensure!(entry["networkData"]["interfaceName"] == POD_IF, "{entry}");
-        ensure!(entry["networkData"]["ips"].as_array().is_some_and(|a| a.contains(&json!("192.0.2.10/24"))), "{entry}");
-        ensure!(entry["networkData"]["hardwareAddress"].as_str().is_some_and(|m| m.len() == 17), "{entry}");
-        ensure!(entry["data"]["counters"]["txPackets"].as_u64().unwrap_or(0) >= u64::from(2 * N), "{entry}");
+        ensure!(
+            entry["networkData"]["ips"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("192.0.2.10/24"))),
+            "{entry}"
+        );
+        ensure!(
+            entry["networkData"]["hardwareAddress"]
+                .as_str()
+                .is_some_and(|m| m.len() == 17),
+            "{entry}"
+        );
+        ensure!(
+            entry["data"]["counters"]["txPackets"].as_u64().unwrap_or(0) >= u64::from(2 * N),
+            "{entry}"
+        );
         ensure!(entry["data"]["state"] == "Available", "{entry}");
 
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(stop.status.is_ok() && remove.status.is_ok(), "stop {:?} remove {:?}", stop.status, remove.status);
+        ensure!(
+            stop.status.is_ok() && remove.status.is_ok(),
+            "stop {:?} remove {:?}",
+            stop.status,
+            remove.status
+        );
         let (mtu, addrs) = link_facts(&topo.node, NIC)?;
-        ensure!(mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()], "restored: mtu {mtu} {addrs:?}");
-        ensure!(topo.bpf.leftovers().is_empty(), "pins left: {:?}", topo.bpf.leftovers());
+        ensure!(
+            mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
+            "restored: mtu {mtu} {addrs:?}"
+        );
+        ensure!(
+            topo.bpf.leftovers().is_empty(),
+            "pins left: {:?}",
+            topo.bpf.leftovers()
+        );
 
         let err = unprepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "unprepare: {err}");
         let code = c.driver.stop()?;
-        ensure!(code == Some(0), "driver exit {code:?}\n{}", c.driver.log_text());
+        ensure!(
+            code == Some(0),
+            "driver exit {code:?}\n{}",
+            c.driver.log_text()
+        );
         let sockets: Vec<_> = walk(&topo.kubelet_dir());
         ensure!(sockets.is_empty(), "sockets left: {sockets:?}");
         Ok(())
@@ -107,27 +171,50 @@ fn legacy_runtime_full_lifecycle() {
 fn configure_failure_sends_device_home_and_reports_false() {
     let topo = Arc::new(Topology::new("e2f").unwrap());
     let t = topo.clone();
-    run_in_netns(&topo.node.path().to_path_buf(), move || async move {
+    run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let c = bring_up(&topo, Mode::Current, &Quiet).await?;
         let mut params = good_parameters();
         params["ethtool"] = json!({"features": {"no-such-feature": true}});
-        c.api.put(claim("bad", "uid-bad", &c.device, "bad-0", "pod-uid-bad", params))?;
+        c.api.put(claim(
+            "bad",
+            "uid-bad",
+            &c.device,
+            "bad-0",
+            "pod-uid-bad",
+            params,
+        ))?;
         let err = prepare(&c, "bad", "uid-bad").await?;
-        ensure!(err.is_empty(), "prepare must accept (the feature is checked on the device): {err}");
+        ensure!(
+            err.is_empty(),
+            "prepare must accept (the feature is checked on the device): {err}"
+        );
         let started = run_pod(&c, &topo, "pod-uid-bad", "bad-0").await;
         let status = format!("{:?}", started.status);
         ensure!(started.status.is_err(), "RunPodSandbox must fail");
-        ensure!(status.contains("no-such-feature"), "error names the field: {status}");
+        ensure!(
+            status.contains("no-such-feature"),
+            "error names the field: {status}"
+        );
         let (mtu, addrs) = link_facts(&topo.node, NIC)?;
-        ensure!(mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()], "home as it was: {mtu} {addrs:?}");
+        ensure!(
+            mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
+            "home as it was: {mtu} {addrs:?}"
+        );
         let entry = wait_for(&Quiet, "False conditions", Duration::from_secs(20), || {
             let e = status_entry(&c.api, "bad")?;
-            condition(&e, "Ready").is_some_and(|c| c["status"] == "False").then_some(e)
+            condition(&e, "Ready")
+                .is_some_and(|c| c["status"] == "False")
+                .then_some(e)
         })
         .await?;
         let ready = condition(&entry, "Ready").context("Ready")?;
-        ensure!(ready["message"].as_str().is_some_and(|m| m.contains("no-such-feature")), "{entry}");
+        ensure!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-feature")),
+            "{entry}"
+        );
         ensure!(entry["data"]["state"] == "Error", "{entry}");
         ensure!(topo.bpf.leftovers().is_empty());
         Ok(())

@@ -23,8 +23,11 @@ fn removes_tcx_xdp_and_tc_programs_and_names_them() {
                 ebpf.program_mut("nc_bare").unwrap().try_into().unwrap();
             bare.attach("dev0", TcAttachType::Egress).unwrap(); // TCX link
             let _ = tc::qdisc_add_clsact("dev0");
-            let ing: &mut SchedClassifier =
-                ebpf.program_mut("nc_ingress_tc").unwrap().try_into().unwrap();
+            let ing: &mut SchedClassifier = ebpf
+                .program_mut("nc_ingress_tc")
+                .unwrap()
+                .try_into()
+                .unwrap();
             ing.attach_with_options(
                 "dev0",
                 TcAttachType::Ingress,
@@ -36,8 +39,16 @@ fn removes_tcx_xdp_and_tc_programs_and_names_them() {
             ebpf
         })
         .unwrap();
-    let before = String::from_utf8(a.exec("bpftool", &["net", "show", "dev", "dev0"]).unwrap().stdout).unwrap();
-    assert!(before.contains("nc_ingress") && before.contains("nc_ingress_tc"), "{before}");
+    let before = String::from_utf8(
+        a.exec("bpftool", &["net", "show", "dev", "dev0"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        before.contains("nc_ingress") && before.contains("nc_ingress_tc"),
+        "{before}"
+    );
 
     let removed = ns
         .run_async(|| async { remove_foreign_programs("dev0").await })
@@ -57,9 +68,21 @@ fn removes_tcx_xdp_and_tc_programs_and_names_them() {
         ]
     );
 
-    let after = String::from_utf8(a.exec("bpftool", &["net", "show", "dev", "dev0"]).unwrap().stdout).unwrap();
+    let after = String::from_utf8(
+        a.exec("bpftool", &["net", "show", "dev", "dev0"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(!after.contains("nc_"), "programs still attached: {after}");
-    let links = String::from_utf8(std::process::Command::new("bpftool").args(["-j", "link", "show"]).output().unwrap().stdout).unwrap();
+    let links = String::from_utf8(
+        std::process::Command::new("bpftool")
+            .args(["-j", "link", "show"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let links: serde_json::Value = serde_json::from_str(&links).unwrap();
     let ifindex = a.ifindex("dev0").unwrap();
     let ours: Vec<u32> = ebpf

@@ -175,7 +175,10 @@ fn setup() -> Result<()> {
     }
 
     if bpf_linker_ok() {
-        present.push(format!("bpf-linker {BPF_LINKER_VERSION} ({})", bpf_linker().display()));
+        present.push(format!(
+            "bpf-linker {BPF_LINKER_VERSION} ({})",
+            bpf_linker().display()
+        ));
     } else {
         println!(
             "[setup] building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {BPF_LINKER_ROOT} (about a minute)"
@@ -220,7 +223,10 @@ fn build_ebpf(debug: bool) -> Result<()> {
     for (path, what) in [
         (DEBIAN_RUSTC, "Debian's rustc (package rustc-web)"),
         (DEBIAN_CARGO, "Debian's cargo (package cargo-web)"),
-        (DEBIAN_RUST_SRC, "Debian's Rust std sources (package rust-web-src)"),
+        (
+            DEBIAN_RUST_SRC,
+            "Debian's Rust std sources (package rust-web-src)",
+        ),
     ] {
         if !Path::new(path).exists() {
             bail!("{what} is missing ({path}); install it with: cargo xtask setup");
@@ -305,7 +311,10 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.arg("--").args(extra);
     }
     run(&mut cmd)?;
-    println!("[test] all tests passed in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "[test] all tests passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -329,25 +338,34 @@ fn bench(name: &str) -> Result<()> {
     if name == "pod-start" {
         // This bench drives the real binary, found next to the bench (target/release).
         run(Command::new(host_cargo()).current_dir(root()).args([
-            "build", "--release", "--locked", "-p", "netclaim", "--bin", "netclaim",
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "netclaim",
+            "--bin",
+            "netclaim",
         ]))?;
     }
     // Same allocator setting as the DaemonSet (deploy/netclaim.yaml).
-    run(Command::new(host_cargo()).current_dir(root()).env("MALLOC_ARENA_MAX", "2").args([
-        "run",
-        "--release",
-        "--locked",
-        "-p",
-        "netclaim-tests",
-        "--bin",
-        &bin,
-        "--",
-        "--out",
-        &root()
-            .join("bench/results")
-            .join(format!("{name}.json"))
-            .to_string_lossy(),
-    ]))
+    run(Command::new(host_cargo())
+        .current_dir(root())
+        .env("MALLOC_ARENA_MAX", "2")
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-p",
+            "netclaim-tests",
+            "--bin",
+            &bin,
+            "--",
+            "--out",
+            &root()
+                .join("bench/results")
+                .join(format!("{name}.json"))
+                .to_string_lossy(),
+        ]))
 }
 
 fn demo() -> Result<()> {
@@ -359,7 +377,16 @@ fn demo() -> Result<()> {
     build_ebpf(false)?;
     println!("[demo] building netclaim and the demo (stand-ins included)");
     run(Command::new(host_cargo()).current_dir(root()).args([
-        "build", "--locked", "-p", "netclaim", "-p", "netclaim-tests", "--bin", "netclaim", "--bin", "demo",
+        "build",
+        "--locked",
+        "-p",
+        "netclaim",
+        "-p",
+        "netclaim-tests",
+        "--bin",
+        "netclaim",
+        "--bin",
+        "demo",
     ]))?;
     println!("[demo] ready in {:.1}s", started.elapsed().as_secs_f64());
     let demo = root().join("target/debug/demo");

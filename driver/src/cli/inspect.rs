@@ -49,9 +49,7 @@ pub fn inspect(layout: &PinLayout, claim: Option<&str>) -> Vec<Result<InspectedD
     let keys: Vec<DatapathKey> = layout
         .devices()
         .into_iter()
-        .filter(|k| {
-            claim.is_none_or(|c| format!("{}/{}", k.claim_namespace, k.claim_name) == c)
-        })
+        .filter(|k| claim.is_none_or(|c| format!("{}/{}", k.claim_namespace, k.claim_name) == c))
         .collect();
     keys.into_iter()
         .map(|key| {
@@ -95,7 +93,11 @@ fn interface_name(netns: &str, ifindex: u32) -> Option<String> {
             None
         } else {
             // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-            Some(unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            Some(
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         }
     })
     .ok()
@@ -114,7 +116,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<i32> {
     let mut failed = false;
     match args.output {
         InspectOutput::Json => {
-            let ok: Vec<&InspectedDevice> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let ok: Vec<&InspectedDevice> =
+                results.iter().filter_map(|r| r.as_ref().ok()).collect();
             println!("{}", serde_json::to_string_pretty(&ok)?);
             for e in results.iter().filter_map(|r| r.as_ref().err()) {
                 eprintln!("netclaim inspect: {e}");
@@ -174,7 +177,11 @@ fn print_device(d: &InspectedDevice) {
             "  allow      {:<24} {:<9}  hits {}",
             p.prefix.to_string(),
             mode(&Some(p.origin)),
-            d.counters.route_hits.get(&p.prefix.to_string()).copied().unwrap_or(0)
+            d.counters
+                .route_hits
+                .get(&p.prefix.to_string())
+                .copied()
+                .unwrap_or(0)
         );
     }
     let c = &d.counters;

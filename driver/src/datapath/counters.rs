@@ -72,7 +72,10 @@ mod tests {
             drops: [0, 5, 1, 0],
         };
         let s = CounterSnapshot::from_per_cpu([&a, &b]);
-        assert_eq!((s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes), (11, 1100, 22, 2200));
+        assert_eq!(
+            (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes),
+            (11, 1100, 22, 2200)
+        );
         assert_eq!(s.dropped(DropReason::SpoofedSource), 1);
         assert_eq!(s.dropped(DropReason::NoRoute), 5);
         assert_eq!(s.dropped(DropReason::NotLocal), 1);

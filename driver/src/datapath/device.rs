@@ -266,12 +266,13 @@ impl AttachedDatapath {
             .map(|m| m.ino())
             .unwrap_or(0);
 
-        let mut ebpf = super::pool::WarmPool::global()
-            .take(sizes)
-            .map_err(|e| DatapathError::Load {
-                key: key.to_string(),
-                source: Box::new(e),
-            })?;
+        let mut ebpf =
+            super::pool::WarmPool::global()
+                .take(sizes)
+                .map_err(|e| DatapathError::Load {
+                    key: key.to_string(),
+                    source: Box::new(e),
+                })?;
         write_initial_policy(&mut ebpf, &key, &compiled)?;
 
         let thread_key = key.clone();
@@ -443,9 +444,10 @@ impl AttachedDatapath {
                     prefix,
                     // The kernel does not know where a prefix came from; a prefix that
                     // equals the subnet of a local address is reported as connected.
-                    origin: if locals.iter().any(|l| {
-                        l.addr() == prefix.addr() || prefix.contains(&l.addr())
-                    }) && prefix.prefix_len() < prefix.max_prefix_len()
+                    origin: if locals
+                        .iter()
+                        .any(|l| l.addr() == prefix.addr() || prefix.contains(&l.addr()))
+                        && prefix.prefix_len() < prefix.max_prefix_len()
                     {
                         PrefixOrigin::Connected
                     } else {
@@ -756,8 +758,7 @@ fn write_initial_policy(
         }
     }
     {
-        let mut loc6: HashMap<&mut MapData, [u8; 16], u8> =
-            typed_mut(ebpf, key, MAP_LOCAL_V6[0])?;
+        let mut loc6: HashMap<&mut MapData, [u8; 16], u8> = typed_mut(ebpf, key, MAP_LOCAL_V6[0])?;
         for a in &compiled.local_v6 {
             loc6.insert(a.octets(), 1, 0)
                 .map_err(|e| map_err(key, MAP_LOCAL_V6[0], e))?;
@@ -869,7 +870,11 @@ fn attach_in_netns(
                     .take_link(id)
                     .map_err(|e| prog_err(key, "nc_egress", e))?;
                 egress_link = Some(FdLink::try_from(link).map_err(|e| {
-                    map_err(key, "link egress", format!("TCX link is not an fd link: {e}"))
+                    map_err(
+                        key,
+                        "link egress",
+                        format!("TCX link is not an fd link: {e}"),
+                    )
                 })?);
                 meta.egress_mode = EgressMode::Tcx.code();
             }
@@ -877,16 +882,15 @@ fn attach_in_netns(
         }
     }
     if meta.egress_mode == 0 && matches!(options.egress, None | Some(EgressMode::Clsact)) {
-        let (prio, handle) = attach_clsact(egress, ifname, TcAttachType::Egress)
-            .map_err(|e| {
-                failures.push(format!("clsact: {e}"));
-                DatapathError::Attach {
-                    key: key.to_string(),
-                    direction: "egress",
-                    interface: ifname.to_string(),
-                    detail: failures.join("; "),
-                }
-            })?;
+        let (prio, handle) = attach_clsact(egress, ifname, TcAttachType::Egress).map_err(|e| {
+            failures.push(format!("clsact: {e}"));
+            DatapathError::Attach {
+                key: key.to_string(),
+                direction: "egress",
+                interface: ifname.to_string(),
+                detail: failures.join("; "),
+            }
+        })?;
         meta.egress_mode = EgressMode::Clsact.code();
         meta.egress_priority = prio;
         meta.egress_handle = handle;
@@ -904,7 +908,10 @@ fn attach_in_netns(
     let mut failures = Vec::new();
     let mut ingress_link = None;
     let want = options.ingress;
-    if matches!(want, None | Some(IngressMode::XdpNative) | Some(IngressMode::XdpGeneric)) {
+    if matches!(
+        want,
+        None | Some(IngressMode::XdpNative) | Some(IngressMode::XdpGeneric)
+    ) {
         let xdp: &mut Xdp = ebpf
             .program_mut(PROG_INGRESS_XDP)
             .ok_or_else(|| map_err(key, "program nc_ingress", "missing from the eBPF object"))?
@@ -940,14 +947,21 @@ fn attach_in_netns(
             }
         }
     }
-    if meta.ingress_mode == 0 && matches!(want, None | Some(IngressMode::Tcx) | Some(IngressMode::Clsact)) {
+    if meta.ingress_mode == 0
+        && matches!(
+            want,
+            None | Some(IngressMode::Tcx) | Some(IngressMode::Clsact)
+        )
+    {
         let tc_in: &mut SchedClassifier = ebpf
             .program_mut(PROG_INGRESS_TC)
             .ok_or_else(|| map_err(key, "program nc_ingress_tc", "missing from the eBPF object"))?
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
         if tc_in.fd().is_err() {
-            tc_in.load().map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
+            tc_in
+                .load()
+                .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
         }
         if want != Some(IngressMode::Clsact) {
             match tc_in.attach_with_options(

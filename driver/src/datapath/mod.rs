@@ -22,10 +22,10 @@ pub mod device;
 pub mod logs;
 pub mod object;
 pub mod pins;
-pub mod pool;
 pub mod policy;
+pub mod pool;
 
 pub use counters::CounterSnapshot;
 pub use device::{AttachedDatapath, DatapathError, EgressMode, IngressMode};
 pub use pins::{DatapathKey, PinLayout};
-pub use policy::{DataplaneKnobs, DatapathPolicy, Enforcement};
+pub use policy::{DatapathPolicy, DataplaneKnobs, Enforcement};

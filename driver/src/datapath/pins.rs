@@ -57,9 +57,9 @@ impl DatapathKey {
                 && value.len() <= 253
                 && value != "."
                 && value != ".."
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && value.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !ok {
                 return Err(InvalidKey {
                     field,

@@ -106,7 +106,9 @@ impl DatapathPolicy {
             wanted.insert(route.trunc(), PrefixOrigin::Route);
         }
         for addr in &self.addresses {
-            wanted.entry(addr.trunc()).or_insert(PrefixOrigin::Connected);
+            wanted
+                .entry(addr.trunc())
+                .or_insert(PrefixOrigin::Connected);
         }
         if wanted.len() > capacity as usize {
             return Err(TooManyPrefixes {
@@ -219,7 +221,10 @@ mod tests {
             ]
         );
         assert_eq!(c.local_v4, vec![Ipv4Addr::new(192, 0, 2, 10)]);
-        assert_eq!(c.local_v6, vec!["2001:db8::10".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(
+            c.local_v6,
+            vec!["2001:db8::10".parse::<Ipv6Addr>().unwrap()]
+        );
         assert_eq!(
             c.flags,
             flags::ENFORCE_ROUTES
@@ -235,8 +240,11 @@ mod tests {
         let first = policy(&["192.0.2.10/24"], &["198.51.100.0/24"])
             .compile(&BTreeMap::new(), 16)
             .unwrap();
-        let previous: BTreeMap<IpNet, u32> =
-            first.prefixes.iter().map(|a| (a.prefix, a.hit_index)).collect();
+        let previous: BTreeMap<IpNet, u32> = first
+            .prefixes
+            .iter()
+            .map(|a| (a.prefix, a.hit_index))
+            .collect();
         let second = policy(&["192.0.2.10/24"], &["203.0.113.0/24", "198.51.100.0/24"])
             .compile(&previous, 16)
             .unwrap();
@@ -257,7 +265,9 @@ mod tests {
             .compile(&BTreeMap::new(), 16)
             .unwrap();
         assert_eq!(c.flags, 0);
-        assert!(matches!(c.enforcement, Enforcement::CountOnly { ref reason } if reason.contains("no IP addresses")));
+        assert!(
+            matches!(c.enforcement, Enforcement::CountOnly { ref reason } if reason.contains("no IP addresses"))
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ impl WarmPool {
             .name("ebpf-warm".into())
             .spawn(move || {
                 loop {
-                    let need = self.spares.lock().map(|s| s.len() < SPARES).unwrap_or(false);
+                    let need = self
+                        .spares
+                        .lock()
+                        .map(|s| s.len() < SPARES)
+                        .unwrap_or(false);
                     if !need {
                         break;
                     }

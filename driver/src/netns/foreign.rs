@@ -212,7 +212,10 @@ pub async fn remove_foreign_programs(
     let mut removed = Vec::new();
 
     // TCX.
-    for (attach_type, label) in [(BPF_TCX_INGRESS, "tcx-ingress"), (BPF_TCX_EGRESS, "tcx-egress")] {
+    for (attach_type, label) in [
+        (BPF_TCX_INGRESS, "tcx-ingress"),
+        (BPF_TCX_EGRESS, "tcx-egress"),
+    ] {
         let attached = match tcx_query(ifindex, attach_type) {
             Ok(a) => a,
             // No TCX on this kernel or device: nothing attached that way.
@@ -260,15 +263,16 @@ pub async fn remove_foreign_programs(
     }
     if xdp_prog != 0 {
         let name = program_name(xdp_prog);
-        let by_link = all_link_ids().into_iter().find(|id| {
-            link_target(*id) == Some((BPF_LINK_TYPE_XDP, xdp_prog, ifindex))
-        });
+        let by_link = all_link_ids()
+            .into_iter()
+            .find(|id| link_target(*id) == Some((BPF_LINK_TYPE_XDP, xdp_prog, ifindex)));
         match by_link {
             Some(link) => detach_link(link).map_err(sys("BPF_LINK_DETACH (xdp)"))?,
             None => {
                 let mut msg = LinkMessage::default();
                 msg.header.index = ifindex;
-                msg.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(-1)]));
+                msg.attributes
+                    .push(LinkAttribute::Xdp(vec![LinkXdp::Fd(-1)]));
                 handle
                     .link()
                     .set(msg)
@@ -307,7 +311,9 @@ pub async fn remove_foreign_programs(
         let mut del = qdisc.del(ifindex as i32);
         del.message_mut().header.parent = TC_H_CLSACT.into();
         del.message_mut().header.handle = 0xFFFF_0000u32.into();
-        del.execute().await.map_err(nl("deleting the clsact qdisc"))?;
+        del.execute()
+            .await
+            .map_err(nl("deleting the clsact qdisc"))?;
         tc_progs.sort_unstable();
         tc_progs.dedup();
         for id in tc_progs {

@@ -112,7 +112,12 @@ fn frame_v4(dst: [u8; 4]) -> Vec<u8> {
 fn frame_v6(dst: [u8; 16]) -> Vec<u8> {
     let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
     p.extend([0x60, 0, 0, 0, 0, 26, 17, 64]);
-    p.extend("2001:db8::10".parse::<std::net::Ipv6Addr>().map(|a| a.octets()).unwrap_or([0; 16]));
+    p.extend(
+        "2001:db8::10"
+            .parse::<std::net::Ipv6Addr>()
+            .map(|a| a.octets())
+            .unwrap_or([0; 16]),
+    );
     p.extend(dst);
     p.extend([0x30, 0x39, 0x23, 0x28, 0, 26, 0, 0]);
     p.extend([0u8; 18]);
@@ -157,13 +162,23 @@ fn prog<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a SchedClassifier> {
 
 fn per_packet() -> Result<serde_json::Value> {
     const TC_ACT_OK: u32 = 0;
-    let sizes = MapSizes { prefixes: 65536 + 16 };
+    let sizes = MapSizes {
+        prefixes: 65536 + 16,
+    };
     let count_only = load_unattached(sizes, &DatapathPolicy::default())?;
     let pkt = frame_v4([10, 0, 0, 7]);
     let bare_ns = measure(prog(&count_only, "nc_bare")?, &pkt, TC_ACT_OK)?;
     let count_ns = measure(prog(&count_only, "nc_egress")?, &pkt, TC_ACT_OK)?;
-    println!("{:<34} {:>10.1} ns/packet", "bare pass-through (baseline)", bare_ns);
-    println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", "counting only", count_ns, count_ns / bare_ns);
+    println!(
+        "{:<34} {:>10.1} ns/packet",
+        "bare pass-through (baseline)", bare_ns
+    );
+    println!(
+        "{:<34} {:>10.1} ns/packet  ({:.2}x bare)",
+        "counting only",
+        count_ns,
+        count_ns / bare_ns
+    );
 
     let mut v4 = BTreeMap::new();
     let mut v6 = BTreeMap::new();
@@ -171,8 +186,17 @@ fn per_packet() -> Result<serde_json::Value> {
         let ebpf = load_unattached(sizes, &policy(prefixes_v4(n)))?;
         // Hit the last prefix inserted (deepest in key order).
         let i = n - 1;
-        let ns = measure(prog(&ebpf, "nc_egress")?, &frame_v4([10, (i >> 8) as u8, i as u8, 7]), TC_ACT_OK)?;
-        println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", format!("enforce IPv4, {n} prefixes"), ns, ns / bare_ns);
+        let ns = measure(
+            prog(&ebpf, "nc_egress")?,
+            &frame_v4([10, (i >> 8) as u8, i as u8, 7]),
+            TC_ACT_OK,
+        )?;
+        println!(
+            "{:<34} {:>10.1} ns/packet  ({:.2}x bare)",
+            format!("enforce IPv4, {n} prefixes"),
+            ns,
+            ns / bare_ns
+        );
         v4.insert(n.to_string(), ns);
         drop(ebpf);
 
@@ -183,7 +207,12 @@ fn per_packet() -> Result<serde_json::Value> {
         dst[5] = i as u8;
         dst[15] = 7;
         let ns = measure(prog(&ebpf, "nc_egress")?, &frame_v6(dst), TC_ACT_OK)?;
-        println!("{:<34} {:>10.1} ns/packet  ({:.2}x bare)", format!("enforce IPv6, {n} prefixes"), ns, ns / bare_ns);
+        println!(
+            "{:<34} {:>10.1} ns/packet  ({:.2}x bare)",
+            format!("enforce IPv6, {n} prefixes"),
+            ns,
+            ns / bare_ns
+        );
         v6.insert(n.to_string(), ns);
     }
     let ratio16 = v4.get("16").copied().unwrap_or(f64::NAN) / bare_ns;
@@ -212,7 +241,16 @@ fn iperf(net: &PodWire, seconds: u32) -> Result<f64> {
     let out = net
         .pod
         .command("iperf3")
-        .args(["-c", "192.0.2.1", "-p", "5201", "-B", "192.0.2.10", "-J", "-t"])
+        .args([
+            "-c",
+            "192.0.2.1",
+            "-p",
+            "5201",
+            "-B",
+            "192.0.2.10",
+            "-J",
+            "-t",
+        ])
         .arg(seconds.to_string())
         .output()?;
     let _ = server.kill();
@@ -238,7 +276,8 @@ fn throughput() -> Result<serde_json::Value> {
     for round in 0..3 {
         bare.push(iperf(&net, 3)?);
         let key = DatapathKey::new("bench", "throughput", format!("r{round}"))?;
-        let dp = AttachedDatapath::attach(&layout, key, &pod, POD_IF, &p, AttachOptions::default())?;
+        let dp =
+            AttachedDatapath::attach(&layout, key, &pod, POD_IF, &p, AttachOptions::default())?;
         with.push(iperf(&net, 3)?);
         let c = dp.counters()?;
         if c.drops.values().any(|d| *d > 0) {
@@ -248,9 +287,18 @@ fn throughput() -> Result<serde_json::Value> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (b, w) = (mean(&bare), mean(&with));
-    println!("{:<34} {:>10.2} Gbit/s  (runs {:?})", "TCP over veth, bare", b, bare);
-    println!("{:<34} {:>10.2} Gbit/s  (runs {:?})", "TCP over veth, with datapath", w, with);
-    println!("throughput ratio (with / without): {:.3}  (target >= 0.95)", w / b);
+    println!(
+        "{:<34} {:>10.2} Gbit/s  (runs {:?})",
+        "TCP over veth, bare", b, bare
+    );
+    println!(
+        "{:<34} {:>10.2} Gbit/s  (runs {:?})",
+        "TCP over veth, with datapath", w, with
+    );
+    println!(
+        "throughput ratio (with / without): {:.3}  (target >= 0.95)",
+        w / b
+    );
     Ok(json!({
         "throughput_bare_gbps": b,
         "throughput_datapath_gbps": w,
@@ -268,7 +316,9 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "bench/results/datapath.json".into());
-    println!("== datapath benchmark (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, median) ==");
+    println!(
+        "== datapath benchmark (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, median) =="
+    );
     let mut result = per_packet()?;
     println!("== TCP throughput through a veth pair (iperf3, 3 x 3 s each) ==");
     let t = throughput()?;

@@ -19,7 +19,14 @@ fn main() -> Result<()> {
     let layout = PinLayout::new(root);
     let key = DatapathKey::new(ns.as_str(), claim.as_str(), device.as_str())?;
     let netns = Netns::open(netns)?;
-    let dp = AttachedDatapath::attach(&layout, key, &netns, ifname, &policy, AttachOptions::default())?;
+    let dp = AttachedDatapath::attach(
+        &layout,
+        key,
+        &netns,
+        ifname,
+        &policy,
+        AttachOptions::default(),
+    )?;
     println!("{}", serde_json::to_string(&dp.info()?)?);
     // Exit without detaching: the pins own everything now.
     Ok(())

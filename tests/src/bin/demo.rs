@@ -33,7 +33,10 @@ impl Narrator for Loud {
         }
     }
     fn progress(&self, what: &str, elapsed: Duration) {
-        print!("\r    … waiting for {what} ({:.1} s)", elapsed.as_secs_f64());
+        print!(
+            "\r    … waiting for {what} ({:.1} s)",
+            elapsed.as_secs_f64()
+        );
         let _ = std::io::stdout().flush();
     }
 }
@@ -54,7 +57,9 @@ const N: u32 = 20;
 
 fn main() -> Result<()> {
     let started = Instant::now();
-    println!("netclaim demo: fake API server, kubelet and NRI runtime; real namespaces, veth and eBPF");
+    println!(
+        "netclaim demo: fake API server, kubelet and NRI runtime; real namespaces, veth and eBPF"
+    );
     let topo = Arc::new(Topology::new("demo")?);
     let names = [
         topo.node.name().to_string(),
@@ -63,49 +68,94 @@ fn main() -> Result<()> {
     ];
     let bpf_root = topo.bpf.path().to_path_buf();
     let t = topo.clone();
-    let result = run_in_netns(&topo.node.path().to_path_buf(), move || async move {
+    let result = run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let n = &Loud;
         let mut c = bring_up(&topo, Mode::Current, n).await?;
 
         n.step(3, "a claim with a static address, a route and enforcement, allocated to eth1 and prepared");
-        let claim_obj = claim("web", "uid-web", &c.device, "web-0", "pod-uid-web", good_parameters());
-        n.show("ResourceClaim (as the scheduler allocated it)", &serde_yaml::to_string(&claim_obj)?);
+        let claim_obj = claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        );
+        n.show(
+            "ResourceClaim (as the scheduler allocated it)",
+            &serde_yaml::to_string(&claim_obj)?,
+        );
         c.api.put(claim_obj)?;
         let err = prepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "prepare failed: {err}");
         println!("    NodePrepareResources: ok");
 
-        n.step(4, "the pod starts (RunPodSandbox): eth1 moves in as net1, configured, data path attached");
+        n.step(
+            4,
+            "the pod starts (RunPodSandbox): eth1 moves in as net1, configured, data path attached",
+        );
         let before = link_facts(&topo.node, NIC)?;
-        n.show("eth1 on the node before", &format!("mtu {} addresses {:?}", before.0, before.1));
+        n.show(
+            "eth1 on the node before",
+            &format!("mtu {} addresses {:?}", before.0, before.1),
+        );
         let out = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(out.status.is_ok(), "RunPodSandbox failed: {:?}", out.status);
-        println!("    RunPodSandbox: ok in {:.1} ms (measured by the runtime)", out.latency.as_secs_f64() * 1e3);
-        n.show("inside the pod", &format!(
-            "{}{}",
-            String::from_utf8_lossy(&topo.pod.ip(&["addr", "show", POD_IF])?.stdout),
-            String::from_utf8_lossy(&topo.pod.ip(&["route"])?.stdout)
-        ));
+        println!(
+            "    RunPodSandbox: ok in {:.1} ms (measured by the runtime)",
+            out.latency.as_secs_f64() * 1e3
+        );
+        n.show(
+            "inside the pod",
+            &format!(
+                "{}{}",
+                String::from_utf8_lossy(&topo.pod.ip(&["addr", "show", POD_IF])?.stdout),
+                String::from_utf8_lossy(&topo.pod.ip(&["route"])?.stdout)
+            ),
+        );
 
-        n.step(5, "traffic: an allowed destination passes, a forbidden one is dropped");
+        n.step(
+            5,
+            "traffic: an allowed destination passes, a forbidden one is dropped",
+        );
         let (allowed, forbidden) = tokio::task::block_in_place(|| traffic(&topo, N))?;
         println!("    to 198.51.100.1 (route in the claim):      {allowed}/{N} arrived");
         println!("    to 203.0.113.1 (route added inside the pod, not in the claim): {forbidden}/{N} arrived");
-        ensure!(allowed == u64::from(N) && forbidden == 0, "enforcement did not behave");
+        ensure!(
+            allowed == u64::from(N) && forbidden == 0,
+            "enforcement did not behave"
+        );
 
-        n.step(6, "the claim's status: conditions, networkData and live counters");
-        let entry = wait_for(n, "the status refresh with counters", Duration::from_secs(20), || {
-            let e = status_entry(&c.api, "web")?;
-            (e["data"]["counters"]["drops"]["no_route"] == json!(N)).then_some(e)
-        })
+        n.step(
+            6,
+            "the claim's status: conditions, networkData and live counters",
+        );
+        let entry = wait_for(
+            n,
+            "the status refresh with counters",
+            Duration::from_secs(20),
+            || {
+                let e = status_entry(&c.api, "web")?;
+                (e["data"]["counters"]["drops"]["no_route"] == json!(N)).then_some(e)
+            },
+        )
         .await?;
         println!();
-        let claim_now = c.api.get("ResourceClaim", "default", "web").context("claim")?;
-        n.show("kubectl get resourceclaim web -o yaml (status)", &serde_yaml::to_string(&claim_now["status"])?);
+        let claim_now = c
+            .api
+            .get("ResourceClaim", "default", "web")
+            .context("claim")?;
+        n.show(
+            "kubectl get resourceclaim web -o yaml (status)",
+            &serde_yaml::to_string(&claim_now["status"])?,
+        );
         ensure!(condition(&entry, "Ready").is_some_and(|c| c["status"] == "True"));
 
-        n.step(7, "what is attached, as bpftool and netclaim inspect see it");
+        n.step(
+            7,
+            "what is attached, as bpftool and netclaim inspect see it",
+        );
         let dp = &entry["data"]["datapath"];
         let prog = dp["egressProgramId"].as_u64().unwrap_or(0).to_string();
         let prog_in = dp["ingressProgramId"].as_u64().unwrap_or(0).to_string();
@@ -113,21 +163,42 @@ fn main() -> Result<()> {
         let link_pin = pin_dir.join("link_egress").display().to_string();
         let rt_pin = pin_dir.join("NC_RT4_A").display().to_string();
         let bpf_root = topo.bpf.path().display().to_string();
-        n.show("bpftool", &[
-            sh("bpftool", &["prog", "show", "id", &prog]),
-            sh("bpftool", &["prog", "show", "id", &prog_in]),
-            sh("bpftool", &["link", "show", "pinned", &link_pin]),
-            sh("bpftool", &["map", "dump", "pinned", &rt_pin]),
-        ].join(""));
+        n.show(
+            "bpftool",
+            &[
+                sh("bpftool", &["prog", "show", "id", &prog]),
+                sh("bpftool", &["prog", "show", "id", &prog_in]),
+                sh("bpftool", &["link", "show", "pinned", &link_pin]),
+                sh("bpftool", &["map", "dump", "pinned", &rt_pin]),
+            ]
+            .join(""),
+        );
         let bin = netclaim_binary()?.display().to_string();
-        n.show("netclaim inspect", &sh(&bin, &["inspect", "--bpf-root", &bpf_root]));
+        n.show(
+            "netclaim inspect",
+            &sh(&bin, &["inspect", "--bpf-root", &bpf_root]),
+        );
 
-        n.step(8, "the pod stops: data path detached, eth1 home and restored, claim unprepared");
+        n.step(
+            8,
+            "the pod stops: data path detached, eth1 home and restored, claim unprepared",
+        );
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(stop.status.is_ok() && remove.status.is_ok(), "stop {:?} / remove {:?}", stop.status, remove.status);
+        ensure!(
+            stop.status.is_ok() && remove.status.is_ok(),
+            "stop {:?} / remove {:?}",
+            stop.status,
+            remove.status
+        );
         let after = link_facts(&topo.node, NIC)?;
-        n.show("eth1 on the node after", &format!("mtu {} addresses {:?}", after.0, after.1));
-        ensure!(after == before, "eth1 not restored: before {before:?}, after {after:?}");
+        n.show(
+            "eth1 on the node after",
+            &format!("mtu {} addresses {:?}", after.0, after.1),
+        );
+        ensure!(
+            after == before,
+            "eth1 not restored: before {before:?}, after {after:?}"
+        );
         let err = unprepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "unprepare: {err}");
         println!("    NodeUnprepareResources: ok");
@@ -143,7 +214,14 @@ fn main() -> Result<()> {
         let log = topo.dir.path().join("netclaim.log");
         if let Ok(text) = std::fs::read_to_string(&log) {
             eprintln!("--- last lines of the driver log");
-            for line in text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev() {
+            for line in text
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 eprintln!("    {line}");
             }
         }
@@ -151,12 +229,23 @@ fn main() -> Result<()> {
     drop(topo);
 
     Loud.step(10, "nothing left behind");
-    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout).into_owned();
-    let leftover_ns: Vec<&String> = names.iter().filter(|n| netns.contains(n.as_str())).collect();
+    let netns =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
+            .into_owned();
+    let leftover_ns: Vec<&String> = names
+        .iter()
+        .filter(|n| netns.contains(n.as_str()))
+        .collect();
     println!("    network namespaces left: {leftover_ns:?}");
     println!("    bpffs directory left: {}", bpf_root.exists());
-    ensure!(leftover_ns.is_empty() && !bpf_root.exists(), "cleanup incomplete");
+    ensure!(
+        leftover_ns.is_empty() && !bpf_root.exists(),
+        "cleanup incomplete"
+    );
     result?;
-    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
