@@ -336,7 +336,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut status_config = StatusConfig::new(args.driver_name.clone(), args.bpf_root.clone());
     status_config.interval = args.status_interval;
-    let mut writer = StatusWriter::new(client.clone(), status_config).with_health(health_tx);
+    let write_errors = metrics.clone();
+    let mut writer = StatusWriter::new(client.clone(), status_config)
+        .with_health(health_tx)
+        .on_write_error(move || write_errors.status_write_failed());
     writer.seed(&store);
     let status_task = tokio::spawn(writer.run(status_rx, stop_rx));
 

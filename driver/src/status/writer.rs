@@ -132,6 +132,7 @@ pub struct StatusWriter {
     layout: PinLayout,
     health: Option<watch::Sender<Vec<DeviceHealth>>>,
     claims: BTreeMap<String, ClaimStatus>,
+    on_write_error: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl StatusWriter {
@@ -143,7 +144,14 @@ impl StatusWriter {
             layout,
             health: None,
             claims: BTreeMap::new(),
+            on_write_error: None,
         }
+    }
+
+    /// Calls `hook` for every status write that failed after its retries (metrics).
+    pub fn on_write_error(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_write_error = Some(Box::new(hook));
+        self
     }
 
     /// Also publish device health on `sender` (the kubelet health stream's list).
@@ -405,7 +413,12 @@ impl StatusWriter {
                 tracing::info!(claim = %claim, "claim gone; dropping its status entries");
                 self.claims.remove(uid);
             }
-            Err(err) => tracing::warn!("{err}"),
+            Err(err) => {
+                tracing::warn!("{err}");
+                if let Some(hook) = &self.on_write_error {
+                    hook();
+                }
+            }
         }
     }
 
