@@ -14,6 +14,7 @@
 //! child process started from there) looks for it.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -38,6 +39,25 @@ pub const NIC: &str = "eth1";
 pub const POD_IF: &str = "net1";
 pub const ALLOWED: &str = "198.51.100.1:9000";
 pub const FORBIDDEN: &str = "203.0.113.1:9000";
+/// Where the driver serves /metrics, /healthz and /readyz (node namespace loopback).
+pub const METRICS: &str = "127.0.0.1:9177";
+
+/// A plain HTTP/1.1 GET against the driver's metrics address: (status code, body).
+pub fn http_get(path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(METRICS)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
 
 /// How the scenario talks to a human (demo) or not (tests).
 pub trait Narrator: Send + Sync {
@@ -149,7 +169,14 @@ impl Driver {
         let log = topo.dir.path().join("netclaim.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(netclaim_binary()?)
-            .args(["--log", "info,netclaim=debug", "run", "--node-name", NODE, "--kubeconfig"])
+            .args([
+                "--log",
+                "info,netclaim=debug",
+                "run",
+                "--node-name",
+                NODE,
+                "--kubeconfig",
+            ])
             .arg(kubeconfig)
             .arg("--kubelet-dir")
             .arg(topo.kubelet_dir())
@@ -159,7 +186,13 @@ impl Driver {
             .arg(topo.bpf.path())
             .arg("--nri-socket")
             .arg(topo.nri_socket())
-            .args(["--metrics-address", "127.0.0.1:0", "--status-interval", status_interval])
+            .args([
+                // The node namespace has its own loopback: a fixed port cannot collide.
+                "--metrics-address",
+                METRICS,
+                "--status-interval",
+                status_interval,
+            ])
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -227,7 +260,14 @@ pub async fn wait_for<T>(
 }
 
 /// A claim allocated to the node's NIC the way the scheduler would, reserved for one pod.
-pub fn claim(name: &str, uid: &str, device: &str, pod_name: &str, pod_uid: &str, parameters: Value) -> Value {
+pub fn claim(
+    name: &str,
+    uid: &str,
+    device: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    parameters: Value,
+) -> Value {
     json!({
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -267,7 +307,20 @@ pub struct Cluster {
 
 /// Steps 1–2: stand-ins and driver up, registered, devices published.
 pub async fn bring_up(topo: &Topology, mode: Mode, narrator: &dyn Narrator) -> Result<Cluster> {
-    narrator.step(1, "start the fake API server, the fake NRI runtime and `netclaim run` in the node namespace");
+    bring_up_with(topo, RuntimeConfig::new(mode), narrator).await
+}
+
+/// [`bring_up`] with a runtime configuration of the caller's choosing (e.g. a larger
+/// hook budget for a benchmark that sends many hooks at once).
+pub async fn bring_up_with(
+    topo: &Topology,
+    config: RuntimeConfig,
+    narrator: &dyn Narrator,
+) -> Result<Cluster> {
+    narrator.step(
+        1,
+        "start the fake API server, the fake NRI runtime and `netclaim run` in the node namespace",
+    );
     let api = FakeApiServer::start().await?;
     api.put(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": "node-uid-1"}}))?;
     api.put(json!({
@@ -275,29 +328,44 @@ pub async fn bring_up(topo: &Topology, mode: Mode, narrator: &dyn Narrator) -> R
         "metadata": {"name": DRIVER},
         "spec": {"selectors": [{"cel": {"expression": format!("device.driver == \"{DRIVER}\"")}}]}
     }))?;
-    let runtime = FakeRuntime::start(topo.nri_socket(), RuntimeConfig::new(mode)).await?;
+    let runtime = FakeRuntime::start(topo.nri_socket(), config).await?;
     let driver = Driver::start(topo, api.kubeconfig_path(), "1s")?;
     let kubelet = FakeKubelet::new(topo.kubelet_dir());
     let registered = kubelet
         .wait_and_register(DRIVER, Verdict::Accept, Duration::from_secs(20))
         .await
         .with_context(|| format!("registration; driver log:\n{}", driver.log_text()))?;
-    narrator.show("kubelet registration (GetInfo)", &format!("{:#?}", registered.info));
+    narrator.show(
+        "kubelet registration (GetInfo)",
+        &format!("{:#?}", registered.info),
+    );
     let reg = runtime
         .wait_registered(Duration::from_secs(20))
         .await
         .with_context(|| format!("NRI registration; driver log:\n{}", driver.log_text()))?;
-    narrator.show("NRI registration", &format!("plugin {} index {} events {:#x}", reg.name, reg.idx, reg.events));
+    narrator.show(
+        "NRI registration",
+        &format!(
+            "plugin {} index {} events {:#x}",
+            reg.name, reg.idx, reg.events
+        ),
+    );
     let dra = registered.dra(DraVersion::V1).await?;
 
     narrator.step(2, "devices published as a ResourceSlice");
-    let slice = wait_for(narrator, "the ResourceSlice with eth1", Duration::from_secs(20), || {
-        api.list("ResourceSlice").into_iter().find(|s| {
-            s["spec"]["devices"].as_array().is_some_and(|d| {
-                d.iter().any(|d| d["attributes"][format!("{DRIVER}/ifName")]["string"] == NIC)
+    let slice = wait_for(
+        narrator,
+        "the ResourceSlice with eth1",
+        Duration::from_secs(20),
+        || {
+            api.list("ResourceSlice").into_iter().find(|s| {
+                s["spec"]["devices"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|d| d["attributes"][format!("{DRIVER}/ifName")]["string"] == NIC)
+                })
             })
-        })
-    })
+        },
+    )
     .await
     .with_context(|| format!("driver log:\n{}", driver.log_text()))?;
     let device = slice["spec"]["devices"]
@@ -346,12 +414,29 @@ pub async fn unprepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
 }
 
 pub async fn run_pod(c: &Cluster, topo: &Topology, uid: &str, name: &str) -> HookOutcome {
-    let p = pod(&format!("sandbox-{uid}"), "default", name, uid, &topo.pod.path().display().to_string());
+    let p = pod(
+        &format!("sandbox-{uid}"),
+        "default",
+        name,
+        uid,
+        &topo.pod.path().display().to_string(),
+    );
     c.runtime.run_pod(&p).await
 }
 
-pub async fn stop_pod(c: &Cluster, topo: &Topology, uid: &str, name: &str) -> (HookOutcome, HookOutcome) {
-    let p = pod(&format!("sandbox-{uid}"), "default", name, uid, &topo.pod.path().display().to_string());
+pub async fn stop_pod(
+    c: &Cluster,
+    topo: &Topology,
+    uid: &str,
+    name: &str,
+) -> (HookOutcome, HookOutcome) {
+    let p = pod(
+        &format!("sandbox-{uid}"),
+        "default",
+        name,
+        uid,
+        &topo.pod.path().display().to_string(),
+    );
     let stop = c.runtime.stop_pod(&p).await;
     let remove = c.runtime.remove_pod(&p).await;
     (stop, remove)
@@ -363,7 +448,15 @@ pub fn traffic(topo: &Topology, n: u32) -> Result<(u64, u64)> {
     let pod = topo.pod.open();
     let wire = topo.wire.open();
     // Something in the pod routes around the claim: the data path must still drop it.
-    topo.pod.ip(&["route", "replace", "203.0.113.0/24", "via", "192.0.2.1", "dev", POD_IF])?;
+    topo.pod.ip(&[
+        "route",
+        "replace",
+        "203.0.113.0/24",
+        "via",
+        "192.0.2.1",
+        "dev",
+        POD_IF,
+    ])?;
     let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
     let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
     let src: SocketAddr = "192.0.2.10:0".parse()?;
@@ -410,4 +503,149 @@ pub fn link_facts(ns: &TestNetns, link: &str) -> Result<(u64, Vec<String>)> {
         })
         .unwrap_or_default();
     Ok((mtu, addrs))
+}
+
+// ---------------------------------------------------------------------------------
+// Several NICs and claims with several devices (`cargo xtask bench pod-start`).
+// ---------------------------------------------------------------------------------
+
+/// The node's `i`-th NIC in a [`Topology::with_nics`] topology (`eth1` is the first).
+pub fn nic_name(i: usize) -> String {
+    format!("eth{i}")
+}
+
+impl Topology {
+    /// [`Topology::new`] plus `eth2..ethK` in the node namespace, each a veth whose peer
+    /// `peer2..peerK` is in the wire namespace; up, no addresses (`eth1` is as in `new`).
+    pub fn with_nics(tag: &str, k: usize) -> Result<Self> {
+        let topo = Self::new(tag)?;
+        for i in 2..=k {
+            veth(&topo.node, &nic_name(i), &topo.wire, &format!("peer{i}"))?;
+        }
+        Ok(topo)
+    }
+}
+
+/// Waits until the published ResourceSlices carry a device for every one of
+/// `ifnames`; returns interface name → device name.
+pub async fn wait_devices(
+    c: &Cluster,
+    narrator: &dyn Narrator,
+    ifnames: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>> {
+    let key = format!("{DRIVER}/ifName");
+    wait_for(
+        narrator,
+        "a published device for every NIC",
+        timeout,
+        || {
+            let mut found = BTreeMap::new();
+            for slice in c.api.list("ResourceSlice") {
+                for d in slice["spec"]["devices"].as_array().into_iter().flatten() {
+                    if let (Some(ifname), Some(name)) =
+                        (d["attributes"][&key]["string"].as_str(), d["name"].as_str())
+                    {
+                        if ifnames.iter().any(|n| n == ifname) {
+                            found.insert(ifname.to_string(), name.to_string());
+                        }
+                    }
+                }
+            }
+            (found.len() == ifnames.len()).then_some(found)
+        },
+    )
+    .await
+    .with_context(|| format!("driver log:\n{}", c.driver.log_text()))
+}
+
+/// One allocated device of a claim: its request, the published device, its config.
+#[derive(Clone, Debug)]
+pub struct ClaimDevice {
+    pub request: String,
+    pub device: String,
+    pub parameters: Value,
+}
+
+/// A claim with one request per device, each with its own config entry, allocated the
+/// way the scheduler would and reserved for one pod.
+pub fn claim_with_devices(
+    name: &str,
+    uid: &str,
+    devices: &[ClaimDevice],
+    pod_name: &str,
+    pod_uid: &str,
+) -> Value {
+    let requests: Vec<Value> = devices
+        .iter()
+        .map(|d| json!({"name": d.request, "exactly": {"deviceClassName": DRIVER}}))
+        .collect();
+    let spec_config: Vec<Value> = devices
+        .iter()
+        .map(|d| json!({"requests": [d.request], "opaque": {"driver": DRIVER, "parameters": d.parameters}}))
+        .collect();
+    let results: Vec<Value> = devices
+        .iter()
+        .map(|d| json!({"request": d.request, "driver": DRIVER, "pool": NODE, "device": d.device}))
+        .collect();
+    let alloc_config: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            json!({"source": "FromClaim", "requests": [d.request],
+                   "opaque": {"driver": DRIVER, "parameters": d.parameters}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"devices": {"requests": requests, "config": spec_config}},
+        "status": {
+            "allocation": {"devices": {"results": results, "config": alloc_config}},
+            "reservedFor": [{"resource": "pods", "name": pod_name, "uid": pod_uid}]
+        }
+    })
+}
+
+/// The happy-path config for the `j`-th interface of a pod (1-based, up to 16): named
+/// `net{j}`, its own /28 of 192.0.2.0/24, a route to its own /28 of 198.51.100.0/24,
+/// enforcement on; so up to 16 interfaces coexist in one pod.
+pub fn indexed_parameters(j: usize) -> Value {
+    let base = 16 * ((j.max(1) - 1) % 16);
+    json!({
+        "interface": {"name": format!("net{j}"), "addresses": [format!("192.0.2.{}/28", base + 10)], "mtu": 1500},
+        "routes": [{"destination": format!("198.51.100.{base}/28"), "gateway": format!("192.0.2.{}", base + 1)}],
+        "dataplane": {"enforceRoutes": true, "antiSpoofing": true, "ingressFilter": true}
+    })
+}
+
+/// [`run_pod`] into a namespace of the caller's choosing.
+pub async fn run_pod_in(c: &Cluster, netns: &Path, uid: &str, name: &str) -> HookOutcome {
+    let p = pod(
+        &format!("sandbox-{uid}"),
+        "default",
+        name,
+        uid,
+        &netns.display().to_string(),
+    );
+    c.runtime.run_pod(&p).await
+}
+
+/// [`stop_pod`] of a pod started with [`run_pod_in`]: (StopPodSandbox, RemovePodSandbox).
+pub async fn stop_pod_in(
+    c: &Cluster,
+    netns: &Path,
+    uid: &str,
+    name: &str,
+) -> (HookOutcome, HookOutcome) {
+    let p = pod(
+        &format!("sandbox-{uid}"),
+        "default",
+        name,
+        uid,
+        &netns.display().to_string(),
+    );
+    let stop = c.runtime.stop_pod(&p).await;
+    let remove = c.runtime.remove_pod(&p).await;
+    (stop, remove)
 }
