@@ -63,6 +63,17 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
         );
 
         let (allowed, forbidden) = tokio::task::block_in_place(|| traffic(&topo, N))?;
+        // The device is inside the pod, and still published.
+        let published = c.api.list("ResourceSlice").iter().any(|s| {
+            s["spec"]["devices"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == c.device.as_str()))
+        });
+        ensure!(
+            published,
+            "{} vanished from the ResourceSlices while in use",
+            c.device
+        );
         ensure!(
             allowed == u64::from(N),
             "allowed traffic: {allowed}/{N} arrived"
@@ -113,12 +124,20 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
         // Health and metrics reflect the real state.
         let (code, ready) = tokio::task::block_in_place(|| scenario::http_get("/readyz"))
             .with_context(|| c.driver.log_text())?;
-        ensure!(code == 200 && !ready.contains("[-]"), "readyz {code}: {ready}");
+        ensure!(
+            code == 200 && !ready.contains("[-]"),
+            "readyz {code}: {ready}"
+        );
         let (code, metrics) = tokio::task::block_in_place(|| scenario::http_get("/metrics"))?;
         ensure!(code == 200, "metrics {code}");
         let drops = format!("netclaim_datapath_drops_total{{claim=\"default/web\",device=\"{}\",reason=\"no_route\"}} {N}", c.device);
         ensure!(metrics.contains(&drops), "missing {drops} in\n{metrics}");
-        ensure!(metrics.contains("netclaim_nri_requests_total{method=\"RunPodSandbox\",outcome=\"success\"} 1"), "{metrics}");
+        ensure!(
+            metrics.contains(
+                "netclaim_nri_requests_total{method=\"RunPodSandbox\",outcome=\"success\"} 1"
+            ),
+            "{metrics}"
+        );
         ensure!(metrics.contains("netclaim_dra_requests_total{method=\"NodePrepareResources\",outcome=\"success\"} 1"), "{metrics}");
 
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;

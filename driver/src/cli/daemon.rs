@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::PinLayout,
-    inventory::{Device, DeviceFilter, InventoryOptions, InventoryWatcher},
+    inventory::{Device, DeviceFilter, Inventory, InventoryOptions, InventoryWatcher},
     kubelet::{
         self, prepare::Preparer, ClaimPreparer, ClaimRef, KubeletPluginConfig, PrepareResults,
         UnprepareResults,
@@ -104,10 +104,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Counts and times DRA calls, then delegates.
+/// Counts and times DRA calls, delegates, and tells the inventory right away which
+/// devices are claimed (so a device moving into a pod never drops out of the slices).
 struct MeteredPreparer {
     inner: Arc<dyn ClaimPreparer>,
     metrics: Arc<Metrics>,
+    claimed_changed: Box<dyn Fn() + Send + Sync>,
 }
 
 #[async_trait::async_trait]
@@ -118,6 +120,7 @@ impl ClaimPreparer for MeteredPreparer {
         let ok = results.values().all(Result::is_ok);
         self.metrics
             .observe_dra("NodePrepareResources", ok, started.elapsed());
+        (self.claimed_changed)();
         results
     }
 
@@ -127,6 +130,7 @@ impl ClaimPreparer for MeteredPreparer {
         let ok = results.values().all(Result::is_ok);
         self.metrics
             .observe_dra("NodeUnprepareResources", ok, started.elapsed());
+        (self.claimed_changed)();
         results
     }
 }
@@ -240,16 +244,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Some(expr) => Some(DeviceFilter::new(expr).context("--filter")?),
         None => None,
     };
+    let inventory_options = InventoryOptions {
+        driver_name: args.driver_name.clone(),
+        filter,
+        ..InventoryOptions::default()
+    };
     let inventory = Arc::new(
-        InventoryWatcher::start(
-            host.clone(),
-            InventoryOptions {
-                driver_name: args.driver_name.clone(),
-                filter,
-                ..InventoryOptions::default()
-            },
-        )
-        .context("starting the inventory")?,
+        InventoryWatcher::start(host.clone(), inventory_options.clone())
+            .context("starting the inventory")?,
     );
     let devices = inventory.subscribe();
     let publisher = Publisher::start(
@@ -273,26 +275,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         });
     }
-    // Prepared devices stay published while they are inside pods (and absent here).
-    {
+    // Prepared devices stay published while they are inside pods (and absent here):
+    // pinned at once on every prepare/unprepare, and re-checked every 5 s.
+    let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
         let (store, inventory) = (store.clone(), inventory.clone());
+        Arc::new(move || {
+            let claimed: std::collections::BTreeSet<String> = store
+                .list()
+                .map(|claims| {
+                    claims
+                        .into_iter()
+                        .flat_map(|c| c.plans.into_iter().map(|p| p.device))
+                        .collect()
+                })
+                .unwrap_or_default();
+            inventory.pin_in_use(claimed);
+        })
+    };
+    pin_claimed();
+    {
+        let pin_claimed = pin_claimed.clone();
         tokio::spawn(async move {
-            let mut last = std::collections::BTreeSet::new();
             loop {
-                let in_use: std::collections::BTreeSet<String> = store
-                    .list()
-                    .map(|claims| {
-                        claims
-                            .into_iter()
-                            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if in_use != last {
-                    inventory.pin_in_use(in_use.clone());
-                    last = in_use;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                pin_claimed();
             }
         });
     }
@@ -307,6 +313,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             kubelet::prepare::network_config_parser(),
         )),
         metrics: metrics.clone(),
+        claimed_changed: {
+            let pin_claimed = pin_claimed.clone();
+            Box::new(move || pin_claimed())
+        },
     });
     let plugin = kubelet::serve(
         KubeletPluginConfig::new(&args.kubelet_dir, &args.driver_name),
@@ -345,14 +355,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let node = args.node_name.clone();
     let resolver_devices = devices.clone();
+    let (scan_host, scan_opts) = (host.clone(), inventory_options.clone());
     let resolver = move |pool: &str, device: &str| -> Option<String> {
         if pool != node {
             return None;
         }
         let list: Arc<Vec<Device>> = resolver_devices.borrow().clone();
-        list.iter()
-            .find(|d| d.name == device)
-            .map(|d| d.ifname.clone())
+        if let Some(d) = list.iter().find(|d| d.name == device) {
+            return Some(d.ifname.clone());
+        }
+        // The watcher may not have rescanned yet (a device that just came home from
+        // another pod): ask the kernel directly.
+        match Inventory::scan(&scan_host, &scan_opts) {
+            Ok(fresh) => fresh
+                .into_iter()
+                .find(|d| d.name == device)
+                .map(|d| d.ifname),
+            Err(e) => {
+                tracing::warn!(device, error = %e, "inventory rescan for the resolver failed");
+                None
+            }
+        }
     };
     let mut lifecycle = LifecycleConfig::new(&args.bpf_root);
     lifecycle.dataplane = args.dataplane == Dataplane::On;
