@@ -252,3 +252,74 @@ fn configure_failure_sends_device_home_and_reports_false() {
     .unwrap();
     let _ = scenario::DRIVER;
 }
+
+#[test]
+fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
+    let topo = Arc::new(Topology::new("e2k").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        let err = prepare(&c, "web", "uid-web").await?;
+        ensure!(err.is_empty(), "prepare failed: {err}");
+        let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
+
+        // The driver stops; its checkpoint is damaged while it is down.
+        ensure!(c.driver.stop()? == Some(0));
+        let checkpoint = topo.dir.path().join("state/checkpoint.redb");
+        ensure!(
+            checkpoint.exists(),
+            "no checkpoint at {}",
+            checkpoint.display()
+        );
+        std::fs::write(&checkpoint, b"this is not a redb file")?;
+
+        c.driver = scenario::Driver::start(&topo, c.api.kubeconfig_path(), "1s")?;
+        c.runtime
+            .wait_registration_after(before.generation, Duration::from_secs(20))
+            .await
+            .with_context(|| c.driver.log_text())?;
+        // No new prepare: the plan must come back from the API server.
+        let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        ensure!(
+            started.status.is_ok(),
+            "RunPodSandbox after rebuild: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        let (_, addrs) = link_facts(&topo.pod, POD_IF)?;
+        ensure!(addrs == vec!["192.0.2.10/24".to_string()], "{addrs:?}");
+        let log = c.driver.log_text();
+        ensure!(
+            log.contains("checkpoint is corrupt"),
+            "corruption not reported:\n{log}"
+        );
+        ensure!(
+            log.contains("checkpoint rebuilt from the API server"),
+            "{log}"
+        );
+        ensure!(
+            std::fs::read_dir(topo.dir.path().join("state"))?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".corrupt-")),
+            "the corrupt file was not kept aside"
+        );
+        let (stop, _) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        ensure!(stop.status.is_ok(), "{:?}", stop.status);
+        let (mtu, addrs) = link_facts(&topo.node, NIC)?;
+        ensure!(
+            mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
+            "restored: {mtu} {addrs:?}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

@@ -175,6 +175,67 @@ impl PodHandler for MeteredPods {
     }
 }
 
+/// After a corrupt checkpoint was moved aside: re-prepares, from the API server, every
+/// claim allocated on this node by this driver and reserved for a pod — the same way
+/// kubelet's NodePrepareResources would — so the plans exist again before kubelet or
+/// the runtime ask. Host originals of devices already inside pods are lost with the
+/// checkpoint; those devices are returned by name when their pod stops.
+async fn rebuild_plans(
+    client: &kube::Client,
+    args: &RunArgs,
+    preparer: &dyn ClaimPreparer,
+    aside: &std::path::Path,
+) {
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    let api: kube::Api<ResourceClaim> = kube::Api::all(client.clone());
+    let claims = match api.list(&kube::api::ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint rebuild: listing ResourceClaims failed; claims are prepared again when kubelet asks");
+            return;
+        }
+    };
+    let refs: Vec<ClaimRef> = claims
+        .iter()
+        .filter(|c| {
+            let status = c.status.as_ref();
+            let ours = status
+                .and_then(|s| s.allocation.as_ref())
+                .and_then(|a| a.devices.as_ref())
+                .is_some_and(|d| {
+                    d.results
+                        .iter()
+                        .flatten()
+                        .any(|r| r.driver == args.driver_name && r.pool == args.node_name)
+                });
+            let reserved = status
+                .and_then(|s| s.reserved_for.as_ref())
+                .is_some_and(|r| !r.is_empty());
+            ours && reserved
+        })
+        .filter_map(|c| {
+            Some(ClaimRef {
+                namespace: c.metadata.namespace.clone()?,
+                name: c.metadata.name.clone()?,
+                uid: c.metadata.uid.clone()?,
+            })
+        })
+        .collect();
+    let results = preparer.prepare(refs).await;
+    let ok = results.values().filter(|r| r.is_ok()).count();
+    tracing::warn!(
+        moved_aside = %aside.display(),
+        rebuilt = ok,
+        failed = results.len() - ok,
+        "checkpoint rebuilt from the API server after corruption"
+    );
+    for (uid, r) in &results {
+        if let Err(e) = r {
+            tracing::error!(claim_uid = %uid, error = %e, "checkpoint rebuild: claim not prepared");
+        }
+    }
+}
+
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -318,6 +379,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             Box::new(move || pin_claimed())
         },
     });
+    if let Some(aside) = store.moved_aside() {
+        rebuild_plans(&client, &args, preparer.as_ref(), aside).await;
+    }
     let plugin = kubelet::serve(
         KubeletPluginConfig::new(&args.kubelet_dir, &args.driver_name),
         preparer,
