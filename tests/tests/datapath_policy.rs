@@ -370,6 +370,16 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
     udp_send(&pod, sa("192.0.2.10:0"), sa("203.0.113.1:9000"), N, 32).unwrap();
     assert_eq!(sink.wait_for(N.into(), WAIT), u64::from(N));
 
+    // `netclaim inspect` reads the same from the pins alone, with no owner running.
+    let seen = netclaim::cli::inspect::inspect(&f.layout, Some("default/rst"));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let d = seen[0].as_ref().unwrap();
+    assert_eq!(d.device, "a0");
+    assert_eq!(d.interface.as_deref(), Some(POD_IF));
+    assert_eq!(d.netns.as_deref(), Some(f.net.pod.path().to_str().unwrap()));
+    assert_eq!(d.counters.dropped(DropReason::NoRoute), u64::from(N));
+    assert_eq!(serde_json::json!(d.datapath.egress_link_id), first["egressLinkId"]);
+
     // A new owner adopts the pins without re-attaching: same program and link ids.
     let key = DatapathKey::new("default", "rst", "a0").unwrap();
     let dp = AttachedDatapath::adopt(&f.layout, key).unwrap();
