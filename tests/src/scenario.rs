@@ -420,14 +420,7 @@ pub async fn unprepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
 }
 
 pub async fn run_pod(c: &Cluster, topo: &Topology, uid: &str, name: &str) -> HookOutcome {
-    let p = pod(
-        &format!("sandbox-{uid}"),
-        "default",
-        name,
-        uid,
-        &topo.pod.path().display().to_string(),
-    );
-    c.runtime.run_pod(&p).await
+    run_pod_in(c, topo.pod.path(), uid, name).await
 }
 
 pub async fn stop_pod(
@@ -436,16 +429,7 @@ pub async fn stop_pod(
     uid: &str,
     name: &str,
 ) -> (HookOutcome, HookOutcome) {
-    let p = pod(
-        &format!("sandbox-{uid}"),
-        "default",
-        name,
-        uid,
-        &topo.pod.path().display().to_string(),
-    );
-    let stop = c.runtime.stop_pod(&p).await;
-    let remove = c.runtime.remove_pod(&p).await;
-    (stop, remove)
+    stop_pod_in(c, topo.pod.path(), uid, name).await
 }
 
 /// Sends `n` datagrams from the pod to an allowed and to a forbidden destination;

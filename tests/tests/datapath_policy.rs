@@ -378,7 +378,10 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
     assert_eq!(d.interface.as_deref(), Some(POD_IF));
     assert_eq!(d.netns.as_deref(), Some(f.net.pod.path().to_str().unwrap()));
     assert_eq!(d.counters.dropped(DropReason::NoRoute), u64::from(N));
-    assert_eq!(serde_json::json!(d.datapath.egress_link_id), first["egressLinkId"]);
+    assert_eq!(
+        serde_json::json!(d.datapath.egress_link_id),
+        first["egressLinkId"]
+    );
 
     // A new owner adopts the pins without re-attaching: same program and link ids.
     let key = DatapathKey::new("default", "rst", "a0").unwrap();
