@@ -21,7 +21,9 @@
 //! live pods that started while the driver was away.
 //!
 //! All work is blocking (netlink on namespace threads, bpf syscalls): call it from
-//! `spawn_blocking` (the NRI adapter in [`nri`] does). Calls are serialised.
+//! `spawn_blocking` (the NRI adapter in [`nri`] does). Hooks of one pod are
+//! serialised; different pods proceed in parallel (their claims, and so their devices
+//! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
 pub mod nri;
 pub mod settings;
@@ -29,7 +31,7 @@ pub mod settings;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::parse_parameters;
@@ -181,7 +183,10 @@ struct Inner {
     resolver: Arc<dyn DeviceResolver>,
     config: LifecycleConfig,
     status: Option<StatusSender>,
-    serial: Mutex<()>,
+    /// Pod hooks hold it shared, `synchronize` exclusively.
+    serial: RwLock<()>,
+    /// One lock per pod UID with a hook in flight.
+    pod_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
 }
 
 /// A failed device, before it is tied to the pod's error.
@@ -249,7 +254,8 @@ impl Pods {
                 resolver,
                 config,
                 status,
-                serial: Mutex::new(()),
+                serial: RwLock::new(()),
+                pod_locks: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -266,26 +272,51 @@ impl Pods {
         pod_name: &str,
         netns: &Path,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        let _serial = self.lock();
+        let _shared = self.shared();
+        let pod = self.pod_lock(pod_uid);
+        let _pod = pod.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.start(pod_uid, pod_name, netns)
     }
 
     /// Gives back every device of pod `pod_uid` (pod stopping).
     pub fn stop_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        let _serial = self.lock();
+        let _shared = self.shared();
+        let pod = self.pod_lock(pod_uid);
+        let _pod = pod.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.give_back(pod_uid)
     }
 
     /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
     pub fn remove_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        let _serial = self.lock();
-        self.inner.give_back(pod_uid)
+        let result = {
+            let _shared = self.shared();
+            let pod = self.pod_lock(pod_uid);
+            let _pod = pod.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.give_back(pod_uid)
+        };
+        // The pod is gone: forget its lock unless another hook holds it.
+        let mut locks = self
+            .inner
+            .pod_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if locks
+            .get(pod_uid)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(pod_uid);
+        }
+        result
     }
 
     /// Reconciles with the pods that exist (`uid → network namespace path`): devices
     /// attached to any other pod go home; live pods with unattached plans get them.
     pub fn synchronize(&self, live: &BTreeMap<String, PathBuf>) -> SyncReport {
-        let _serial = self.lock();
+        let _exclusive = self
+            .inner
+            .serial
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut report = SyncReport::default();
         let plans = match self.inner.store.list() {
             Ok(p) => p,
@@ -325,11 +356,21 @@ impl Pods {
         report
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.inner
             .serial
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pod_lock(&self, pod_uid: &str) -> Arc<Mutex<()>> {
+        self.inner
+            .pod_locks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(pod_uid.to_string())
+            .or_default()
+            .clone()
     }
 }
 
