@@ -21,7 +21,7 @@ use netclaim_common::DropReason;
 use netclaim_tests::{
     netenv::{TestBpfRoot, TestNetns},
     topology::{PodWire, POD_IF, WIRE_IF},
-    traffic::{kernel_bpf_ids, udp_send, UdpSink},
+    traffic::{kernel_bpf_ids, udp_rcvbuf_errors, udp_send, UdpSink},
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -285,6 +285,7 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     .unwrap();
     let allowed_sink = UdpSink::start(&wire, sa("198.51.100.1:9000")).unwrap();
     let forbidden_sink = UdpSink::start(&wire, sa("203.0.113.1:9000")).unwrap();
+    let socket_drops_before = udp_rcvbuf_errors(&wire).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -330,9 +331,16 @@ fn policy_swap_under_traffic_loses_nothing_and_leaks_nothing() {
     sender.join().unwrap();
     let total = sent.load(Ordering::Relaxed);
     let got = allowed_sink.wait_for(total, WAIT);
-    println!("{swaps} policy swaps under {total} allowed datagrams");
+    // Datagrams the receiving socket could not take (a starved receiver thread) are
+    // not data-path losses; they are counted by the kernel and accounted for here.
+    let socket_drops = udp_rcvbuf_errors(&wire).unwrap() - socket_drops_before;
+    println!("{swaps} policy swaps under {total} allowed datagrams ({socket_drops} dropped by a full receive buffer)");
     assert!(swaps > 20, "too few swaps ({swaps}) to mean anything");
-    assert_eq!(got, total, "allowed packets lost during policy swaps");
+    assert_eq!(
+        got + socket_drops,
+        total,
+        "allowed packets lost during policy swaps (received {got}, socket-buffer drops {socket_drops})"
+    );
     assert_eq!(
         forbidden_sink.count(),
         0,
