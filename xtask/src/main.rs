@@ -332,7 +332,7 @@ fn bench(name: &str) -> Result<()> {
     let tests_dir = root().join("tests");
     let has_bin = tests_dir.join("src/bin").join(format!("{bin}.rs")).exists();
     if !has_bin {
-        bail!("benchmark {name:?} is not built yet (no tests/src/bin/{bin}.rs)");
+        bail!("benchmark {name:?} has no binary (tests/src/bin/{bin}.rs is missing)");
     }
     std::fs::create_dir_all(root().join("bench/results"))?;
     if name == "pod-start" {

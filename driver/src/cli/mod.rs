@@ -50,8 +50,3 @@ pub enum Output {
     Json,
     Yaml,
 }
-
-/// A subcommand that exists in the CLI but is not built yet: says so, exits non-zero.
-#[derive(Debug, thiserror::Error)]
-#[error("`netclaim {0}` is not built yet")]
-pub struct NotBuilt(pub &'static str);
