@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::{
     apiserver::FakeApiServer,
-    kubelet::{DraClient, DraVersion, FakeKubelet, Verdict},
+    kubelet::{DraClient, DraVersion, FakeKubelet, Registered, Verdict},
     netenv::{veth, TestBpfRoot, TestNetns},
     runtime::{pod, FakeRuntime, HookOutcome, Mode, RuntimeConfig},
     traffic::{udp_send, UdpSink},
@@ -309,6 +309,8 @@ pub struct Cluster {
     pub dra: DraClient,
     pub driver: Driver,
     pub device: String,
+    /// The plugin as the fake kubelet registered it (health watch, other versions).
+    pub registered: Registered,
 }
 
 /// Steps 1–2: stand-ins and driver up, registered, devices published.
@@ -390,6 +392,7 @@ pub async fn bring_up_with(
         dra,
         driver,
         device,
+        registered,
     })
 }
 

@@ -323,3 +323,47 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
     })
     .unwrap();
 }
+
+/// Reads the health stream until `device` reports `want`.
+async fn until_health(
+    health: &mut netclaim_tests::kubelet::HealthWatch,
+    device: &str,
+    want: netclaim::kubelet::proto::health_v1alpha1::HealthStatus,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{device} never became {want:?}"
+        );
+        match health.next(Duration::from_secs(10)).await? {
+            Some(list) if list.iter().any(|h| h.device == device && h.status == want) => {
+                return Ok(())
+            }
+            Some(_) => {}
+            None => anyhow::bail!("the health stream ended"),
+        }
+    }
+}
+
+#[test]
+fn health_stream_follows_the_nic_carrier() {
+    use netclaim::kubelet::proto::health_v1alpha1::HealthStatus;
+    let topo = Arc::new(Topology::new("e2h").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        let mut health = c.registered.health().await?;
+        until_health(&mut health, &c.device, HealthStatus::Healthy).await?;
+        // The far end goes down: eth1 stays administratively up but loses its carrier.
+        topo.wire.ip(&["link", "set", "peer1", "down"])?;
+        until_health(&mut health, &c.device, HealthStatus::Unhealthy)
+            .await
+            .with_context(|| c.driver.log_text())?;
+        topo.wire.ip(&["link", "set", "peer1", "up"])?;
+        until_health(&mut health, &c.device, HealthStatus::Healthy).await?;
+        Ok(())
+    })
+    .unwrap();
+}

@@ -113,6 +113,7 @@ fn synthetic(count: usize) -> Vec<Device> {
                 ),
                 (format!("{DRIVER}/mtu"), AttrValue::Int(1500)),
             ]),
+            carrier_lost: false,
         })
         .collect()
 }

@@ -236,6 +236,42 @@ async fn rebuild_plans(
     }
 }
 
+/// Merges the carrier-based health of unclaimed `devices` into the health list: adds
+/// and updates their entries, drops entries of unclaimed devices that are gone, and
+/// leaves claimed devices' entries to the status writer.
+fn host_device_health(
+    health: &watch::Sender<Vec<kubelet::DeviceHealth>>,
+    node: &str,
+    devices: &[Device],
+    claimed: &std::collections::BTreeSet<String>,
+) {
+    health.send_if_modified(|list| {
+        let before = list.clone();
+        list.retain(|h| {
+            h.pool != node
+                || claimed.contains(&h.device)
+                || devices.iter().any(|d| d.name == h.device)
+        });
+        for d in devices.iter().filter(|d| !claimed.contains(&d.name)) {
+            let healthy = !d.carrier_lost;
+            match list.iter_mut().find(|h| h.pool == node && h.device == d.name) {
+                Some(h) => {
+                    if h.healthy != healthy {
+                        tracing::info!(device = %d.name, healthy, "device health changed (carrier)");
+                        h.healthy = healthy;
+                    }
+                }
+                None => list.push(kubelet::DeviceHealth {
+                    pool: node.to_string(),
+                    device: d.name.clone(),
+                    healthy,
+                }),
+            }
+        }
+        *list != before
+    });
+}
+
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -366,6 +402,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     // 5. Kubelet plugin.
     let (health_tx, health_rx) = watch::channel(Vec::new());
+    // Health of published devices still on the node, from carrier: devices in claims
+    // are reported by the status writer from inside their pods instead.
+    {
+        let (mut devices, health, store) = (devices.clone(), health_tx.clone(), store.clone());
+        let node = args.node_name.clone();
+        tokio::spawn(async move {
+            loop {
+                let claimed: std::collections::BTreeSet<String> = store
+                    .list()
+                    .map(|claims| {
+                        claims
+                            .into_iter()
+                            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let list: Arc<Vec<Device>> = devices.borrow_and_update().clone();
+                host_device_health(&health, &node, &list, &claimed);
+                if devices.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let preparer: Arc<dyn ClaimPreparer> = Arc::new(MeteredPreparer {
         inner: Arc::new(Preparer::new(
             client.clone(),
@@ -495,6 +555,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dev(name: &str, carrier_lost: bool) -> Device {
+        Device {
+            name: name.into(),
+            ifname: name.into(),
+            ifindex: 2,
+            attributes: Default::default(),
+            carrier_lost,
+        }
+    }
+
+    fn entry(device: &str, healthy: bool) -> kubelet::DeviceHealth {
+        kubelet::DeviceHealth {
+            pool: "node-a".into(),
+            device: device.into(),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn host_health_follows_carrier_and_leaves_claimed_devices_alone() {
+        // eth9 is claimed (inside a pod): the status writer said unhealthy; keep it.
+        // gone0 vanished from the node and is not claimed: drop it.
+        let (tx, rx) = watch::channel(vec![entry("eth9", false), entry("gone0", true)]);
+        let claimed = ["eth9".to_string()].into_iter().collect();
+        let devices = [dev("eth1", false), dev("eth2", true), dev("eth9", false)];
+        host_device_health(&tx, "node-a", &devices, &claimed);
+        let mut got = rx.borrow().clone();
+        got.sort_by(|a, b| a.device.cmp(&b.device));
+        assert_eq!(
+            got,
+            vec![
+                entry("eth1", true),
+                entry("eth2", false),
+                entry("eth9", false)
+            ]
+        );
+    }
 
     #[test]
     fn durations() {

@@ -94,6 +94,10 @@ pub struct Device {
     pub ifindex: u32,
     /// Qualified attribute name (`<driver>/ifName`, `resource.kubernetes.io/pcieRoot`) → value.
     pub attributes: BTreeMap<String, AttrValue>,
+    /// The link is administratively up but has no carrier. Not published as an
+    /// attribute (it would churn the slices); it feeds the kubelet health stream.
+    #[serde(skip)]
+    pub carrier_lost: bool,
 }
 
 impl Device {

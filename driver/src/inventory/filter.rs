@@ -140,6 +140,7 @@ mod tests {
                 ("netclaim.dev/virtual".to_string(), AttrValue::Bool(true)),
             ]
             .into(),
+            carrier_lost: false,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct LinkFacts {
     pub ipv6: Vec<String>,
     /// tc `cls_bpf` programs on the clsact hooks: id → name reported by tc.
     pub tc_progs: BTreeMap<u32, String>,
+    /// Administratively up (`IFF_UP`) without carrier (`IFF_LOWER_UP`).
+    pub carrier_lost: bool,
 }
 
 /// One namespace's links as netlink reports them.
@@ -125,11 +127,12 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
                 _ => {}
             }
         }
-        f.state = Some(link_state(
-            f.state.take(),
+        let (admin_up, carrier) = (
             m.header.flags.contains(LinkFlags::Up),
             m.header.flags.contains(LinkFlags::LowerUp),
-        ));
+        );
+        f.carrier_lost = admin_up && !carrier;
+        f.state = Some(link_state(f.state.take(), admin_up, carrier));
         // IFLA_LINK with IFLA_LINK_NETNSID points into another namespace.
         if !link_netns && link_attr != Some(f.ifindex) {
             f.lower = link_attr;

@@ -283,6 +283,7 @@ fn build(
             ifname: l.ifname.clone(),
             ifindex: l.ifindex,
             attributes,
+            carrier_lost: l.carrier_lost,
         };
         match &opts.filter {
             None => devices.push(dev),

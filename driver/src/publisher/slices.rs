@@ -248,6 +248,7 @@ mod tests {
                 ("netclaim.dev/mtu".into(), AttrValue::Int(1500)),
                 ("netclaim.dev/virtual".into(), AttrValue::Bool(true)),
             ]),
+            carrier_lost: false,
         }
     }
 
