@@ -236,6 +236,21 @@ async fn rebuild_plans(
     }
 }
 
+/// Devices of this driver in prepared claims (from the checkpoint): they stay
+/// published while inside pods, and the status writer reports their health.
+fn claimed_devices(store: &StateStore) -> std::collections::BTreeSet<String> {
+    match store.list() {
+        Ok(claims) => claims
+            .into_iter()
+            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the checkpoint for claimed devices");
+            Default::default()
+        }
+    }
+}
+
 /// Merges the carrier-based health of unclaimed `devices` into the health list: adds
 /// and updates their entries, drops entries of unclaimed devices that are gone, and
 /// leaves claimed devices' entries to the status writer.
@@ -377,15 +392,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
         let (store, inventory) = (store.clone(), inventory.clone());
         Arc::new(move || {
-            let claimed: std::collections::BTreeSet<String> = store
-                .list()
-                .map(|claims| {
-                    claims
-                        .into_iter()
-                        .flat_map(|c| c.plans.into_iter().map(|p| p.device))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let claimed = claimed_devices(&store);
             inventory.pin_in_use(claimed);
         })
     };
@@ -409,15 +416,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let node = args.node_name.clone();
         tokio::spawn(async move {
             loop {
-                let claimed: std::collections::BTreeSet<String> = store
-                    .list()
-                    .map(|claims| {
-                        claims
-                            .into_iter()
-                            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let claimed = claimed_devices(&store);
                 let list: Arc<Vec<Device>> = devices.borrow_and_update().clone();
                 host_device_health(&health, &node, &list, &claimed);
                 if devices.changed().await.is_err() {

@@ -9,6 +9,7 @@
 //! programs and maps.
 
 use std::{
+    borrow::BorrowMut,
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt,
@@ -38,7 +39,7 @@ use serde::Serialize;
 use super::{
     counters::CounterSnapshot,
     logs::LogPump,
-    object::{self, MapSizes},
+    object::MapSizes,
     pins::{self, DatapathKey, InvalidKey, PinLayout},
     policy::{AllowedPrefix, CompiledPolicy, DatapathPolicy, Enforcement, PrefixOrigin},
 };
@@ -671,31 +672,37 @@ pub fn load_unattached(sizes: MapSizes, policy: &DatapathPolicy) -> Result<Ebpf,
             key: key.to_string(),
             source,
         })?;
-    let mut ebpf = object::load(sizes).map_err(|e| DatapathError::Load {
+    let mut ebpf = super::pool::load_verified(sizes).map_err(|e| DatapathError::Load {
         key: key.to_string(),
         source: Box::new(e),
     })?;
     write_initial_policy(&mut ebpf, &key, &compiled)?;
-    for name in [netclaim_common::PROG_BARE, PROG_EGRESS, PROG_INGRESS_TC] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| map_err(&key, "program", format!("{name} missing from the object")))?
-            .try_into()
-            .map_err(|e| prog_err(&key, "test run", e))?;
-        prog.load().map_err(|e| prog_err(&key, "test run", e))?;
-    }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(PROG_INGRESS_XDP)
-        .ok_or_else(|| map_err(&key, "program", "nc_ingress missing from the object"))?
+    let bare: &mut SchedClassifier = ebpf
+        .program_mut(netclaim_common::PROG_BARE)
+        .ok_or_else(|| map_err(&key, "program", "nc_bare missing from the object"))?
         .try_into()
-        .map_err(|e| prog_err(&key, "nc_ingress", e))?;
-    xdp.load().map_err(|e| prog_err(&key, "nc_ingress", e))?;
+        .map_err(|e| prog_err(&key, "nc_bare", e))?;
+    bare.load().map_err(|e| prog_err(&key, "nc_bare", e))?;
     Ok(ebpf)
 }
 
 fn zero_per_cpu() -> Result<Vec<u64>, std::io::Error> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(vec![0u64; n])
+}
+
+/// A map of the object as its typed wrapper.
+fn typed<'a, T>(
+    map: Option<&'a mut Map>,
+    key: &DatapathKey,
+    name: &'static str,
+) -> Result<T, DatapathError>
+where
+    T: TryFrom<&'a mut Map>,
+    <T as TryFrom<&'a mut Map>>::Error: std::fmt::Display,
+{
+    let map = map.ok_or_else(|| map_err(key, name, "missing from the eBPF object"))?;
+    T::try_from(map).map_err(|e| map_err(key, name, e))
 }
 
 fn typed_mut<'a, T>(
@@ -707,10 +714,7 @@ where
     T: TryFrom<&'a mut Map>,
     <T as TryFrom<&'a mut Map>>::Error: std::fmt::Display,
 {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| map_err(key, name, "missing from the eBPF object"))?;
-    T::try_from(map).map_err(|e| map_err(key, name, e))
+    typed(ebpf.map_mut(name), key, name)
 }
 
 fn write_initial_policy(
@@ -718,52 +722,21 @@ fn write_initial_policy(
     key: &DatapathKey,
     compiled: &CompiledPolicy,
 ) -> Result<(), DatapathError> {
-    {
-        let mut rt4: LpmTrie<&mut MapData, [u8; 4], RouteValue> =
-            typed_mut(ebpf, key, MAP_ROUTES_V4[0])?;
-        for a in &compiled.prefixes {
-            if let IpNet::V4(n) = a.prefix {
-                rt4.insert(
-                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                    RouteValue {
-                        hit_index: a.hit_index,
-                    },
-                    0,
-                )
-                .map_err(|e| map_err(key, MAP_ROUTES_V4[0], e))?;
-            }
-        }
-    }
-    {
-        let mut rt6: LpmTrie<&mut MapData, [u8; 16], RouteValue> =
-            typed_mut(ebpf, key, MAP_ROUTES_V6[0])?;
-        for a in &compiled.prefixes {
-            if let IpNet::V6(n) = a.prefix {
-                rt6.insert(
-                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                    RouteValue {
-                        hit_index: a.hit_index,
-                    },
-                    0,
-                )
-                .map_err(|e| map_err(key, MAP_ROUTES_V6[0], e))?;
-            }
-        }
-    }
-    {
-        let mut loc4: HashMap<&mut MapData, [u8; 4], u8> = typed_mut(ebpf, key, MAP_LOCAL_V4[0])?;
-        for a in &compiled.local_v4 {
-            loc4.insert(a.octets(), 1, 0)
-                .map_err(|e| map_err(key, MAP_LOCAL_V4[0], e))?;
-        }
-    }
-    {
-        let mut loc6: HashMap<&mut MapData, [u8; 16], u8> = typed_mut(ebpf, key, MAP_LOCAL_V6[0])?;
-        for a in &compiled.local_v6 {
-            loc6.insert(a.octets(), 1, 0)
-                .map_err(|e| map_err(key, MAP_LOCAL_V6[0], e))?;
-        }
-    }
+    let [rt4, rt6, loc4, loc6] = ebpf.maps_disjoint_mut([
+        MAP_ROUTES_V4[0],
+        MAP_ROUTES_V6[0],
+        MAP_LOCAL_V4[0],
+        MAP_LOCAL_V6[0],
+    ]);
+    fill_slot(
+        key,
+        0,
+        compiled,
+        &mut typed(rt4, key, MAP_ROUTES_V4[0])?,
+        &mut typed(rt6, key, MAP_ROUTES_V6[0])?,
+        &mut typed(loc4, key, MAP_LOCAL_V4[0])?,
+        &mut typed(loc6, key, MAP_LOCAL_V6[0])?,
+    )?;
     let mut slots: Array<&mut MapData, SlotConfig> = typed_mut(ebpf, key, MAP_SLOTS)?;
     slots
         .set(
@@ -782,14 +755,15 @@ fn write_initial_policy(
     Ok(())
 }
 
-fn fill_slot(
+/// Writes `compiled` into one slot's (empty) tries and address sets.
+fn fill_slot<T: BorrowMut<MapData>>(
     key: &DatapathKey,
     slot: usize,
     compiled: &CompiledPolicy,
-    rt4: &mut Rt4,
-    rt6: &mut Rt6,
-    loc4: &mut Loc4,
-    loc6: &mut Loc6,
+    rt4: &mut LpmTrie<T, [u8; 4], RouteValue>,
+    rt6: &mut LpmTrie<T, [u8; 16], RouteValue>,
+    loc4: &mut HashMap<T, [u8; 4], u8>,
+    loc6: &mut HashMap<T, [u8; 16], u8>,
 ) -> Result<(), DatapathError> {
     for a in &compiled.prefixes {
         let value = RouteValue {
@@ -855,9 +829,6 @@ fn attach_in_netns(
         .ok_or_else(|| map_err(key, "program nc_egress", "missing from the eBPF object"))?
         .try_into()
         .map_err(|e| prog_err(key, "nc_egress", e))?;
-    if egress.fd().is_err() {
-        egress.load().map_err(|e| prog_err(key, "nc_egress", e))?;
-    }
     let mut egress_link = None;
     if matches!(options.egress, None | Some(EgressMode::Tcx)) {
         match egress.attach_with_options(
@@ -917,9 +888,6 @@ fn attach_in_netns(
             .ok_or_else(|| map_err(key, "program nc_ingress", "missing from the eBPF object"))?
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress", e))?;
-        if xdp.fd().is_err() {
-            xdp.load().map_err(|e| prog_err(key, "nc_ingress", e))?;
-        }
         let modes: &[(XdpMode, IngressMode)] = match want {
             Some(IngressMode::XdpGeneric) => &[(XdpMode::Skb, IngressMode::XdpGeneric)],
             Some(IngressMode::XdpNative) => &[(XdpMode::Driver, IngressMode::XdpNative)],
@@ -958,11 +926,6 @@ fn attach_in_netns(
             .ok_or_else(|| map_err(key, "program nc_ingress_tc", "missing from the eBPF object"))?
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
-        if tc_in.fd().is_err() {
-            tc_in
-                .load()
-                .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
-        }
         if want != Some(IngressMode::Clsact) {
             match tc_in.attach_with_options(
                 ifname,
@@ -1037,11 +1000,7 @@ fn attach_clsact(
     let handle = link.handle().map_err(|e| e.to_string())?;
     // The filter stays attached; its identity is recorded in NC_META for detach.
     std::mem::forget(link);
-    Ok((u32::from(prio), handle_to_u32(handle)))
-}
-
-fn handle_to_u32(h: TcHandle) -> u32 {
-    u32::from(h)
+    Ok((u32::from(prio), u32::from(handle)))
 }
 
 /// Removes clsact filters recorded in `meta`, entering `netns` to do it.

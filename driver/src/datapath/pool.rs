@@ -89,8 +89,9 @@ impl WarmPool {
     }
 }
 
-/// Loads the object and runs the verifier on the attachable programs.
-fn load_verified(sizes: MapSizes) -> Result<Ebpf, aya::EbpfError> {
+/// Loads the object and runs the verifier on the attachable programs. Every instance
+/// that `AttachedDatapath::attach` uses comes from here.
+pub(super) fn load_verified(sizes: MapSizes) -> Result<Ebpf, aya::EbpfError> {
     let mut ebpf = object::load(sizes)?;
     for name in [PROG_EGRESS, PROG_INGRESS_TC] {
         if let Some(p) = ebpf.program_mut(name) {
