@@ -28,5 +28,13 @@ pub mod status;
 
 /// Default DRA driver name; also the domain of device attributes.
 pub const DEFAULT_DRIVER_NAME: &str = "netclaim.dev";
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Default root of the driver's pins on bpffs.
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/netclaim";

@@ -53,16 +53,16 @@ pub struct RunArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubelet's root directory (plugin sockets live below it).
-    #[arg(long, default_value = "/var/lib/kubelet")]
+    #[arg(long, default_value = crate::kubelet::DEFAULT_KUBELET_DIR)]
     pub kubelet_dir: PathBuf,
     /// Where the checkpoint lives.
-    #[arg(long, default_value = "/var/run/netclaim")]
+    #[arg(long, default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Root of the driver's pins on bpffs.
     #[arg(long, default_value = crate::DEFAULT_BPF_ROOT)]
     pub bpf_root: PathBuf,
     /// The runtime's NRI socket.
-    #[arg(long, default_value = "/var/run/nri/nri.sock")]
+    #[arg(long, default_value = crate::nri::DEFAULT_SOCKET_PATH)]
     pub nri_socket: PathBuf,
     /// NRI plugin index (two digits; orders plugins).
     #[arg(long, default_value = "00")]
@@ -109,7 +109,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 struct MeteredPreparer {
     inner: Arc<dyn ClaimPreparer>,
     metrics: Arc<Metrics>,
-    claimed_changed: Box<dyn Fn() + Send + Sync>,
+    claimed_changed: Arc<dyn Fn() + Send + Sync>,
 }
 
 #[async_trait::async_trait]
@@ -387,40 +387,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         });
     }
-    // Prepared devices stay published while they are inside pods (and absent here):
-    // pinned at once on every prepare/unprepare, and re-checked every 5 s.
+    // Devices in prepared claims stay published while they are inside pods (and absent
+    // here). The set changes only through prepare/unprepare, which recompute it at once
+    // (the checkpoint rebuild goes through the same preparer).
+    let (claimed_tx, claimed_rx) = watch::channel(claimed_devices(&store));
+    inventory.pin_in_use(claimed_rx.borrow().clone());
     let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
         let (store, inventory) = (store.clone(), inventory.clone());
         Arc::new(move || {
             let claimed = claimed_devices(&store);
-            inventory.pin_in_use(claimed);
+            inventory.pin_in_use(claimed.clone());
+            claimed_tx.send_if_modified(|c| {
+                let changed = *c != claimed;
+                *c = claimed;
+                changed
+            });
         })
     };
-    pin_claimed();
-    {
-        let pin_claimed = pin_claimed.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                pin_claimed();
-            }
-        });
-    }
 
     // 5. Kubelet plugin.
     let (health_tx, health_rx) = watch::channel(Vec::new());
     // Health of published devices still on the node, from carrier: devices in claims
     // are reported by the status writer from inside their pods instead.
     {
-        let (mut devices, health, store) = (devices.clone(), health_tx.clone(), store.clone());
+        let (mut devices, mut claimed, health) =
+            (devices.clone(), claimed_rx.clone(), health_tx.clone());
         let node = args.node_name.clone();
         tokio::spawn(async move {
             loop {
-                let claimed = claimed_devices(&store);
                 let list: Arc<Vec<Device>> = devices.borrow_and_update().clone();
-                host_device_health(&health, &node, &list, &claimed);
-                if devices.changed().await.is_err() {
-                    break;
+                let claimed_now = claimed.borrow_and_update().clone();
+                host_device_health(&health, &node, &list, &claimed_now);
+                tokio::select! {
+                    r = devices.changed() => if r.is_err() { break },
+                    r = claimed.changed() => if r.is_err() { break },
                 }
             }
         });
@@ -433,10 +433,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             kubelet::prepare::network_config_parser(),
         )),
         metrics: metrics.clone(),
-        claimed_changed: {
-            let pin_claimed = pin_claimed.clone();
-            Box::new(move || pin_claimed())
-        },
+        claimed_changed: pin_claimed.clone(),
     });
     if let Some(aside) = store.moved_aside() {
         rebuild_plans(&client, &args, preparer.as_ref(), aside).await;
@@ -504,7 +501,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     lifecycle.dataplane = args.dataplane == Dataplane::On;
     let pods = Pods::new(
         store.clone(),
-        Netns::current().context("capturing the node's network namespace")?,
+        host.try_clone().context("the node's network namespace")?,
         Arc::new(resolver),
         lifecycle,
         Some(status_tx),

@@ -85,23 +85,9 @@ fn netns_name(inode: u64) -> Option<String> {
 
 fn interface_name(netns: &str, ifindex: u32) -> Option<String> {
     let ns = crate::netns::Netns::open(netns).ok()?;
-    ns.run(move || {
-        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-        // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-        let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-        if p.is_null() {
-            None
-        } else {
-            // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-            Some(
-                unsafe { std::ffi::CStr::from_ptr(p) }
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        }
-    })
-    .ok()
-    .flatten()
+    ns.run(move || crate::netns::ifname_of(ifindex))
+        .ok()
+        .flatten()
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<i32> {

@@ -797,13 +797,6 @@ fn fill_slot<T: BorrowMut<MapData>>(
     Ok(())
 }
 
-fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
-
 /// Runs on the namespace thread: loads and attaches both directions.
 fn attach_in_netns(
     ebpf: &mut Ebpf,
@@ -812,7 +805,7 @@ fn attach_in_netns(
     netns_name: &str,
     options: AttachOptions,
 ) -> Result<Attached, DatapathError> {
-    let idx = ifindex(ifname).ok_or_else(|| DatapathError::NoInterface {
+    let idx = crate::netns::ifindex_of(ifname).ok_or_else(|| DatapathError::NoInterface {
         key: key.to_string(),
         interface: ifname.to_string(),
         netns: netns_name.to_string(),
@@ -1018,16 +1011,9 @@ fn detach_clsact(netns: &Netns, meta: &DatapathMeta) {
 
 /// Removes clsact filters recorded in `meta` in the current thread's namespace.
 fn detach_clsact_here(meta: &DatapathMeta) {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(meta.ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
+    let Some(ifname) = crate::netns::ifname_of(meta.ifindex) else {
         return; // interface gone: its filters went with it
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    let ifname = unsafe { std::ffi::CStr::from_ptr(name) }
-        .to_string_lossy()
-        .into_owned();
+    };
     for (mode, want, attach_type, prio, handle) in [
         (
             meta.egress_mode,

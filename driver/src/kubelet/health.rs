@@ -5,7 +5,6 @@
 //! every change. Streams end when the plugin stops.
 
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
@@ -66,10 +65,7 @@ impl DraResourceHealth for HealthService {
 }
 
 fn to_wire(devices: &[DeviceHealth]) -> NodeWatchResourcesResponse {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = i64::try_from(crate::unix_now()).unwrap_or(i64::MAX);
     NodeWatchResourcesResponse {
         devices: devices
             .iter()

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
@@ -124,10 +123,6 @@ impl Preparer {
         }
     }
 
-    pub fn store(&self) -> &Arc<StateStore> {
-        &self.store
-    }
-
     async fn prepare_one(&self, claim: &ClaimRef) -> Result<Vec<PreparedDevice>, PrepareError> {
         let name = claim.to_string();
         let checkpoint = |source| PrepareError::Checkpoint {
@@ -149,7 +144,13 @@ impl Preparer {
                 })
             }
         };
-        let plans = plan_claim(claim, &object, &self.driver_name, &self.parser, unix_now())?;
+        let plans = plan_claim(
+            claim,
+            &object,
+            &self.driver_name,
+            &self.parser,
+            crate::unix_now(),
+        )?;
         self.store.put(&plans).map_err(checkpoint)?;
         for plan in &plans.plans {
             tracing::info!(
@@ -410,13 +411,6 @@ fn merge(base: &mut Value, overlay: &Value) {
         }
         (base, overlay) => *base = overlay.clone(),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

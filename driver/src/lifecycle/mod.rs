@@ -32,7 +32,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::parse_parameters;
 use crate::datapath::{AttachedDatapath, DatapathError, DatapathKey, PinLayout};
@@ -204,13 +203,6 @@ struct Done {
     side: PodSide,
     originals: HostOriginals,
     datapath: Option<DatapathKey>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn device_ref(plan: &Plan) -> DeviceRef {
@@ -600,7 +592,7 @@ impl Inner {
             pod_mac: side.mac,
             originals: originals.clone(),
             datapath: datapath.is_some(),
-            attached_at: unix_now(),
+            attached_at: crate::unix_now(),
         };
         let recorded = self.update_plan(claim_uid, plan, |p| {
             p.attached = true;
@@ -632,20 +624,25 @@ impl Inner {
     fn take_back(&self, done: &Done, pod: Option<&Netns>) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(key) = &done.datapath {
-            match AttachedDatapath::adopt(&self.layout, key.clone()) {
-                Ok(dp) => {
-                    if let Err(e) = dp.detach(&self.layout, pod) {
-                        problems.push(format!("{}: {e}", LifecycleStep::Detach));
-                    }
-                }
-                Err(DatapathError::NotPinned { .. }) => {}
-                Err(e) => problems.push(format!("{}: {e}", LifecycleStep::Detach)),
-            }
+            problems.extend(self.detach(key, pod));
         }
         if let Err(e) = restore_device(&self.host, pod, &done.side, &done.originals, None) {
             problems.push(format!("{}: {e}", LifecycleStep::Restore));
         }
         problems
+    }
+
+    /// Detaches a device's data path found through its pins (already gone is fine);
+    /// a problem as text.
+    fn detach(&self, key: &DatapathKey, pod: Option<&Netns>) -> Option<String> {
+        let result = match AttachedDatapath::adopt(&self.layout, key.clone()) {
+            Ok(dp) => dp.detach(&self.layout, pod),
+            Err(DatapathError::NotPinned { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+        result
+            .err()
+            .map(|e| format!("{}: {e}", LifecycleStep::Detach))
     }
 
     /// Undoes the devices already handed to the pod when a later one failed.
@@ -730,15 +727,7 @@ impl Inner {
             };
             let mut mine = Vec::new();
             if let Some(key) = &done.datapath {
-                match AttachedDatapath::adopt(&self.layout, key.clone()) {
-                    Ok(dp) => {
-                        if let Err(e) = dp.detach(&self.layout, pod.as_ref()) {
-                            mine.push(format!("{}: {e}", LifecycleStep::Detach));
-                        }
-                    }
-                    Err(DatapathError::NotPinned { .. }) => {}
-                    Err(e) => mine.push(format!("{}: {e}", LifecycleStep::Detach)),
-                }
+                mine.extend(self.detach(key, pod.as_ref()));
             }
             let root = self
                 .config

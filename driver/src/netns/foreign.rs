@@ -194,13 +194,8 @@ fn all_link_ids() -> Vec<u32> {
 pub async fn remove_foreign_programs(
     ifname: &str,
 ) -> Result<Vec<RemovedProgram>, ForeignProgramError> {
-    let c = std::ffi::CString::new(ifname)
-        .map_err(|_| ForeignProgramError::NoInterface(ifname.to_string()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 {
-        return Err(ForeignProgramError::NoInterface(ifname.to_string()));
-    }
+    let ifindex = super::ifindex_of(ifname)
+        .ok_or_else(|| ForeignProgramError::NoInterface(ifname.to_string()))?;
     let sys = |what: &'static str| {
         let ifname = ifname.to_string();
         move |source| ForeignProgramError::Syscall {

@@ -99,16 +99,6 @@ impl LinkChange {
             && self.gso_ipv4_max_size.is_none()
             && self.gro_ipv4_max_size.is_none()
     }
-
-    /// The part of this change that is not the move/rename (for kernels or devices
-    /// that refuse a combined message).
-    pub fn without_move(&self) -> LinkChange {
-        LinkChange {
-            netns_fd: None,
-            name: None,
-            ..self.clone()
-        }
-    }
 }
 
 fn mac6(v: &[u8]) -> Option<[u8; 6]> {

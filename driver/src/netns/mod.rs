@@ -20,4 +20,4 @@ pub use configure::{
 pub use foreign::{remove_foreign_programs, ForeignProgramError, RemovedProgram};
 pub use host::HostOriginals;
 pub use restore::{restore, restore_device, PodSide, RestoreError, RestoreOutcome};
-pub use thread::{Netns, NetnsError};
+pub use thread::{ifindex_of, ifname_of, Netns, NetnsError};

@@ -16,7 +16,6 @@ use netlink_sys::{Socket, SocketAddr};
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_ACK: u16 = 0x04;
 pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
 

@@ -38,6 +38,30 @@ pub enum NetnsError {
     Panicked { path: PathBuf },
 }
 
+/// The index of interface `name` in the calling thread's namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// The name of interface `index` in the calling thread's namespace.
+pub fn ifname_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
 /// A network namespace the driver holds open: the node's own (captured at start) or a
 /// pod's (from its bind-mount path). Holding the file keeps the namespace reachable
 /// even if its bind mount disappears while we work.
@@ -61,12 +85,20 @@ impl Netns {
     /// The namespace of the calling thread: the driver calls this once at start to
     /// capture the namespace that plays the node ("home" for every device).
     pub fn current() -> Result<Self, NetnsError> {
-        let path = PathBuf::from("/proc/thread-self/ns/net");
-        let file = File::open(&path).map_err(|source| NetnsError::Open {
-            path: path.clone(),
+        Self::open("/proc/thread-self/ns/net")
+    }
+
+    /// A second handle on the same namespace (the file is duplicated, not reopened, so
+    /// it is the same namespace even if the path now names another).
+    pub fn try_clone(&self) -> Result<Self, NetnsError> {
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
             source,
         })?;
-        Ok(Self { file, path })
+        Ok(Self {
+            file,
+            path: self.path.clone(),
+        })
     }
 
     /// The path this namespace was opened from (for messages and status).

@@ -10,7 +10,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -100,11 +99,6 @@ impl StateStore {
                 })
             }
         }
-    }
-
-    /// Path of the checkpoint file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Where a corrupt checkpoint was moved when this store was opened.
@@ -277,10 +271,7 @@ fn decode(uid: &str, value: &[u8]) -> Result<ClaimPlans, StateError> {
 }
 
 fn corrupt_name(path: &Path) -> PathBuf {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = crate::unix_now();
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".corrupt-{secs}"));
     let mut candidate = PathBuf::from(&name);

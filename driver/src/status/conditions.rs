@@ -4,8 +4,6 @@
 //! reason or message with the same status keeps the time. Times are RFC 3339 in UTC
 //! with second precision, as `metav1.Time` serialises.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 /// `Ready`: the device is in the pod and usable.
@@ -82,11 +80,7 @@ pub fn transition(previous: &[Condition], desired: &[Desired], now: &str) -> Vec
 
 /// The current time as `metav1.Time` text.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
+    rfc3339(crate::unix_now())
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).

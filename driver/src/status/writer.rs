@@ -326,11 +326,6 @@ impl StatusWriter {
         self.publish_health(&health);
     }
 
-    /// The `status.devices` entries this writer would apply for a claim now.
-    pub fn entries(&self, claim_uid: &str) -> Option<Value> {
-        self.claims.get(claim_uid).map(|c| self.render(c))
-    }
-
     fn previous_conditions(&self, device: &DeviceRef) -> Vec<Condition> {
         self.claims
             .get(&device.claim.uid)
