@@ -144,6 +144,22 @@ pub fn veth(a: &TestNetns, a_name: &str, b: &TestNetns, b_name: &str) -> Result<
     Ok(())
 }
 
+/// Every file (not directory) below `dir`, recursively; nothing if it is missing.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_below(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// A directory on bpffs for one test's pins, removed recursively on drop.
 #[derive(Debug)]
 pub struct TestBpfRoot {
@@ -169,21 +185,7 @@ impl TestBpfRoot {
 
     /// Every file below the root (pins left behind).
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    if p.is_dir() {
-                        walk(&p, out);
-                    } else {
-                        out.push(p);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.path, &mut out);
-        out
+        files_below(&self.path)
     }
 }
 

@@ -19,7 +19,7 @@ use netclaim::datapath::{
 };
 use netclaim_common::DropReason;
 use netclaim_tests::{
-    netenv::{TestBpfRoot, TestNetns},
+    netenv::TestBpfRoot,
     topology::{PodWire, POD_IF, WIRE_IF},
     traffic::{kernel_bpf_ids, udp_rcvbuf_errors, udp_send, UdpSink},
 };
@@ -526,5 +526,4 @@ fn no_addresses_means_counting_only() {
     assert!(dp.counters().unwrap().tx_packets >= u64::from(N));
     drop(sink);
     dp.detach(&f.layout, Some(&pod)).unwrap();
-    let _: Option<TestNetns> = None;
 }

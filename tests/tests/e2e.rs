@@ -166,25 +166,10 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
             "driver exit {code:?}\n{}",
             c.driver.log_text()
         );
-        let sockets: Vec<_> = walk(&topo.kubelet_dir());
+        let sockets = netclaim_tests::netenv::files_below(&topo.kubelet_dir());
         ensure!(sockets.is_empty(), "sockets left: {sockets:?}");
         Ok(())
     })
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -250,7 +235,6 @@ fn configure_failure_sends_device_home_and_reports_false() {
         Ok(())
     })
     .unwrap();
-    let _ = scenario::DRIVER;
 }
 
 #[test]
