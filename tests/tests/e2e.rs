@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use netclaim_tests::runtime::Mode;
+use netclaim_tests::runtime::{pod, FakeRuntime, Mode, RuntimeConfig};
 use netclaim_tests::scenario::{
     self, bring_up, claim, condition, good_parameters, link_facts, prepare, run_in_netns, run_pod,
     status_entry, stop_pod, traffic, unprepare, wait_for, Quiet, Topology, NIC, POD_IF,
@@ -347,6 +347,79 @@ fn health_stream_follows_the_nic_carrier() {
             .with_context(|| c.driver.log_text())?;
         topo.wire.ip(&["link", "set", "peer1", "up"])?;
         until_health(&mut health, &c.device, HealthStatus::Healthy).await?;
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn restarted_driver_keeps_devices_in_pods_published() {
+    let topo = Arc::new(Topology::new("e2r").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
+        let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        ensure!(started.status.is_ok(), "{:?}", started.status);
+
+        // Restart while the device is inside the pod; the runtime's Synchronize lists
+        // the pod as running, as a real runtime does.
+        ensure!(c.driver.stop()? == Some(0));
+        let _ = before;
+        let mut config = RuntimeConfig::new(Mode::Current);
+        config.pods = vec![pod(
+            "sandbox-pod-uid-web",
+            "default",
+            "web-0",
+            "pod-uid-web",
+            &topo.pod.path().display().to_string(),
+        )];
+        let old = std::mem::replace(
+            &mut c.runtime,
+            FakeRuntime::start(topo.dir.path().join("nri2.sock"), config).await?,
+        );
+        old.stop().await;
+        std::fs::rename(topo.dir.path().join("nri2.sock"), topo.nri_socket())?;
+        c.driver = scenario::Driver::start(&topo, c.api.kubeconfig_path(), "1s")?;
+        c.runtime
+            .wait_registered(Duration::from_secs(20))
+            .await
+            .with_context(|| c.driver.log_text())?;
+        // Give the new driver time to scan and publish; the device must stay listed.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let published = c.api.list("ResourceSlice").iter().any(|s| {
+            s["spec"]["devices"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == c.device.as_str()))
+        });
+        ensure!(
+            published,
+            "{} vanished from the slices after a restart\n{}",
+            c.device,
+            c.driver.log_text()
+        );
+        ensure!(
+            topo.node.ip(&["link", "show", NIC]).is_err(),
+            "the device left the pod on restart"
+        );
+
+        let (stop, _) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        ensure!(stop.status.is_ok(), "{:?}", stop.status);
+        let (mtu, addrs) = link_facts(&topo.node, NIC)?;
+        ensure!(
+            mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
+            "restored: {mtu} {addrs:?}"
+        );
         Ok(())
     })
     .unwrap();

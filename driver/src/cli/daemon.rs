@@ -251,6 +251,63 @@ fn claimed_devices(store: &StateStore) -> std::collections::BTreeSet<String> {
     }
 }
 
+/// This node's devices named in `claimed`, as this driver last published them in
+/// ResourceSlices (so a restarted driver keeps publishing devices that are in pods).
+async fn published_records(
+    client: &kube::Client,
+    args: &RunArgs,
+    claimed: &std::collections::BTreeSet<String>,
+) -> Vec<Device> {
+    use k8s_openapi::api::resource::v1::ResourceSlice;
+    if claimed.is_empty() {
+        return Vec::new();
+    }
+    let api: kube::Api<ResourceSlice> = kube::Api::all(client.clone());
+    let slices = match api.list(&kube::api::ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing ResourceSlices for claimed devices failed; devices inside pods reappear when they come home");
+            return Vec::new();
+        }
+    };
+    let mut records = Vec::new();
+    for slice in slices
+        .iter()
+        .filter(|s| s.spec.driver == args.driver_name && s.spec.pool.name == args.node_name)
+    {
+        for d in slice.spec.devices.iter().flatten() {
+            if !claimed.contains(&d.name) {
+                continue;
+            }
+            let attributes = d
+                .attributes
+                .as_ref()
+                .and_then(|a| serde_json::to_value(a).ok())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let mut record = Device {
+                name: d.name.clone(),
+                ifname: String::new(),
+                ifindex: 0,
+                attributes,
+                carrier_lost: false,
+            };
+            record.ifname = record
+                .attribute(&args.driver_name, "ifName")
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            records.push(record);
+        }
+    }
+    if !records.is_empty() {
+        tracing::info!(
+            devices = records.len(),
+            "claimed devices kept published from the previous slices"
+        );
+    }
+    records
+}
+
 /// Merges the carrier-based health of unclaimed `devices` into the health list: adds
 /// and updates their entries, drops entries of unclaimed devices that are gone, and
 /// leaves claimed devices' entries to the status writer.
@@ -366,6 +423,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .context("starting the inventory")?,
     );
     let devices = inventory.subscribe();
+    // Devices in prepared claims stay published while they are inside pods (and absent
+    // here). The set changes only through prepare/unprepare, which recompute it at once
+    // (the checkpoint rebuild goes through the same preparer).
+    let (claimed_tx, claimed_rx) = watch::channel(claimed_devices(&store));
+    inventory.pin_in_use(claimed_rx.borrow().clone());
+    // After a restart, devices already inside pods are not on the node: their records
+    // come from the slices the previous run published, before anything is republished.
+    let claimed_now = claimed_rx.borrow().clone();
+    let remembered = published_records(&client, &args, &claimed_now).await;
+    let names: Vec<String> = remembered.iter().map(|d| d.name.clone()).collect();
+    inventory.remember(remembered);
+    if !names.is_empty() {
+        // The publisher starts only once the inventory lists them, so they never vanish.
+        let mut listed = devices.clone();
+        let present = |l: &Arc<Vec<Device>>| names.iter().all(|n| l.iter().any(|d| &d.name == n));
+        if tokio::time::timeout(Duration::from_secs(2), listed.wait_for(present))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the inventory did not take up the claimed devices in time");
+        }
+    }
+    let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
+        let (store, inventory) = (store.clone(), inventory.clone());
+        Arc::new(move || {
+            let claimed = claimed_devices(&store);
+            inventory.pin_in_use(claimed.clone());
+            claimed_tx.send_if_modified(|c| {
+                let changed = *c != claimed;
+                *c = claimed;
+                changed
+            });
+        })
+    };
+
     let publisher = Publisher::start(
         client.clone(),
         args.driver_name.clone(),
@@ -387,23 +479,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         });
     }
-    // Devices in prepared claims stay published while they are inside pods (and absent
-    // here). The set changes only through prepare/unprepare, which recompute it at once
-    // (the checkpoint rebuild goes through the same preparer).
-    let (claimed_tx, claimed_rx) = watch::channel(claimed_devices(&store));
-    inventory.pin_in_use(claimed_rx.borrow().clone());
-    let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
-        let (store, inventory) = (store.clone(), inventory.clone());
-        Arc::new(move || {
-            let claimed = claimed_devices(&store);
-            inventory.pin_in_use(claimed.clone());
-            claimed_tx.send_if_modified(|c| {
-                let changed = *c != claimed;
-                *c = claimed;
-                changed
-            });
-        })
-    };
 
     // 5. Kubelet plugin.
     let (health_tx, health_rx) = watch::channel(Vec::new());
