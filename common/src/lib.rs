@@ -44,21 +44,45 @@ pub const PROG_INGRESS_TC: &str = "nc_ingress_tc";
 pub const PROG_BARE: &str = "nc_bare";
 
 /// Why a packet was dropped; the index into [`DeviceCounters::drops`].
+///
+/// The verdict (crate `netclaim-verdict`) picks exactly one reason per dropped frame;
+/// README's "Enforcement" section lists what each one means.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
-    /// Egress: the source address is not one of the device's addresses.
+    /// Egress: the source IP is not one of the device's addresses.
     SpoofedSource = 0,
-    /// Egress: no allowed prefix covers the destination.
+    /// Egress: no allowed prefix covers the destination (and no exception applies).
     NoRoute = 1,
     /// Ingress: unicast to an address that is not the device's.
     NotLocal = 2,
-    /// Egress: multicast while the policy forbids it.
+    /// Egress: multicast destination while `allowMulticast` is off and no route covers it.
     Multicast = 3,
+    /// Egress: the source MAC is not the device's.
+    SpoofedMac = 4,
+    /// An EtherType the parser does not understand (or an 802.3 length field).
+    UnknownEtherType = 5,
+    /// More VLAN tags than the parser accepts (one).
+    VlanStack = 6,
+    /// A truncated or malformed Ethernet, VLAN, ARP, IPv4, IPv6 or ICMPv6 header.
+    Malformed = 7,
+    /// Egress: IPv4 options other than a lone Router Alert.
+    IpOptions = 8,
+    /// IPv6 extension headers the parser refuses: a routing header with segments
+    /// left, hop-by-hop not first, or more headers than it walks.
+    Ipv6ExtHeader = 9,
+    /// Egress: ARP whose sender MAC or sender IP is not the device's.
+    ArpSpoof = 10,
+    /// Egress: neighbour discovery claiming an address or link-layer address that is
+    /// not the device's (NA target, SLLA/TLLA options, unspecified source misuse).
+    NdSpoof = 11,
+    /// Egress: ICMPv6 control messages a host never sends (router advertisement,
+    /// redirect, MLD query) or ND/MLD with the wrong hop limit.
+    NdForbidden = 12,
 }
 
 /// Number of [`DropReason`] variants.
-pub const DROP_REASONS: usize = 4;
+pub const DROP_REASONS: usize = 13;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -66,6 +90,15 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NotLocal,
         DropReason::Multicast,
+        DropReason::SpoofedMac,
+        DropReason::UnknownEtherType,
+        DropReason::VlanStack,
+        DropReason::Malformed,
+        DropReason::IpOptions,
+        DropReason::Ipv6ExtHeader,
+        DropReason::ArpSpoof,
+        DropReason::NdSpoof,
+        DropReason::NdForbidden,
     ];
 
     /// The name used in status, metrics and `netclaim inspect`.
@@ -75,6 +108,15 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::NotLocal => "not_local",
             DropReason::Multicast => "multicast",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::UnknownEtherType => "unknown_ethertype",
+            DropReason::VlanStack => "vlan_stack",
+            DropReason::Malformed => "malformed",
+            DropReason::IpOptions => "ip_options",
+            DropReason::Ipv6ExtHeader => "ipv6_ext_header",
+            DropReason::ArpSpoof => "arp_spoof",
+            DropReason::NdSpoof => "nd_spoof",
+            DropReason::NdForbidden => "nd_forbidden",
         }
     }
 }
@@ -99,7 +141,8 @@ pub mod flags {
     pub const ANTI_SPOOFING: u32 = 1 << 1;
     /// Ingress unicast must be addressed to one of the slot's local addresses.
     pub const INGRESS_FILTER: u32 = 1 << 2;
-    /// Multicast egress is allowed.
+    /// Multicast egress destinations are allowed without a route covering them
+    /// (sources are still checked). Off unless the claim sets `allowMulticast`.
     pub const ALLOW_MULTICAST: u32 = 1 << 3;
 }
 
@@ -111,6 +154,10 @@ pub struct SlotConfig {
     pub flags: u32,
     /// Incremented by the driver on every policy change; logged by the programs.
     pub generation: u32,
+    /// The device's own MAC address: the only source MAC (and ARP/ND link-layer
+    /// address) egress lets through under [`flags::ANTI_SPOOFING`].
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Value of the route tries: which hit counter the prefix feeds.

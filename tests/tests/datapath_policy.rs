@@ -40,6 +40,7 @@ fn claim_policy() -> DatapathPolicy {
         addresses: nets(&["192.0.2.10/24", "2001:db8::10/64"]),
         routes: nets(&["198.51.100.0/24", "2001:db8:100::/48"]),
         knobs: DataplaneKnobs::default(),
+        ..Default::default()
     }
 }
 
@@ -501,6 +502,7 @@ fn no_addresses_means_counting_only() {
         addresses: vec![],
         routes: nets(&["198.51.100.0/24"]),
         knobs: DataplaneKnobs::default(),
+        ..Default::default()
     };
     let dp = AttachedDatapath::attach(
         &f.layout,

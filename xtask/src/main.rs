@@ -303,10 +303,12 @@ fn test(extra: &[String]) -> Result<()> {
     run(Command::new(host_cargo())
         .current_dir(root())
         .args(["build", "--locked", "-p", "netclaim", "--bins"]))?;
-    println!("[test] cargo test --workspace");
+    // --no-fail-fast: every test binary runs even when an earlier one fails, so one
+    // run reports every failure.
+    println!("[test] cargo test --workspace --no-fail-fast");
     let mut cmd = Command::new(host_cargo());
     cmd.current_dir(root())
-        .args(["test", "--workspace", "--locked"]);
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }

@@ -121,6 +121,8 @@ impl ValidConfig {
             addresses: self.interface.addresses.clone(),
             routes: self.routes.iter().map(|r| r.destination).collect(),
             knobs: self.knobs,
+            mac: self.interface.hardware_addr,
+            link_local: Vec::new(),
         }
     }
 }

@@ -256,6 +256,21 @@ impl AttachedDatapath {
         options: AttachOptions,
     ) -> Result<Self, DatapathError> {
         let sizes = options.sizes.unwrap_or_default();
+        let resolved;
+        let policy = if policy.mac.is_none() {
+            // The caller does not know who the device is on the wire: ask the kernel
+            // (one extra namespace hop; the lifecycle always passes the MAC).
+            let name = interface.to_string();
+            let (mac, link_local) = netns.run(move || wire_identity(&name))?;
+            resolved = DatapathPolicy {
+                mac,
+                link_local,
+                ..policy.clone()
+            };
+            &resolved
+        } else {
+            policy
+        };
         let compiled = policy
             .compile(&BTreeMap::new(), sizes.prefixes)
             .map_err(|source| DatapathError::Policy {
@@ -362,6 +377,7 @@ impl AttachedDatapath {
         let mut dp = Self {
             current: CompiledPolicy {
                 flags: 0,
+                mac: [0; 6],
                 enforcement: Enforcement::CountOnly {
                     reason: String::new(),
                 },
@@ -428,9 +444,10 @@ impl AttachedDatapath {
             .collect();
         self.current = CompiledPolicy {
             flags: cfg.flags,
+            mac: cfg.mac,
             enforcement: if cfg.flags == 0 {
                 Enforcement::CountOnly {
-                    reason: if local_v4.is_empty() && local_v6.is_empty() {
+                    reason: if local_v4.is_empty() && local_v6.iter().all(is_link_local) {
                         "the device has no IP addresses, so there is nothing to enforce".into()
                     } else {
                         "every dataplane knob is off".into()
@@ -487,6 +504,11 @@ impl AttachedDatapath {
 
     /// Replaces the policy without a window: the inactive slot is rewritten completely,
     /// its hit counters for new prefixes are zeroed, then the active slot flips.
+    ///
+    /// A program that read the old slot number just before the flip may still be
+    /// looking things up in the old slot on another CPU. The old slot is therefore
+    /// cleared only after an RCU grace period (every tc/XDP program run that began
+    /// before the flip has finished), so no reader ever sees a slot change under it.
     pub fn update_policy(&mut self, policy: &DatapathPolicy) -> Result<(), DatapathError> {
         let previous: BTreeMap<IpNet, u32> = self
             .current
@@ -494,6 +516,25 @@ impl AttachedDatapath {
             .iter()
             .map(|a| (a.prefix, a.hit_index))
             .collect();
+        let kept;
+        let policy = if policy.mac.is_none() {
+            // Who the device is on the wire does not change with the policy: keep the
+            // MAC and link-local addresses the data path enforces now.
+            kept = DatapathPolicy {
+                mac: Some(self.current.mac),
+                link_local: self
+                    .current
+                    .local_v6
+                    .iter()
+                    .copied()
+                    .filter(is_link_local)
+                    .collect(),
+                ..policy.clone()
+            };
+            &kept
+        } else {
+            policy
+        };
         let compiled = policy
             .compile(&previous, self.hits.len())
             .map_err(|source| DatapathError::Policy {
@@ -502,7 +543,12 @@ impl AttachedDatapath {
             })?;
         let active = self.active_slot()?;
         let next = 1 - active;
-        self.clear_slot(next)?;
+        if !self.slot_is_empty(next) {
+            // A previous update stopped between its flip and its clear (the process
+            // died, or the clear failed): readers of that flip may be recent.
+            super::grace::wait_for_readers().map_err(|e| map_err(&self.key, MAP_ACTIVE, e))?;
+            self.clear_slot(next)?;
+        }
         let zero = zero_per_cpu().map_err(|e| map_err(&self.key, MAP_ROUTE_HITS, e))?;
         for a in &compiled.prefixes {
             if !previous.contains_key(&a.prefix) {
@@ -529,6 +575,8 @@ impl AttachedDatapath {
                 SlotConfig {
                     flags: compiled.flags,
                     generation,
+                    mac: compiled.mac,
+                    _pad: [0; 2],
                 },
                 0,
             )
@@ -546,8 +594,17 @@ impl AttachedDatapath {
         );
         self.current = compiled;
         self.generation = generation;
-        // Leave the old slot empty so a later reader cannot mistake it for live policy.
+        // Leave the old slot empty so a later reader cannot mistake it for live policy,
+        // once no program run that may have chosen it is still going.
+        super::grace::wait_for_readers().map_err(|e| map_err(&self.key, MAP_ACTIVE, e))?;
         self.clear_slot(active)
+    }
+
+    fn slot_is_empty(&self, slot: usize) -> bool {
+        self.rt4[slot].keys().next().is_none()
+            && self.rt6[slot].keys().next().is_none()
+            && self.loc4[slot].keys().next().is_none()
+            && self.loc6[slot].keys().next().is_none()
     }
 
     fn clear_slot(&mut self, slot: usize) -> Result<(), DatapathError> {
@@ -744,6 +801,8 @@ fn write_initial_policy(
             SlotConfig {
                 flags: compiled.flags,
                 generation: 1,
+                mac: compiled.mac,
+                _pad: [0; 2],
             },
             0,
         )
@@ -795,6 +854,31 @@ fn fill_slot<T: BorrowMut<MapData>>(
             .map_err(|e| map_err(key, MAP_LOCAL_V6[slot], e))?;
     }
     Ok(())
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Runs on the namespace thread: the MAC and IPv6 link-local addresses of `ifname`
+/// (nothing when it cannot be read; the data path then lets no source MAC through).
+fn wire_identity(ifname: &str) -> (Option<[u8; 6]>, Vec<Ipv6Addr>) {
+    use crate::netns::{link, netlink::NlSocket};
+    let Ok(mut sock) = NlSocket::route() else {
+        return (None, Vec::new());
+    };
+    let Ok(Some(facts)) = link::link_by_name(&mut sock, ifname) else {
+        return (None, Vec::new());
+    };
+    let link_local = link::addresses(&mut sock, facts.ifindex)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| match a.net.addr() {
+            IpAddr::V6(v6) if a.scope == 253 => Some(v6),
+            _ => None,
+        })
+        .collect();
+    (facts.mac, link_local)
 }
 
 /// Runs on the namespace thread: loads and attaches both directions.

@@ -19,6 +19,7 @@
 
 pub mod counters;
 pub mod device;
+pub mod grace;
 pub mod logs;
 pub mod object;
 pub mod pins;

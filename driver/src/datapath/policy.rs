@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use netclaim_common::flags;
 use serde::{Deserialize, Serialize};
 
-/// The `dataplane` knobs of a claim config. Every knob defaults to on.
+/// The `dataplane` knobs of a claim config. The three checks default to on; the one
+/// relaxation (`allowMulticast`) defaults to off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DataplaneKnobs {
@@ -22,7 +23,8 @@ pub struct DataplaneKnobs {
     pub anti_spoofing: bool,
     /// Ingress unicast IP must be addressed to one of the interface's addresses.
     pub ingress_filter: bool,
-    /// Egress multicast passes.
+    /// Egress to multicast groups passes without a route covering them (the source
+    /// is still checked). Link-local ND/MLD never needs it.
     pub allow_multicast: bool,
 }
 
@@ -32,18 +34,49 @@ impl Default for DataplaneKnobs {
             enforce_routes: true,
             anti_spoofing: true,
             ingress_filter: true,
-            allow_multicast: true,
+            allow_multicast: false,
         }
     }
 }
 
 /// What the data path of one device enforces: the interface's addresses (CIDR, as
-/// configured in the pod), the destinations of its routes, and the knobs.
+/// configured in the pod), the destinations of its routes, and the knobs; and who the
+/// device is on the wire: its MAC and its IPv6 link-local addresses, which count as
+/// its own sources but open no destinations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatapathPolicy {
     pub addresses: Vec<IpNet>,
     pub routes: Vec<IpNet>,
     pub knobs: DataplaneKnobs,
+    /// The device's MAC in the pod; `None` (unknown) lets no source MAC through.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// The device's IPv6 link-local addresses in the pod.
+    #[serde(default)]
+    pub link_local: Vec<Ipv6Addr>,
+}
+
+/// The modified EUI-64 link-local address the kernel derives from `mac` (RFC 4291
+/// appendix A; `addr_gen_mode` 0, the default).
+pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
 }
 
 /// Whether a compiled policy enforces anything, and if not, why.
@@ -78,6 +111,8 @@ pub struct AllowedPrefix {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub flags: u32,
+    /// The only source MAC egress accepts (all zeros when unknown).
+    pub mac: [u8; 6],
     pub enforcement: Enforcement,
     pub prefixes: Vec<AllowedPrefix>,
     pub local_v4: Vec<Ipv4Addr>,
@@ -147,6 +182,13 @@ impl DatapathPolicy {
                 _ => {}
             }
         }
+        let mut link_local = self.link_local.clone();
+        link_local.extend(self.mac.map(eui64_link_local));
+        for a in link_local {
+            if !local_v6.contains(&a) {
+                local_v6.push(a);
+            }
+        }
 
         let k = self.knobs;
         let mut flag_bits = 0;
@@ -164,9 +206,9 @@ impl DatapathPolicy {
             Enforcement::CountOnly {
                 reason: "the device has no IP addresses (neither from the claim nor from the host), so there is nothing to enforce".into(),
             }
-        } else if flag_bits == 0 && k.allow_multicast {
+        } else if flag_bits == 0 {
             Enforcement::CountOnly {
-                reason: "every dataplane knob is off in the claim config".into(),
+                reason: "enforceRoutes, antiSpoofing and ingressFilter are all off in the claim config".into(),
             }
         } else {
             if k.allow_multicast {
@@ -176,6 +218,7 @@ impl DatapathPolicy {
         };
         Ok(CompiledPolicy {
             flags: flag_bits,
+            mac: self.mac.unwrap_or([0; 6]),
             enforcement,
             prefixes,
             local_v4,
@@ -197,6 +240,8 @@ mod tests {
             addresses: addrs.iter().map(|a| net(a)).collect(),
             routes: routes.iter().map(|a| net(a)).collect(),
             knobs: DataplaneKnobs::default(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            link_local: vec![],
         }
     }
 
@@ -223,14 +268,21 @@ mod tests {
         assert_eq!(c.local_v4, vec![Ipv4Addr::new(192, 0, 2, 10)]);
         assert_eq!(
             c.local_v6,
-            vec!["2001:db8::10".parse::<Ipv6Addr>().unwrap()]
+            vec![
+                "2001:db8::10".parse::<Ipv6Addr>().unwrap(),
+                "fe80::ff:fe00:1".parse::<Ipv6Addr>().unwrap()
+            ],
+            "the EUI-64 link-local address is the device's own"
         );
+        assert_eq!(c.mac, [2, 0, 0, 0, 0, 1]);
         assert_eq!(
             c.flags,
-            flags::ENFORCE_ROUTES
-                | flags::ANTI_SPOOFING
-                | flags::INGRESS_FILTER
-                | flags::ALLOW_MULTICAST
+            flags::ENFORCE_ROUTES | flags::ANTI_SPOOFING | flags::INGRESS_FILTER,
+            "multicast is not allowed unless the claim asks"
+        );
+        assert!(
+            !c.prefixes.iter().any(|a| a.prefix.to_string().starts_with("fe80")),
+            "link-local addresses open no destinations"
         );
         assert_eq!(c.enforcement, Enforcement::Enforcing);
     }
@@ -290,6 +342,9 @@ mod tests {
         let c = p.compile(&BTreeMap::new(), 16).unwrap();
         assert_eq!(c.flags, 0);
         assert!(matches!(c.enforcement, Enforcement::CountOnly { .. }));
+        p.knobs.enforce_routes = true;
+        let c = p.compile(&BTreeMap::new(), 16).unwrap();
+        assert_eq!(c.flags, flags::ENFORCE_ROUTES | flags::ALLOW_MULTICAST);
     }
 
     #[test]

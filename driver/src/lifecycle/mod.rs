@@ -551,7 +551,7 @@ impl Inner {
 
         let mut datapath = None;
         if self.config.dataplane {
-            let policy = settings::datapath_policy(&cfg, &configured.addresses);
+            let policy = settings::datapath_policy(&cfg, &configured);
             let attached = DatapathKey::new(
                 plan.claim.namespace.clone(),
                 plan.claim.name.clone(),

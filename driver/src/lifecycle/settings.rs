@@ -2,7 +2,7 @@
 
 use crate::config::ValidConfig;
 use crate::datapath::DatapathPolicy;
-use crate::netns::{InterfaceSettings, RouteSpec};
+use crate::netns::{Configured, InterfaceSettings, RouteSpec};
 
 /// [`InterfaceSettings`] for `move_and_configure` from a [`ValidConfig`].
 pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
@@ -33,12 +33,24 @@ pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
 }
 
 /// The data-path policy: the config's, with the addresses the device carried from the
-/// host (read back in the pod) when the config sets none.
-pub fn datapath_policy(cfg: &ValidConfig, addresses_in_pod: &[ipnet::IpNet]) -> DatapathPolicy {
+/// host (read back in the pod) when the config sets none, and the device's MAC and
+/// link-local addresses as the kernel reports them in the pod.
+pub fn datapath_policy(cfg: &ValidConfig, in_pod: &Configured) -> DatapathPolicy {
+    policy_for(cfg, &in_pod.addresses, in_pod.mac, &in_pod.link_local)
+}
+
+fn policy_for(
+    cfg: &ValidConfig,
+    addresses_in_pod: &[ipnet::IpNet],
+    mac_in_pod: Option<[u8; 6]>,
+    link_local: &[std::net::Ipv6Addr],
+) -> DatapathPolicy {
     let mut policy = cfg.datapath_policy();
     if policy.addresses.is_empty() {
         policy.addresses = addresses_in_pod.to_vec();
     }
+    policy.mac = mac_in_pod.or(policy.mac);
+    policy.link_local = link_local.to_vec();
     policy
 }
 
@@ -67,11 +79,14 @@ mod tests {
         assert_eq!(s.routes[0].scope, 0);
         assert_eq!(s.ethtool_features.get("tx-checksumming"), Some(&false));
         let carried: Vec<ipnet::IpNet> = vec!["203.0.113.5/24".parse().expect("net")];
-        assert_eq!(
-            datapath_policy(&cfg, &carried).addresses,
-            cfg.interface.addresses
-        );
+        let ll: Vec<std::net::Ipv6Addr> = vec!["fe80::1".parse().expect("ll")];
+        let p = policy_for(&cfg, &carried, Some([2, 0, 0, 0, 0, 9]), &ll);
+        assert_eq!(p.addresses, cfg.interface.addresses);
+        assert_eq!(p.mac, Some([2, 0, 0, 0, 0, 9]), "the MAC read in the pod wins");
+        assert_eq!(p.link_local, ll);
         let bare = ValidConfig::default();
-        assert_eq!(datapath_policy(&bare, &carried).addresses, carried);
+        let p = policy_for(&bare, &carried, None, &[]);
+        assert_eq!(p.addresses, carried);
+        assert_eq!(p.mac, None);
     }
 }

@@ -75,6 +75,8 @@ pub struct Configured {
     pub mac: Option<[u8; 6]>,
     /// Global addresses on the device in the pod, read back from the kernel.
     pub addresses: Vec<IpNet>,
+    /// IPv6 link-local addresses the kernel has given the device in the pod so far.
+    pub link_local: Vec<std::net::Ipv6Addr>,
     pub originals: HostOriginals,
     /// How many `RTM_SETLINK` requests the move + link settings took (1 when the
     /// kernel accepted the combined message).
@@ -435,11 +437,12 @@ pub fn move_and_configure(
         )
     })?;
     match pod_result {
-        Ok((facts, addresses)) => Ok(Configured {
+        Ok((facts, addresses, link_local)) => Ok(Configured {
             pod_ifname: facts.name,
             ifindex_in_pod: facts.ifindex,
             mac: facts.mac,
             addresses,
+            link_local,
             originals: moved.originals,
             link_requests: moved.link_requests + per_field(&moved.pending).len(),
         }),
@@ -578,7 +581,7 @@ fn pod_job(
     originals: &HostOriginals,
     pending: &LinkChange,
     features: &ResolvedFeatures,
-) -> Result<(LinkFacts, Vec<IpNet>), Failure> {
+) -> Result<(LinkFacts, Vec<IpNet>, Vec<std::net::Ipv6Addr>), Failure> {
     let mut sock = NlSocket::route().map_err(|e| fail(Step::Move, "device", e))?;
     // Find our device by name *and* identity: when the combined message is refused,
     // the kernel may already have moved the device under its host name (the rename
@@ -683,13 +686,18 @@ fn pod_job(
                 StepError::Invalid(format!("{pod_name} disappeared")),
             )
         })?;
-    let addrs = link::addresses(&mut sock, idx)
+    let (global, link_scope): (Vec<_>, Vec<_>) = link::addresses(&mut sock, idx)
         .map_err(|e| fail(Step::ReadBack, "device", e))?
         .into_iter()
-        .filter(|a| a.scope < 200)
-        .map(|a| a.net)
+        .partition(|a| a.scope < 200);
+    let link_local = link_scope
+        .into_iter()
+        .filter_map(|a| match a.net.addr() {
+            std::net::IpAddr::V6(v6) => Some(v6),
+            std::net::IpAddr::V4(_) => None,
+        })
         .collect();
-    Ok((facts, addrs))
+    Ok((facts, global.into_iter().map(|a| a.net).collect(), link_local))
 }
 
 fn apply_ethtool(
