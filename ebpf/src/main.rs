@@ -4,6 +4,8 @@
 //!   sources and destinations outside the claim's prefixes, counts hits per prefix.
 //! * `nc_ingress` (XDP) / `nc_ingress_tc` (tc ingress fallback): counts what the pod
 //!   receives and drops unicast IP not addressed to the interface.
+//! * `nc_guard_sockopt` (cgroup/setsockopt) on the pod's cgroup: refuses the two ways
+//!   a socket can send without passing tc egress (`PACKET_QDISC_BYPASS`, `AF_XDP`).
 //! * `nc_bare`, `nc_floor`: benchmark baselines (nothing; the same parsing plus one
 //!   route lookup and one counter); never attached by the driver.
 //!
@@ -19,9 +21,9 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
-    macros::{classifier, map, xdp},
+    macros::{cgroup_sockopt, classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
-    programs::{TcContext, XdpContext},
+    programs::{SockoptContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
 use netclaim_common::{
@@ -347,6 +349,26 @@ impl verdict::Policy for Floor {
     fn route_v6(&self, a: &[u8; 16]) -> Option<u32> {
         Policy { slot: self.0, flags: 0, generation: 0, mac: [0; 6] }.route_v6(a)
     }
+}
+
+/// `SOL_PACKET`, `SOL_XDP` (uapi `linux/socket.h`) and `PACKET_QDISC_BYPASS`
+/// (`linux/if_packet.h`).
+const SOL_PACKET: i32 = 263;
+const SOL_XDP: i32 = 283;
+const PACKET_QDISC_BYPASS: i32 = 20;
+
+/// cgroup/setsockopt on the pod's cgroup. `PACKET_QDISC_BYPASS` hands frames straight
+/// to the driver (`__dev_direct_xmit`), past tc egress, and so does an `AF_XDP`
+/// socket, which cannot work without its `SOL_XDP` options (UMEM, rings). Refusing
+/// both keeps every frame a pod sends on the path `nc_egress` guards. 0 = EPERM.
+#[cgroup_sockopt(setsockopt)]
+pub fn nc_guard_sockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: reading fields of the program's own context.
+    let (level, optname) = unsafe { ((*ctx.sockopt).level, (*ctx.sockopt).optname) };
+    if level == SOL_XDP || level == SOL_PACKET && optname == PACKET_QDISC_BYPASS {
+        return 0;
+    }
+    1
 }
 
 #[classifier]

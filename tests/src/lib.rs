@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod kubelet;
 pub mod netenv;
+pub mod raw;
 pub mod runtime;
 pub mod scenario;
 pub mod topology;

@@ -1339,7 +1339,8 @@ mod tests {
                 ..ValidConfig::default()
             }
         );
-        assert!(v.knobs.enforce_routes && v.knobs.allow_multicast);
+        assert!(v.knobs.enforce_routes && v.knobs.anti_spoofing && v.knobs.ingress_filter);
+        assert!(!v.knobs.allow_multicast, "relaxations are off unless asked for");
     }
 
     #[test]
@@ -1355,7 +1356,7 @@ mod tests {
             ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:1::/48"]
         );
         assert!(!p.knobs.anti_spoofing);
-        assert!(p.knobs.enforce_routes && p.knobs.ingress_filter && p.knobs.allow_multicast);
+        assert!(p.knobs.enforce_routes && p.knobs.ingress_filter && !p.knobs.allow_multicast);
     }
 
     #[test]

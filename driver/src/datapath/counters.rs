@@ -62,14 +62,14 @@ mod tests {
             rx_bytes: 100,
             tx_packets: 2,
             tx_bytes: 200,
-            drops: [1, 0, 0, 3],
+            drops: [1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 7],
         };
         let b = DeviceCounters {
             rx_packets: 10,
             rx_bytes: 1000,
             tx_packets: 20,
             tx_bytes: 2000,
-            drops: [0, 5, 1, 0],
+            drops: [0, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
         };
         let s = CounterSnapshot::from_per_cpu([&a, &b]);
         assert_eq!(
@@ -80,5 +80,6 @@ mod tests {
         assert_eq!(s.dropped(DropReason::NoRoute), 5);
         assert_eq!(s.dropped(DropReason::NotLocal), 1);
         assert_eq!(s.dropped(DropReason::Multicast), 3);
+        assert_eq!(s.dropped(DropReason::NdForbidden), 9);
     }
 }
