@@ -42,6 +42,11 @@ pub const PROG_INGRESS_XDP: &str = "nc_ingress";
 pub const PROG_INGRESS_TC: &str = "nc_ingress_tc";
 /// tc pass-through without maps: the baseline of `cargo xtask bench datapath`.
 pub const PROG_BARE: &str = "nc_bare";
+/// tc: the verdict's parsing, one route lookup and one counter; the floor of
+/// `cargo xtask bench datapath`.
+pub const PROG_FLOOR: &str = "nc_floor";
+/// cgroup/setsockopt on the pod's cgroup: refuses the options that send past tc.
+pub const PROG_GUARD_SOCKOPT: &str = "nc_guard_sockopt";
 
 /// Why a packet was dropped; the index into [`DeviceCounters::drops`].
 ///

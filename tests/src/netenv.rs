@@ -207,3 +207,32 @@ impl Drop for TestBpfRoot {
         remove(&self.path);
     }
 }
+
+/// A cgroup v2 directory standing in for a pod's cgroup, removed on drop (processes
+/// put in it must have exited by then).
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Result<Self> {
+        require_root();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let root = netclaim::datapath::guard::cgroup2_root(&mountinfo)
+            .context("no cgroup v2 hierarchy mounted")?;
+        let path = root.join(format!("nct-{}", unique(tag)));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

@@ -17,6 +17,41 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+/// `SOL_XDP` and `XDP_UMEM_REG` (uapi `linux/if_xdp.h`, `linux/socket.h`).
+const SOL_XDP: libc::c_int = 283;
+const XDP_UMEM_REG: libc::c_int = 4;
+
+/// Creates an `AF_XDP` socket and registers a small UMEM, the first step of sending
+/// through one; returns the step's error.
+pub fn try_af_xdp() -> std::io::Result<()> {
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let area = vec![0u8; 2 * 4096 + 4096];
+    let start = (area.as_ptr() as usize + 4095) & !4095;
+    // struct xdp_umem_reg { u64 addr; u64 len; u32 chunk_size; u32 headroom; u32 flags; u32 tx_metadata_len; }
+    let reg: [u64; 4] = [start as u64, 2 * 4096, 2048, 0];
+    // SAFETY: reg is a valid xdp_umem_reg of the stated size; `area` outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_XDP,
+            XDP_UMEM_REG,
+            reg.as_ptr() as *const libc::c_void,
+            std::mem::size_of_val(&reg) as u32,
+        )
+    };
+    drop(area);
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 use netclaim::netns::Netns;
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -70,32 +105,34 @@ pub struct RawSender {
 }
 
 impl RawSender {
-    /// Opens the sender on `ifname` inside `ns`. With `qdisc_bypass`, frames go
-    /// straight to the driver (`PACKET_QDISC_BYPASS`), as an attacker would try.
-    pub fn open(ns: &Netns, ifname: &str, qdisc_bypass: bool) -> Result<Self> {
+    /// Opens the sender on `ifname` inside `ns`.
+    pub fn open(ns: &Netns, ifname: &str) -> Result<Self> {
         let name = ifname.to_string();
         ns.run(move || -> Result<Self> {
             let ifindex = netclaim::netns::ifindex_of(&name).context("no such interface")?;
             let fd = packet_socket(ifindex, 0)?;
-            if qdisc_bypass {
-                let on: libc::c_int = 1;
-                // SAFETY: valid fd and an int option of the stated size.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_PACKET,
-                        PACKET_QDISC_BYPASS,
-                        &on as *const libc::c_int as *const libc::c_void,
-                        std::mem::size_of::<libc::c_int>() as u32,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .context("setsockopt(PACKET_QDISC_BYPASS)");
-                }
-            }
             Ok(Self { fd, ifindex })
         })?
+    }
+
+    /// Asks for `PACKET_QDISC_BYPASS`: frames straight to the driver, past tc egress,
+    /// as an attacker would try. The kernel's (or a guard's) refusal is returned.
+    pub fn request_qdisc_bypass(&self) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: valid fd and an int option of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_QDISC_BYPASS,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Sends one frame; an error from the kernel (a drop reported as EPERM, say) is

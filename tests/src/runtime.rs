@@ -451,6 +451,7 @@ pub fn pod(id: &str, namespace: &str, name: &str, uid: &str, netns: &str) -> Pod
         namespace: namespace.into(),
         runtime_handler: "runc".into(),
         linux: Some(LinuxPodSandbox {
+            cgroup_parent: String::new(),
             namespaces: vec![
                 LinuxNamespace {
                     r#type: "ipc".into(),

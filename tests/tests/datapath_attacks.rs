@@ -15,7 +15,7 @@ use netclaim::datapath::{
 };
 use netclaim_common::DropReason;
 use netclaim_tests::{
-    netenv::TestBpfRoot,
+    netenv::{TestBpfRoot, TestCgroup},
     raw::{frame, RawSender, Sniffer},
     topology::{PodWire, POD_IF, WIRE_IF},
 };
@@ -66,6 +66,10 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::attached(tag, None)
+    }
+
+    fn attached(tag: &str, guard_cgroup: Option<std::path::PathBuf>) -> Lab {
         let net = PodWire::new(tag, true).expect("topology");
         let bpf = TestBpfRoot::new(tag).expect("bpffs dir");
         let layout = PinLayout::new(bpf.path());
@@ -83,7 +87,11 @@ impl Lab {
         };
         let pod = net.pod.open();
         let key = DatapathKey::new("default", tag, "a0").expect("key");
-        let dp = AttachedDatapath::attach(&layout, key, &pod, POD_IF, &policy, AttachOptions::default())
+        let options = AttachOptions {
+            guard_cgroup,
+            ..Default::default()
+        };
+        let dp = AttachedDatapath::attach(&layout, key, &pod, POD_IF, &policy, options)
             .expect("attach");
         let (pod_mac, wire_mac) = (mac(&net.pod_mac), mac(&net.wire_mac));
         Lab {
@@ -127,6 +135,28 @@ struct Case {
     frame: Vec<u8>,
     marker: Vec<u8>,
     reason: DropReason,
+}
+
+/// Runs the attacker process (`raw-sender`) in `cgroup`, in the pod namespace, sending
+/// `frames`; returns its report.
+fn attacker(lab: &Lab, cgroup: &TestCgroup, frames: &[&[u8]]) -> serde_json::Value {
+    let hex: Vec<String> = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raw-sender"))
+        .arg(cgroup.path())
+        .arg(lab.net.pod.path())
+        .arg(POD_IF)
+        .args(&hex)
+        .output()
+        .expect("running raw-sender");
+    assert!(
+        out.status.success(),
+        "raw-sender failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("raw-sender report")
 }
 
 /// Sends every case through `sender`, then checks each: never seen by `sniffer`, and
@@ -182,7 +212,7 @@ fn crafted_egress_frames_are_dropped_by_reason_and_never_reach_the_wire() {
     let pod = lab.net.pod.open();
     let wire = lab.net.wire.open();
     let sniffer = Sniffer::start(&wire, WIRE_IF).expect("sniffer");
-    let sender = RawSender::open(&pod, POD_IF, false).expect("raw socket in the pod");
+    let sender = RawSender::open(&pod, POD_IF).expect("raw socket in the pod");
     let own6 = v6("2001:db8::10");
     let gw6 = v6("2001:db8::1");
     let ll = lab.pod_link_local();
@@ -268,7 +298,7 @@ fn crafted_ingress_frames_the_parser_refuses_never_reach_the_pod() {
     let pod = lab.net.pod.open();
     let wire = lab.net.wire.open();
     let sniffer = Sniffer::start(&pod, POD_IF).expect("sniffer in the pod");
-    let sender = RawSender::open(&wire, WIRE_IF, false).expect("raw socket on the wire");
+    let sender = RawSender::open(&wire, WIRE_IF).expect("raw socket on the wire");
     let to_pod = |tags: &[(u16, u16)], et: u16| frame::eth(lab.pod_mac, lab.wire_mac, tags, et);
     let control = {
         let mut f = to_pod(&[], 0x0800);
@@ -285,4 +315,48 @@ fn crafted_ingress_frames_the_parser_refuses_never_reach_the_pod() {
         Case { name: "ingress: IPv6 routing header with segments left", frame: { let mut body = vec![17, 2, 0, 1, 0, 0, 0, 0]; body.extend(v6("2001:db8::77")); body.extend(udp6_body(&m(54))); let mut f = to_pod(&[], 0x86dd); f.extend(frame::ipv6(v6("2001:db8::1"), v6("2001:db8::10"), 43, 64, &body)); f }, marker: m(54), reason: DropReason::Ipv6ExtHeader },
     ];
     run_cases(&lab, &sender, &sniffer, &cases);
+}
+
+#[test]
+fn the_socket_guard_stops_sends_that_skip_tc_egress() {
+    let guarded = TestCgroup::new("grd").expect("pod cgroup");
+    let unguarded = TestCgroup::new("ugr").expect("another cgroup");
+    let mut lab = Lab::attached("grd", Some(guarded.path().to_path_buf()));
+    assert!(lab.dp.as_ref().expect("attached").info().expect("info").socket_guard);
+    let wire = lab.net.wire.open();
+    let sniffer = Sniffer::start(&wire, WIRE_IF).expect("sniffer");
+    let spoofed = |m: &[u8]| udp4(&lab, lab.pod_mac, [192, 0, 2, 99], ALLOWED4, m);
+    let forbidden = |m: &[u8]| udp4(&lab, lab.pod_mac, OWN4, FORBIDDEN4, m);
+
+    // The attack is real: outside the guarded cgroup the kernel grants the bypass and
+    // frames the data path forbids reach the wire, uncounted.
+    let before = lab.dropped(DropReason::SpoofedSource);
+    let (a, b) = (spoofed(&marker(60)), forbidden(&marker(61)));
+    let report = attacker(&lab, &unguarded, &[&a, &b]);
+    assert_eq!(report["qdisc_bypass"], "ok", "{report}");
+    assert_eq!(report["af_xdp"], "ok", "{report}");
+    assert_eq!(sniffer.wait_seen(&marker(60), 1, ARRIVE), 1, "without the guard the bypass works");
+    assert_eq!(sniffer.wait_seen(&marker(61), 1, ARRIVE), 1, "without the guard the bypass works");
+    assert_eq!(lab.dropped(DropReason::SpoofedSource), before);
+
+    // In the pod's cgroup both ways are refused, so the frames meet the data path.
+    let (spoof_before, route_before) = (
+        lab.dropped(DropReason::SpoofedSource),
+        lab.dropped(DropReason::NoRoute),
+    );
+    let (a, b) = (spoofed(&marker(62)), forbidden(&marker(63)));
+    let report = attacker(&lab, &guarded, &[&a, &b]);
+    assert_eq!(report["qdisc_bypass"], format!("errno {}", libc::EPERM), "{report}");
+    assert_eq!(report["af_xdp"], format!("errno {}", libc::EPERM), "{report}");
+    std::thread::sleep(QUIET);
+    assert_eq!(sniffer.seen(&marker(62)), 0, "spoofed frame reached the wire");
+    assert_eq!(sniffer.seen(&marker(63)), 0, "forbidden frame reached the wire");
+    assert_eq!(lab.dropped(DropReason::SpoofedSource), spoof_before + 1);
+    assert_eq!(lab.dropped(DropReason::NoRoute), route_before + 1);
+
+    // Detaching the device removes its guard with its other pins.
+    let dp = lab.dp.take().expect("attached");
+    dp.detach(&lab.layout, Some(&lab.net.pod.open())).expect("detach");
+    let report = attacker(&lab, &guarded, &[]);
+    assert_eq!(report["qdisc_bypass"], "ok", "guard left behind: {report}");
 }

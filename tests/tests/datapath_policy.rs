@@ -438,7 +438,7 @@ fn clsact_and_generic_xdp_fallbacks_work_and_detach_cleanly() {
         let opts = AttachOptions {
             egress: Some(egress),
             ingress: Some(ingress),
-            sizes: None,
+            ..Default::default()
         };
         let dp =
             AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), opts).unwrap();

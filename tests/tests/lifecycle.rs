@@ -16,7 +16,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use netclaim::{
-    lifecycle::{Action, DeviceResolver, LifecycleConfig, Pods},
+    lifecycle::{Action, DeviceResolver, LifecycleConfig, PodRuntime, Pods},
     netns::RestoreOutcome,
     state::{ClaimPlans, ClaimRecord, Plan, PodRecord, StateStore},
     status::{status_channel, DeviceEvent, StatusConfig, StatusReceiver, StatusWriter},
@@ -228,7 +228,7 @@ async fn start_traffic_status_stop() {
 
     // Start: interface in the pod, named, addressed, routed; data path attached.
     let outcomes = pods
-        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
         .expect("start_pod");
     assert_eq!(
         outcomes[0].action,
@@ -261,7 +261,7 @@ async fn start_traffic_status_stop() {
 
     // Repeated hook: nothing happens twice.
     let again = pods
-        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
         .expect("start_pod again");
     assert!(matches!(again[0].action, Action::AlreadyAttached { .. }));
 
@@ -406,7 +406,7 @@ async fn failing_route_goes_home_and_reports_false() {
     let mut writer = env.writer().await;
 
     let err = pods
-        .start_pod(POD_UID, "default/pod1", env.pod.path())
+        .start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
         .expect_err("the route cannot be added");
     let text = err.to_string();
     assert!(text.contains("claim default/c2"), "{text}");
@@ -444,7 +444,7 @@ async fn restarted_driver_stops_a_pod_started_before() {
         let store = env.store();
         env.claim(&store, "c3", good_config());
         let pods = env.pods(store, None);
-        pods.start_pod(POD_UID, "default/pod1", env.pod.path())
+        pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
             .expect("start_pod");
         assert!(link(&env.pod, "net1").is_some());
     } // the old driver is gone; its pins and the device stay
@@ -469,7 +469,7 @@ async fn synchronize_returns_devices_of_vanished_pods() {
     let store = env.store();
     env.claim(&store, "c4", good_config());
     let pods = env.pods(store.clone(), None);
-    pods.start_pod(POD_UID, "default/pod1", env.pod.path())
+    pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
         .expect("start_pod");
     // The runtime lists no pods: the device goes home.
     let report = pods.synchronize(&BTreeMap::<String, PathBuf>::new());

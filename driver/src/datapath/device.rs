@@ -101,16 +101,25 @@ impl IngressMode {
 
 /// Which attach methods to try. `Auto` tries the best first and falls back; the
 /// others force one method (tests use them to exercise the fallbacks for real).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttachOptions {
     pub egress: Option<EgressMode>,
     pub ingress: Option<IngressMode>,
     pub sizes: Option<MapSizes>,
+    /// The pod's cgroup directory: when set, the socket guard ([`super::guard`]) is
+    /// attached there, and the data path is not attached without it.
+    pub guard_cgroup: Option<PathBuf>,
 }
 
 /// Everything that can go wrong with a device's data path; each names the device.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("datapath {key}: socket guard: {source}")]
+    Guard {
+        key: String,
+        #[source]
+        source: super::guard::GuardError,
+    },
     #[error(transparent)]
     Key(#[from] InvalidKey),
     #[error(transparent)]
@@ -181,6 +190,8 @@ pub struct DatapathInfo {
     pub flags: u32,
     pub prefixes: Vec<AllowedPrefix>,
     pub local_addresses: Vec<IpAddr>,
+    /// Whether the socket guard holds the pod's cgroup (see [`super::guard`]).
+    pub socket_guard: bool,
 }
 
 type Rt4 = LpmTrie<MapData, [u8; 4], RouteValue>;
@@ -291,6 +302,7 @@ impl AttachedDatapath {
                 })?;
         write_initial_policy(&mut ebpf, &key, &compiled)?;
 
+        let guard_cgroup = options.guard_cgroup.clone();
         let thread_key = key.clone();
         let ifname = interface.to_string();
         let netns_name = netns.path().display().to_string();
@@ -302,7 +314,17 @@ impl AttachedDatapath {
         let mut attached = attached?;
         attached.meta.netns_inode = netns_inode;
 
-        if let Err(e) = pin_all(&mut ebpf, &key, &dir, &mut attached) {
+        let pinned = pin_all(&mut ebpf, &key, &dir, &mut attached).and_then(|()| {
+            let Some(cgroup) = &guard_cgroup else {
+                return Ok(());
+            };
+            super::guard::attach(&mut ebpf, cgroup, &dir.join(super::guard::LINK_GUARD))
+                .map_err(|source| DatapathError::Guard {
+                    key: key.to_string(),
+                    source,
+                })
+        });
+        if let Err(e) = pinned {
             remove_pins(&dir);
             // Dropping `ebpf` and the unpinned links detaches what was attached;
             // clsact filters are not owned by a link and are removed explicitly.
@@ -692,6 +714,7 @@ impl AttachedDatapath {
                 .map(|a| IpAddr::V4(*a))
                 .chain(self.current.local_v6.iter().map(|a| IpAddr::V6(*a)))
                 .collect(),
+            socket_guard: super::guard::is_pinned(&self.dir),
         })
     }
 

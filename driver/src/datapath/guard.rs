@@ -1,28 +1,34 @@
-//! The socket guard: cgroup programs on the pod's cgroup that keep every frame a raw
+//! The socket guard: a cgroup program on the pod's cgroup that keeps every frame a
 //! socket sends on the path the egress program sees.
 //!
 //! tc egress runs in `__dev_queue_xmit`. Two kinds of socket send without it, straight
 //! through `__dev_direct_xmit`: an `AF_PACKET` socket with `PACKET_QDISC_BYPASS`, and
 //! an `AF_XDP` socket; both need only `CAP_NET_RAW`, which pods have by default. The
-//! guard refuses that socket option (`nc_guard_sockopt`, cgroup/setsockopt) and that
-//! socket family (`nc_guard_sock`, cgroup/sock_create) for every process in the pod's
-//! cgroup. Each device's data path owns its own guard links, pinned next to its other
-//! links, so detaching the device (removing its pins) removes its guard.
+//! guard (`nc_guard_sockopt`, cgroup/setsockopt) refuses that option and every
+//! `SOL_XDP` option (without which an `AF_XDP` socket cannot send) to every process in
+//! the pod's cgroup. Each device's data path owns its guard link, pinned next to its
+//! other links, so removing the device's pins (detach) removes its guard.
+//!
+//! aya 0.14 cannot turn a cgroup attachment into a pinnable link, so the link is made
+//! and pinned here with `BPF_LINK_CREATE` and `BPF_OBJ_PIN`.
 
-use std::os::fd::AsFd;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{
-    links::{CgroupAttachMode, FdLink},
-    CgroupSock, CgroupSockopt, Program,
-};
+use aya::programs::{CgroupSockopt, ProgramError};
 use aya::Ebpf;
-use netclaim_common::{PROG_GUARD_SOCK, PROG_GUARD_SOCKOPT};
+use netclaim_common::PROG_GUARD_SOCKOPT;
 
-/// Pin file of the setsockopt guard link.
-pub const LINK_GUARD_SOCKOPT: &str = "link_guard_sockopt";
-/// Pin file of the sock_create guard link.
-pub const LINK_GUARD_SOCK: &str = "link_guard_sock";
+/// Pin file of the guard link.
+pub const LINK_GUARD: &str = "link_guard_sockopt";
+
+/// `BPF_LINK_CREATE`, `BPF_OBJ_PIN` (uapi `enum bpf_cmd`) and
+/// `BPF_CGROUP_SETSOCKOPT` (`enum bpf_attach_type`).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 
 /// Why the guard could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -31,20 +37,17 @@ pub enum GuardError {
     NoCgroup2,
     #[error("the pod's cgroup {cgroup:?} is not at {path}")]
     NoSuchCgroup { cgroup: String, path: PathBuf },
-    #[error("opening cgroup {path}: {source}")]
-    Open {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("guard program {program}: {source}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("guard program {0} is missing from the eBPF object")]
-    Missing(&'static str),
+    #[error("guard program {PROG_GUARD_SOCKOPT}: {0}")]
+    Program(#[source] ProgramError),
+    #[error("guard program {PROG_GUARD_SOCKOPT} is missing from the eBPF object")]
+    Missing,
 }
 
 /// Where the cgroup v2 hierarchy is mounted, from a `/proc/self/mountinfo` text.
@@ -82,12 +85,12 @@ pub fn pod_cgroup_dir(root: &Path, cgroup_parent: &str) -> PathBuf {
 
 /// Resolves the runtime's name for a pod cgroup to an existing directory.
 pub fn resolve(cgroup_parent: &str) -> Result<PathBuf, GuardError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
-        GuardError::Open {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| GuardError::Io {
+            what: "reading",
             path: "/proc/self/mountinfo".into(),
             source,
-        }
-    })?;
+        })?;
     let root = cgroup2_root(&mountinfo).ok_or(GuardError::NoCgroup2)?;
     let dir = pod_cgroup_dir(&root, cgroup_parent);
     if !dir.is_dir() {
@@ -99,72 +102,81 @@ pub fn resolve(cgroup_parent: &str) -> Result<PathBuf, GuardError> {
     Ok(dir)
 }
 
-/// Verifies the guard programs of a fresh instance (done with the others, off the
-/// pod-start path).
+fn program(ebpf: &mut Ebpf) -> Result<&mut CgroupSockopt, GuardError> {
+    ebpf.program_mut(PROG_GUARD_SOCKOPT)
+        .ok_or(GuardError::Missing)?
+        .try_into()
+        .map_err(GuardError::Program)
+}
+
+/// Verifies the guard program of a fresh instance (with the others, off the pod-start
+/// path).
 pub fn load(ebpf: &mut Ebpf) -> Result<(), GuardError> {
-    let program = |name| GuardError::Program {
-        program: name,
-        source: aya::programs::ProgramError::AlreadyLoaded,
-    };
-    if let Some(Program::CgroupSockopt(p)) = ebpf.program_mut(PROG_GUARD_SOCKOPT) {
-        if p.fd().is_err() {
-            p.load().map_err(|source| GuardError::Program {
-                program: PROG_GUARD_SOCKOPT,
-                source,
-            })?;
-        }
-    } else {
-        return Err(GuardError::Missing(PROG_GUARD_SOCKOPT));
-    }
-    if let Some(Program::CgroupSock(p)) = ebpf.program_mut(PROG_GUARD_SOCK) {
-        if p.fd().is_err() {
-            p.load().map_err(|source| GuardError::Program {
-                program: PROG_GUARD_SOCK,
-                source,
-            })?;
-        }
-    } else {
-        return Err(program(PROG_GUARD_SOCK));
+    let p = program(ebpf)?;
+    if p.fd().is_err() {
+        p.load().map_err(GuardError::Program)?;
     }
     Ok(())
 }
 
-/// Attaches both guard programs to the cgroup directory `cgroup` (alongside whatever
-/// else is attached there) and returns their links, setsockopt first.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<[FdLink; 2], GuardError> {
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-padded bpf_attr prefix valid for the command, and every
+    // pointer in it outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 64usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// Attaches the guard to the cgroup directory `cgroup` (alongside whatever else is
+/// attached there: cgroup links are always multi) and pins its link at `pin`. The
+/// pin holds the attachment; removing it detaches the guard.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin: &Path) -> Result<(), GuardError> {
     load(ebpf)?;
-    let dir = std::fs::File::open(cgroup).map_err(|source| GuardError::Open {
+    let dir = std::fs::File::open(cgroup).map_err(|source| GuardError::Io {
+        what: "opening cgroup",
         path: cgroup.to_path_buf(),
         source,
     })?;
-    let err = |program| move |source| GuardError::Program { program, source };
-    let sockopt: &mut CgroupSockopt = ebpf
-        .program_mut(PROG_GUARD_SOCKOPT)
-        .ok_or(GuardError::Missing(PROG_GUARD_SOCKOPT))?
-        .try_into()
-        .map_err(err(PROG_GUARD_SOCKOPT))?;
-    let id = sockopt
-        .attach(dir.as_fd(), CgroupAttachMode::AllowMultiple)
-        .map_err(err(PROG_GUARD_SOCKOPT))?;
-    let first: FdLink = sockopt
-        .take_link(id)
-        .map_err(err(PROG_GUARD_SOCKOPT))?
-        .into();
-    let sock: &mut CgroupSock = ebpf
-        .program_mut(PROG_GUARD_SOCK)
-        .ok_or(GuardError::Missing(PROG_GUARD_SOCK))?
-        .try_into()
-        .map_err(err(PROG_GUARD_SOCK))?;
-    let id = sock
-        .attach(dir.as_fd(), CgroupAttachMode::AllowMultiple)
-        .map_err(err(PROG_GUARD_SOCK))?;
-    let second: FdLink = sock.take_link(id).map_err(err(PROG_GUARD_SOCK))?.into();
-    Ok([first, second])
+    let prog_fd = program(ebpf)?
+        .fd()
+        .map_err(GuardError::Program)?
+        .as_fd()
+        .as_raw_fd();
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags (u32 each).
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(prog_fd as u32) | u64::from(dir.as_raw_fd() as u32) << 32;
+    attr[1] = u64::from(BPF_CGROUP_SETSOCKOPT);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr).map_err(|source| GuardError::Io {
+        what: "attaching the guard (BPF_LINK_CREATE) to cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the kernel returned a fresh link fd that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = CString::new(pin.as_os_str().as_bytes()).map_err(|_| GuardError::Io {
+        what: "pin path",
+        path: pin.to_path_buf(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
+    // union bpf_attr, obj_pin: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = u64::from(link.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr).map_err(|source| GuardError::Io {
+        what: "pinning the guard link at",
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    // Our fd closes here; the pin keeps the link (and the attachment) alive.
+    drop(link);
+    Ok(())
 }
 
 /// Whether a device's pin directory holds a guard.
 pub fn is_pinned(dir: &Path) -> bool {
-    dir.join(LINK_GUARD_SOCKOPT).exists() && dir.join(LINK_GUARD_SOCK).exists()
+    dir.join(LINK_GUARD).exists()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 pub mod counters;
 pub mod device;
 pub mod grace;
+pub mod guard;
 pub mod logs;
 pub mod object;
 pub mod pins;

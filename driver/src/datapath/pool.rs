@@ -103,5 +103,10 @@ pub(super) fn load_verified(sizes: MapSizes) -> Result<Ebpf, aya::EbpfError> {
         let p: &mut Xdp = p.try_into().map_err(aya::EbpfError::ProgramError)?;
         p.load().map_err(aya::EbpfError::ProgramError)?;
     }
+    if let Some(p) = ebpf.program_mut(netclaim_common::PROG_GUARD_SOCKOPT) {
+        let p: &mut aya::programs::CgroupSockopt =
+            p.try_into().map_err(aya::EbpfError::ProgramError)?;
+        p.load().map_err(aya::EbpfError::ProgramError)?;
+    }
     Ok(ebpf)
 }

@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::parse_parameters;
-use crate::datapath::{AttachedDatapath, DatapathError, DatapathKey, PinLayout};
+use crate::datapath::{
+    device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, PinLayout,
+};
 use crate::netns::{
     move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals,
     Netns, NetnsError, PodSide, RestoreOutcome, Step,
@@ -109,6 +111,26 @@ impl fmt::Display for LifecycleStep {
     }
 }
 
+/// What the runtime tells about a running pod that the hand-over needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRuntime {
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// The pod's cgroup as the runtime names it (a path below the cgroup v2 root, or a
+    /// systemd slice), where the socket guard goes; `None` when the runtime says none.
+    pub cgroup_parent: Option<String>,
+}
+
+impl PodRuntime {
+    /// A pod known only by its network namespace.
+    pub fn netns(path: impl Into<PathBuf>) -> Self {
+        Self {
+            netns: path.into(),
+            cgroup_parent: None,
+        }
+    }
+}
+
 /// Why a pod hook failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -123,6 +145,12 @@ pub enum LifecycleError {
         pod: String,
         #[source]
         source: NetnsError,
+    },
+    #[error("pod {pod}: socket guard: {source}")]
+    SocketGuard {
+        pod: String,
+        #[source]
+        source: crate::datapath::guard::GuardError,
     },
     #[error(
         "claim {claim}, device {device}, pod {pod}: {step}: {message}{}",
@@ -257,17 +285,17 @@ impl Pods {
         &self.inner.store
     }
 
-    /// Hands every device planned for pod `pod_uid` to the pod namespace at `netns`.
+    /// Hands every device planned for pod `pod_uid` to the pod's network namespace.
     pub fn start_pod(
         &self,
         pod_uid: &str,
         pod_name: &str,
-        netns: &Path,
+        pod: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let _shared = self.shared();
-        let pod = self.pod_lock(pod_uid);
-        let _pod = pod.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.start(pod_uid, pod_name, netns)
+        let lock = self.pod_lock(pod_uid);
+        let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.start(pod_uid, pod_name, pod)
     }
 
     /// Gives back every device of pod `pod_uid` (pod stopping).
@@ -303,7 +331,7 @@ impl Pods {
 
     /// Reconciles with the pods that exist (`uid → network namespace path`): devices
     /// attached to any other pod go home; live pods with unattached plans get them.
-    pub fn synchronize(&self, live: &BTreeMap<String, PathBuf>) -> SyncReport {
+    pub fn synchronize(&self, live: &BTreeMap<String, PodRuntime>) -> SyncReport {
         let _exclusive = self
             .inner
             .serial
@@ -338,9 +366,9 @@ impl Pods {
             }
         }
         for (uid, name) in pending {
-            let Some(path) = live.get(&uid) else { continue };
+            let Some(runtime) = live.get(&uid) else { continue };
             tracing::info!(pod = %name, "live pod without its devices; attaching them");
-            match self.inner.start(&uid, &name, path) {
+            match self.inner.start(&uid, &name, runtime) {
                 Ok(o) => report.started.extend(o),
                 Err(e) => report.errors.push(e),
             }
@@ -418,8 +446,9 @@ impl Inner {
         &self,
         pod_uid: &str,
         pod_name: &str,
-        netns: &Path,
+        runtime: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        let netns = runtime.netns.as_path();
         let plans = self.plans_of(pod_uid)?;
         if plans.is_empty() {
             tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
@@ -433,6 +462,7 @@ impl Inner {
             pod: pod_label.clone(),
             source,
         })?;
+        let guard = self.socket_guard(&pod_label, runtime)?;
         let mut done: Vec<Done> = Vec::new();
         let mut outcomes = Vec::new();
         for (claim_uid, plan) in plans {
@@ -450,7 +480,7 @@ impl Inner {
                 });
                 continue;
             }
-            match self.attach_one(&claim_uid, &plan, &pod) {
+            match self.attach_one(&claim_uid, &plan, &pod, guard.as_deref()) {
                 Ok(d) => {
                     tracing::info!(
                         interface = %d.side.name,
@@ -498,7 +528,36 @@ impl Inner {
         Ok(outcomes)
     }
 
-    fn attach_one(&self, claim_uid: &str, plan: &Plan, pod: &Netns) -> Result<Done, Failure> {
+    /// Where the pod's socket guard goes: the pod's cgroup when the runtime names one.
+    /// A named cgroup that cannot be found fails the pod start (the data path would be
+    /// bypassable); a runtime that names none gets a warning and no guard.
+    fn socket_guard(
+        &self,
+        pod_label: &str,
+        runtime: &PodRuntime,
+    ) -> Result<Option<PathBuf>, LifecycleError> {
+        if !self.config.dataplane {
+            return Ok(None);
+        }
+        let Some(parent) = &runtime.cgroup_parent else {
+            tracing::warn!(pod = %pod_label, "the runtime did not name the pod's cgroup; no socket guard (PACKET_QDISC_BYPASS and AF_XDP can send past tc egress)");
+            return Ok(None);
+        };
+        crate::datapath::guard::resolve(parent)
+            .map(Some)
+            .map_err(|source| LifecycleError::SocketGuard {
+                pod: pod_label.to_string(),
+                source,
+            })
+    }
+
+    fn attach_one(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        pod: &Netns,
+        guard: Option<&Path>,
+    ) -> Result<Done, Failure> {
         let cfg = parse_parameters(&plan.config, "parameters").map_err(|e| Failure {
             step: LifecycleStep::Config,
             part: FailedPart::Network,
@@ -565,7 +624,10 @@ impl Inner {
                     pod,
                     &configured.pod_ifname,
                     &policy,
-                    Default::default(),
+                    AttachOptions {
+                        guard_cgroup: guard.map(Path::to_path_buf),
+                        ..Default::default()
+                    },
                 )
             });
             match attached {

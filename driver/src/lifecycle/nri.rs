@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::Pods;
+use super::{PodRuntime, Pods};
 use crate::nri::{PodHandler, PodSandbox};
 
 async fn blocking<T: Send + 'static>(
@@ -24,6 +24,7 @@ impl PodHandler for Pods {
         let uid = pod.uid.clone();
         let name = pod.display_name();
         let netns = pod.netns_path().map(PathBuf::from);
+        let cgroup_parent = pod.cgroup_parent().map(str::to_string);
         blocking(move || {
             let Some(netns) = netns else {
                 let claimed = pods
@@ -41,7 +42,11 @@ impl PodHandler for Pods {
                     Ok(())
                 };
             };
-            pods.start_pod(&uid, &name, &netns)
+            let runtime = PodRuntime {
+                netns,
+                cgroup_parent,
+            };
+            pods.start_pod(&uid, &name, &runtime)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
@@ -61,9 +66,15 @@ impl PodHandler for Pods {
     }
 
     async fn synchronize(&self, pods: &[PodSandbox]) {
-        let live: BTreeMap<String, PathBuf> = pods
+        let live: BTreeMap<String, PodRuntime> = pods
             .iter()
-            .filter_map(|p| p.netns_path().map(|n| (p.uid.clone(), PathBuf::from(n))))
+            .filter_map(|p| {
+                let runtime = PodRuntime {
+                    netns: PathBuf::from(p.netns_path()?),
+                    cgroup_parent: p.cgroup_parent().map(str::to_string),
+                };
+                Some((p.uid.clone(), runtime))
+            })
             .collect();
         let this = self.clone();
         let report = blocking(move || Ok(this.synchronize(&live))).await;

@@ -34,6 +34,14 @@ pub mod api {
                 .filter(|path| !path.is_empty())
         }
 
+        /// The pod's cgroup as the runtime names it (`linux.cgroup_parent`), if sent.
+        pub fn cgroup_parent(&self) -> Option<&str> {
+            self.linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.as_str())
+                .filter(|c| !c.is_empty())
+        }
+
         /// `namespace/name` for logs and errors.
         pub fn display_name(&self) -> String {
             format!("{}/{}", self.namespace, self.name)
