@@ -192,7 +192,15 @@ pub struct DatapathMeta {
     pub egress_handle: u32,
     pub ingress_priority: u32,
     pub ingress_handle: u32,
-    pub _pad: u32,
+    /// Bitwise OR of [`owned`] constants: what the driver created besides the
+    /// attachments and must remove with them.
+    pub owned: u32,
+}
+
+/// What a device's driver created on the interface ([`DatapathMeta::owned`]).
+pub mod owned {
+    /// The clsact qdisc did not exist before the clsact fallback added it.
+    pub const CLSACT_QDISC: u32 = 1 << 0;
 }
 
 /// Attach modes recorded in [`DatapathMeta`].

@@ -342,12 +342,24 @@ impl verdict::Policy for Floor {
 
     #[inline(always)]
     fn route_v4(&self, a: &[u8; 4]) -> Option<u32> {
-        Policy { slot: self.0, flags: 0, generation: 0, mac: [0; 6] }.route_v4(a)
+        Policy {
+            slot: self.0,
+            flags: 0,
+            generation: 0,
+            mac: [0; 6],
+        }
+        .route_v4(a)
     }
 
     #[inline(always)]
     fn route_v6(&self, a: &[u8; 16]) -> Option<u32> {
-        Policy { slot: self.0, flags: 0, generation: 0, mac: [0; 6] }.route_v6(a)
+        Policy {
+            slot: self.0,
+            flags: 0,
+            generation: 0,
+            mac: [0; 6],
+        }
+        .route_v6(a)
     }
 }
 

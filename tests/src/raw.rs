@@ -343,7 +343,12 @@ pub mod frame {
 
     /// ICMPv6 neighbour discovery message (`kind` 133/135/136) with `target` (NS/NA)
     /// and one link-layer address option (`lla`: option type and MAC), then `tail`.
-    pub fn nd(kind: u8, target: Option<[u8; 16]>, lla: Option<(u8, [u8; 6])>, tail: &[u8]) -> Vec<u8> {
+    pub fn nd(
+        kind: u8,
+        target: Option<[u8; 16]>,
+        lla: Option<(u8, [u8; 6])>,
+        tail: &[u8],
+    ) -> Vec<u8> {
         let mut m = vec![kind, 0, 0, 0];
         m.extend_from_slice(&[if kind == 136 { 0x60 } else { 0 }, 0, 0, 0]);
         if let Some(t) = target {

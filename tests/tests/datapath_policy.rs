@@ -420,8 +420,66 @@ fn programs_outlive_their_owner_and_are_adopted_with_counters() {
         c2.route_hits.get("198.51.100.0/24"),
         Some(&(2 * u64::from(N)))
     );
+
+    // The adopted programs' log buffer is read again: a policy change is logged by the
+    // program on the next packet and reaches tracing with the device.
+    let pump = netclaim::datapath::logs::LogPump::global();
+    assert_eq!(
+        pump.resume_pinned(&f.layout),
+        1,
+        "log buffer of the adopted device"
+    );
+    assert_eq!(pump.resume_pinned(&f.layout), 0, "registered once");
+    let logs = capture_logs();
+    let mut dp = dp;
+    let mut wider = claim_policy();
+    wider.routes.push("10.99.0.0/16".parse().unwrap());
+    dp.update_policy(&wider).unwrap();
+    udp_send(&pod, sa("192.0.2.10:0"), sa("198.51.100.1:9000"), N, 32).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+        if text.contains("default/rst/a0") && text.contains("policy generation 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no program log after adoption: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(sink);
     dp.detach(&f.layout, Some(&pod)).unwrap();
+}
+
+/// Installs a process-wide tracing subscriber writing into a buffer (the log pump
+/// runs on its own thread, so a thread-local one would miss it).
+fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static BUF: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || BufWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct BufWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for BufWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[test]
@@ -481,6 +539,17 @@ fn clsact_and_generic_xdp_fallbacks_work_and_detach_cleanly() {
             !text.contains("nc_"),
             "{egress:?}/{ingress:?} left attached: {text}"
         );
+        // The clsact qdisc the fallback added goes with its filters.
+        let qdiscs = f
+            .net
+            .pod
+            .exec("tc", &["qdisc", "show", "dev", POD_IF])
+            .unwrap();
+        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+        assert!(
+            !qdiscs.contains("clsact"),
+            "{egress:?}/{ingress:?} left the clsact qdisc: {qdiscs}"
+        );
         let deadline = Instant::now() + WAIT;
         while kernel_bpf_ids().0.iter().any(|i| ids.contains(i)) {
             assert!(
@@ -490,6 +559,43 @@ fn clsact_and_generic_xdp_fallbacks_work_and_detach_cleanly() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+#[test]
+fn a_clsact_qdisc_that_was_there_before_stays() {
+    let f = fixture("cq");
+    let pod = f.net.pod.open();
+    f.net
+        .pod
+        .exec("tc", &["qdisc", "add", "dev", POD_IF, "clsact"])
+        .unwrap();
+    let key = DatapathKey::new("default", "cq", "a0").unwrap();
+    let opts = AttachOptions {
+        egress: Some(EgressMode::Clsact),
+        ingress: Some(IngressMode::Clsact),
+        ..Default::default()
+    };
+    let dp = AttachedDatapath::attach(&f.layout, key, &pod, POD_IF, &claim_policy(), opts).unwrap();
+    dp.detach(&f.layout, Some(&pod)).unwrap();
+    let qdiscs = f
+        .net
+        .pod
+        .exec("tc", &["qdisc", "show", "dev", POD_IF])
+        .unwrap();
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        qdiscs.contains("clsact"),
+        "someone else's qdisc was removed: {qdiscs}"
+    );
+    let filters = f
+        .net
+        .pod
+        .exec("tc", &["filter", "show", "dev", POD_IF, "egress"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&filters.stdout).trim().is_empty(),
+        "netclaim's filter stayed"
+    );
 }
 
 #[test]

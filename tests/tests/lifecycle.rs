@@ -13,7 +13,7 @@
 //! Every check reads the kernel back with `ip -j` or the fake API server's stored
 //! object, not through the driver's own code.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use netclaim::{
     lifecycle::{Action, DeviceResolver, LifecycleConfig, PodRuntime, Pods},
@@ -472,12 +472,12 @@ async fn synchronize_returns_devices_of_vanished_pods() {
     pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
         .expect("start_pod");
     // The runtime lists no pods: the device goes home.
-    let report = pods.synchronize(&BTreeMap::<String, PathBuf>::new());
+    let report = pods.synchronize(&BTreeMap::<String, PodRuntime>::new());
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.returned.len(), 1);
     assert!(link(&env.node, "nic0").is_some());
     // The pod is listed again: its unattached device is handed over.
-    let live = BTreeMap::from([(POD_UID.to_string(), env.pod.path().to_path_buf())]);
+    let live = BTreeMap::from([(POD_UID.to_string(), PodRuntime::netns(env.pod.path()))]);
     let report = pods.synchronize(&live);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.started.len(), 1);

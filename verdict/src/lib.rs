@@ -14,8 +14,8 @@
 //! unicast IP that is not addressed to the device.
 #![no_std]
 
-pub use netclaim_common::DropReason;
 use netclaim_common::flags;
+pub use netclaim_common::DropReason;
 
 /// Read access to one frame. Offsets count from the first byte of the Ethernet header.
 pub trait Frame {
@@ -23,6 +23,10 @@ pub trait Frame {
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
     /// Length of the whole frame in bytes.
     fn len(&self) -> usize;
+    /// Whether the frame has no bytes at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// VLAN tags the kernel keeps outside the bytes (skb metadata): 0 or 1.
     fn offloaded_tags(&self) -> u32 {
         0

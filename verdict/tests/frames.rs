@@ -227,7 +227,9 @@ fn ipv6(r: &mut Rng, out: &mut Vec<u8>) {
         }
     }
     if upper == 58 {
-        let t: u8 = r.pick(&[128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143, 135, 136]);
+        let t: u8 = r.pick(&[
+            128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143, 135, 136,
+        ]);
         body.extend_from_slice(&[t, 0, 0, 0]);
         match t {
             133 => body.extend_from_slice(&[0; 4]),
@@ -513,7 +515,10 @@ fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
             }
             let mcast_ok = dst[0] == 0xff && fl & flags::ALLOW_MULTICAST != 0;
             if !exception && !route6(dst) && !mcast_ok {
-                return Some(format!("IPv6 destination {} not allowed", Ipv6Addr::from(dst)));
+                return Some(format!(
+                    "IPv6 destination {} not allowed",
+                    Ipv6Addr::from(dst)
+                ));
             }
             None
         }
@@ -591,7 +596,9 @@ fn no_generated_or_mutated_frame_passes_that_the_rule_forbids() {
         let m = &policies[(n % policies.len() as u64) as usize];
         match egress(f.as_slice(), m) {
             Verdict::Pass(p) => {
-                *passes.entry(format!("{p:?}").split('(').next().unwrap_or("").to_string()).or_default() += 1;
+                *passes
+                    .entry(format!("{p:?}").split('(').next().unwrap_or("").to_string())
+                    .or_default() += 1;
                 if let Pass::Exception(e) = p {
                     *passes.entry(format!("{e:?}")).or_default() += 1;
                 }
@@ -609,19 +616,41 @@ fn no_generated_or_mutated_frame_passes_that_the_rule_forbids() {
             }
         }
     }
-    println!("verdict: seed={seed:#x} frames={total} violations={}", violations.len());
+    println!(
+        "verdict: seed={seed:#x} frames={total} violations={}",
+        violations.len()
+    );
     println!("passes by rule: {passes:?}");
     println!("drops by reason: {drops:?}");
-    assert!(violations.is_empty(), "{} violations, first: {:#?}", violations.len(), &violations[..violations.len().min(5)]);
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:#?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
     if total >= 100_000 {
         // The generator reaches every rule and every egress reason, so the check above
         // judged real passes of each kind.
-        for rule in ["Route", "Arp", "NeighbourDiscovery", "Mld", "Multicast", "Unrouted"] {
-            assert!(passes.get(rule).copied().unwrap_or(0) > 100, "rule {rule} barely reached: {passes:?}");
+        for rule in [
+            "Route",
+            "Arp",
+            "NeighbourDiscovery",
+            "Mld",
+            "Multicast",
+            "Unrouted",
+        ] {
+            assert!(
+                passes.get(rule).copied().unwrap_or(0) > 100,
+                "rule {rule} barely reached: {passes:?}"
+            );
         }
         for reason in DropReason::ALL {
             if reason != DropReason::NotLocal {
-                assert!(drops.get(reason.name()).copied().unwrap_or(0) > 100, "reason {} barely reached: {drops:?}", reason.name());
+                assert!(
+                    drops.get(reason.name()).copied().unwrap_or(0) > 100,
+                    "reason {} barely reached: {drops:?}",
+                    reason.name()
+                );
             }
         }
     }

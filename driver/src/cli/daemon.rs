@@ -391,6 +391,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let layout = PinLayout::new(&args.bpf_root);
     if args.dataplane == Dataplane::On {
         crate::datapath::pool::WarmPool::global().warm();
+        // Programs attached before a restart keep logging into their own buffers.
+        let resumed = crate::datapath::logs::LogPump::global().resume_pinned(&layout);
+        if resumed > 0 {
+            tracing::info!(
+                devices = resumed,
+                "forwarding eBPF logs of adopted data paths"
+            );
+        }
     }
 
     // 2. Checkpoint.

@@ -1340,7 +1340,10 @@ mod tests {
             }
         );
         assert!(v.knobs.enforce_routes && v.knobs.anti_spoofing && v.knobs.ingress_filter);
-        assert!(!v.knobs.allow_multicast, "relaxations are off unless asked for");
+        assert!(
+            !v.knobs.allow_multicast,
+            "relaxations are off unless asked for"
+        );
     }
 
     #[test]

@@ -318,11 +318,12 @@ impl AttachedDatapath {
             let Some(cgroup) = &guard_cgroup else {
                 return Ok(());
             };
-            super::guard::attach(&mut ebpf, cgroup, &dir.join(super::guard::LINK_GUARD))
-                .map_err(|source| DatapathError::Guard {
+            super::guard::attach(&mut ebpf, cgroup, &dir.join(super::guard::LINK_GUARD)).map_err(
+                |source| DatapathError::Guard {
                     key: key.to_string(),
                     source,
-                })
+                },
+            )
         });
         if let Err(e) = pinned {
             remove_pins(&dir);
@@ -953,15 +954,16 @@ fn attach_in_netns(
         }
     }
     if meta.egress_mode == 0 && matches!(options.egress, None | Some(EgressMode::Clsact)) {
-        let (prio, handle) = attach_clsact(egress, ifname, TcAttachType::Egress).map_err(|e| {
-            failures.push(format!("clsact: {e}"));
-            DatapathError::Attach {
-                key: key.to_string(),
-                direction: "egress",
-                interface: ifname.to_string(),
-                detail: failures.join("; "),
-            }
-        })?;
+        let (prio, handle) = attach_clsact(egress, ifname, TcAttachType::Egress, &mut meta)
+            .map_err(|e| {
+                failures.push(format!("clsact: {e}"));
+                DatapathError::Attach {
+                    key: key.to_string(),
+                    direction: "egress",
+                    interface: ifname.to_string(),
+                    detail: failures.join("; "),
+                }
+            })?;
         meta.egress_mode = EgressMode::Clsact.code();
         meta.egress_priority = prio;
         meta.egress_handle = handle;
@@ -1008,7 +1010,22 @@ fn attach_in_netns(
                             meta.ingress_mode = ingress_mode.code();
                             break;
                         }
-                        Err(e) => failures.push(format!("{ingress_mode:?}: not a bpf_link: {e}")),
+                        Err(e) => {
+                            // A netlink attachment (kernels before 5.9) is not owned by
+                            // any fd: dropping the link leaves it in place, so remove it.
+                            let flags = match mode {
+                                XdpMode::Skb => XDP_FLAGS_SKB_MODE,
+                                _ => XDP_FLAGS_DRV_MODE,
+                            };
+                            let removed =
+                                crate::netns::netlink::NlSocket::route().and_then(|mut sock| {
+                                    crate::netns::link::detach_xdp(&mut sock, idx, flags)
+                                });
+                            failures.push(match removed {
+                                Ok(()) => format!("{ingress_mode:?}: not a bpf_link ({e}); detached"),
+                                Err(d) => format!("{ingress_mode:?}: not a bpf_link ({e}); detaching it failed: {d}"),
+                            });
+                        }
                     }
                 }
                 Err(e) => failures.push(format!("{ingress_mode:?}: {e}")),
@@ -1045,7 +1062,7 @@ fn attach_in_netns(
             }
         }
         if meta.ingress_mode == 0 {
-            match attach_clsact(tc_in, ifname, TcAttachType::Ingress) {
+            match attach_clsact(tc_in, ifname, TcAttachType::Ingress, &mut meta) {
                 Ok((prio, handle)) => {
                     meta.ingress_mode = attach_mode::INGRESS_CLSACT;
                     meta.ingress_priority = prio;
@@ -1075,17 +1092,27 @@ fn attach_in_netns(
     })
 }
 
+/// `XDP_FLAGS_SKB_MODE`, `XDP_FLAGS_DRV_MODE` (uapi `linux/if_link.h`).
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
 /// Attaches with clsact + cls_bpf and leaves the filter in place (not owned by a
 /// link: it survives the process like a pinned link does). Returns priority and handle.
 fn attach_clsact(
     prog: &mut SchedClassifier,
     ifname: &str,
     attach_type: TcAttachType,
+    meta: &mut DatapathMeta,
 ) -> Result<(u32, u32), String> {
-    if let Err(e) = tc::qdisc_add_clsact(ifname) {
-        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.to_string().contains("exists"));
-        if !exists {
-            tracing::debug!(interface = ifname, error = %e, "clsact qdisc add (may already exist)");
+    match tc::qdisc_add_clsact(ifname) {
+        // Ours: removed again when the last filter of ours goes (detach).
+        Ok(()) => meta.owned |= netclaim_common::owned::CLSACT_QDISC,
+        Err(e) => {
+            let exists =
+                matches!(&e, tc::TcError::NetlinkError(n) if n.to_string().contains("exists"));
+            if !exists {
+                tracing::debug!(interface = ifname, error = %e, "clsact qdisc add failed");
+            }
         }
     }
     let id = prog
@@ -1154,6 +1181,31 @@ fn detach_clsact_here(meta: &DatapathMeta) {
             }
             Err(e) => tracing::warn!(interface = %ifname, error = %e, "finding clsact filter"),
         }
+    }
+    if meta.owned & netclaim_common::owned::CLSACT_QDISC != 0 {
+        remove_own_clsact(&ifname, meta.ifindex);
+    }
+}
+
+/// Deletes the clsact qdisc the driver added, unless filters of someone else still
+/// hang below it (deleting it would take theirs too).
+fn remove_own_clsact(ifname: &str, ifindex: u32) {
+    use crate::netns::{link, netlink::NlSocket};
+    let result =
+        NlSocket::route().and_then(|mut sock| match link::clsact_filters(&mut sock, ifindex)? {
+            0 => link::delete_clsact(&mut sock, ifindex).map(|()| true),
+            _ => Ok(false),
+        });
+    match result {
+        Ok(true) => tracing::debug!(
+            interface = ifname,
+            "removed the clsact qdisc netclaim added"
+        ),
+        Ok(false) => tracing::info!(
+            interface = ifname,
+            "kept the clsact qdisc netclaim added: other filters use it now"
+        ),
+        Err(e) => tracing::warn!(interface = ifname, error = %e, "removing the clsact qdisc"),
     }
 }
 

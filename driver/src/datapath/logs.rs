@@ -86,6 +86,33 @@ impl LogPump {
         }
     }
 
+    /// Resumes forwarding for every data path pinned under `layout` that the pump does
+    /// not read yet: after a restart, the adopted programs' buffers are found through
+    /// their pinned egress program. Returns how many were resumed.
+    pub fn resume_pinned(&self, layout: &super::pins::PinLayout) -> usize {
+        let mut resumed = 0;
+        for key in layout.devices() {
+            if self.contains(&key) {
+                continue;
+            }
+            let pin = layout.device_dir(&key).join(super::pins::PROG_EGRESS);
+            match aya::programs::ProgramInfo::from_pin(&pin) {
+                Ok(info) => {
+                    self.add_from_program(&key, info.id());
+                    resumed += usize::from(self.contains(&key));
+                }
+                Err(e) => {
+                    tracing::warn!(device = %key, error = %e, "eBPF logs not forwarded: no pinned egress program")
+                }
+            }
+        }
+        resumed
+    }
+
+    fn contains(&self, key: &DatapathKey) -> bool {
+        self.loggers.lock().is_ok_and(|m| m.contains_key(key))
+    }
+
     /// Registers the log buffer of an attached program found by id (after a restart).
     pub fn add_from_program(&self, key: &DatapathKey, program_id: u32) {
         let log = DeviceLog {

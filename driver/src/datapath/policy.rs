@@ -208,7 +208,9 @@ impl DatapathPolicy {
             }
         } else if flag_bits == 0 {
             Enforcement::CountOnly {
-                reason: "enforceRoutes, antiSpoofing and ingressFilter are all off in the claim config".into(),
+                reason:
+                    "enforceRoutes, antiSpoofing and ingressFilter are all off in the claim config"
+                        .into(),
             }
         } else {
             if k.allow_multicast {
@@ -281,7 +283,9 @@ mod tests {
             "multicast is not allowed unless the claim asks"
         );
         assert!(
-            !c.prefixes.iter().any(|a| a.prefix.to_string().starts_with("fe80")),
+            !c.prefixes
+                .iter()
+                .any(|a| a.prefix.to_string().starts_with("fe80")),
             "link-local addresses open no destinations"
         );
         assert_eq!(c.enforcement, Enforcement::Enforcing);

@@ -366,7 +366,9 @@ impl Pods {
             }
         }
         for (uid, name) in pending {
-            let Some(runtime) = live.get(&uid) else { continue };
+            let Some(runtime) = live.get(&uid) else {
+                continue;
+            };
             tracing::info!(pod = %name, "live pod without its devices; attaching them");
             match self.inner.start(&uid, &name, runtime) {
                 Ok(o) => report.started.extend(o),

@@ -82,7 +82,11 @@ mod tests {
         let ll: Vec<std::net::Ipv6Addr> = vec!["fe80::1".parse().expect("ll")];
         let p = policy_for(&cfg, &carried, Some([2, 0, 0, 0, 0, 9]), &ll);
         assert_eq!(p.addresses, cfg.interface.addresses);
-        assert_eq!(p.mac, Some([2, 0, 0, 0, 0, 9]), "the MAC read in the pod wins");
+        assert_eq!(
+            p.mac,
+            Some([2, 0, 0, 0, 0, 9]),
+            "the MAC read in the pod wins"
+        );
         assert_eq!(p.link_local, ll);
         let bare = ValidConfig::default();
         let p = policy_for(&bare, &carried, None, &[]);

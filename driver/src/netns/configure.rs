@@ -697,7 +697,11 @@ fn pod_job(
             std::net::IpAddr::V4(_) => None,
         })
         .collect();
-    Ok((facts, global.into_iter().map(|a| a.net).collect(), link_local))
+    Ok((
+        facts,
+        global.into_iter().map(|a| a.net).collect(),
+        link_local,
+    ))
 }
 
 fn apply_ethtool(

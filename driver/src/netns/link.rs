@@ -13,11 +13,12 @@ use std::{
 use ipnet::IpNet;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
     },
+    tc::{TcHandle, TcMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use serde::{Deserialize, Serialize};
@@ -226,6 +227,56 @@ pub fn set_link(sock: &mut NlSocket, ifindex: u32, change: &LinkChange) -> Resul
         attrs.push(LinkAttribute::GroIpv4MaxSize(v));
     }
     sock.route_request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
+    Ok(())
+}
+
+/// Removes a netlink-attached (not bpf_link) XDP program of link `ifindex` in the
+/// mode given by `xdp_flags` (`XDP_FLAGS_SKB_MODE` 2, `XDP_FLAGS_DRV_MODE` 4).
+pub fn detach_xdp(sock: &mut NlSocket, ifindex: u32, xdp_flags: u32) -> Result<(), NlError> {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::Xdp(vec![
+        LinkXdp::Fd(-1),
+        LinkXdp::Flags(xdp_flags),
+    ]));
+    sock.route_request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
+    Ok(())
+}
+
+/// The clsact qdisc's two filter parents (ingress, egress).
+const CLSACT_PARENTS: [TcHandle; 2] = [
+    TcHandle {
+        major: 0xffff,
+        minor: TcHandle::MIN_INGRESS,
+    },
+    TcHandle {
+        major: 0xffff,
+        minor: TcHandle::MIN_EGRESS,
+    },
+];
+
+/// How many tc filters hang below link `ifindex`'s clsact qdisc (both directions).
+pub fn clsact_filters(sock: &mut NlSocket, ifindex: u32) -> Result<usize, NlError> {
+    let mut n = 0;
+    for parent in CLSACT_PARENTS {
+        let mut m = TcMessage::default();
+        m.header.index = ifindex as i32;
+        m.header.parent = parent;
+        let replies = sock.route_request(RouteNetlinkMessage::GetTrafficFilter(m), NLM_F_DUMP)?;
+        n += replies
+            .iter()
+            .filter(|r| matches!(r, RouteNetlinkMessage::NewTrafficFilter(_)))
+            .count();
+    }
+    Ok(n)
+}
+
+/// Deletes link `ifindex`'s clsact qdisc (`tc qdisc del dev X clsact`).
+pub fn delete_clsact(sock: &mut NlSocket, ifindex: u32) -> Result<(), NlError> {
+    let mut m = TcMessage::default();
+    m.header.index = ifindex as i32;
+    m.header.parent = TcHandle::CLSACT;
+    sock.route_request(RouteNetlinkMessage::DelQueueDiscipline(m), NLM_F_ACK)?;
     Ok(())
 }
 

@@ -92,11 +92,14 @@ mod tests {
                         path: "/var/run/netns/cni-1".into(),
                     },
                 ],
+                cgroup_parent: "/kubepods/besteffort/pod1".into(),
             }),
             ..Default::default()
         };
         assert_eq!(pod.netns_path(), Some("/var/run/netns/cni-1"));
+        assert_eq!(pod.cgroup_parent(), Some("/kubepods/besteffort/pod1"));
         assert_eq!(PodSandbox::default().netns_path(), None);
+        assert_eq!(PodSandbox::default().cgroup_parent(), None);
     }
 
     #[test]
@@ -108,12 +111,14 @@ mod tests {
                     r#type: "n".into(),
                     path: "p".into(),
                 }],
+                cgroup_parent: "c".into(),
             }),
             ..Default::default()
         };
+        // linux = 8 -> cgroup_parent = 3 (upstream NRI api.proto)
         assert_eq!(
             pod.encode_to_vec(),
-            vec![0x42, 8, 0x2a, 6, 0x0a, 1, b'n', 0x12, 1, b'p']
+            vec![0x42, 11, 0x1a, 1, b'c', 0x2a, 6, 0x0a, 1, b'n', 0x12, 1, b'p']
         );
         let event = StateChangeEvent {
             event: Event::StopPodSandbox as i32,

@@ -20,7 +20,9 @@ fn hex(s: &str) -> Result<Vec<u8>> {
 fn answer(r: std::io::Result<()>) -> String {
     match r {
         Ok(()) => "ok".into(),
-        Err(e) => e.raw_os_error().map_or(e.to_string(), |n| format!("errno {n}")),
+        Err(e) => e
+            .raw_os_error()
+            .map_or(e.to_string(), |n| format!("errno {n}")),
     }
 }
 
@@ -29,8 +31,11 @@ fn main() -> Result<()> {
     let [cgroup, netns, ifname, frames @ ..] = args.as_slice() else {
         bail!("usage: raw-sender <cgroup-dir> <netns-path> <ifname> <hex-frame>...");
     };
-    std::fs::write(format!("{cgroup}/cgroup.procs"), std::process::id().to_string())
-        .with_context(|| format!("joining cgroup {cgroup}"))?;
+    std::fs::write(
+        format!("{cgroup}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("joining cgroup {cgroup}"))?;
     let netns = Netns::open(netns)?;
     let frames: Vec<Vec<u8>> = frames.iter().map(|f| hex(f)).collect::<Result<_>>()?;
     // Sockets belong to the cgroup of the process that creates them: joined above.
