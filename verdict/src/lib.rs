@@ -116,6 +116,15 @@ fn need<const N: usize, F: Frame + ?Sized>(f: &F, off: usize) -> Step<[u8; N]> {
     f.load::<N>(off).ok_or(DropReason::Malformed)
 }
 
+/// Like [`need`], and the bytes must also end by `end` (a packet's payload end).
+#[inline(always)]
+fn need_within<const N: usize, F: Frame + ?Sized>(f: &F, off: usize, end: usize) -> Step<[u8; N]> {
+    if off + N > end {
+        return Err(DropReason::Malformed);
+    }
+    need::<N, F>(f, off)
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
@@ -436,7 +445,8 @@ fn egress_ipv6<F: Frame + ?Sized, P: Policy>(f: &F, p: &P, off: usize) -> Step<V
     let own_src = p.own_v6(&ip.src);
     // ICMPv6 control messages, judged on their own terms (never inside fragments).
     if let Some(at) = ip.icmp_at() {
-        let icmp = need::<4, F>(f, at)?;
+        // The message must lie inside the IPv6 payload, not in what trails it.
+        let icmp = need_within::<4, F>(f, at, ip.end)?;
         match icmp[0] {
             // RS, NS, NA.
             133 | 135 | 136 => {
@@ -505,6 +515,9 @@ fn nd_sources_are_own<F: Frame + ?Sized, P: Policy>(
     let dst = &ip.dst;
     // Fixed part: RS 8 bytes; NS and NA 24 (8 + target address).
     let mut opt = if kind == 133 { at + 8 } else { at + 24 };
+    if opt > ip.end {
+        return Err(DropReason::Malformed);
+    }
     if kind == 136 {
         let target = need::<16, F>(f, at + 8)?;
         if unspecified || !p.own_v6(&target) {
@@ -523,12 +536,12 @@ fn nd_sources_are_own<F: Frame + ?Sized, P: Policy>(
         if opt >= ip.end {
             return Ok(());
         }
-        let o = need::<2, F>(f, opt)?;
+        let o = need_within::<2, F>(f, opt, ip.end)?;
         if o[1] == 0 {
             return Err(DropReason::Malformed);
         }
         if o[0] == 1 || o[0] == 2 {
-            let lladdr = need::<8, F>(f, opt)?;
+            let lladdr = need_within::<8, F>(f, opt, ip.end)?;
             if unspecified || lladdr[2..8] != mac {
                 return Err(DropReason::NdSpoof);
             }

@@ -151,11 +151,22 @@ fn print_device(d: &InspectedDevice) {
     );
     match &i.enforcement {
         Enforcement::Enforcing => println!(
-            "  policy     enforcing (flags {:#x}, generation {})",
-            i.flags, i.generation
+            "  policy     enforcing (flags {:#x}: {}; generation {})",
+            i.flags,
+            checks(i.flags),
+            i.generation
         ),
         Enforcement::CountOnly { reason } => println!("  policy     counting only: {reason}"),
     }
+    println!(
+        "  source     mac {}   socket guard {}",
+        i.mac,
+        if i.socket_guard {
+            "yes"
+        } else {
+            "no (raw sockets may bypass tc egress)"
+        }
+    );
     let addrs: Vec<String> = i.local_addresses.iter().map(ToString::to_string).collect();
     println!("  addresses  {}", addrs.join(", "));
     for p in &i.prefixes {
@@ -178,6 +189,26 @@ fn print_device(d: &InspectedDevice) {
     let drops: Vec<String> = c.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("  drops      {}", drops.join(" "));
     println!("  pins       {}", i.pin_dir.display());
+}
+
+/// The policy flags in words, relaxations included.
+fn checks(flags: u32) -> String {
+    use netclaim_common::flags as f;
+    let mut on: Vec<&str> = [
+        (f::ENFORCE_ROUTES, "routes"),
+        (f::ANTI_SPOOFING, "anti-spoofing"),
+        (f::INGRESS_FILTER, "ingress filter"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    on.push(if flags & f::ALLOW_MULTICAST != 0 {
+        "multicast allowed (allowMulticast)"
+    } else {
+        "multicast only by route"
+    });
+    on.join(", ")
 }
 
 fn mode<T: Serialize>(m: &Option<T>) -> String {

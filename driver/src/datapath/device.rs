@@ -192,6 +192,8 @@ pub struct DatapathInfo {
     pub local_addresses: Vec<IpAddr>,
     /// Whether the socket guard holds the pod's cgroup (see [`super::guard`]).
     pub socket_guard: bool,
+    /// The only source MAC egress accepts.
+    pub mac: String,
 }
 
 type Rt4 = LpmTrie<MapData, [u8; 4], RouteValue>;
@@ -716,6 +718,7 @@ impl AttachedDatapath {
                 .chain(self.current.local_v6.iter().map(|a| IpAddr::V6(*a)))
                 .collect(),
             socket_guard: super::guard::is_pinned(&self.dir),
+            mac: crate::netns::link::format_mac(&self.current.mac),
         })
     }
 
