@@ -30,7 +30,6 @@ pub const MAP_ROUTES_V6: [&str; 2] = ["NC_RT6_A", "NC_RT6_B"];
 pub const MAP_LOCAL_V4: [&str; 2] = ["NC_LOC4_A", "NC_LOC4_B"];
 pub const MAP_LOCAL_V6: [&str; 2] = ["NC_LOC6_A", "NC_LOC6_B"];
 pub const MAP_ROUTE_HITS: &str = "NC_HITS";
-pub const MAP_LOG_SEEN: &str = "NC_LOG_SEEN";
 pub const MAP_META: &str = "NC_META";
 
 // Program names (function names in `ebpf/src/main.rs`).
@@ -136,6 +135,9 @@ pub struct DeviceCounters {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: [u64; DROP_REASONS],
+    /// The policy generation this CPU last logged (not a counter; kept here so the
+    /// programs find it in the value they already hold).
+    pub logged_generation: u64,
 }
 
 /// Policy flags of one slot ([`SlotConfig::flags`]).
@@ -162,8 +164,21 @@ pub struct SlotConfig {
     /// The device's own MAC address: the only source MAC (and ARP/ND link-layer
     /// address) egress lets through under [`flags::ANTI_SPOOFING`].
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// How many of the slot's IPv4 / IPv6 own addresses are inline below; when a
+    /// family has more than [`OWN_INLINE`], this is [`OWN_OVERFLOW`] and the programs
+    /// look the address up in the slot's hash set instead.
+    pub own4_len: u8,
+    pub own6_len: u8,
+    /// The first own addresses, inline: most claims have one or two per family, and a
+    /// few compares cost less than a hash lookup on every packet.
+    pub own4: [[u8; 4]; OWN_INLINE],
+    pub own6: [[u8; 16]; OWN_INLINE],
 }
+
+/// Own addresses per family kept inline in [`SlotConfig`].
+pub const OWN_INLINE: usize = 4;
+/// [`SlotConfig::own4_len`] / `own6_len` when the inline array does not hold them all.
+pub const OWN_OVERFLOW: u8 = 0xff;
 
 /// Value of the route tries: which hit counter the prefix feeds.
 #[repr(C)]

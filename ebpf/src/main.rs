@@ -28,7 +28,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use netclaim_common::{
     flags, DatapathMeta, DeviceCounters, RouteValue, SlotConfig, MAX_LOCAL_ADDRS, MAX_PREFIXES,
-    MAX_ROUTE_HITS,
+    MAX_ROUTE_HITS, OWN_INLINE, OWN_OVERFLOW,
 };
 use netclaim_verdict::{self as verdict, Frame, Pass, Verdict};
 
@@ -59,50 +59,55 @@ static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ROUTE_HITS, 0)
 /// Written by the driver only (attach modes, ifindex, netns); see `DatapathMeta`.
 #[map(name = "NC_META")]
 static META: Array<DatapathMeta> = Array::with_max_entries(1, 0);
-#[map(name = "NC_LOG_SEEN")]
-static LOG_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The active policy slot, read once per packet.
 #[derive(Clone, Copy)]
 struct Policy {
     slot: u32,
-    flags: u32,
-    generation: u32,
-    mac: [u8; 6],
+    cfg: Option<&'static SlotConfig>,
 }
 
 #[inline(always)]
 fn policy() -> Policy {
     let slot = ACTIVE.get(0).copied().unwrap_or(0) & 1;
-    match SLOTS.get(slot) {
-        Some(cfg) => Policy {
-            slot,
-            flags: cfg.flags,
-            generation: cfg.generation,
-            mac: cfg.mac,
-        },
-        None => Policy {
-            slot,
-            flags: 0,
-            generation: 0,
-            mac: [0; 6],
-        },
+    Policy {
+        slot,
+        cfg: SLOTS.get(slot),
+    }
+}
+
+impl Policy {
+    #[inline(always)]
+    fn generation(&self) -> u32 {
+        self.cfg.map_or(0, |c| c.generation)
     }
 }
 
 impl verdict::Policy for Policy {
     #[inline(always)]
     fn flags(&self) -> u32 {
-        self.flags
+        self.cfg.map_or(0, |c| c.flags)
     }
 
     #[inline(always)]
     fn mac(&self) -> [u8; 6] {
-        self.mac
+        self.cfg.map_or([0; 6], |c| c.mac)
     }
 
     #[inline(always)]
     fn own_v4(&self, a: &[u8; 4]) -> bool {
+        if let Some(c) = self.cfg {
+            if c.own4_len != OWN_OVERFLOW {
+                let mut i = 0;
+                while i < OWN_INLINE {
+                    if i < usize::from(c.own4_len) && c.own4[i] == *a {
+                        return true;
+                    }
+                    i += 1;
+                }
+                return false;
+            }
+        }
         // SAFETY: read-only lookups in maps of this program.
         unsafe {
             if self.slot == 0 {
@@ -115,6 +120,18 @@ impl verdict::Policy for Policy {
 
     #[inline(always)]
     fn own_v6(&self, a: &[u8; 16]) -> bool {
+        if let Some(c) = self.cfg {
+            if c.own6_len != OWN_OVERFLOW {
+                let mut i = 0;
+                while i < OWN_INLINE {
+                    if i < usize::from(c.own6_len) && c.own6[i] == *a {
+                        return true;
+                    }
+                    i += 1;
+                }
+                return false;
+            }
+        }
         // SAFETY: read-only lookups in maps of this program.
         unsafe {
             if self.slot == 0 {
@@ -230,33 +247,26 @@ fn count(verdict: Verdict) -> bool {
     }
 }
 
-/// Logs the policy generation once per CPU whenever it changes.
+/// Counts a transmitted packet and logs the policy generation once per CPU whenever
+/// it changes (the marker lives in the counters value already at hand).
 #[inline(always)]
-fn log_generation(ctx: &TcContext, p: Policy) {
-    if let Some(seen) = LOG_SEEN.get_ptr_mut(0) {
-        // SAFETY: per-CPU value of a live map; only this CPU writes it.
-        unsafe {
-            if *seen != p.generation {
-                *seen = p.generation;
-                info!(
-                    ctx,
-                    "netclaim: egress policy generation {} active in slot {} (flags {:x})",
-                    p.generation,
-                    p.slot,
-                    p.flags
-                );
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn count_tx(len: u64) {
+fn count_tx(ctx: &TcContext, p: Policy) {
     if let Some(c) = counters() {
         // SAFETY: per-CPU value of a live map; only this CPU writes it.
         unsafe {
             (*c).tx_packets += 1;
-            (*c).tx_bytes += len;
+            (*c).tx_bytes += u64::from(ctx.len());
+            let generation = u64::from(p.generation());
+            if (*c).logged_generation != generation {
+                (*c).logged_generation = generation;
+                info!(
+                    ctx,
+                    "netclaim: egress policy generation {} active in slot {} (flags {:x})",
+                    generation,
+                    p.slot,
+                    verdict::Policy::flags(&p)
+                );
+            }
         }
     }
 }
@@ -275,8 +285,7 @@ fn count_rx(len: u64) {
 #[classifier]
 pub fn nc_egress(ctx: TcContext) -> i32 {
     let p = policy();
-    count_tx(u64::from(ctx.len()));
-    log_generation(&ctx, p);
+    count_tx(&ctx, p);
     if count(verdict::egress(&TcFrame(&ctx), &p)) {
         TC_ACT_OK
     } else {
@@ -309,7 +318,10 @@ pub fn nc_ingress_tc(ctx: TcContext) -> i32 {
 /// per-CPU counter increment, no policy. Never attached by the driver.
 #[classifier]
 pub fn nc_floor(ctx: TcContext) -> i32 {
-    count_tx(u64::from(ctx.len()));
+    if let Some(c) = counters() {
+        // SAFETY: per-CPU value of a live map; only this CPU writes it.
+        unsafe { (*c).tx_packets += 1 };
+    }
     let floor = Floor(policy().slot);
     // The verdict is computed for its cost only; helper calls and lookups stay.
     let _ = verdict::egress(&TcFrame(&ctx), &floor);
@@ -344,9 +356,7 @@ impl verdict::Policy for Floor {
     fn route_v4(&self, a: &[u8; 4]) -> Option<u32> {
         Policy {
             slot: self.0,
-            flags: 0,
-            generation: 0,
-            mac: [0; 6],
+            cfg: None,
         }
         .route_v4(a)
     }
@@ -355,9 +365,7 @@ impl verdict::Policy for Floor {
     fn route_v6(&self, a: &[u8; 16]) -> Option<u32> {
         Policy {
             slot: self.0,
-            flags: 0,
-            generation: 0,
-            mac: [0; 6],
+            cfg: None,
         }
         .route_v6(a)
     }

@@ -69,14 +69,19 @@ impl Lab {
     }
 
     fn attached(tag: &str, guard_cgroup: Option<std::path::PathBuf>) -> Lab {
+        Lab::with_addresses(tag, guard_cgroup, &["192.0.2.10/24", "2001:db8::10/64"])
+    }
+
+    fn with_addresses(
+        tag: &str,
+        guard_cgroup: Option<std::path::PathBuf>,
+        addresses: &[&str],
+    ) -> Lab {
         let net = PodWire::new(tag, true).expect("topology");
         let bpf = TestBpfRoot::new(tag).expect("bpffs dir");
         let layout = PinLayout::new(bpf.path());
         let policy = DatapathPolicy {
-            addresses: vec![
-                "192.0.2.10/24".parse().expect("cidr"),
-                "2001:db8::10/64".parse().expect("cidr"),
-            ],
+            addresses: addresses.iter().map(|a| a.parse().expect("cidr")).collect(),
             routes: vec![
                 "198.51.100.0/24".parse().expect("cidr"),
                 "2001:db8:100::/48".parse().expect("cidr"),
@@ -912,4 +917,37 @@ fn the_socket_guard_stops_sends_that_skip_tc_egress() {
         .expect("detach");
     let report = attacker(&lab, &guarded, &[]);
     assert_eq!(report["qdisc_bypass"], "ok", "guard left behind: {report}");
+}
+
+#[test]
+fn more_own_addresses_than_fit_inline_are_still_checked() {
+    // Six IPv4 addresses: more than the slot keeps inline, so the programs use the
+    // hash set; the sixth passes, a seventh that is not the claim's does not.
+    let addrs = [
+        "192.0.2.10/24",
+        "192.0.2.11/24",
+        "192.0.2.12/24",
+        "192.0.2.13/24",
+        "192.0.2.14/24",
+        "192.0.2.15/24",
+    ];
+    let lab = Lab::with_addresses("ovf", None, &addrs);
+    let pod = lab.net.pod.open();
+    let wire = lab.net.wire.open();
+    let sniffer = Sniffer::start(&wire, WIRE_IF).expect("sniffer");
+    let sender = RawSender::open(&pod, POD_IF).expect("raw socket in the pod");
+    let sixth = udp4(&lab, lab.pod_mac, [192, 0, 2, 15], ALLOWED4, &marker(70));
+    sender.send(&sixth).expect("send");
+    assert_eq!(
+        sniffer.wait_seen(&marker(70), 1, ARRIVE),
+        1,
+        "the sixth own address is the device's"
+    );
+    let cases = vec![Case {
+        name: "a source outside six own addresses",
+        frame: udp4(&lab, lab.pod_mac, [192, 0, 2, 16], ALLOWED4, &marker(71)),
+        marker: marker(71),
+        reason: DropReason::SpoofedSource,
+    }];
+    run_cases(&lab, &sender, &sniffer, &cases);
 }

@@ -34,6 +34,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "util-linux",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_ROOT: &str = "/opt/netclaim/bpf-linker";

@@ -63,6 +63,7 @@ mod tests {
             tx_packets: 2,
             tx_bytes: 200,
             drops: [1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            logged_generation: 4,
         };
         let b = DeviceCounters {
             rx_packets: 10,
@@ -70,6 +71,7 @@ mod tests {
             tx_packets: 20,
             tx_bytes: 2000,
             drops: [0, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            logged_generation: 4,
         };
         let s = CounterSnapshot::from_per_cpu([&a, &b]);
         assert_eq!(

@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use netclaim_common::{
     attach_mode, DatapathMeta, DeviceCounters, RouteValue, SlotConfig, MAP_ACTIVE, MAP_COUNTERS,
     MAP_LOCAL_V4, MAP_LOCAL_V6, MAP_META, MAP_ROUTES_V4, MAP_ROUTES_V6, MAP_ROUTE_HITS, MAP_SLOTS,
-    PROG_EGRESS, PROG_INGRESS_TC, PROG_INGRESS_XDP,
+    OWN_INLINE, OWN_OVERFLOW, PROG_EGRESS, PROG_INGRESS_TC, PROG_INGRESS_XDP,
 };
 use serde::Serialize;
 
@@ -595,16 +595,7 @@ impl AttachedDatapath {
         )?;
         let generation = self.generation.wrapping_add(1);
         self.slots
-            .set(
-                next as u32,
-                SlotConfig {
-                    flags: compiled.flags,
-                    generation,
-                    mac: compiled.mac,
-                    _pad: [0; 2],
-                },
-                0,
-            )
+            .set(next as u32, slot_config(&compiled, generation), 0)
             .map_err(|e| map_err(&self.key, MAP_SLOTS, e))?;
         // The switch: one u32 store; packets see either the old slot or the new one.
         self.active
@@ -746,8 +737,9 @@ impl AttachedDatapath {
     }
 }
 
-/// Loads a fresh instance with `policy` in slot A and every program verified, but
-/// attaches nothing: for `BPF_PROG_TEST_RUN` benchmarks and verifier checks.
+/// Loads a fresh instance with `policy` in slot A and every program verified (the
+/// benchmark baselines `nc_bare` and `nc_floor` too), but attaches nothing: for
+/// `BPF_PROG_TEST_RUN` benchmarks and verifier checks.
 pub fn load_unattached(sizes: MapSizes, policy: &DatapathPolicy) -> Result<Ebpf, DatapathError> {
     let key = DatapathKey::new("bench", "bench", "bench")?;
     let compiled = policy
@@ -761,12 +753,14 @@ pub fn load_unattached(sizes: MapSizes, policy: &DatapathPolicy) -> Result<Ebpf,
         source: Box::new(e),
     })?;
     write_initial_policy(&mut ebpf, &key, &compiled)?;
-    let bare: &mut SchedClassifier = ebpf
-        .program_mut(netclaim_common::PROG_BARE)
-        .ok_or_else(|| map_err(&key, "program", "nc_bare missing from the object"))?
-        .try_into()
-        .map_err(|e| prog_err(&key, "nc_bare", e))?;
-    bare.load().map_err(|e| prog_err(&key, "nc_bare", e))?;
+    for name in [netclaim_common::PROG_BARE, netclaim_common::PROG_FLOOR] {
+        let baseline: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| map_err(&key, "program", format!("{name} missing from the object")))?
+            .try_into()
+            .map_err(|e| prog_err(&key, name, e))?;
+        baseline.load().map_err(|e| prog_err(&key, name, e))?;
+    }
     Ok(ebpf)
 }
 
@@ -823,22 +817,41 @@ fn write_initial_policy(
     )?;
     let mut slots: Array<&mut MapData, SlotConfig> = typed_mut(ebpf, key, MAP_SLOTS)?;
     slots
-        .set(
-            0,
-            SlotConfig {
-                flags: compiled.flags,
-                generation: 1,
-                mac: compiled.mac,
-                _pad: [0; 2],
-            },
-            0,
-        )
+        .set(0, slot_config(compiled, 1), 0)
         .map_err(|e| map_err(key, MAP_SLOTS, e))?;
     let mut active: Array<&mut MapData, u32> = typed_mut(ebpf, key, MAP_ACTIVE)?;
     active
         .set(0, 0, 0)
         .map_err(|e| map_err(key, MAP_ACTIVE, e))?;
     Ok(())
+}
+
+/// The slot settings for `compiled`: flags, MAC, and the own addresses inline when
+/// they fit (the hash sets hold them all regardless).
+fn slot_config(compiled: &CompiledPolicy, generation: u32) -> SlotConfig {
+    let mut cfg = SlotConfig {
+        flags: compiled.flags,
+        generation,
+        mac: compiled.mac,
+        ..Default::default()
+    };
+    if compiled.local_v4.len() <= OWN_INLINE {
+        cfg.own4_len = compiled.local_v4.len() as u8;
+        for (slot, a) in cfg.own4.iter_mut().zip(&compiled.local_v4) {
+            *slot = a.octets();
+        }
+    } else {
+        cfg.own4_len = OWN_OVERFLOW;
+    }
+    if compiled.local_v6.len() <= OWN_INLINE {
+        cfg.own6_len = compiled.local_v6.len() as u8;
+        for (slot, a) in cfg.own6.iter_mut().zip(&compiled.local_v6) {
+            *slot = a.octets();
+        }
+    } else {
+        cfg.own6_len = OWN_OVERFLOW;
+    }
+    cfg
 }
 
 /// Writes `compiled` into one slot's (empty) tries and address sets.
