@@ -158,6 +158,10 @@ struct Store {
     history: Vec<WatchEvent>,
     /// (type, namespace, name) → field manager → the `status.devices` keys it applied.
     managers: HashMap<(usize, String, String), BTreeMap<String, Vec<DeviceKey>>>,
+    /// Every write refused by validation, as `code: message`.
+    rejected: Vec<String>,
+    /// The test sends invalid objects on purpose: refusals do not fail it.
+    rejections_expected: bool,
 }
 
 type DeviceKey = (String, String, String);
@@ -182,6 +186,8 @@ struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    /// `details` beyond name/group/kind (the `causes` of a 422).
+    causes: Vec<Value>,
 }
 
 impl ApiError {
@@ -190,6 +196,7 @@ impl ApiError {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: format!("{} \"{name}\" not found", resource_name(t)),
+            causes: Vec::new(),
         }
     }
     fn bad(message: impl Into<String>) -> Self {
@@ -197,8 +204,46 @@ impl ApiError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+            causes: Vec::new(),
         }
     }
+}
+
+/// What kube-apiserver would refuse in this write, checked before anything is stored:
+/// ResourceSlices on every write, a ResourceClaim's status when it changes (see
+/// [`crate::validation`]). Refusals are also recorded for tests to read.
+fn admit(
+    store: &mut Store,
+    t: &ResourceType,
+    name: &str,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let result = match t.kind {
+        "ResourceSlice" => crate::validation::resource_slice(new, old),
+        "ResourceClaim" if old.is_some_and(|o| o.get("status") != new.get("status")) => {
+            crate::validation::resource_claim_status(new)
+        }
+        _ => return Ok(()),
+    };
+    let err = match result {
+        Ok(errors) if errors.is_empty() => return Ok(()),
+        Ok(errors) => {
+            let (message, details) = crate::validation::invalid_status(t.kind, name, &errors);
+            let causes = details["causes"].as_array().cloned().unwrap_or_default();
+            ApiError {
+                code: StatusCode::UNPROCESSABLE_ENTITY,
+                reason: "Invalid",
+                message,
+                causes,
+            }
+        }
+        Err(decode) => ApiError::bad(format!("{}.resource.k8s.io {name:?}: {decode}", t.kind)),
+    };
+    store
+        .rejected
+        .push(format!("{}: {}", err.code.as_u16(), err.message));
+    Err(err)
 }
 
 fn resource_name(t: &ResourceType) -> String {
@@ -251,12 +296,14 @@ impl Store {
                 code: StatusCode::CONFLICT,
                 reason: "AlreadyExists",
                 message: format!("{} \"{name}\" already exists", resource_name(t)),
+                causes: Vec::new(),
             });
         }
+        set_type(&mut object, t);
+        admit(self, t, &name, &object, None)?;
         let rv = self.bump();
         self.next_uid += 1;
         let uid = format!("00000000-0000-4000-8000-{:012x}", self.next_uid);
-        set_type(&mut object, t);
         let meta = metadata_mut(&mut object);
         meta.insert("name".into(), json!(name));
         if t.namespaced {
@@ -299,8 +346,9 @@ impl Store {
         if object == old {
             return Ok(old);
         }
-        let rv = self.bump();
         set_type(&mut object, t);
+        admit(self, t, &key.1, &object, Some(&old))?;
+        let rv = self.bump();
         let generation = old
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -678,7 +726,7 @@ fn status_response(code: StatusCode, reason: &str, message: &str, details: Value
 }
 
 fn error_response(err: ApiError, t: Option<&ResourceType>, name: Option<&str>) -> Response {
-    let details = match t {
+    let mut details = match t {
         Some(t) => json!({
             "name": name.unwrap_or_default(),
             "group": t.api_version.split_once('/').map(|(g, _)| g).unwrap_or(""),
@@ -686,6 +734,12 @@ fn error_response(err: ApiError, t: Option<&ResourceType>, name: Option<&str>) -
         }),
         None => json!({}),
     };
+    if !err.causes.is_empty() {
+        details["causes"] = Value::Array(err.causes);
+        if let Some(t) = t {
+            details["kind"] = json!(t.kind);
+        }
+    }
     status_response(err.code, err.reason, &err.message, details)
 }
 
@@ -762,6 +816,7 @@ async fn handle(
             code: StatusCode::METHOD_NOT_ALLOWED,
             reason: "MethodNotAllowed",
             message: format!("{method} is not supported on {}", uri.path()),
+            causes: Vec::new(),
         }),
     };
     match result {
@@ -822,6 +877,7 @@ fn update(shared: &Shared, target: &Target, name: &str, object: Value) -> Result
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                 resource_name(t)
             ),
+            causes: Vec::new(),
         });
     }
     let new = combine(t, target.subresource.as_deref(), &current, object)?;
@@ -925,6 +981,7 @@ fn patch(
             code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             reason: "UnsupportedMediaType",
             message: "the fake API server supports merge and apply patches only".into(),
+            causes: Vec::new(),
         });
     }
     // Merge patch (strategic merge patch is treated the same).
@@ -940,6 +997,7 @@ fn patch(
             code: StatusCode::CONFLICT,
             reason: "Conflict",
             message: format!("the object {name} has been modified"),
+            causes: Vec::new(),
         });
     }
     let mut patched = current.clone();
@@ -1194,6 +1252,18 @@ impl FakeApiServer {
 
     /// The object, if it exists. `kind` is a kind (`ResourceClaim`) or a plural
     /// (`resourceclaims`); `namespace` is ignored for cluster-scoped kinds.
+    /// Every write the server refused as kube-apiserver would (422, or 400 for a body
+    /// that does not decode into its type), as `code: message`, oldest first.
+    pub fn rejections(&self) -> Vec<String> {
+        self.shared.lock().rejected.clone()
+    }
+
+    /// Declares that this test writes invalid objects on purpose. Otherwise any
+    /// refused write fails the test when the server is dropped.
+    pub fn expect_rejections(&self) {
+        self.shared.lock().rejections_expected = true;
+    }
+
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let idx = type_index(kind)?;
         let ns = if TYPES[idx].namespaced { namespace } else { "" };
@@ -1251,6 +1321,14 @@ impl Drop for FakeApiServer {
             let _ = stop.send(());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A write a real kube-apiserver would refuse fails the test that made it,
+        // unless the test set out to make one.
+        let store = self.shared.lock();
+        if !store.rejected.is_empty() && !store.rejections_expected && !std::thread::panicking() {
+            let list = store.rejected.join("\n  ");
+            drop(store);
+            panic!("the fake API server refused writes a real one would refuse too:\n  {list}");
+        }
     }
 }
 

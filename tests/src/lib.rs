@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;
+pub mod validation;

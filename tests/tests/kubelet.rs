@@ -536,9 +536,40 @@ async fn fake_apiserver_speaks_kubernetes() {
         other => panic!("{other}"),
     }
 
-    // Server-side apply of status.devices keeps another driver's entries.
+    // Like kube-apiserver, the server refuses a status entry for a device the claim
+    // was not allocated, naming the field.
+    api.expect_rejections();
     let other = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
         "status": {"devices": [{"driver": "gpu.example.com", "pool": "p", "device": "gpu0"}]}});
+    let err = claims
+        .patch_status(
+            "c",
+            &PatchParams::apply("gpu.example.com"),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+            let causes = status.details.map(|d| d.causes).unwrap_or_default();
+            assert_eq!(causes[0].field, "status.devices[0]", "{causes:?}");
+            assert!(causes[0]
+                .message
+                .contains("must be an allocated device in the claim"));
+        }
+        other => panic!("{other}"),
+    }
+    let mut allocated = api.get("ResourceClaim", "default", "c").unwrap();
+    allocated["status"]["allocation"]["devices"]["results"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"request": "nic", "driver": "gpu.example.com", "pool": "p", "device": "gpu0"}),
+        );
+    api.put(allocated).unwrap();
+
+    // Server-side apply of status.devices keeps another driver's entries.
     claims
         .patch_status(
             "c",

@@ -109,12 +109,16 @@ impl Env {
                 "kind": "ResourceClaim",
                 "metadata": {"name": name, "namespace": "default", "uid": uid},
                 "spec": {"devices": {
-                    "requests": [{"name": "nic", "exactly": {"deviceClassName": "netclaim"}}],
+                    "requests": [{"name": "nic", "exactly": {"deviceClassName": "netclaim"}},
+                                 {"name": "gpu", "exactly": {"deviceClassName": "other"}}],
                     "config": [{"requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": parameters.clone()}}]
                 }},
                 "status": {
+                    // The other driver's entry is for a device allocated to this claim too:
+                    // the API server refuses entries for devices that are not.
                     "allocation": {"devices": {
-                        "results": [{"request": "nic", "driver": DRIVER, "pool": "node-a", "device": "nic-a"}],
+                        "results": [{"request": "nic", "driver": DRIVER, "pool": "node-a", "device": "nic-a"},
+                                    {"request": "gpu", "driver": "other.dev", "pool": "p", "device": "gpu0"}],
                         "config": [{"source": "FromClaim", "requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": parameters}}]
                     }},
                     "reservedFor": [{"resource": "pods", "name": "pod1", "uid": POD_UID}],
@@ -268,7 +272,9 @@ async fn start_traffic_status_stop() {
     // Status: all three conditions True, networkData read back from the kernel.
     let events = drain(&mut rx, &mut writer).await;
     assert!(matches!(events.as_slice(), [DeviceEvent::Started { .. }]));
-    let entry = env.our_entry("c1").expect("status entry written");
+    let entry = env
+        .our_entry("c1")
+        .unwrap_or_else(|| panic!("status entry written; refused: {:?}", env.api.rejections()));
     for ty in ["Ready", "NetworkReady", "DataPathReady"] {
         assert_eq!(condition(&entry, ty)["status"], "True", "{ty}: {entry}");
     }
@@ -482,5 +488,85 @@ async fn synchronize_returns_devices_of_vanished_pods() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.started.len(), 1);
     assert!(link(&env.pod, "net1").is_some());
+    pods.stop_pod(POD_UID).expect("stop");
+}
+
+/// A claim at the edges of what the API server takes in a status entry: 20 addresses
+/// (networkData holds 16), an IPv4-mapped IPv6 address (which the server accepts only
+/// written as IPv4) and 1,000 routes (whose hit counters alone would pass the 10 KiB
+/// `data` limit). Every write goes to the enforcing fake API server, which fails the
+/// test on any refusal; the entry must be complete or say what it left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_fits_what_the_api_server_accepts() {
+    let env = Env::new("fit").await;
+    env.pod
+        .exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.default.disable_ipv6=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )
+        .expect("IPv6 in the pod");
+    let mut addresses: Vec<String> = (10..28).map(|i| format!("192.0.2.{i}/24")).collect();
+    addresses.push("::ffff:192.0.2.31/120".into());
+    addresses.push("2001:db8::10/64".into());
+    let routes: Vec<Value> = (0..1000)
+        .map(|i| json!({"destination": format!("10.{}.{}.0/24", i / 256, i % 256), "gateway": "192.0.2.1"}))
+        .collect();
+    let store = env.store();
+    env.claim(
+        &store,
+        "c5",
+        json!({"interface": {"name": "net1", "addresses": addresses}, "routes": routes}),
+    );
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+    pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
+        .expect("start_pod");
+    drain(&mut rx, &mut writer).await;
+    writer.refresh().await;
+    let entry = env
+        .our_entry("c5")
+        .unwrap_or_else(|| panic!("status entry written; refused: {:?}", env.api.rejections()));
+    assert!(
+        env.api.rejections().is_empty(),
+        "{:?}",
+        env.api.rejections()
+    );
+    let ips: Vec<&str> = entry["networkData"]["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(ips.len(), 16, "{ips:?}");
+    for ip in &ips {
+        assert!(
+            netclaim_tests::validation::interface_address(ip).is_ok(),
+            "{ip} is not canonical"
+        );
+        assert!(!ip.starts_with("::ffff:"), "{ip}");
+    }
+    assert_eq!(entry["data"]["link"]["addresses"], 20, "{entry}");
+    assert_eq!(
+        entry["data"]["link"]["addressesNotInNetworkData"], 4,
+        "{entry}"
+    );
+    let counters = &entry["data"]["counters"];
+    assert_eq!(
+        counters["routes"], 1003,
+        "1,000 routes + three connected subnets (192.0.2.0/24, ::ffff:192.0.2.0/120, 2001:db8::/64): {counters}"
+    );
+    assert_eq!(counters["routeHits"].as_object().map(|m| m.len()), Some(16));
+    let data_len = serde_json::to_string(&entry["data"]).expect("json").len();
+    assert!(data_len <= 10 * 1024, "data is {data_len} bytes");
+    println!("status data with 1,000 routes: {data_len} bytes; ips {ips:?}");
+    for ty in ["Ready", "NetworkReady", "DataPathReady"] {
+        assert_eq!(condition(&entry, ty)["status"], "True", "{ty}: {entry}");
+    }
     pods.stop_pod(POD_UID).expect("stop");
 }

@@ -10,24 +10,33 @@
 //! driver adopt them again.
 //!
 //! * [`object`] — the embedded object and how it is loaded;
-//! * [`pins`] — where everything is pinned;
+//! * [`pins`] — where everything is pinned, and pinning/unpinning it;
 //! * [`pool`] — spare pre-verified instances that keep the verifier off pod start;
 //! * [`policy`] — claim addresses/routes/knobs compiled into map contents (pure);
+//! * [`attach`] — the attach ladder (TCX/clsact egress; XDP/TCX/clsact ingress) and
+//!   clsact clean-up, on the namespace thread;
+//! * [`maps`] — the typed policy maps of both slots: fill, clear, flip, read back;
 //! * [`device`] — [`AttachedDatapath`]: attach, adopt, update, read, detach;
+//! * [`error`] — [`DatapathError`];
 //! * [`counters`] — per-CPU values summed into [`CounterSnapshot`];
 //! * [`logs`] — forwarding `aya-log` records from the programs to `tracing`.
 
+pub mod attach;
 pub mod counters;
 pub mod device;
+pub mod error;
 pub mod grace;
 pub mod guard;
 pub mod logs;
+pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod policy;
 pub mod pool;
 
+pub use attach::{EgressMode, IngressMode};
 pub use counters::CounterSnapshot;
-pub use device::{AttachedDatapath, DatapathError, EgressMode, IngressMode};
+pub use device::AttachedDatapath;
+pub use error::DatapathError;
 pub use pins::{DatapathKey, PinLayout};
 pub use policy::{DatapathPolicy, DataplaneKnobs, Enforcement};

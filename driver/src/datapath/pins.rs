@@ -9,8 +9,26 @@
 //! ```
 //! Namespace, claim and device names are DNS labels/subdomains, so they are safe path
 //! components; [`DatapathKey::new`] refuses anything else.
+//!
+//! This file also does the pin I/O: `pin_all` pins a freshly attached instance (maps,
+//! then programs, then links) and `remove_pins` removes a device's pins (links first).
+//! It never attaches, never writes policy into the maps (only the attachment record in
+//! `NC_META`, just before pinning) and never removes clsact filters, which no pin owns
+//! (see [`super::attach`]).
 
 use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
+use netclaim_common::{DatapathMeta, MAP_COUNTERS, MAP_META, PROG_INGRESS_TC, PROG_INGRESS_XDP};
+
+use super::{
+    attach::{Attached, IngressMode},
+    error::{map_err, DatapathError},
+    maps::typed_mut,
+};
 
 /// Pin file of the egress link.
 pub const LINK_EGRESS: &str = "link_egress";
@@ -138,6 +156,80 @@ fn read_dirs(dir: &Path) -> Vec<String> {
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect()
+}
+
+/// Pins maps, programs and links. The links are pinned last: until then, dropping
+/// them (on error) detaches the programs.
+pub(super) fn pin_all(
+    ebpf: &mut Ebpf,
+    key: &DatapathKey,
+    dir: &Path,
+    attached: &mut Attached,
+) -> Result<(), DatapathError> {
+    let pin_err = |path: &Path, e: &dyn std::fmt::Display| DatapathError::Pin {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    if dir.join(MAP_COUNTERS).exists() {
+        return Err(pin_err(dir, &"already holds a data path (detach it first)"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, &e))?;
+    {
+        let mut meta: Array<&mut MapData, DatapathMeta> = typed_mut(ebpf, key, MAP_META)?;
+        meta.set(0, attached.meta, 0)
+            .map_err(|e| map_err(key, MAP_META, e))?;
+    }
+    for (name, map) in ebpf.maps() {
+        if name.starts_with("NC_") {
+            let path = dir.join(name);
+            map.pin(&path).map_err(|e| pin_err(&path, &e))?;
+        }
+    }
+    let ingress_prog = match IngressMode::from_code(attached.meta.ingress_mode) {
+        Some(IngressMode::XdpNative | IngressMode::XdpGeneric) => PROG_INGRESS_XDP,
+        _ => PROG_INGRESS_TC,
+    };
+    for (prog, file) in [
+        (netclaim_common::PROG_EGRESS, PROG_EGRESS),
+        (ingress_prog, PROG_INGRESS),
+    ] {
+        let path = dir.join(file);
+        if let Some(p) = ebpf.program_mut(prog) {
+            p.pin(&path).map_err(|e| pin_err(&path, &e))?;
+        }
+    }
+    for (link, file) in [
+        (attached.egress_link.take(), LINK_EGRESS),
+        (attached.ingress_link.take(), LINK_INGRESS),
+    ] {
+        if let Some(link) = link {
+            let path = dir.join(file);
+            // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
+            link.pin(&path).map_err(|e| pin_err(&path, &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a device's pin directory and everything in it. Removing the link pins
+/// releases the links, which detaches the programs.
+pub(super) fn remove_pins(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        // Links first, so programs are detached before anything else goes.
+        files.sort_by_key(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("link_"))
+        });
+        for f in files {
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(path = %f.display(), error = %e, "removing pin");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

@@ -11,11 +11,13 @@
 //! * [`event`] — what lifecycle reports;
 //! * [`conditions`] — condition transitions and timestamps (pure);
 //! * [`observe`] — reading a device back from the kernel (blocking, read-only);
+//! * [`render`] — the typed entry, kept inside the API server's limits (pure);
 //! * [`writer`] — the task: entries in memory, apply with retry, health.
 
 pub mod conditions;
 pub mod event;
 pub mod observe;
+pub mod render;
 pub mod writer;
 
 pub use event::{DeviceEvent, DeviceRef, FailedPart};

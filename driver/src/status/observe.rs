@@ -30,7 +30,7 @@ pub struct LinkView {
     /// `up`, `down`, ... (operstate corrected by admin/carrier flags).
     pub state: String,
     /// Global addresses with their prefix length.
-    pub ips: Vec<String>,
+    pub ips: Vec<ipnet::IpNet>,
 }
 
 /// What one observation found. Errors are text: they end up in condition messages.
@@ -78,7 +78,7 @@ fn read_link(target: &Target) -> Result<LinkView, String> {
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|a| a.scope < MAX_REPORTED_SCOPE)
-            .map(|a| a.net.to_string())
+            .map(|a| a.net)
             .collect();
         Ok(LinkView {
             ifname: found.ifname,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::resource::v1::ResourceClaim;
+use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim};
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
@@ -28,6 +28,7 @@ use super::conditions::{
 };
 use super::event::{DeviceEvent, DeviceRef, FailedPart};
 use super::observe::{observe, Observation, Target};
+use super::render;
 use crate::datapath::PinLayout;
 use crate::kubelet::health::DeviceHealth;
 use crate::state::{ClaimRecord, StateStore};
@@ -375,27 +376,43 @@ impl StatusWriter {
         update_conditions(tracked);
     }
 
-    fn render(&self, claim: &ClaimStatus) -> Value {
-        Value::Array(
-            claim
-                .devices
-                .values()
-                .map(|t| render_entry(&self.config.driver_name, t))
-                .collect(),
-        )
+    fn render(&self, claim: &ClaimStatus) -> Vec<AllocatedDeviceStatus> {
+        claim
+            .devices
+            .values()
+            .map(|t| render_entry(&self.config.driver_name, t))
+            .collect()
     }
 
     async fn write_claim(&mut self, uid: &str) {
         let Some(claim) = self.claims.get(uid) else {
             return;
         };
-        let devices = self.render(claim);
+        let entries = self.render(claim);
+        let devices = json!(entries);
         if claim.written.as_ref() == Some(&devices) {
             return;
         }
         let record = claim.claim.clone();
         let now_empty = claim.devices.is_empty();
-        match self.patch(&record, &devices).await {
+        let mut result = self.patch(&record, &devices).await;
+        if let Err(StatusError::Write {
+            source: kube::Error::Api(refused),
+            ..
+        }) = &result
+        {
+            if refused.code == 422 {
+                // The server refused the entries as they are: keep what identifies each
+                // device and its conditions, drop the optional parts, say why.
+                tracing::warn!(claim = %record, "status refused by the API server ({}); writing conditions only", refused.message);
+                let minimal: Vec<AllocatedDeviceStatus> = entries
+                    .iter()
+                    .map(|e| render::minimal(e, &refused.message))
+                    .collect();
+                result = self.patch(&record, &json!(minimal)).await;
+            }
+        }
+        match result {
             Ok(()) => {
                 tracing::debug!(claim = %record, entries = devices.as_array().map_or(0, Vec::len), "status written");
                 if now_empty {
@@ -603,7 +620,7 @@ fn state(t: &Tracked) -> &'static str {
     }
 }
 
-fn render_entry(driver: &str, t: &Tracked) -> Value {
+fn render_entry(driver: &str, t: &Tracked) -> AllocatedDeviceStatus {
     let mut data = serde_json::Map::new();
     data.insert("state".into(), json!(state(t)));
     data.insert("pod".into(), json!(t.device.pod.to_string()));
@@ -614,11 +631,14 @@ fn render_entry(driver: &str, t: &Tracked) -> Value {
     if let Some(obs) = &t.observation {
         match &obs.link {
             Ok(view) => {
-                data.insert("link".into(), json!({"state": view.state}));
-                let mut nd = json!({"interfaceName": view.ifname, "ips": view.ips});
-                if let Some(mac) = &view.mac {
-                    nd["hardwareAddress"] = json!(mac);
+                let (nd, total) =
+                    render::network_data(&view.ifname, view.mac.as_deref(), &view.ips);
+                let mut link = json!({"state": view.state, "addresses": total});
+                if total > render::MAX_IPS {
+                    // networkData holds at most 16; the rest is counted here.
+                    link["addressesNotInNetworkData"] = json!(total - render::MAX_IPS);
                 }
+                data.insert("link".into(), link);
                 network_data = Some(nd);
             }
             Err(e) => {
@@ -627,7 +647,7 @@ fn render_entry(driver: &str, t: &Tracked) -> Value {
         }
         match &obs.counters {
             Some(Ok(c)) => {
-                data.insert("counters".into(), json!(c));
+                data.insert("counters".into(), render::bounded_counters(c));
             }
             Some(Err(e)) => {
                 data.insert("counters".into(), json!({"error": e}));
@@ -648,6 +668,8 @@ fn render_entry(driver: &str, t: &Tracked) -> Value {
                         "pinDir": info.pin_dir,
                         "policyGeneration": info.generation,
                         "enforcement": info.enforcement,
+                        "flags": info.flags,
+                        "socketGuard": info.socket_guard,
                     }),
                 );
             }
@@ -661,15 +683,12 @@ fn render_entry(driver: &str, t: &Tracked) -> Value {
             }
         }
     }
-    let mut entry = json!({
-        "driver": driver,
-        "pool": t.device.pool,
-        "device": t.device.device,
-        "conditions": t.conditions,
-        "data": Value::Object(data),
-    });
-    if let Some(nd) = network_data {
-        entry["networkData"] = nd;
-    }
-    entry
+    render::entry(
+        driver,
+        &t.device.pool,
+        &t.device.device,
+        &t.conditions,
+        data,
+        network_data,
+    )
 }
