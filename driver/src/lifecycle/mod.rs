@@ -605,7 +605,7 @@ impl Inner {
             step: LifecycleStep::Configure(e.step()),
             part: FailedPart::Network,
             reason: configure_reason(&e),
-            message: e.to_string(),
+            message: e.detail(),
         })?;
         let side = configured.pod_side();
         let originals = configured.originals.clone();

@@ -161,6 +161,26 @@ pub enum ConfigureError {
 }
 
 impl ConfigureError {
+    /// What went wrong without the device and step, for callers that name those
+    /// themselves (one sentence, nothing said twice).
+    pub fn detail(&self) -> String {
+        match self {
+            ConfigureError::Failed {
+                field,
+                source,
+                rollback,
+                ..
+            } => {
+                let mut text = format!("{field}: {source}");
+                if let Some(r) = rollback {
+                    text.push_str(&format!(" (and restoring the device failed: {r})"));
+                }
+                text
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The config field the failure is about, if any.
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -768,6 +788,23 @@ fn apply_ethtool(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn detail_says_the_step_once() {
+        let e = ConfigureError::Failed {
+            device: "eth1".into(),
+            step: Step::Move,
+            field: "interface.name".into(),
+            source: StepError::Invalid("File exists".into()),
+            rollback: None,
+        };
+        assert_eq!(e.detail(), "interface.name: File exists");
+        assert_eq!(
+            e.to_string(),
+            "device eth1: moving into the pod namespace: interface.name: File exists"
+        );
+    }
+
     use super::*;
 
     #[test]

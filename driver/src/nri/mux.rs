@@ -23,8 +23,11 @@ use tokio::task::JoinHandle;
 pub const PLUGIN_SERVICE_CONN: u32 = 1;
 /// Conn id of the ttrpc connection on which the plugin is the client (service `Runtime`).
 pub const RUNTIME_SERVICE_CONN: u32 = 2;
-/// Largest payload put into one frame; bigger writes are split.
-pub const MAX_FRAME_PAYLOAD: usize = 4 << 20;
+/// Largest payload put into one frame; bigger writes are split. containerd's NRI
+/// (v0.12) reads each frame through a 4096-byte buffer and closes the plugin on a
+/// larger one, so a frame, header included, stays within 4096 bytes. (Frames read from
+/// the runtime may be any size: this side joins them.)
+pub const MAX_FRAME_PAYLOAD: usize = 4096 - FRAME_HEADER_LEN;
 /// Size of a frame header.
 pub const FRAME_HEADER_LEN: usize = 8;
 
@@ -220,13 +223,14 @@ mod tests {
     }
 
     #[test]
-    fn large_payload_splits_at_four_mib() {
+    fn large_payload_splits_into_frames_of_at_most_4096_bytes() {
         let payload = vec![7u8; MAX_FRAME_PAYLOAD + 10];
         let frames = encode_frames(2, &payload);
         assert_eq!(frames.len(), payload.len() + 2 * FRAME_HEADER_LEN);
         assert_eq!(&frames[..8], &frame_header(2, MAX_FRAME_PAYLOAD as u32));
         let second = FRAME_HEADER_LEN + MAX_FRAME_PAYLOAD;
         assert_eq!(&frames[second..second + 8], &frame_header(2, 10));
+        assert_eq!(FRAME_HEADER_LEN + MAX_FRAME_PAYLOAD, 4096);
     }
 
     #[tokio::test]
@@ -272,13 +276,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn payload_above_four_mib_round_trips_between_two_muxes() {
+    async fn payload_larger_than_a_frame_round_trips_between_two_muxes() {
         let (a, b) = tokio::io::duplex(1 << 20);
         let (_mux_a, mut conns_a) = Mux::start(a, &[1, 2]).unwrap();
         let (_mux_b, mut conns_b) = Mux::start(b, &[1, 2]).unwrap();
-        let payload: Vec<u8> = (0..MAX_FRAME_PAYLOAD + 12345)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let payload: Vec<u8> = (0..(4 << 20) + 12345).map(|i| (i % 251) as u8).collect();
         let expected = payload.clone();
         let mut writer = conns_a.remove(0);
         let send = tokio::spawn(async move { writer.write_all(&payload).await.map(|_| writer) });
