@@ -12,6 +12,18 @@ fn init_logging(cli: &Cli) {
         );
         EnvFilter::new("info")
     });
+    // netlink-proto logs every message it cannot decode, with the whole packet, at
+    // error level: a link whose name is not UTF-8 would repeat that on every scan. The
+    // inventory reports such links itself, once each (inventory::names); an explicit
+    // `netlink_proto=...` directive in --log still wins.
+    let filter = if cli.log.contains("netlink_proto") {
+        filter
+    } else {
+        match "netlink_proto::codecs=off".parse() {
+            Ok(quiet) => filter.add_directive(quiet),
+            Err(_) => filter,
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,8 +1,11 @@
 //! Prometheus metrics and the `/healthz` and `/readyz` endpoints, served on
 //! `--metrics-address` (default `0.0.0.0:9177`).
 //!
-//! Request counters and latencies are recorded by the kubelet and NRI layers through
-//! [`Metrics::observe_dra`] / [`Metrics::observe_nri`]. Data-path counters are not
+//! Request counters and latencies are recorded through [`Metrics::observe_dra`] /
+//! [`Metrics::observe_nri`] by two wrappers the daemon puts around the handlers:
+//! [`MeteredPreparer`] (the kubelet's [`ClaimPreparer`]) and [`MeteredPods`] (the NRI
+//! plugin's [`PodHandler`]); the method names and the outcome rule live here, next to
+//! the series they feed. Data-path counters are not
 //! copied into the registry: every scrape reads them from the pins under the bpf root
 //! (the kernel is the only source of truth), so a scrape always shows what the
 //! programs counted, also for devices the daemon adopted after a restart.
@@ -14,7 +17,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
@@ -25,6 +28,8 @@ use prometheus_client::{
 };
 
 use crate::datapath::{AttachedDatapath, PinLayout};
+use crate::kubelet::{ClaimPreparer, ClaimRef, PrepareResults, UnprepareResults};
+use crate::nri::{PodHandler, PodSandbox};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -161,6 +166,89 @@ fn observe(
             method: method.to_string(),
         })
         .observe(elapsed.as_secs_f64());
+}
+
+/// Counts and times DRA calls (`NodePrepareResources`, `NodeUnprepareResources`),
+/// then returns what `inner` answered. A call counts as a success when every claim in
+/// it succeeded.
+pub struct MeteredPreparer {
+    inner: Arc<dyn ClaimPreparer>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredPreparer {
+    pub fn new(inner: Arc<dyn ClaimPreparer>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait::async_trait]
+impl ClaimPreparer for MeteredPreparer {
+    async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+        let started = Instant::now();
+        let results = self.inner.prepare(claims).await;
+        let ok = results.values().all(Result::is_ok);
+        self.metrics
+            .observe_dra("NodePrepareResources", ok, started.elapsed());
+        results
+    }
+
+    async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let started = Instant::now();
+        let results = self.inner.unprepare(claims).await;
+        let ok = results.values().all(Result::is_ok);
+        self.metrics
+            .observe_dra("NodeUnprepareResources", ok, started.elapsed());
+        results
+    }
+}
+
+/// Counts and times NRI pod events (`RunPodSandbox`, `StopPodSandbox`,
+/// `RemovePodSandbox`, `Synchronize`), then returns what `inner` answered.
+/// `Synchronize` has no outcome and always counts as a success.
+pub struct MeteredPods {
+    inner: Arc<dyn PodHandler>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredPods {
+    pub fn new(inner: Arc<dyn PodHandler>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait::async_trait]
+impl PodHandler for MeteredPods {
+    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.run_pod(pod).await;
+        self.metrics
+            .observe_nri("RunPodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn stop_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.stop_pod(pod).await;
+        self.metrics
+            .observe_nri("StopPodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn remove_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+        let started = Instant::now();
+        let r = self.inner.remove_pod(pod).await;
+        self.metrics
+            .observe_nri("RemovePodSandbox", r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn synchronize(&self, pods: &[PodSandbox]) {
+        let started = Instant::now();
+        self.inner.synchronize(pods).await;
+        self.metrics
+            .observe_nri("Synchronize", true, started.elapsed());
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -346,6 +434,59 @@ mod tests {
         );
         assert!(text.contains("netclaim_published_devices 5"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Fails the claim with UID `bad`, prepares every other.
+    struct OneBad;
+
+    #[async_trait::async_trait]
+    impl ClaimPreparer for OneBad {
+        async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+            claims
+                .into_iter()
+                .map(|c| {
+                    let result = if c.uid == "bad" {
+                        Err("no".to_string())
+                    } else {
+                        Ok(Vec::new())
+                    };
+                    (c.uid, result)
+                })
+                .collect()
+        }
+
+        async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+            claims.into_iter().map(|c| (c.uid, Ok(()))).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn metered_preparer_counts_calls_before_the_notification() {
+        let m = Metrics::new(None);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let notify: Arc<dyn Fn() + Send + Sync> = {
+            let (m, seen) = (m.clone(), seen.clone());
+            Arc::new(move || seen.lock().unwrap().push(m.render()))
+        };
+        let metered = MeteredPreparer::new(Arc::new(OneBad), m.clone());
+        let p = crate::kubelet::NotifyingPreparer::new(Arc::new(metered), notify);
+        let claim = |uid: &str| ClaimRef {
+            uid: uid.into(),
+            ..Default::default()
+        };
+        let results = p.prepare(vec![claim("ok"), claim("bad")]).await;
+        assert_eq!(results.len(), 2);
+        p.unprepare(vec![claim("ok")]).await;
+        let failed =
+            "netclaim_dra_requests_total{method=\"NodePrepareResources\",outcome=\"error\"} 1";
+        let unprepared =
+            "netclaim_dra_requests_total{method=\"NodeUnprepareResources\",outcome=\"success\"} 1";
+        let text = m.render();
+        assert!(text.contains(failed) && text.contains(unprepared), "{text}");
+        // Whoever is notified already sees the call counted.
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[0].contains(failed), "{}", seen[0]);
     }
 
     #[test]

@@ -162,6 +162,8 @@ struct Store {
     rejected: Vec<String>,
     /// The test sends invalid objects on purpose: refusals do not fail it.
     rejections_expected: bool,
+    /// `status.devices[*]` fields every claim status write is refused for.
+    refused_status_fields: Vec<String>,
 }
 
 type DeviceKey = (String, String, String);
@@ -226,6 +228,25 @@ fn admit(
         }
         _ => return Ok(()),
     };
+    // Fault injection: refuse status entries carrying a field the test named, as a
+    // newer server with a stricter rule would.
+    let result = result.map(|mut errors| {
+        if t.kind == "ResourceClaim" {
+            for field in &store.refused_status_fields {
+                let entries = new.pointer("/status/devices").and_then(Value::as_array);
+                for (i, e) in entries.into_iter().flatten().enumerate() {
+                    if e.get(field).is_some_and(|v| !v.is_null()) {
+                        errors.push(crate::validation::FieldError {
+                            field: format!("status.devices[{i}].{field}"),
+                            kind: crate::validation::ErrorType::Invalid,
+                            body: "Invalid value: \"<value omitted>\": refused by test fault injection".into(),
+                        });
+                    }
+                }
+            }
+        }
+        errors
+    });
     let err = match result {
         Ok(errors) if errors.is_empty() => return Ok(()),
         Ok(errors) => {
@@ -1262,6 +1283,14 @@ impl FakeApiServer {
     /// refused write fails the test when the server is dropped.
     pub fn expect_rejections(&self) {
         self.shared.lock().rejections_expected = true;
+    }
+
+    /// Fault injection: from now on, refuse (422) every claim status write whose
+    /// `status.devices[*]` entries carry `field`. Implies [`Self::expect_rejections`].
+    pub fn refuse_status_field(&self, field: &str) {
+        let mut store = self.shared.lock();
+        store.rejections_expected = true;
+        store.refused_status_fields.push(field.to_string());
     }
 
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {

@@ -388,3 +388,49 @@ fn in_use_devices_stay_published() {
     assert_eq!(merged, vec![before]);
     watcher.stop();
 }
+
+/// The kernel allows interface names that are not UTF-8; netclaim cannot publish
+/// them. The other links are still published, the CLI succeeds, and the link is
+/// reported once, not as a decoder error per scan.
+#[test]
+fn a_link_name_that_is_not_utf8_is_skipped_with_one_warning() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = TestNetns::new("iu8").unwrap();
+    let peer = TestNetns::new("iu8p").unwrap();
+    veth(&node, "good0", &peer, "p0").unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-n", node.name(), "link", "add"])
+        .arg(std::ffi::OsStr::from_bytes(b"ab\xffc"))
+        .args(["type", "veth", "peer", "name", "good1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let devs = Inventory::scan(&node.open(), &opts()).unwrap();
+    assert!(by_ifname(&devs, "good0").is_some());
+    assert!(by_ifname(&devs, "good1").is_some(), "its peer is published");
+    assert!(devs.iter().all(|d| !d.ifname.starts_with("ab")), "{devs:?}");
+
+    let bin = netclaim_tests::scenario::netclaim_binary().unwrap();
+    let out = node
+        .command(bin.to_str().unwrap())
+        .args(["inventory", "-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("not UTF-8").count(),
+        1,
+        "one warning: {stderr}"
+    );
+    assert!(
+        !stderr.contains("failed to decode"),
+        "decoder noise: {stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("good1"));
+}

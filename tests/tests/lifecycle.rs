@@ -570,3 +570,40 @@ async fn status_fits_what_the_api_server_accepts() {
     }
     pods.stop_pod(POD_UID).expect("stop");
 }
+
+/// When the API server refuses the full entry, the writer falls back to what
+/// identifies the device and its conditions, and says why in a condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_status_keeps_its_conditions_and_says_why() {
+    let env = Env::new("rej").await;
+    env.api.refuse_status_field("networkData");
+    let store = env.store();
+    env.claim(&store, "c6", good_config());
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+    pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
+        .expect("start_pod");
+    drain(&mut rx, &mut writer).await;
+    let entry = env.our_entry("c6").expect("the minimal entry was written");
+    assert!(entry.get("networkData").is_none(), "{entry}");
+    for ty in ["Ready", "NetworkReady", "DataPathReady"] {
+        assert_eq!(
+            condition(&entry, ty)["status"],
+            "True",
+            "{ty} kept: {entry}"
+        );
+    }
+    let why = condition(&entry, "StatusComplete");
+    assert_eq!(why["status"], "False", "{entry}");
+    assert_eq!(why["reason"], "RejectedByAPIServer");
+    assert!(
+        why["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("].networkData")),
+        "{why}"
+    );
+    assert_eq!(entry["data"]["state"], "Available", "{entry}");
+    assert!(!env.api.rejections().is_empty());
+    pods.stop_pod(POD_UID).expect("stop");
+}

@@ -373,3 +373,52 @@ async fn missing_node_publishes_without_owner() {
     );
     assert_eq!(s["spec"]["devices"].as_array().map(Vec::len), Some(3));
 }
+
+/// A node with 300 real links under the longest names the kernel allows, scanned by
+/// the real inventory and published to the enforcing fake API server: every slice is
+/// accepted (any refusal fails this test when the server is dropped) and every link is
+/// in one of the three slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_real_links_with_long_names_are_accepted() {
+    use netclaim::inventory::Inventory;
+    init_tracing();
+    let node = TestNetns::new("p300").unwrap();
+    let peer = TestNetns::new("p300p").unwrap();
+    let mut batch = String::new();
+    for i in 0..150 {
+        // 15 bytes, IFNAMSIZ - 1: the longest name a link can have.
+        batch.push_str(&format!(
+            "link add nc-longname-{i:03} type veth peer name nc-peer-name{i:03} netns {}\n",
+            peer.name()
+        ));
+        batch.push_str(&format!("link set nc-longname-{i:03} up\n"));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    node.ip(&["-batch", file.path().to_str().unwrap()]).unwrap();
+    let mut batch = String::new();
+    for i in 0..150 {
+        batch.push_str(&format!(
+            "link add nc-node-side{i:03} type veth peer name nc-node-othr{i:03}\n"
+        ));
+    }
+    std::fs::write(file.path(), batch).unwrap();
+    node.ip(&["-batch", file.path().to_str().unwrap()]).unwrap();
+
+    let opts = InventoryOptions::default();
+    let scanned = Inventory::scan(&node.open(), &opts).unwrap();
+    assert!(scanned.len() >= 300, "{} devices", scanned.len());
+    let api = FakeApiServer::start().await.unwrap();
+    put_node(&api);
+    let (_tx, rx) = watch::channel(Arc::new(scanned.clone()));
+    let publisher = start(&api, rx).await;
+    wait_published(&publisher, None).await;
+    let all = slices(&api);
+    let published: usize = all
+        .values()
+        .map(|s| s["spec"]["devices"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(published, scanned.len());
+    assert_eq!(all.len(), scanned.len().div_ceil(128));
+    assert!(api.rejections().is_empty(), "{:?}", api.rejections());
+}

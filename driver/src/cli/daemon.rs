@@ -15,10 +15,11 @@
 //!    adopts them.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -27,18 +28,17 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::PinLayout,
-    inventory::{Device, DeviceFilter, Inventory, InventoryOptions, InventoryWatcher},
+    inventory::{DeviceFilter, InventoryOptions, InventoryWatcher},
     kubelet::{
-        self, prepare::Preparer, ClaimPreparer, ClaimRef, KubeletPluginConfig, PrepareResults,
-        UnprepareResults,
+        self, ClaimPreparer, KubeletPluginConfig, NotifyingPreparer, Preparer, RegistrationState,
     },
-    lifecycle::{LifecycleConfig, Pods},
-    metrics::{Metrics, Readiness},
+    lifecycle::{InventoryResolver, LifecycleConfig, Pods},
+    metrics::{MeteredPods, MeteredPreparer, Metrics, Readiness},
     netns::Netns,
-    nri::{NriPlugin, PodHandler, PodSandbox},
-    publisher::Publisher,
+    nri::NriPlugin,
+    publisher::{self, PoolIdentity, Publisher},
     state::StateStore,
-    status::{status_channel, StatusConfig, StatusWriter},
+    status::{health::host_health, status_channel, StatusConfig, StatusWriter},
 };
 
 #[derive(Debug, Args)]
@@ -104,246 +104,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Counts and times DRA calls, delegates, and tells the inventory right away which
-/// devices are claimed (so a device moving into a pod never drops out of the slices).
-struct MeteredPreparer {
-    inner: Arc<dyn ClaimPreparer>,
-    metrics: Arc<Metrics>,
-    claimed_changed: Arc<dyn Fn() + Send + Sync>,
-}
-
-#[async_trait::async_trait]
-impl ClaimPreparer for MeteredPreparer {
-    async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
-        let started = Instant::now();
-        let results = self.inner.prepare(claims).await;
-        let ok = results.values().all(Result::is_ok);
-        self.metrics
-            .observe_dra("NodePrepareResources", ok, started.elapsed());
-        (self.claimed_changed)();
-        results
-    }
-
-    async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
-        let started = Instant::now();
-        let results = self.inner.unprepare(claims).await;
-        let ok = results.values().all(Result::is_ok);
-        self.metrics
-            .observe_dra("NodeUnprepareResources", ok, started.elapsed());
-        (self.claimed_changed)();
-        results
-    }
-}
-
-/// Counts and times NRI pod events, then delegates.
-struct MeteredPods {
-    inner: Arc<dyn PodHandler>,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait::async_trait]
-impl PodHandler for MeteredPods {
-    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
-        let started = Instant::now();
-        let r = self.inner.run_pod(pod).await;
-        self.metrics
-            .observe_nri("RunPodSandbox", r.is_ok(), started.elapsed());
-        r
-    }
-
-    async fn stop_pod(&self, pod: &PodSandbox) -> Result<(), String> {
-        let started = Instant::now();
-        let r = self.inner.stop_pod(pod).await;
-        self.metrics
-            .observe_nri("StopPodSandbox", r.is_ok(), started.elapsed());
-        r
-    }
-
-    async fn remove_pod(&self, pod: &PodSandbox) -> Result<(), String> {
-        let started = Instant::now();
-        let r = self.inner.remove_pod(pod).await;
-        self.metrics
-            .observe_nri("RemovePodSandbox", r.is_ok(), started.elapsed());
-        r
-    }
-
-    async fn synchronize(&self, pods: &[PodSandbox]) {
-        let started = Instant::now();
-        self.inner.synchronize(pods).await;
-        self.metrics
-            .observe_nri("Synchronize", true, started.elapsed());
-    }
-}
-
-/// After a corrupt checkpoint was moved aside: re-prepares, from the API server, every
-/// claim allocated on this node by this driver and reserved for a pod — the same way
-/// kubelet's NodePrepareResources would — so the plans exist again before kubelet or
-/// the runtime ask. Host originals of devices already inside pods are lost with the
-/// checkpoint; those devices are returned by name when their pod stops.
-async fn rebuild_plans(
-    client: &kube::Client,
-    args: &RunArgs,
-    preparer: &dyn ClaimPreparer,
-    aside: &std::path::Path,
-) {
-    use k8s_openapi::api::resource::v1::ResourceClaim;
-    let api: kube::Api<ResourceClaim> = kube::Api::all(client.clone());
-    let claims = match api.list(&kube::api::ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            tracing::error!(error = %e, "checkpoint rebuild: listing ResourceClaims failed; claims are prepared again when kubelet asks");
-            return;
-        }
-    };
-    let refs: Vec<ClaimRef> = claims
-        .iter()
-        .filter(|c| {
-            let status = c.status.as_ref();
-            let ours = status
-                .and_then(|s| s.allocation.as_ref())
-                .and_then(|a| a.devices.as_ref())
-                .is_some_and(|d| {
-                    d.results
-                        .iter()
-                        .flatten()
-                        .any(|r| r.driver == args.driver_name && r.pool == args.node_name)
-                });
-            let reserved = status
-                .and_then(|s| s.reserved_for.as_ref())
-                .is_some_and(|r| !r.is_empty());
-            ours && reserved
-        })
-        .filter_map(|c| {
-            Some(ClaimRef {
-                namespace: c.metadata.namespace.clone()?,
-                name: c.metadata.name.clone()?,
-                uid: c.metadata.uid.clone()?,
-            })
-        })
-        .collect();
-    let results = preparer.prepare(refs).await;
-    let ok = results.values().filter(|r| r.is_ok()).count();
-    tracing::warn!(
-        moved_aside = %aside.display(),
-        rebuilt = ok,
-        failed = results.len() - ok,
-        "checkpoint rebuilt from the API server after corruption"
-    );
-    for (uid, r) in &results {
-        if let Err(e) = r {
-            tracing::error!(claim_uid = %uid, error = %e, "checkpoint rebuild: claim not prepared");
-        }
-    }
-}
-
-/// Devices of this driver in prepared claims (from the checkpoint): they stay
-/// published while inside pods, and the status writer reports their health.
-fn claimed_devices(store: &StateStore) -> std::collections::BTreeSet<String> {
-    match store.list() {
-        Ok(claims) => claims
-            .into_iter()
-            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the checkpoint for claimed devices");
-            Default::default()
-        }
-    }
-}
-
-/// This node's devices named in `claimed`, as this driver last published them in
-/// ResourceSlices (so a restarted driver keeps publishing devices that are in pods).
-async fn published_records(
-    client: &kube::Client,
-    args: &RunArgs,
-    claimed: &std::collections::BTreeSet<String>,
-) -> Vec<Device> {
-    use k8s_openapi::api::resource::v1::ResourceSlice;
-    if claimed.is_empty() {
-        return Vec::new();
-    }
-    let api: kube::Api<ResourceSlice> = kube::Api::all(client.clone());
-    let slices = match api.list(&kube::api::ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing ResourceSlices for claimed devices failed; devices inside pods reappear when they come home");
-            return Vec::new();
-        }
-    };
-    let mut records = Vec::new();
-    for slice in slices
-        .iter()
-        .filter(|s| s.spec.driver == args.driver_name && s.spec.pool.name == args.node_name)
-    {
-        for d in slice.spec.devices.iter().flatten() {
-            if !claimed.contains(&d.name) {
-                continue;
-            }
-            let attributes = d
-                .attributes
-                .as_ref()
-                .and_then(|a| serde_json::to_value(a).ok())
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
-            let mut record = Device {
-                name: d.name.clone(),
-                ifname: String::new(),
-                ifindex: 0,
-                attributes,
-                carrier_lost: false,
-            };
-            record.ifname = record
-                .attribute(&args.driver_name, "ifName")
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            records.push(record);
-        }
-    }
-    if !records.is_empty() {
-        tracing::info!(
-            devices = records.len(),
-            "claimed devices kept published from the previous slices"
-        );
-    }
-    records
-}
-
-/// Merges the carrier-based health of unclaimed `devices` into the health list: adds
-/// and updates their entries, drops entries of unclaimed devices that are gone, and
-/// leaves claimed devices' entries to the status writer.
-fn host_device_health(
-    health: &watch::Sender<Vec<kubelet::DeviceHealth>>,
-    node: &str,
-    devices: &[Device],
-    claimed: &std::collections::BTreeSet<String>,
-) {
-    health.send_if_modified(|list| {
-        let before = list.clone();
-        list.retain(|h| {
-            h.pool != node
-                || claimed.contains(&h.device)
-                || devices.iter().any(|d| d.name == h.device)
-        });
-        for d in devices.iter().filter(|d| !claimed.contains(&d.name)) {
-            let healthy = !d.carrier_lost;
-            match list.iter_mut().find(|h| h.pool == node && h.device == d.name) {
-                Some(h) => {
-                    if h.healthy != healthy {
-                        tracing::info!(device = %d.name, healthy, "device health changed (carrier)");
-                        h.healthy = healthy;
-                    }
-                }
-                None => list.push(kubelet::DeviceHealth {
-                    pool: node.to_string(),
-                    device: d.name.clone(),
-                    healthy,
-                }),
-            }
-        }
-        *list != before
-    });
-}
-
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -360,20 +120,16 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-fn check_bpf_root(root: &std::path::Path) -> anyhow::Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let parent = root.parent().unwrap_or(root);
-    let st = nix::sys::statfs::statfs(parent)
-        .with_context(|| format!("--bpf-root {}: cannot stat its parent", root.display()))?;
-    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
-        anyhow::bail!(
-            "--bpf-root {}: {} is not a bpffs mount (mount -t bpf bpf /sys/fs/bpf)",
-            root.display(),
-            parent.display()
-        );
+/// Calls `f` with the current value of `rx`, then again after every change, until the
+/// sender is gone: one owner's state carried into another's (readiness, metrics).
+async fn follow<T: Clone>(mut rx: watch::Receiver<T>, mut f: impl FnMut(&T)) {
+    loop {
+        let value = rx.borrow_and_update().clone();
+        f(&value);
+        if rx.changed().await.is_err() {
+            break;
+        }
     }
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    Ok(())
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -385,11 +141,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     );
     // 1. The node's namespace: wherever we were started.
     let host = Arc::new(Netns::current().context("capturing the node's network namespace")?);
-    if args.dataplane == Dataplane::On {
-        check_bpf_root(&args.bpf_root)?;
-    }
     let layout = PinLayout::new(&args.bpf_root);
     if args.dataplane == Dataplane::On {
+        layout
+            .ensure_root()
+            .with_context(|| format!("--bpf-root {}", args.bpf_root.display()))?;
         crate::datapath::pool::WarmPool::global().warm();
         // Programs attached before a restart keep logging into their own buffers.
         let resumed = crate::datapath::logs::LogPump::global().resume_pinned(&layout);
@@ -434,29 +190,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Devices in prepared claims stay published while they are inside pods (and absent
     // here). The set changes only through prepare/unprepare, which recompute it at once
     // (the checkpoint rebuild goes through the same preparer).
-    let (claimed_tx, claimed_rx) = watch::channel(claimed_devices(&store));
+    let claimed_now = {
+        let store = store.clone();
+        move || {
+            store.claimed_devices().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the checkpoint for claimed devices");
+                BTreeSet::new()
+            })
+        }
+    };
+    let (claimed_tx, claimed_rx) = watch::channel(claimed_now());
     inventory.pin_in_use(claimed_rx.borrow().clone());
     // After a restart, devices already inside pods are not on the node: their records
     // come from the slices the previous run published, before anything is republished.
-    let claimed_now = claimed_rx.borrow().clone();
-    let remembered = published_records(&client, &args, &claimed_now).await;
+    let pool = PoolIdentity {
+        driver: args.driver_name.clone(),
+        node: args.node_name.clone(),
+        owner: None,
+    };
+    let claimed = claimed_rx.borrow().clone();
+    let remembered = publisher::published_records(&client, &pool, &claimed)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the previous ResourceSlices for claimed devices failed; devices inside pods reappear when they come home");
+            Vec::new()
+        });
     let names: Vec<String> = remembered.iter().map(|d| d.name.clone()).collect();
     inventory.remember(remembered);
-    if !names.is_empty() {
-        // The publisher starts only once the inventory lists them, so they never vanish.
-        let mut listed = devices.clone();
-        let present = |l: &Arc<Vec<Device>>| names.iter().all(|n| l.iter().any(|d| &d.name == n));
-        if tokio::time::timeout(Duration::from_secs(2), listed.wait_for(present))
-            .await
-            .is_err()
-        {
-            tracing::warn!("the inventory did not take up the claimed devices in time");
-        }
+    // The publisher starts only once the inventory lists them, so they never vanish.
+    if !publisher::until_listed(&devices, &names, Duration::from_secs(2)).await {
+        tracing::warn!("the inventory did not take up the claimed devices in time");
     }
     let pin_claimed: Arc<dyn Fn() + Send + Sync> = {
-        let (store, inventory) = (store.clone(), inventory.clone());
+        let inventory = inventory.clone();
         Arc::new(move || {
-            let claimed = claimed_devices(&store);
+            let claimed = claimed_now();
             inventory.pin_in_use(claimed.clone());
             claimed_tx.send_if_modified(|c| {
                 let changed = *c != claimed;
@@ -472,54 +240,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         args.node_name.clone(),
         devices.clone(),
     );
-    {
-        let mut published = publisher.published();
+    tokio::spawn(follow(publisher.published(), {
         let (readiness, metrics, devices) = (readiness.clone(), metrics.clone(), devices.clone());
-        tokio::spawn(async move {
-            loop {
-                if published.borrow_and_update().is_some() {
-                    readiness.slices_published.store(true, Ordering::Relaxed);
-                    metrics.set_published_devices(devices.borrow().len());
-                }
-                if published.changed().await.is_err() {
-                    break;
-                }
+        move |published: &Option<u64>| {
+            if published.is_some() {
+                readiness.slices_published.store(true, Ordering::Relaxed);
+                metrics.set_published_devices(devices.borrow().len());
             }
-        });
-    }
+        }
+    }));
 
     // 5. Kubelet plugin.
     let (health_tx, health_rx) = watch::channel(Vec::new());
     // Health of published devices still on the node, from carrier: devices in claims
     // are reported by the status writer from inside their pods instead.
-    {
-        let (mut devices, mut claimed, health) =
-            (devices.clone(), claimed_rx.clone(), health_tx.clone());
-        let node = args.node_name.clone();
-        tokio::spawn(async move {
-            loop {
-                let list: Arc<Vec<Device>> = devices.borrow_and_update().clone();
-                let claimed_now = claimed.borrow_and_update().clone();
-                host_device_health(&health, &node, &list, &claimed_now);
-                tokio::select! {
-                    r = devices.changed() => if r.is_err() { break },
-                    r = claimed.changed() => if r.is_err() { break },
-                }
-            }
-        });
-    }
-    let preparer: Arc<dyn ClaimPreparer> = Arc::new(MeteredPreparer {
-        inner: Arc::new(Preparer::new(
-            client.clone(),
-            args.driver_name.clone(),
-            store.clone(),
-            kubelet::prepare::network_config_parser(),
-        )),
-        metrics: metrics.clone(),
-        claimed_changed: pin_claimed.clone(),
-    });
+    tokio::spawn(host_health(
+        devices.clone(),
+        claimed_rx.clone(),
+        health_tx.clone(),
+        args.node_name.clone(),
+    ));
+    let preparer = Preparer::new(
+        client.clone(),
+        args.driver_name.clone(),
+        store.clone(),
+        kubelet::prepare::network_config_parser(),
+    );
+    let preparer: Arc<dyn ClaimPreparer> = Arc::new(NotifyingPreparer::new(
+        Arc::new(MeteredPreparer::new(Arc::new(preparer), metrics.clone())),
+        pin_claimed,
+    ));
     if let Some(aside) = store.moved_aside() {
-        rebuild_plans(&client, &args, preparer.as_ref(), aside).await;
+        let rebuilt = kubelet::rebuild_plans(
+            &client,
+            &args.driver_name,
+            &args.node_name,
+            preparer.as_ref(),
+            aside,
+        )
+        .await;
+        if let Err(e) = rebuilt {
+            tracing::error!(error = %e, "checkpoint rebuild failed; claims are prepared again when kubelet asks");
+        }
     }
     let plugin = kubelet::serve(
         KubeletPluginConfig::new(&args.kubelet_dir, &args.driver_name),
@@ -528,21 +290,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     )
     .await
     .context("starting the kubelet plugin")?;
-    {
-        let mut registration = plugin.registration();
+    tokio::spawn(follow(plugin.registration(), {
         let readiness = readiness.clone();
-        tokio::spawn(async move {
-            loop {
-                let registered = registration.borrow_and_update().is_registered();
-                readiness
-                    .kubelet_registered
-                    .store(registered, Ordering::Relaxed);
-                if registration.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+        move |registration: &RegistrationState| {
+            readiness
+                .kubelet_registered
+                .store(registration.is_registered(), Ordering::Relaxed);
+        }
+    }));
 
     // 6. Status writer, pod lifecycle, NRI plugin.
     let (status_tx, status_rx) = status_channel();
@@ -556,30 +311,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     writer.seed(&store);
     let status_task = tokio::spawn(writer.run(status_rx, stop_rx));
 
-    let node = args.node_name.clone();
-    let resolver_devices = devices.clone();
-    let (scan_host, scan_opts) = (host.clone(), inventory_options.clone());
-    let resolver = move |pool: &str, device: &str| -> Option<String> {
-        if pool != node {
-            return None;
-        }
-        let list: Arc<Vec<Device>> = resolver_devices.borrow().clone();
-        if let Some(d) = list.iter().find(|d| d.name == device) {
-            return Some(d.ifname.clone());
-        }
-        // The watcher may not have rescanned yet (a device that just came home from
-        // another pod): ask the kernel directly.
-        match Inventory::scan(&scan_host, &scan_opts) {
-            Ok(fresh) => fresh
-                .into_iter()
-                .find(|d| d.name == device)
-                .map(|d| d.ifname),
-            Err(e) => {
-                tracing::warn!(device, error = %e, "inventory rescan for the resolver failed");
-                None
-            }
-        }
-    };
+    let resolver = InventoryResolver::new(
+        args.node_name.clone(),
+        devices.clone(),
+        host.clone(),
+        inventory_options,
+    );
     let mut lifecycle = LifecycleConfig::new(&args.bpf_root);
     lifecycle.dataplane = args.dataplane == Dataplane::On;
     let pods = Pods::new(
@@ -593,26 +330,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         &args.nri_socket,
         args.driver_name.clone(),
         args.nri_index.clone(),
-        Arc::new(MeteredPods {
-            inner: Arc::new(pods),
-            metrics: metrics.clone(),
-        }),
+        Arc::new(MeteredPods::new(Arc::new(pods), metrics.clone())),
     )
     .context("starting the NRI plugin")?;
-    {
-        let mut connected = nri.connected();
+    tokio::spawn(follow(nri.connected(), {
         let readiness = readiness.clone();
-        tokio::spawn(async move {
-            loop {
-                let up = *connected.borrow_and_update();
-                readiness.nri_connected.store(up, Ordering::Relaxed);
-                tracing::info!(connected = up, "NRI connection state");
-                if connected.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+        move |&up: &bool| {
+            readiness.nri_connected.store(up, Ordering::Relaxed);
+            tracing::info!(connected = up, "NRI connection state");
+        }
+    }));
 
     // 7. Run until told to stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -634,44 +361,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dev(name: &str, carrier_lost: bool) -> Device {
-        Device {
-            name: name.into(),
-            ifname: name.into(),
-            ifindex: 2,
-            attributes: Default::default(),
-            carrier_lost,
-        }
-    }
-
-    fn entry(device: &str, healthy: bool) -> kubelet::DeviceHealth {
-        kubelet::DeviceHealth {
-            pool: "node-a".into(),
-            device: device.into(),
-            healthy,
-        }
-    }
-
-    #[test]
-    fn host_health_follows_carrier_and_leaves_claimed_devices_alone() {
-        // eth9 is claimed (inside a pod): the status writer said unhealthy; keep it.
-        // gone0 vanished from the node and is not claimed: drop it.
-        let (tx, rx) = watch::channel(vec![entry("eth9", false), entry("gone0", true)]);
-        let claimed = ["eth9".to_string()].into_iter().collect();
-        let devices = [dev("eth1", false), dev("eth2", true), dev("eth9", false)];
-        host_device_health(&tx, "node-a", &devices, &claimed);
-        let mut got = rx.borrow().clone();
-        got.sort_by(|a, b| a.device.cmp(&b.device));
-        assert_eq!(
-            got,
-            vec![
-                entry("eth1", true),
-                entry("eth2", false),
-                entry("eth9", false)
-            ]
-        );
-    }
 
     #[test]
     fn durations() {

@@ -38,5 +38,5 @@ pub use attach::{EgressMode, IngressMode};
 pub use counters::CounterSnapshot;
 pub use device::AttachedDatapath;
 pub use error::DatapathError;
-pub use pins::{DatapathKey, PinLayout};
+pub use pins::{DatapathKey, PinLayout, PinRootError};
 pub use policy::{DatapathPolicy, DataplaneKnobs, Enforcement};

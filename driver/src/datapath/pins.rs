@@ -10,7 +10,8 @@
 //! Namespace, claim and device names are DNS labels/subdomains, so they are safe path
 //! components; [`DatapathKey::new`] refuses anything else.
 //!
-//! This file also does the pin I/O: `pin_all` pins a freshly attached instance (maps,
+//! This file also does the pin I/O: [`PinLayout::ensure_root`] checks at start that the
+//! root sits on bpffs and creates it, `pin_all` pins a freshly attached instance (maps,
 //! then programs, then links) and `remove_pins` removes a device's pins (links first).
 //! It never attaches, never writes policy into the maps (only the attachment record in
 //! `NC_META`, just before pinning) and never removes clsact filters, which no pin owns
@@ -99,6 +100,29 @@ impl std::fmt::Display for DatapathKey {
     }
 }
 
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Why the root of the pin tree cannot be used. The messages leave the root itself to
+/// the caller (it names the flag it came from).
+#[derive(Debug, thiserror::Error)]
+pub enum PinRootError {
+    #[error("cannot stat its parent {parent}")]
+    Stat {
+        parent: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("{parent} is not a bpffs mount (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs { parent: PathBuf },
+    #[error("creating {root}")]
+    Create {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The pin tree under one bpffs directory.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
@@ -112,6 +136,26 @@ impl PinLayout {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Checks that the root's parent is a bpffs mount (pins can live nowhere else),
+    /// then creates the root if it is missing.
+    pub fn ensure_root(&self) -> Result<(), PinRootError> {
+        let root = self.root.as_path();
+        let parent = root.parent().unwrap_or(root);
+        let st = nix::sys::statfs::statfs(parent).map_err(|source| PinRootError::Stat {
+            parent: parent.to_owned(),
+            source,
+        })?;
+        if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+            return Err(PinRootError::NotBpffs {
+                parent: parent.to_owned(),
+            });
+        }
+        std::fs::create_dir_all(root).map_err(|source| PinRootError::Create {
+            root: root.to_owned(),
+            source,
+        })
     }
 
     /// The directory holding one device's pins.

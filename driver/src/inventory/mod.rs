@@ -24,6 +24,7 @@ pub mod exclusion;
 pub mod filter;
 pub mod host;
 pub mod links;
+pub mod names;
 pub mod naming;
 pub mod programs;
 pub mod watcher;
@@ -151,6 +152,8 @@ pub(crate) async fn scan_here(
     names: &mut ProgramNames,
 ) -> Result<ScanResult, InventoryError> {
     let snap = links::snapshot(handle).await?;
+    // Links whose names are not UTF-8 are missing from the snapshot; say so, once each.
+    names::report_undecodable();
     if snap.unresolved_default_routes > 0 {
         tracing::warn!(
             count = snap.unresolved_default_routes,

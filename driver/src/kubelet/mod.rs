@@ -11,7 +11,10 @@
 //!    tries again;
 //! 3. `NodePrepareResources` / `NodeUnprepareResources` of either version go to one
 //!    [`ClaimPreparer`]; the real one is [`prepare::Preparer`] (claim → plans →
-//!    checkpoint).
+//!    checkpoint). [`NotifyingPreparer`] wraps it to tell others when the prepared
+//!    claims may have changed;
+//! 4. after a corrupt checkpoint, [`rebuild`] prepares again, from the API server,
+//!    the claims kubelet would have asked for.
 //!
 //! This module owns the two sockets (created 0600 in 0750 directories, stale files
 //! replaced, removed when the plugin stops). It does not publish ResourceSlices and
@@ -21,6 +24,7 @@ pub mod dra;
 pub mod health;
 pub mod prepare;
 pub mod proto;
+pub mod rebuild;
 pub mod registration;
 pub mod socket;
 
@@ -35,6 +39,7 @@ use tokio::task::JoinHandle;
 pub use dra::DraService;
 pub use health::{DeviceHealth, HealthService};
 pub use prepare::{ConfigParser, PrepareError, Preparer};
+pub use rebuild::{rebuild_plans, RebuildError};
 pub use registration::{RegistrationService, RegistrationState};
 pub use socket::{SocketError, SocketGuard};
 
@@ -84,6 +89,36 @@ pub type UnprepareResults = BTreeMap<String, Result<(), String>>;
 pub trait ClaimPreparer: Send + Sync + 'static {
     async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults;
     async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults;
+}
+
+/// A [`ClaimPreparer`] that calls `changed` after every prepare and unprepare call of
+/// `inner`, whatever its outcome, before the call returns: whoever derives state from
+/// the prepared claims (the claimed devices the inventory keeps published) catches up
+/// before kubelet hears the answer.
+pub struct NotifyingPreparer {
+    inner: Arc<dyn ClaimPreparer>,
+    changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl NotifyingPreparer {
+    pub fn new(inner: Arc<dyn ClaimPreparer>, changed: Arc<dyn Fn() + Send + Sync>) -> Self {
+        Self { inner, changed }
+    }
+}
+
+#[async_trait::async_trait]
+impl ClaimPreparer for NotifyingPreparer {
+    async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+        let results = self.inner.prepare(claims).await;
+        (self.changed)();
+        results
+    }
+
+    async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let results = self.inner.unprepare(claims).await;
+        (self.changed)();
+        results
+    }
 }
 
 /// Where and as whom the plugin serves.

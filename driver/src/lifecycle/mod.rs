@@ -3,9 +3,9 @@
 //! Top-down, `start_pod(uid, name, netns)`:
 //! 1. the plans of this pod UID from the checkpoint (made by `NodePrepareResources`);
 //! 2. per device: the claim's config ([`crate::config::parse_parameters`]), the host
-//!    interface of the device (a [`DeviceResolver`] the daemon builds from the
-//!    inventory), [`crate::netns::move_and_configure`] from the node's namespace into
-//!    the pod's (after removing foreign eBPF programs when the config says
+//!    interface of the device (a [`DeviceResolver`]; the daemon's is the
+//!    [`InventoryResolver`]), [`crate::netns::move_and_configure`] from the node's
+//!    namespace into the pod's (after removing foreign eBPF programs when the config says
 //!    `disableEbpfPrograms`), then [`AttachedDatapath::attach`] with the claim's policy (or the
 //!    addresses the device carried from the host) unless `--dataplane=off`;
 //! 3. the checkpoint records `attached`, the pod-side name, the [`HostOriginals`] and
@@ -26,7 +26,10 @@
 //! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
 pub mod nri;
+pub mod resolver;
 pub mod settings;
+
+pub use resolver::InventoryResolver;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,7 +48,7 @@ use crate::state::{Attachment, Plan, StateError, StateStore};
 use crate::status::{DeviceEvent, DeviceRef, FailedPart, StatusSender};
 
 /// Finds the host interface of a published device. The daemon answers from the
-/// inventory; tests pass a closure over a map.
+/// inventory ([`InventoryResolver`]); tests pass a closure over a map.
 pub trait DeviceResolver: Send + Sync {
     fn host_ifname(&self, pool: &str, device: &str) -> Option<String>;
 }

@@ -20,8 +20,10 @@
 //! lookup being retried every 30 s.
 //!
 //! This module never touches the kernel and never deletes slices on shutdown: a
-//! restarting driver finds its slices by name and overwrites them.
+//! restarting driver finds its slices by name and overwrites them, and reads the
+//! records of devices that are inside pods back from them first ([`records`]).
 
+pub mod records;
 pub mod slices;
 
 use std::collections::{BTreeMap, HashSet};
@@ -38,7 +40,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::inventory::Device;
-use slices::PoolIdentity;
+pub use records::{published_records, until_listed};
+pub use slices::PoolIdentity;
 
 /// How many times one slice write is retried after a 409 before the reconcile
 /// gives up (and is retried as a whole after the backoff).

@@ -8,6 +8,8 @@
 //! the same objects. Labels ([`NODE_LABEL`], [`DRIVER_LABEL`]) select this node's
 //! slices for listing and watching.
 //!
+//! [`device_record`] reads a published device back (for [`super::records`]).
+//!
 //! Nothing here talks to the API server; [`super`] compares and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,6 +144,31 @@ pub fn slice_device(device: &Device) -> SliceDevice {
         attributes: Some(attributes),
         ..Default::default()
     }
+}
+
+/// A published ResourceSlice device read back as an inventory record: its name, its
+/// attributes and the interface name from the `<driver>/ifName` attribute (empty when
+/// absent). The ifindex is not published (0) and the carrier is taken as present.
+/// Attributes that do not read back as [`AttrValue`]s are all dropped.
+pub fn device_record(driver: &str, device: &SliceDevice) -> Device {
+    let attributes = device
+        .attributes
+        .as_ref()
+        .and_then(|a| serde_json::to_value(a).ok())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut record = Device {
+        name: device.name.clone(),
+        ifname: String::new(),
+        ifindex: 0,
+        attributes,
+        carrier_lost: false,
+    };
+    record.ifname = record
+        .attribute(driver, "ifName")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    record
 }
 
 /// The pool's devices, sorted by name, duplicates dropped (the first wins; the API
@@ -287,6 +314,22 @@ mod tests {
             json.pointer("/spec/devices/0/attributes/netclaim.dev~1mtu"),
             Some(&serde_json::json!({"int": 1500}))
         );
+    }
+
+    #[test]
+    fn a_published_device_reads_back_as_its_record() {
+        let mut original = dev("eth7");
+        original.ifindex = 0;
+        assert_eq!(
+            device_record("netclaim.dev", &slice_device(&original)),
+            original
+        );
+        let bare = SliceDevice {
+            name: "x".into(),
+            ..Default::default()
+        };
+        let record = device_record("netclaim.dev", &bare);
+        assert_eq!((record.ifname.as_str(), record.attributes.len()), ("", 0));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! store starts empty: the caller rebuilds what it can from the cluster. A corrupt
 //! checkpoint never stops the driver.
 
+use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -165,6 +166,16 @@ impl StateStore {
             out.push(decode(key.value(), value.value())?);
         }
         Ok(out)
+    }
+
+    /// The devices named in the plans of every stored claim: the devices this driver
+    /// has handed out or is about to (they stay published while inside pods).
+    pub fn claimed_devices(&self) -> Result<BTreeSet<String>, StateError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .flat_map(|c| c.plans.into_iter().map(|p| p.device))
+            .collect())
     }
 
     fn db_err(&self, err: impl Into<redb::Error>) -> StateError {
@@ -334,6 +345,8 @@ mod tests {
         assert!(store.moved_aside().is_none());
         let all = store.list().unwrap();
         assert_eq!(all, vec![sample("a")]);
+        let claimed: Vec<String> = store.claimed_devices().unwrap().into_iter().collect();
+        assert_eq!(claimed, vec!["eth1".to_string()]);
     }
 
     #[test]

@@ -164,19 +164,34 @@ pub fn entry(
     }
 }
 
-/// The entry with only what identifies it and its conditions: what the writer sends
-/// when the server refused the full entry.
+/// Condition added when the server refused the full entry and only this minimal one
+/// was written.
+pub const STATUS_COMPLETE: &str = "StatusComplete";
+
+/// The entry with only what identifies it and its conditions, plus a
+/// [`STATUS_COMPLETE`] condition saying why: what the writer sends when the server
+/// refused the full entry.
 pub fn minimal(entry: &AllocatedDeviceStatus, why: &str) -> AllocatedDeviceStatus {
     let state = entry
         .data
         .as_ref()
         .and_then(|d| d.0.get("state").cloned())
         .unwrap_or(Value::Null);
+    let mut conditions = entry.conditions.clone().unwrap_or_default();
+    conditions.retain(|c| c.type_ != STATUS_COMPLETE);
+    conditions.push(MetaCondition {
+        type_: STATUS_COMPLETE.into(),
+        status: "False".into(),
+        reason: "RejectedByAPIServer".into(),
+        message: why.chars().take(1024).collect(),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: None,
+    });
     AllocatedDeviceStatus {
         driver: entry.driver.clone(),
         pool: entry.pool.clone(),
         device: entry.device.clone(),
-        conditions: entry.conditions.clone(),
+        conditions: Some(conditions),
         data: Some(RawExtension(json!({
             "state": state,
             "truncated": ["networkData", "datapath", "counters", "link"],
@@ -301,8 +316,14 @@ mod tests {
             "2025-01-01T00:00:00Z"
         );
         assert_eq!(v["data"]["state"], "Available");
-        let m = serde_json::to_value(minimal(&e, "422")).expect("json");
+        let m = serde_json::to_value(minimal(&e, "422: too big")).expect("json");
         assert!(m.get("networkData").is_none());
-        assert_eq!(m["conditions"], v["conditions"], "conditions are kept");
+        assert_eq!(
+            m["conditions"][0], v["conditions"][0],
+            "conditions are kept"
+        );
+        assert_eq!(m["conditions"][1]["type"], STATUS_COMPLETE);
+        assert_eq!(m["conditions"][1]["status"], "False");
+        assert_eq!(m["conditions"][1]["message"], "422: too big");
     }
 }
