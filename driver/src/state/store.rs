@@ -301,6 +301,49 @@ mod tests {
     use super::*;
     use crate::state::{ClaimRecord, Plan, PodRecord};
 
+    /// The checkpoint decoder against corrupt entries: random bytes, and mutated JSON
+    /// behind a correct digest (so the JSON decoder is reached). Every input gives a
+    /// typed error or plans; none panics. `NETCLAIM_FUZZ_INPUTS` sets the count.
+    #[test]
+    fn decode_survives_corrupt_entries() {
+        let n: u64 = std::env::var("NETCLAIM_FUZZ_INPUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let base = serde_json::to_vec(&sample("uid-1")).expect("json");
+        let mut x: u64 = 0x5eed_c4ec_0000_0001;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let (mut ok, mut refused) = (0u64, 0u64);
+        for i in 0..n {
+            let mut json = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % json.len().max(1);
+                match next() % 3 {
+                    0 if !json.is_empty() => json[at] = next() as u8,
+                    1 => json.truncate(at),
+                    _ => json.insert(at, b"{}[]\",0:e-9"[(next() % 10) as usize]),
+                }
+            }
+            let mut value = Vec::new();
+            if i % 8 != 0 {
+                value.extend_from_slice(&Sha256::digest(&json));
+            }
+            value.extend_from_slice(&json);
+            match decode("uid-1", &value) {
+                Ok(_) => ok += 1,
+                Err(StateError::Entry { .. }) => refused += 1,
+                Err(other) => panic!("unexpected error kind: {other}"),
+            }
+        }
+        println!("checkpoint decoder: {n} inputs, {ok} decoded, {refused} refused, 0 panics");
+        assert!(refused > 0);
+    }
+
     fn sample(uid: &str) -> ClaimPlans {
         let claim = ClaimRecord {
             namespace: "default".into(),
