@@ -402,6 +402,20 @@ fn is_later_fragment(mut next: u8, payload: &[u8]) -> bool {
     }
 }
 
+/// Walks VLAN tags by hand: the EtherType after them, the bytes after it and how many
+/// tags there were (`None` when a tag is cut short).
+fn vlan_walk(f: &[u8]) -> Option<(u16, &[u8], usize)> {
+    let mut et = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
+    let mut off = 14;
+    let mut tags = 0;
+    while matches!(et, 0x8100 | 0x88a8 | 0x9100) {
+        tags += 1;
+        et = u16::from_be_bytes([*f.get(off + 2)?, *f.get(off + 3)?]);
+        off += 4;
+    }
+    Some((et, f.get(off..)?, tags))
+}
+
 /// Why the oracle refuses a passed frame, if it does.
 fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
     let fl = m.flags;
@@ -414,19 +428,10 @@ fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
     if spoof && eth.source() != MAC {
         return Some("foreign source MAC passed".into());
     }
-    // Walk VLAN tags by hand: at most one.
-    let mut et = u16::from_be_bytes([f[12], f[13]]);
-    let mut off = 14;
-    let mut tags = 0;
-    while matches!(et, 0x8100 | 0x88a8 | 0x9100) {
-        tags += 1;
-        et = u16::from_be_bytes([*f.get(off + 2)?, *f.get(off + 3)?]);
-        off += 4;
-    }
+    let (et, l3, tags) = vlan_walk(f)?;
     if tags > 1 {
         return Some(format!("{tags} VLAN tags passed"));
     }
-    let l3 = &f[off..];
     let route4 = |a: [u8; 4]| !routes || m.route_v4(&a).is_some();
     let route6 = |a: [u8; 16]| !routes || m.route_v6(&a).is_some();
     match et {
@@ -530,18 +535,10 @@ fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
 fn ingress_violation(m: &Model, f: &[u8]) -> Option<String> {
     let eth = Ethernet2HeaderSlice::from_slice(f).ok()?;
     let group = eth.destination()[0] & 1 == 1;
-    let mut et = eth.ether_type().0;
-    let mut off = 14;
-    let mut tags = 0;
-    while matches!(et, 0x8100 | 0x88a8 | 0x9100) {
-        tags += 1;
-        et = u16::from_be_bytes([*f.get(off + 2)?, *f.get(off + 3)?]);
-        off += 4;
-    }
+    let (et, l3, tags) = vlan_walk(f)?;
     if tags > 1 {
         return Some("VLAN stack passed ingress".into());
     }
-    let l3 = &f[off..];
     match et {
         0x0800 => {
             let Some(h) = oracle_ipv4(l3) else {
