@@ -217,6 +217,18 @@ fn main() -> Result<()> {
     drop(pods);
     drop((node, peer));
 
+    // The floor, measured in this run: one netns move of a veth from a warm socket. A
+    // cycle here has two moves (into the pod and home) plus configure and restore.
+    let (floor, _) = netclaim_tests::floor::netns_move_floor(50)?;
+    let floor_ms = floor.as_secs_f64() * 1000.0;
+    let over_floor = nc_p50 / floor_ms;
+    println!("{:<28} {:>10.2}", "floor_ms (1 netns move)", floor_ms);
+    println!(
+        "{:<28} {:>10.2}  (the cycle has two moves: {:.2} per move)",
+        "netclaim_p50_over_floor",
+        over_floor,
+        over_floor / 2.0
+    );
     let speedup = if nc_p50 > 0.0 { sc_p50 / nc_p50 } else { 0.0 };
     println!("{:<28} {:>10}", "metric", "value");
     println!("{:<28} {:>10}", "runs", runs);
@@ -243,6 +255,9 @@ fn main() -> Result<()> {
         "script_p99_ms": sc_p99,
         "speedup_p50": speedup,
         "concurrent_64_total_ms": conc_ms,
+        "floor_ms": floor_ms,
+        "netclaim_p50_over_floor": over_floor,
+        "netclaim_p50_over_two_floors": over_floor / 2.0,
     });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
