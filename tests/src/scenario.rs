@@ -614,13 +614,28 @@ pub fn indexed_parameters(j: usize) -> Value {
 
 /// [`run_pod`] into a namespace of the caller's choosing.
 pub async fn run_pod_in(c: &Cluster, netns: &Path, uid: &str, name: &str) -> HookOutcome {
-    let p = pod(
+    run_pod_in_cgroup(c, netns, None, uid, name).await
+}
+
+/// [`run_pod_in`] for a pod whose cgroup the runtime names (`linux.cgroup_parent`), as
+/// containerd does for kubelet's pods.
+pub async fn run_pod_in_cgroup(
+    c: &Cluster,
+    netns: &Path,
+    cgroup_parent: Option<&str>,
+    uid: &str,
+    name: &str,
+) -> HookOutcome {
+    let mut p = pod(
         &format!("sandbox-{uid}"),
         "default",
         name,
         uid,
         &netns.display().to_string(),
     );
+    if let (Some(linux), Some(cgroup)) = (p.linux.as_mut(), cgroup_parent) {
+        linux.cgroup_parent = cgroup.to_string();
+    }
     c.runtime.run_pod(&p).await
 }
 

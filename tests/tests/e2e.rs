@@ -424,3 +424,91 @@ fn restarted_driver_keeps_devices_in_pods_published() {
     })
     .unwrap();
 }
+
+/// The socket guard end to end: the runtime names the pod's cgroup in RunPodSandbox,
+/// the real `netclaim run` attaches the guard there, a process in that cgroup cannot
+/// ask for `PACKET_QDISC_BYPASS` or register an `AF_XDP` UMEM, the status says so, and
+/// stopping the pod removes the guard.
+#[test]
+fn the_socket_guard_follows_the_pod_cgroup_named_by_the_runtime() {
+    let topo = Arc::new(Topology::new("e2g").unwrap());
+    let cgroup = netclaim_tests::netenv::TestCgroup::new("e2g").unwrap();
+    let t = topo.clone();
+    let cg = cgroup.path().to_path_buf();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        // The runtime names the cgroup relative to the cgroup v2 root, as cgroupfs does.
+        let name = cg
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("cgroup name")?;
+        let parent = format!("/{name}");
+        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let started =
+            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
+                .await;
+        ensure!(
+            started.status.is_ok(),
+            "RunPodSandbox failed: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        let attacker = |cgroup: &std::path::Path, ifname: &str| -> Result<serde_json::Value> {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_raw-sender"))
+                .arg(cgroup)
+                .arg(topo.pod.path())
+                .arg(ifname)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(serde_json::from_slice(&out.stdout)?)
+        };
+        let report = tokio::task::block_in_place(|| attacker(&cg, POD_IF))?;
+        let eperm = format!("errno {}", libc::EPERM);
+        ensure!(
+            report["qdisc_bypass"] == eperm.as_str() && report["af_xdp"] == eperm.as_str(),
+            "the guard did not refuse: {report}"
+        );
+        let entry = wait_for(
+            &Quiet,
+            "status with the guard",
+            Duration::from_secs(20),
+            || {
+                let e = status_entry(&c.api, "web")?;
+                (e["data"]["datapath"]["socketGuard"] == json!(true)).then_some(e)
+            },
+        )
+        .await
+        .with_context(|| format!("claim: {:?}", c.api.get("ResourceClaim", "default", "web")))?;
+        ensure!(entry["data"]["state"] == "Available", "{entry}");
+
+        let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        ensure!(stop.status.is_ok() && remove.status.is_ok(), "stop/remove");
+        // The device went home; the pod's loopback still takes a packet socket.
+        let report = tokio::task::block_in_place(|| attacker(&cg, "lo"))?;
+        ensure!(
+            report["qdisc_bypass"] == "ok",
+            "guard left behind: {report}"
+        );
+        ensure!(
+            unprepare(&c, "web", "uid-web").await?.is_empty(),
+            "unprepare"
+        );
+        ensure!(c.driver.stop()? == Some(0), "driver exit");
+        Ok(())
+    })
+    .unwrap();
+    drop(cgroup);
+}
