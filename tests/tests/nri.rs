@@ -330,3 +330,34 @@ async fn reconnects_after_the_runtime_restarts() {
     drop(runtime);
     assert!(!socket.exists());
 }
+
+/// With the default backoff (0.5 s doubling to 10 s), a runtime that comes back after
+/// several failed attempts is still reconnected at once: the plugin watches the socket
+/// path instead of sleeping out the backoff. The window is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_as_soon_as_the_socket_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let recorder = Arc::new(Recorder::default());
+    let config = PluginConfig::new(&socket, "netclaim", "00");
+    assert!(
+        config.backoff_initial >= Duration::from_millis(500),
+        "default backoff"
+    );
+    let plugin = NriPlugin::start(config, recorder.clone()).unwrap();
+    // Several attempts fail meanwhile, so the backoff has grown to seconds.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    assert!(!*plugin.connected().borrow());
+    let appeared = std::time::Instant::now();
+    let runtime = FakeRuntime::start(&socket, RuntimeConfig::new(Mode::Current))
+        .await
+        .unwrap();
+    wait_connected(&plugin, true).await;
+    let window = appeared.elapsed();
+    println!("reconnect window after the socket came back: {window:?}");
+    assert!(
+        window < Duration::from_secs(1),
+        "took {window:?}; the backoff at this point is 4 s"
+    );
+    drop(runtime);
+}

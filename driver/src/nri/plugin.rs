@@ -8,7 +8,8 @@
 //! `RunPodSandbox`/`StopPodSandbox`/`RemovePodSandbox` (NRI >= 0.12) and `StateChange`
 //! (every version) to the [`PodHandler`]. A handler error becomes a ttrpc error status,
 //! so the runtime fails the sandbox visibly. When the runtime goes away the plugin
-//! reconnects with a capped exponential backoff; [`NriPlugin::connected`] follows it.
+//! reconnects with a capped exponential backoff, cut short as soon as a new socket
+//! appears at the path (a restarted runtime); [`NriPlugin::connected`] follows it.
 //!
 //! This file owns the session and the dispatch; it does not touch namespaces, links or
 //! the datapath — that is the handler's job.
@@ -195,8 +196,34 @@ async fn reconnect_loop(
             Err(err) => tracing::debug!(error = %err, retry_in = ?delay, "NRI connection failed"),
         }
         connected.send_replace(false);
-        tokio::time::sleep(delay).await;
+        let tried = socket_identity(&config.socket_path);
+        wait_for_new_socket(&config.socket_path, tried, delay).await;
         delay = (delay * 2).min(config.backoff_max);
+    }
+}
+
+/// How often the socket path is looked at while waiting to reconnect.
+const SOCKET_WATCH: Duration = Duration::from_millis(20);
+
+/// The socket file's identity (device, inode), if it exists.
+fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Waits up to `backoff` before the next attempt, but returns as soon as a socket
+/// appears at `path` that is not the one the last attempt used: a restarted runtime
+/// (containerd removes and recreates its NRI socket) is reconnected within
+/// [`SOCKET_WATCH`], not after the backoff; a runtime that keeps refusing on the same
+/// socket still gets the backoff.
+async fn wait_for_new_socket(path: &std::path::Path, tried: Option<(u64, u64)>, backoff: Duration) {
+    let deadline = tokio::time::Instant::now() + backoff;
+    while tokio::time::Instant::now() < deadline {
+        let now = socket_identity(path);
+        if now.is_some() && now != tried {
+            return;
+        }
+        tokio::time::sleep(SOCKET_WATCH.min(backoff)).await;
     }
 }
 
