@@ -218,9 +218,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(tag: &str) -> Result<Self> {
         require_root();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let root = netclaim::datapath::guard::cgroup2_root(&mountinfo)
-            .context("no cgroup v2 hierarchy mounted")?;
+        let root = netclaim::datapath::guard::cgroup2_mount()?;
         let path = root.join(format!("nct-{}", unique(tag)));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path })

@@ -83,8 +83,13 @@ pub fn pod_cgroup_dir(root: &Path, cgroup_parent: &str) -> PathBuf {
     root.join(name)
 }
 
-/// Resolves the runtime's name for a pod cgroup to an existing directory.
-pub fn resolve(cgroup_parent: &str) -> Result<PathBuf, GuardError> {
+/// Where this process sees the cgroup v2 hierarchy. Read from `/proc/self/mountinfo`
+/// once; later pod starts reuse it instead of reading the mount table again.
+pub fn cgroup2_mount() -> Result<PathBuf, GuardError> {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(root) = ROOT.get() {
+        return Ok(root.clone());
+    }
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| GuardError::Io {
             what: "reading",
@@ -92,7 +97,12 @@ pub fn resolve(cgroup_parent: &str) -> Result<PathBuf, GuardError> {
             source,
         })?;
     let root = cgroup2_root(&mountinfo).ok_or(GuardError::NoCgroup2)?;
-    let dir = pod_cgroup_dir(&root, cgroup_parent);
+    Ok(ROOT.get_or_init(|| root).clone())
+}
+
+/// Resolves the runtime's name for a pod cgroup to an existing directory.
+pub fn resolve(cgroup_parent: &str) -> Result<PathBuf, GuardError> {
+    let dir = pod_cgroup_dir(&cgroup2_mount()?, cgroup_parent);
     if !dir.is_dir() {
         return Err(GuardError::NoSuchCgroup {
             cgroup: cgroup_parent.to_string(),
