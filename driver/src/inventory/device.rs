@@ -32,6 +32,16 @@ pub mod attr {
     pub const KIND: &str = "kind";
     /// `false` only for `kind == "physical"`.
     pub const VIRTUAL: &str = "virtual";
+    /// DraNet's `type`: the link kind as the Go netlink library names it — `kind`,
+    /// except `tuntap` for `tun` and `device` for a link without a kind (a NIC).
+    pub const TYPE: &str = "type";
+    /// Link-layer type (`ARPHRD_*` of the link header) spelled as DraNet (the Go
+    /// netlink library) does: `ether`, `none` (tun, wireguard), `ipip`, `gre`,
+    /// `infiniband`, `loopback`, … Always present.
+    pub const ENCAPSULATION: &str = "encapsulation";
+    /// `IFLA_IFALIAS` (`ip link set <dev> alias <text>`); `""` when unset, as DraNet
+    /// publishes it, so selectors can compare without a presence check.
+    pub const ALIAS: &str = "alias";
     /// Global-scope addresses as CIDRs, kernel order (primary first), comma-joined,
     /// as many whole entries as fit in 64 characters. Absent when there are none.
     pub const IPV4: &str = "ipv4";
@@ -41,13 +51,20 @@ pub mod attr {
     /// PCI vendor / device id, 4 lowercase hex digits as `lspci -n` prints them.
     pub const PCI_VENDOR: &str = "pciVendor";
     pub const PCI_DEVICE: &str = "pciDevice";
+    /// PCI subsystem device id (`subsystem_device`), 4 lowercase hex digits.
+    pub const PCI_SUBSYSTEM: &str = "pciSubsystem";
+    /// NUMA node of the PCI function (`numa_node`), absent when the kernel reports -1.
+    /// Published in both the driver's and the standard domain.
     pub const NUMA_NODE: &str = "numaNode";
-    /// SR-IOV capable physical function (`sriov_totalvfs > 0`).
+    /// SR-IOV capable physical function (`sriov_totalvfs > 0`); `false` for non-PCI links.
     pub const SRIOV: &str = "sriov";
-    /// VFs currently enabled on the PF (`sriov_numvfs`).
+    /// VFs currently enabled on the PF (`sriov_numvfs`), only on SR-IOV PFs.
     pub const SRIOV_VFS: &str = "sriovVfs";
+    /// The PCI function is a virtual function (it has a `physfn`); `false` otherwise.
     pub const IS_SRIOV_VF: &str = "isSriovVf";
-    /// The PCI function has an RDMA device.
+    /// On a VF: the PCI address of its physical function.
+    pub const SRIOV_PF: &str = "sriovPf";
+    /// The PCI function has an RDMA device (`infiniband/` in sysfs); `false` otherwise.
     pub const RDMA: &str = "rdma";
     /// Kernel driver (ethtool drvinfo), e.g. `veth`, `mlx5_core`.
     pub const DRIVER: &str = "driver";
@@ -57,8 +74,16 @@ pub mod attr {
     pub const EBPF: &str = "ebpf";
     /// Sorted, comma-joined names of the attached programs (64-char limit as above).
     pub const EBPF_PROGRAMS: &str = "ebpfPrograms";
+    /// DraNet's: sorted names of the tc `cls_bpf` filters on clsact ingress/egress (as
+    /// tc reports them), only when there are some.
+    pub const TC_FILTER_NAMES: &str = "tcFilterNames";
+    /// DraNet's: sorted names of the TCX programs (ingress and egress), only when
+    /// there are some.
+    pub const TCX_PROGRAM_NAMES: &str = "tcxProgramNames";
     /// Standard attribute (domain `resource.kubernetes.io`): `pci<domain>:<bus>`.
     pub const PCIE_ROOT: &str = "pcieRoot";
+    /// Standard attribute (domain `resource.kubernetes.io`): the PCI address.
+    pub const PCI_BUS_ID: &str = "pciBusID";
 }
 
 /// One attribute value, serialised exactly as in a ResourceSlice:

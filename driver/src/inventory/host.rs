@@ -1,16 +1,10 @@
-//! Facts outside rtnetlink: the kernel driver, bus info and speed (ethtool ioctls on a
-//! socket of the calling thread's namespace) and PCI details from
-//! `/sys/bus/pci/devices/<address>/`.
-//!
-//! PCI devices are not namespaced, so `/sys/bus/pci` describes the same hardware
-//! whatever namespace sysfs was mounted for; the PCI *address* itself comes from
-//! netlink (`IFLA_PARENT_DEV_NAME`) or ethtool bus info of the link in the scanned
-//! namespace, never from `/sys/class/net`. Read-only.
+//! Facts outside rtnetlink: the kernel driver, bus info and speed, from ethtool ioctls
+//! on a socket of the calling thread's namespace (so they describe the link in the
+//! scanned namespace). PCI details come from sysfs ([`super::sysfs`]). Read-only.
 
 use std::{
     ffi::c_void,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
 };
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -131,70 +125,6 @@ fn c_string(b: &[u8]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Whether `s` looks like a PCI address `dddd:bb:dd.f` (hex digits).
-pub fn is_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 12
-        && b[4] == b':'
-        && b[7] == b':'
-        && b[10] == b'.'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
-}
-
-/// What sysfs knows about one PCI function.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PciFacts {
-    pub vendor: Option<String>,
-    pub device: Option<String>,
-    pub numa_node: Option<i64>,
-    pub sriov_total_vfs: Option<i64>,
-    pub sriov_num_vfs: Option<i64>,
-    pub is_vf: bool,
-    pub rdma: bool,
-    /// `pci<domain>:<bus>` of the root complex.
-    pub pcie_root: Option<String>,
-}
-
-/// Reads the PCI function at `address` under `sysfs` (normally `/sys`).
-pub fn pci_facts(sysfs: &Path, address: &str) -> Option<PciFacts> {
-    if !is_pci_address(address) {
-        return None;
-    }
-    let dir: PathBuf = sysfs.join("bus/pci/devices").join(address);
-    if !dir.exists() {
-        return None;
-    }
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    };
-    let hex = |f: &str| read(f).map(|s| s.trim_start_matches("0x").to_lowercase());
-    let int = |f: &str| read(f).and_then(|s| s.parse::<i64>().ok());
-    let pcie_root = std::fs::canonicalize(&dir).ok().and_then(|p| {
-        p.components().find_map(|c| {
-            let s = c.as_os_str().to_string_lossy();
-            s.starts_with("pci").then(|| s.to_string())
-        })
-    });
-    let rdma = std::fs::read_dir(dir.join("infiniband"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    Some(PciFacts {
-        vendor: hex("vendor"),
-        device: hex("device"),
-        numa_node: int("numa_node").filter(|n| *n >= 0),
-        sriov_total_vfs: int("sriov_totalvfs"),
-        sriov_num_vfs: int("sriov_numvfs"),
-        is_vf: dir.join("physfn").exists(),
-        rdma,
-        pcie_root,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,12 +134,5 @@ mod tests {
         assert_eq!(std::mem::size_of::<EthtoolDrvinfo>(), 196);
         assert_eq!(std::mem::size_of::<EthtoolCmd>(), 44);
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
-    }
-
-    #[test]
-    fn pci_address_shape() {
-        assert!(is_pci_address("0000:3b:00.0"));
-        assert!(!is_pci_address("virtio0"));
-        assert!(!is_pci_address("0000:3b:00:0"));
     }
 }

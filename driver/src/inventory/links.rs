@@ -30,6 +30,10 @@ pub struct LinkFacts {
     pub state: Option<String>,
     /// `IFLA_INFO_KIND`.
     pub kind: Option<String>,
+    /// `ifi_type` of the link header: the `ARPHRD_*` link-layer type (1 = Ethernet).
+    pub link_layer_type: u16,
+    /// `IFLA_IFALIAS` (set with `ip link set <dev> alias <text>`); `None` when unset.
+    pub alias: Option<String>,
     pub loopback: bool,
     /// `IFLA_MASTER`: the bridge/bond/VRF this link is enslaved to.
     pub master: Option<u32>,
@@ -78,6 +82,7 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
     for m in msgs {
         let mut f = LinkFacts {
             ifindex: m.header.index,
+            link_layer_type: u16::from(m.header.link_layer_type),
             loopback: m.header.link_layer_type == LinkLayerType::Loopback
                 || m.header.flags.contains(LinkFlags::Loopback),
             ..Default::default()
@@ -96,6 +101,7 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
                     )
                 }
                 LinkAttribute::Mtu(mtu) => f.mtu = Some(mtu),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => f.alias = Some(a),
                 LinkAttribute::OperState(s) => f.state = Some(s.to_string().to_lowercase()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {

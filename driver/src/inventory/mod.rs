@@ -19,6 +19,7 @@
 //!
 //! This module only reads the kernel; it never changes links, addresses or programs.
 
+pub mod attributes;
 pub mod device;
 pub mod exclusion;
 pub mod filter;
@@ -27,6 +28,7 @@ pub mod links;
 pub mod names;
 pub mod naming;
 pub mod programs;
+pub mod sysfs;
 pub mod watcher;
 
 use std::{
@@ -40,7 +42,6 @@ pub use filter::{DeviceFilter, FilterError};
 pub use watcher::InventoryWatcher;
 
 use crate::netns::{Netns, NetnsError};
-use device::{attr, join_limited, limit, STANDARD_DOMAIN};
 use links::NetlinkSnapshot;
 use programs::{ProgramFingerprint, ProgramNames};
 
@@ -164,6 +165,12 @@ pub(crate) async fn scan_here(
     Ok(build(&snap, opts, names, |ifname| ethtool.facts(ifname)))
 }
 
+/// `items` sorted, duplicates dropped.
+fn sorted_unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let set: BTreeSet<String> = items.collect();
+    set.into_iter().collect()
+}
+
 /// Builds the devices from a snapshot (the kernel is only touched through `ethtool`,
 /// the TCX query and sysfs reads).
 fn build(
@@ -174,96 +181,50 @@ fn build(
 ) -> ScanResult {
     let excluded = exclusion::excluded(snap);
     let d = &opts.driver_name;
-    let q = |n: &str| format!("{d}/{n}");
 
     // Over every link, excluded ones too, exactly as the watcher's poll computes it;
     // taken before the per-device queries so a change in between triggers a rescan.
     let fingerprint = programs::fingerprint(&snap.links);
     let mut live_ids = BTreeSet::new();
     let mut candidates = Vec::new();
+    let sysfs = sysfs::SysfsRoot::new(&opts.sysfs);
     for l in snap.links.iter().filter(|l| !excluded.contains(&l.ifindex)) {
         let eth = ethtool(&l.ifname);
-        let pci_address = match (&l.parent_bus, &l.parent_dev) {
-            (Some(bus), Some(dev)) if bus == "pci" && host::is_pci_address(dev) => {
-                Some(dev.clone())
-            }
-            _ => eth.bus_info.clone().filter(|b| host::is_pci_address(b)),
-        };
-        let mut a: BTreeMap<String, AttrValue> = BTreeMap::new();
-        let s = |v: &str| AttrValue::String(limit(v));
-        a.insert(q(attr::IF_NAME), s(&l.ifname));
-        if let Some(mac) = &l.mac {
-            a.insert(q(attr::MAC), s(mac));
-        }
-        if let Some(mtu) = l.mtu {
-            a.insert(q(attr::MTU), AttrValue::Int(i64::from(mtu)));
-        }
-        if let Some(st) = &l.state {
-            a.insert(q(attr::STATE), s(st));
-        }
-        let kind = match &l.kind {
-            Some(k) => k.clone(),
-            None if pci_address.is_some() || l.parent_dev.is_some() => "physical".into(),
-            None => "unknown".into(),
-        };
-        a.insert(q(attr::VIRTUAL), AttrValue::Bool(kind != "physical"));
-        a.insert(q(attr::KIND), s(&kind));
-        if let Some(v) = join_limited(&l.ipv4) {
-            a.insert(q(attr::IPV4), AttrValue::String(v));
-        }
-        if let Some(v) = join_limited(&l.ipv6) {
-            a.insert(q(attr::IPV6), AttrValue::String(v));
-        }
-        if let Some(drv) = &eth.driver {
-            a.insert(q(attr::DRIVER), s(drv));
-        }
-        if let Some(speed) = eth.speed {
-            a.insert(q(attr::SPEED), AttrValue::Int(i64::from(speed)));
-        }
-        if let Some(pci) = &pci_address {
-            a.insert(q(attr::PCI_ADDRESS), s(pci));
-            if let Some(p) = host::pci_facts(&opts.sysfs, pci) {
-                if let Some(v) = &p.vendor {
-                    a.insert(q(attr::PCI_VENDOR), s(v));
-                }
-                if let Some(v) = &p.device {
-                    a.insert(q(attr::PCI_DEVICE), s(v));
-                }
-                if let Some(n) = p.numa_node {
-                    a.insert(q(attr::NUMA_NODE), AttrValue::Int(n));
-                }
-                let total = p.sriov_total_vfs.unwrap_or(0);
-                a.insert(q(attr::SRIOV), AttrValue::Bool(total > 0));
-                if total > 0 {
-                    a.insert(
-                        q(attr::SRIOV_VFS),
-                        AttrValue::Int(p.sriov_num_vfs.unwrap_or(0)),
-                    );
-                }
-                a.insert(q(attr::IS_SRIOV_VF), AttrValue::Bool(p.is_vf));
-                a.insert(q(attr::RDMA), AttrValue::Bool(p.rdma));
-                if let Some(root) = &p.pcie_root {
-                    a.insert(format!("{STANDARD_DOMAIN}/{}", attr::PCIE_ROOT), s(root));
-                }
-            }
-        }
+        let pci_address = attributes::pci_address(l, &eth);
+        let pci = pci_address.as_deref().and_then(|a| sysfs.pci_function(a));
 
         // Programs: XDP and cls_bpf from netlink, TCX from BPF_PROG_QUERY.
         let tcx = programs::tcx_programs(&l.ifname);
-        for (id, n) in &tcx {
-            names.learn(*id, n);
-        }
-        for (id, n) in &l.tc_progs {
+        for (id, n) in tcx.iter().chain(&l.tc_progs) {
             names.learn(*id, n);
         }
         let mut all_ids = l.xdp_prog_ids.clone();
         all_ids.extend(tcx.keys().copied());
         all_ids.extend(l.tc_progs.keys().copied());
         live_ids.extend(all_ids.iter().copied());
-        a.insert(q(attr::EBPF), AttrValue::Bool(!all_ids.is_empty()));
-        if let Some(v) = join_limited(names.resolve(&all_ids)) {
-            a.insert(q(attr::EBPF_PROGRAMS), AttrValue::String(v));
-        }
+        // tc filters by the name tc reports (as DraNet); unnamed ones by program name.
+        let tc_filters = l.tc_progs.iter().flat_map(|(id, n)| {
+            if n.is_empty() {
+                names.resolve(&BTreeSet::from([*id]))
+            } else {
+                vec![n.clone()]
+            }
+        });
+        let tc_filters = sorted_unique(tc_filters.collect::<Vec<_>>().into_iter());
+        let progs = attributes::LinkPrograms {
+            all: names.resolve(&all_ids),
+            tcx: sorted_unique(tcx.values().filter(|n| !n.is_empty()).cloned()),
+            tc_filters,
+        };
+        let a = attributes::link_attributes(
+            d,
+            attributes::LinkSources {
+                link: l,
+                ethtool: &eth,
+                pci: pci.as_ref(),
+                programs: &progs,
+            },
+        );
 
         candidates.push((
             naming::NameRequest {
