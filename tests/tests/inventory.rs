@@ -434,3 +434,268 @@ fn a_link_name_that_is_not_utf8_is_skipped_with_one_warning() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("good1"));
 }
+
+/// The attributes that come from sysfs, over a fake tree with what these machines
+/// lack: an SR-IOV PF with an RDMA device and two VFs enabled, one of those VFs, and a
+/// function without NUMA affinity under another root complex. Each is scanned from
+/// sysfs, rendered by the same function the scan uses, published as a ResourceSlice
+/// and checked against the API server's validation.
+#[test]
+fn fake_sysfs_pf_vf_rdma_numa_and_pcie_root() {
+    use netclaim::inventory::attributes::{link_attributes, LinkPrograms, LinkSources};
+    use netclaim::inventory::host::EthtoolFacts;
+    use netclaim::inventory::links::LinkFacts;
+    use netclaim::inventory::sysfs::SysfsRoot;
+    use netclaim::publisher::slices::{build_slices, PoolIdentity};
+    use netclaim_tests::fake_sysfs::{FakePciFunction, FakeSysfs};
+
+    let fake = FakeSysfs::new().unwrap();
+    let bridge = vec!["pci0000:3a".to_string(), "0000:3a:00.0".to_string()];
+    let pf = FakePciFunction {
+        address: "0000:3b:00.0".into(),
+        parents: bridge.clone(),
+        vendor: Some("15b3".into()),
+        device: Some("1017".into()),
+        subsystem_device: Some("0007".into()),
+        numa_node: Some(1),
+        sriov_totalvfs: Some(8),
+        sriov_numvfs: Some(2),
+        rdma: vec!["mlx5_0".into()],
+        ..Default::default()
+    };
+    fake.add(&pf).unwrap();
+    for vf in ["0000:3b:00.2", "0000:3b:00.3"] {
+        fake.add(&FakePciFunction {
+            address: vf.into(),
+            parents: bridge.clone(),
+            vendor: Some("15b3".into()),
+            device: Some("1018".into()),
+            numa_node: Some(1),
+            physfn: Some(pf.address.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    fake.add(&FakePciFunction {
+        address: "0000:00:03.0".into(),
+        parents: vec!["pci0000:00".into()],
+        vendor: Some("1af4".into()),
+        device: Some("1041".into()),
+        numa_node: Some(-1),
+        ..Default::default()
+    })
+    .unwrap();
+
+    let sysfs = SysfsRoot::new(fake.root());
+    let pf_facts = sysfs.pci_function("0000:3b:00.0").expect("PF in sysfs");
+    assert_eq!(pf_facts.pcie_root.as_deref(), Some("pci0000:3a"));
+    assert_eq!(pf_facts.numa_node, Some(1));
+    assert_eq!(pf_facts.rdma_devices, vec!["mlx5_0".to_string()]);
+    assert!(pf_facts.is_sriov_pf() && !pf_facts.is_vf());
+    let vf_facts = sysfs.pci_function("0000:3b:00.3").expect("VF in sysfs");
+    assert_eq!(vf_facts.physfn.as_deref(), Some("0000:3b:00.0"));
+    assert!(vf_facts.is_vf() && !vf_facts.is_sriov_pf());
+    assert_eq!(vf_facts.pcie_root.as_deref(), Some("pci0000:3a"));
+    let virtio = sysfs.pci_function("0000:00:03.0").expect("virtio in sysfs");
+    assert_eq!(virtio.numa_node, None, "-1 is not published");
+    assert_eq!(virtio.pcie_root.as_deref(), Some("pci0000:00"));
+
+    // Links as netlink reports NICs: a PCI parent device, no kind.
+    let nic = |ifindex: u32, ifname: &str, address: &str| LinkFacts {
+        ifindex,
+        ifname: ifname.into(),
+        mac: Some(format!("0c:42:a1:00:00:{ifindex:02x}")),
+        mtu: Some(1500),
+        state: Some("up".into()),
+        link_layer_type: 1,
+        parent_bus: Some("pci".into()),
+        parent_dev: Some(address.into()),
+        ipv4: vec![format!("192.0.2.{ifindex}/24")],
+        ipv6: vec![format!("2001:db8::{ifindex}/64")],
+        ..Default::default()
+    };
+    let links = [
+        nic(2, "ens1f0", "0000:3b:00.0"),
+        nic(3, "ens1f0v0", "0000:3b:00.2"),
+        nic(4, "ens1f0v1", "0000:3b:00.3"),
+        nic(5, "ens3", "0000:00:03.0"),
+    ];
+    let eth = EthtoolFacts {
+        driver: Some("mlx5_core".into()),
+        bus_info: None,
+        speed: Some(100_000),
+    };
+    // Programs on every link, so the fullest attribute set is rendered.
+    let progs = LinkPrograms {
+        all: vec!["nc_egress".into(), "nc_ingress".into()],
+        tcx: vec!["nc_egress".into()],
+        tc_filters: vec!["nc_ingress_tc".into()],
+    };
+    let devices: Vec<Device> = links
+        .iter()
+        .map(|l| {
+            let pci = l.parent_dev.as_deref().and_then(|a| sysfs.pci_function(a));
+            Device {
+                name: l.ifname.clone(),
+                ifname: l.ifname.clone(),
+                ifindex: l.ifindex,
+                attributes: link_attributes(
+                    D,
+                    LinkSources {
+                        link: l,
+                        ethtool: &eth,
+                        pci: pci.as_ref(),
+                        programs: &progs,
+                    },
+                ),
+                carrier_lost: false,
+            }
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&devices).unwrap());
+    let by = |n: &str| by_ifname(&devices, n).unwrap();
+    let std_attr = |d: &Device, n: &str| d.attribute("resource.kubernetes.io", n).cloned();
+
+    let pf = by("ens1f0");
+    assert_eq!(get(pf, attr::KIND), Some(&s("physical")));
+    assert_eq!(get(pf, attr::TYPE), Some(&s("device")));
+    assert_eq!(get(pf, attr::VIRTUAL), Some(&AttrValue::Bool(false)));
+    assert_eq!(get(pf, attr::PCI_VENDOR), Some(&s("15b3")));
+    assert_eq!(get(pf, attr::PCI_DEVICE), Some(&s("1017")));
+    assert_eq!(get(pf, attr::PCI_SUBSYSTEM), Some(&s("0007")));
+    assert_eq!(get(pf, attr::NUMA_NODE), Some(&AttrValue::Int(1)));
+    assert_eq!(get(pf, attr::SRIOV), Some(&AttrValue::Bool(true)));
+    assert_eq!(get(pf, attr::SRIOV_VFS), Some(&AttrValue::Int(2)));
+    assert_eq!(get(pf, attr::IS_SRIOV_VF), Some(&AttrValue::Bool(false)));
+    assert_eq!(get(pf, attr::RDMA), Some(&AttrValue::Bool(true)));
+    assert_eq!(std_attr(pf, attr::PCIE_ROOT), Some(s("pci0000:3a")));
+    assert_eq!(std_attr(pf, attr::PCI_BUS_ID), Some(s("0000:3b:00.0")));
+    assert_eq!(std_attr(pf, attr::NUMA_NODE), Some(AttrValue::Int(1)));
+
+    let vf = by("ens1f0v1");
+    assert_eq!(get(vf, attr::IS_SRIOV_VF), Some(&AttrValue::Bool(true)));
+    assert_eq!(get(vf, attr::SRIOV_PF), Some(&s("0000:3b:00.0")));
+    assert_eq!(get(vf, attr::SRIOV), Some(&AttrValue::Bool(false)));
+    assert_eq!(get(vf, attr::SRIOV_VFS), None);
+    assert_eq!(get(vf, attr::RDMA), Some(&AttrValue::Bool(false)));
+    assert_eq!(std_attr(vf, attr::PCIE_ROOT), Some(s("pci0000:3a")));
+
+    let virtio = by("ens3");
+    assert_eq!(get(virtio, attr::NUMA_NODE), None);
+    assert_eq!(std_attr(virtio, attr::NUMA_NODE), None);
+    assert_eq!(std_attr(virtio, attr::PCIE_ROOT), Some(s("pci0000:00")));
+    assert_eq!(get(virtio, attr::SRIOV), Some(&AttrValue::Bool(false)));
+
+    // Published, every device stays inside kube-apiserver's limits (32 attributes,
+    // 64-character strings, qualified names).
+    for d in &devices {
+        assert!(
+            d.attributes.len() <= 32,
+            "{}: {}",
+            d.name,
+            d.attributes.len()
+        );
+    }
+    let pool = PoolIdentity {
+        driver: D.into(),
+        node: "node-a".into(),
+        owner: None,
+    };
+    let slices = build_slices(&pool, &devices, 1);
+    let slice = serde_json::to_value(&slices[0]).unwrap();
+    let errors = netclaim_tests::validation::resource_slice(&slice, None).unwrap();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // Control: the validator does count, so the check above can fail.
+    let mut crowded = by("ens1f0v1").clone();
+    for i in 0..(33 - crowded.attributes.len()) {
+        crowded
+            .attributes
+            .insert(format!("{D}/extra{i}"), AttrValue::Int(0));
+    }
+    let slice = serde_json::to_value(&build_slices(&pool, &[crowded], 1)[0]).unwrap();
+    let errors = netclaim_tests::validation::resource_slice(&slice, None).unwrap();
+    assert!(
+        errors.iter().any(|e| e.body.contains("must not exceed 32")),
+        "{errors:#?}"
+    );
+}
+
+/// The attributes netlink and the BPF queries give on this kernel: encapsulation and
+/// DraNet's `type` of a veth, a macvlan on it and a tun device, the alias set with
+/// `ip link set alias`, and the names of a TCX program and a tc cls_bpf filter
+/// attached the way other loaders do.
+#[test]
+fn alias_encapsulation_type_and_program_names_from_the_kernel() {
+    use aya::programs::{tc, SchedClassifier, TcAttachType};
+    use netclaim::datapath::{device::load_unattached, object::MapSizes};
+
+    let node = TestNetns::new("iat").unwrap();
+    let peer = TestNetns::new("iatp").unwrap();
+    veth(&node, "a0", &peer, "pa0").unwrap();
+    node.ip(&[
+        "link", "add", "mv0", "link", "a0", "type", "macvlan", "mode", "bridge",
+    ])
+    .unwrap();
+    node.ip(&["tuntap", "add", "dev", "tn0", "mode", "tun"])
+        .unwrap();
+    node.ip(&["link", "set", "a0", "alias", "rack 3, port 7"])
+        .unwrap();
+
+    let ns = node.open();
+    let before = Inventory::scan(&ns, &opts()).unwrap();
+    let a0 = by_ifname(&before, "a0").expect("a0 published");
+    assert_eq!(get(a0, attr::ALIAS), Some(&s("rack 3, port 7")));
+    assert_eq!(get(a0, attr::ENCAPSULATION), Some(&s("ether")));
+    assert_eq!(get(a0, attr::TYPE), Some(&s("veth")));
+    assert_eq!(get(a0, attr::SRIOV), Some(&AttrValue::Bool(false)));
+    assert_eq!(get(a0, attr::RDMA), Some(&AttrValue::Bool(false)));
+    assert!(get(a0, attr::TCX_PROGRAM_NAMES).is_none());
+    assert!(get(a0, attr::TC_FILTER_NAMES).is_none());
+    let mv = by_ifname(&before, "mv0").expect("mv0 published");
+    assert_eq!(get(mv, attr::TYPE), Some(&s("macvlan")));
+    assert_eq!(get(mv, attr::ENCAPSULATION), Some(&s("ether")));
+    assert_eq!(get(mv, attr::ALIAS), Some(&s("")), "unset alias is empty");
+    let tn = by_ifname(&before, "tn0").expect("tn0 published");
+    assert_eq!(get(tn, attr::TYPE), Some(&s("tuntap")));
+    assert_eq!(get(tn, attr::KIND), Some(&s("tun")));
+    assert_eq!(get(tn, attr::ENCAPSULATION), Some(&s("none")));
+
+    // A TCX program on egress and a cls_bpf filter on ingress.
+    let ebpf = load_unattached(MapSizes::default(), &DatapathPolicy::default()).unwrap();
+    let ebpf = ns
+        .run(move || {
+            let mut ebpf = ebpf;
+            let bare: &mut SchedClassifier =
+                ebpf.program_mut("nc_bare").unwrap().try_into().unwrap();
+            bare.attach("a0", TcAttachType::Egress).unwrap();
+            let _ = tc::qdisc_add_clsact("a0");
+            let ing: &mut SchedClassifier = ebpf
+                .program_mut("nc_ingress_tc")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            ing.attach_with_options(
+                "a0",
+                TcAttachType::Ingress,
+                tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+            )
+            .unwrap();
+            ebpf
+        })
+        .unwrap();
+    let after = Inventory::scan(&ns, &opts()).unwrap();
+    let a0 = by_ifname(&after, "a0").expect("a0 published");
+    println!("{}", serde_json::to_string_pretty(a0).unwrap());
+    assert_eq!(get(a0, attr::TCX_PROGRAM_NAMES), Some(&s("nc_bare")));
+    assert_eq!(get(a0, attr::TC_FILTER_NAMES), Some(&s("nc_ingress_tc")));
+    assert_eq!(get(a0, attr::EBPF), Some(&AttrValue::Bool(true)));
+    assert_eq!(
+        get(a0, attr::EBPF_PROGRAMS),
+        Some(&s("nc_bare,nc_ingress_tc"))
+    );
+    // The programs are on a0 only.
+    let mv = by_ifname(&after, "mv0").expect("mv0 published");
+    assert!(get(mv, attr::TCX_PROGRAM_NAMES).is_none());
+    drop(ebpf);
+}
