@@ -6,6 +6,7 @@
 //! machine's root namespace never gets a test device, address, route or packet.
 
 pub mod apiserver;
+pub mod containerd;
 pub mod fake_sysfs;
 pub mod floor;
 pub mod kubelet;

@@ -329,6 +329,44 @@ pub async fn bring_up_with(
         1,
         "start the fake API server, the fake NRI runtime and `netclaim run` in the node namespace",
     );
+    let runtime = FakeRuntime::start(topo.nri_socket(), config).await?;
+    let side = driver_side(topo, narrator, || async {
+        runtime.wait_registered(Duration::from_secs(20)).await
+    })
+    .await?;
+    Ok(Cluster {
+        api: side.api,
+        runtime,
+        dra: side.dra,
+        driver: side.driver,
+        device: side.device,
+        registered: side.registered,
+    })
+}
+
+/// Everything but the container runtime: API server, driver, kubelet registration,
+/// the published device.
+pub struct DriverSide {
+    pub api: FakeApiServer,
+    pub dra: DraClient,
+    pub driver: Driver,
+    pub device: String,
+    pub registered: Registered,
+}
+
+/// Starts the fake API server and `netclaim run` (whose runtime must already listen
+/// on `topo.nri_socket()`), registers it with the fake kubelet, waits for
+/// `nri_registered` and for `eth1` to be published.
+pub async fn driver_side<R, F, Fut>(
+    topo: &Topology,
+    narrator: &dyn Narrator,
+    nri_registered: F,
+) -> Result<DriverSide>
+where
+    R: std::fmt::Debug,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<R>>,
+{
     let api = FakeApiServer::start().await?;
     api.put(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": "node-uid-1"}}))?;
     api.put(json!({
@@ -336,7 +374,6 @@ pub async fn bring_up_with(
         "metadata": {"name": DRIVER},
         "spec": {"selectors": [{"cel": {"expression": format!("device.driver == \"{DRIVER}\"")}}]}
     }))?;
-    let runtime = FakeRuntime::start(topo.nri_socket(), config).await?;
     let driver = Driver::start(topo, api.kubeconfig_path(), "1s")?;
     let kubelet = FakeKubelet::new(topo.kubelet_dir());
     let registered = kubelet
@@ -347,17 +384,10 @@ pub async fn bring_up_with(
         "kubelet registration (GetInfo)",
         &format!("{:#?}", registered.info),
     );
-    let reg = runtime
-        .wait_registered(Duration::from_secs(20))
+    let reg = nri_registered()
         .await
         .with_context(|| format!("NRI registration; driver log:\n{}", driver.log_text()))?;
-    narrator.show(
-        "NRI registration",
-        &format!(
-            "plugin {} index {} events {:#x}",
-            reg.name, reg.idx, reg.events
-        ),
-    );
+    narrator.show("NRI registration", &format!("{reg:?}"));
     let dra = registered.dra(DraVersion::V1).await?;
 
     narrator.step(2, "devices published as a ResourceSlice");
@@ -386,9 +416,8 @@ pub async fn bring_up_with(
         .context("device name")?
         .to_string();
     narrator.show("ResourceSlice", &serde_yaml::to_string(&slice)?);
-    Ok(Cluster {
+    Ok(DriverSide {
         api,
-        runtime,
         dra,
         driver,
         device,
@@ -398,8 +427,12 @@ pub async fn bring_up_with(
 
 /// Prepares a claim through the fake kubelet; returns the per-claim error (empty = ok).
 pub async fn prepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
-    let answers = c
-        .dra
+    prepare_with(&c.dra, name, uid).await
+}
+
+/// [`prepare`] through any kubelet connection.
+pub async fn prepare_with(dra: &DraClient, name: &str, uid: &str) -> Result<String> {
+    let answers = dra
         .prepare(&[ClaimRef {
             namespace: "default".into(),
             name: name.into(),
@@ -411,8 +444,12 @@ pub async fn prepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
 }
 
 pub async fn unprepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
-    let answers = c
-        .dra
+    unprepare_with(&c.dra, name, uid).await
+}
+
+/// [`unprepare`] through any kubelet connection.
+pub async fn unprepare_with(dra: &DraClient, name: &str, uid: &str) -> Result<String> {
+    let answers = dra
         .unprepare(&[ClaimRef {
             namespace: "default".into(),
             name: name.into(),

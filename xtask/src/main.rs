@@ -21,6 +21,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod oci;
+mod peers;
+
 /// Debian packages the project needs (compiler for eBPF, its std sources, LLVM for
 /// bpf-linker, and the tools tests and benchmarks call).
 const APT_PACKAGES: &[&str] = &[
@@ -35,6 +38,12 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "nftables",
+    // The real-runtime tier: containerd's runtime and the pods' network.
+    "runc",
+    "containernetworking-plugins",
+    // The sandbox image's pause program is compiled static.
+    "gcc",
+    "libc6-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_ROOT: &str = "/opt/netclaim/bpf-linker";
@@ -208,6 +217,16 @@ fn setup() -> Result<()> {
         installed.push("bpffs mounted on /sys/fs/bpf".into());
     }
     std::fs::create_dir_all("/var/run/netns").ok();
+    for line in [
+        peers::install_containerd(&root())?,
+        peers::build_pause_image(&root())?,
+    ] {
+        match line.split_once(' ') {
+            Some(("present:", what)) => present.push(what.trim().to_string()),
+            Some((_, what)) => installed.push(what.trim().to_string()),
+            None => installed.push(line),
+        }
+    }
 
     for p in &present {
         println!("[setup] present:   {p}");

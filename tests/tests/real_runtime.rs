@@ -1,0 +1,180 @@
+//! The real-runtime tier: containerd 2.3.4 (built from its upstream tag, NRI 0.12.0)
+//! drives the real `netclaim run` through its NRI socket, and `crictl` plays kubelet's
+//! CRI side. Nothing on the runtime side is netclaim's code, so a protocol bug present
+//! in netclaim and its own stand-in cannot hide here.
+//!
+//! Each test has its own node/wire namespaces, containerd and driver (see
+//! `netclaim_tests::containerd`). On a machine without containerd the tests say loudly
+//! that they skipped; `.ci/run` sets `NETCLAIM_REQUIRE_REAL_RUNTIME=1`, which makes that
+//! a failure.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use netclaim_tests::{
+    containerd::{self, peers_or_skip, RealCluster},
+    netenv::require_root,
+    scenario::{
+        self, claim, good_parameters, prepare_with, run_in_netns, status_entry, unprepare_with,
+        Topology, ALLOWED, FORBIDDEN, NIC, POD_IF,
+    },
+    traffic::{udp_send, UdpSink},
+};
+
+const BUDGET: Duration = Duration::from_secs(2);
+
+/// Mounts the pod's namespace path as the driver sees it and sends `n` datagrams to an
+/// allowed and a forbidden destination: (arrived allowed, arrived forbidden).
+fn pod_traffic(topo: &Topology, pod_netns: &Path, n: u32) -> Result<(u64, u64)> {
+    let pod = netclaim::netns::Netns::open(pod_netns)?;
+    let wire = topo.wire.open();
+    let ip = |args: &[&str]| -> Result<()> {
+        netclaim_tests::netenv::run(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={}", pod_netns.display()))
+                .arg("ip")
+                .args(args),
+        )
+        .map(|_| ())
+    };
+    // Something in the pod routes around the claim: the data path must still drop it.
+    ip(&[
+        "route",
+        "replace",
+        "203.0.113.0/25",
+        "via",
+        "192.0.2.1",
+        "dev",
+        POD_IF,
+    ])?;
+    let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
+    let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
+    let src: SocketAddr = "192.0.2.10:0".parse()?;
+    udp_send(&pod, src, ALLOWED.parse()?, 1, 32)?;
+    allowed.wait_for(1, Duration::from_secs(3));
+    udp_send(&pod, src, ALLOWED.parse()?, n - 1, 32)?;
+    udp_send(&pod, src, FORBIDDEN.parse()?, n, 32)?;
+    let got = allowed.wait_for(u64::from(n), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    Ok((got, forbidden.count()))
+}
+
+/// `ip -j addr show dev <link>` inside a namespace given by path: (mtu, global addresses).
+fn link_in(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "addr", "show", "dev", link])
+        .output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let Some(l) = v.get(0) else { return Ok(None) };
+    let addrs = l["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["scope"] == "global")
+                .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some((l["mtu"].as_u64().unwrap_or(0), addrs)))
+}
+
+/// The node's NIC is home with its host configuration.
+fn assert_home(topo: &Topology) -> Result<()> {
+    let (mtu, addrs) = scenario::link_facts(&topo.node, NIC)?;
+    if mtu != 1400 || addrs != ["192.0.2.50/24"] {
+        bail!("{NIC} came home as mtu {mtu} addresses {addrs:?}, not 1400 [192.0.2.50/24]");
+    }
+    Ok(())
+}
+
+async fn put_claim(c: &RealCluster, name: &str, uid: &str, pod: &str, pod_uid: &str) -> Result<()> {
+    c.side.api.put(claim(
+        name,
+        uid,
+        &c.side.device,
+        pod,
+        pod_uid,
+        good_parameters(),
+    ))?;
+    let err = prepare_with(&c.side.dra, name, uid).await?;
+    if !err.is_empty() {
+        bail!("prepare {name}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back")
+    else {
+        return;
+    };
+    let topo = Topology::new("rrl").unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let c = containerd::bring_up(&topo, peers, "rrl", BUDGET).await?;
+        put_claim(&c, "web", "claim-uid-rrl", "web-0", "pod-uid-rrl").await?;
+
+        let (pod, took) = c.runtime.run_pod("web-0", "pod-uid-rrl")?;
+        println!("[real] crictl runp with a claimed device: {took:?}");
+        let netns = c.runtime.pod_netns(&pod)?;
+        let (mtu, addrs) = link_in(&netns, POD_IF)?.with_context(|| {
+            format!(
+                "{POD_IF} is not in the pod; driver log:\n{}",
+                c.side.driver.log_text()
+            )
+        })?;
+        assert_eq!((mtu, addrs), (1500, vec!["192.0.2.10/24".to_string()]));
+        assert!(
+            link_in(&topo.node.path().to_path_buf(), NIC)?.is_none(),
+            "{NIC} still on the node"
+        );
+
+        // A container in the pod: the runtime's CreateContainer/StartContainer path.
+        let ctr = c.runtime.run_container(&pod, "pod-uid-rrl", "app")?;
+        assert_eq!(c.runtime.container_state(&ctr)?, "CONTAINER_RUNNING");
+
+        let (allowed, forbidden) = pod_traffic(&topo, &netns, 200)?;
+        assert_eq!(
+            (allowed, forbidden),
+            (200, 0),
+            "the data path lets through exactly the allowed traffic"
+        );
+
+        // Status says the device is ready and enforcing.
+        let entry = scenario::wait_for(
+            &scenario::Quiet,
+            "Ready status",
+            Duration::from_secs(10),
+            || {
+                status_entry(&c.side.api, "web").filter(|e| {
+                    scenario::condition(e, "Ready").is_some_and(|r| r["status"] == "True")
+                })
+            },
+        )
+        .await?;
+        assert!(entry["networkData"]["interfaceName"] == POD_IF, "{entry}");
+
+        let stop = c.runtime.stop_pod(&pod)?;
+        println!("[real] crictl stopp: {stop:?}");
+        assert_home(&topo)?;
+        c.runtime.remove_pod(&pod)?;
+        let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrl").await?;
+        assert_eq!(err, "", "unprepare after the pod stopped");
+        Ok(())
+    })
+    .unwrap();
+}
