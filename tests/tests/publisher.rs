@@ -422,3 +422,116 @@ async fn three_hundred_real_links_with_long_names_are_accepted() {
     assert_eq!(all.len(), scanned.len().div_ceil(128));
     assert!(api.rejections().is_empty(), "{:?}", api.rejections());
 }
+
+/// PCI devices rendered from a fake sysfs tree (an SR-IOV PF with RDMA and one VF) go
+/// through the real publisher to the enforcing fake API server: accepted (any refusal
+/// fails the test), with the standard `resource.kubernetes.io` attributes and the
+/// SR-IOV facts readable from the stored slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pci_attributes_from_a_fake_sysfs_are_published() {
+    use netclaim::inventory::attributes::{link_attributes, LinkPrograms, LinkSources};
+    use netclaim::inventory::host::EthtoolFacts;
+    use netclaim::inventory::links::LinkFacts;
+    use netclaim::inventory::sysfs::SysfsRoot;
+    use netclaim_tests::fake_sysfs::{FakePciFunction, FakeSysfs};
+
+    init_tracing();
+    let fake = FakeSysfs::new().unwrap();
+    let parents = vec!["pci0000:17".to_string(), "0000:17:02.0".to_string()];
+    fake.add(&FakePciFunction {
+        address: "0000:18:00.0".into(),
+        parents: parents.clone(),
+        vendor: Some("8086".into()),
+        device: Some("159b".into()),
+        subsystem_device: Some("0003".into()),
+        numa_node: Some(0),
+        sriov_totalvfs: Some(64),
+        sriov_numvfs: Some(1),
+        rdma: vec!["irdma0".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    fake.add(&FakePciFunction {
+        address: "0000:18:01.0".into(),
+        parents,
+        vendor: Some("8086".into()),
+        device: Some("1889".into()),
+        numa_node: Some(0),
+        physfn: Some("0000:18:00.0".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sysfs = SysfsRoot::new(fake.root());
+    let devices: Vec<Device> = [
+        (2, "ens785f0", "0000:18:00.0"),
+        (3, "ens785f0v0", "0000:18:01.0"),
+    ]
+    .into_iter()
+    .map(|(ifindex, ifname, address)| {
+        let link = LinkFacts {
+            ifindex,
+            ifname: ifname.into(),
+            mtu: Some(1500),
+            link_layer_type: 1,
+            parent_bus: Some("pci".into()),
+            parent_dev: Some(address.into()),
+            ..Default::default()
+        };
+        let pci = sysfs.pci_function(address);
+        Device {
+            name: format!("pci-{}", address.replace([':', '.'], "-")),
+            ifname: ifname.into(),
+            ifindex,
+            attributes: link_attributes(
+                DRIVER,
+                LinkSources {
+                    link: &link,
+                    ethtool: &EthtoolFacts::default(),
+                    pci: pci.as_ref(),
+                    programs: &LinkPrograms::default(),
+                },
+            ),
+            carrier_lost: false,
+        }
+    })
+    .collect();
+
+    let api = FakeApiServer::start().await.unwrap();
+    put_node(&api);
+    let (_tx, rx) = watch::channel(Arc::new(devices));
+    let publisher = start(&api, rx).await;
+    wait_published(&publisher, None).await;
+    assert!(api.rejections().is_empty(), "{:?}", api.rejections());
+
+    let pf = device_by_ifname(&api, "ens785f0").expect("PF published");
+    let a = &pf["attributes"];
+    assert_eq!(pf["name"], "pci-0000-18-00-0");
+    assert_eq!(
+        a["resource.kubernetes.io/pcieRoot"],
+        json!({"string": "pci0000:17"})
+    );
+    assert_eq!(
+        a["resource.kubernetes.io/pciBusID"],
+        json!({"string": "0000:18:00.0"})
+    );
+    assert_eq!(a["resource.kubernetes.io/numaNode"], json!({"int": 0}));
+    assert_eq!(a[format!("{DRIVER}/sriov")], json!({"bool": true}));
+    assert_eq!(a[format!("{DRIVER}/sriovVfs")], json!({"int": 1}));
+    assert_eq!(a[format!("{DRIVER}/rdma")], json!({"bool": true}));
+    assert_eq!(
+        a[format!("{DRIVER}/pciSubsystem")],
+        json!({"string": "0003"})
+    );
+    let vf = device_by_ifname(&api, "ens785f0v0").expect("VF published");
+    let a = &vf["attributes"];
+    assert_eq!(a[format!("{DRIVER}/isSriovVf")], json!({"bool": true}));
+    assert_eq!(
+        a[format!("{DRIVER}/sriovPf")],
+        json!({"string": "0000:18:00.0"})
+    );
+    assert_eq!(
+        a["resource.kubernetes.io/pcieRoot"],
+        json!({"string": "pci0000:17"})
+    );
+    drop(publisher);
+}
