@@ -23,7 +23,8 @@ pub mod attr {
     /// MAC address, lowercase `aa:bb:cc:dd:ee:ff`; absent for links without one.
     pub const MAC: &str = "mac";
     pub const MTU: &str = "mtu";
-    /// Lowercased `IFLA_OPERSTATE`: `up`, `down`, `lowerlayerdown`, `unknown`, `dormant`, …,
+    /// `IFLA_OPERSTATE` spelled as DraNet does: `up`, `down`, `lower-layer-down`,
+    /// `not-present`, `testing`, `dormant`, `unknown`,
     /// corrected by admin state and carrier while the kernel's deferred operstate
     /// update is pending (see [`crate::inventory::links::link_state`]).
     pub const STATE: &str = "state";

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope},
-    link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkLayerType, LinkXdp},
+    link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkLayerType, LinkXdp, State},
     route::{RouteAttribute, RouteHeader, RouteMessage, RouteType},
     tc::{TcAttribute, TcFilterBpfOption, TcOption},
     AddressFamily,
@@ -102,7 +102,7 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
                 }
                 LinkAttribute::Mtu(mtu) => f.mtu = Some(mtu),
                 LinkAttribute::IfAlias(a) if !a.is_empty() => f.alias = Some(a),
-                LinkAttribute::OperState(s) => f.state = Some(s.to_string().to_lowercase()),
+                LinkAttribute::OperState(s) => f.state = Some(operstate_name(s).to_string()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -149,11 +149,26 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<LinkFacts>, InventoryErro
     Ok(links)
 }
 
+/// `IFLA_OPERSTATE` spelled as DraNet publishes it (the Go netlink library, like
+/// `ip link`): `up`, `down`, `lower-layer-down`, `not-present`, `testing`, `dormant`,
+/// and `unknown` for anything else.
+pub fn operstate_name(state: State) -> &'static str {
+    match state {
+        State::Up => "up",
+        State::Down => "down",
+        State::LowerLayerDown => "lower-layer-down",
+        State::NotPresent => "not-present",
+        State::Testing => "testing",
+        State::Dormant => "dormant",
+        _ => "unknown",
+    }
+}
+
 /// The `state` attribute: the operstate, except where the kernel has not caught up
 /// yet. Admin state and carrier (`IFF_UP`, `IFF_LOWER_UP`) change synchronously, but
 /// the operstate follows carrier through linkwatch, which may defer the update by up
 /// to a second. So: not `IFF_UP` → `down`; carrier on while the operstate still says
-/// `down`/`lowerlayerdown` → `up`; carrier off while it still says `up` → `down`;
+/// `down`/`lower-layer-down` → `up`; carrier off while it still says `up` → `down`;
 /// anything else (`unknown`, `dormant`, `testing`, …) as the kernel reports it.
 pub fn link_state(operstate: Option<String>, admin_up: bool, carrier: bool) -> String {
     let op = operstate.unwrap_or_else(|| "unknown".into());
@@ -161,7 +176,7 @@ pub fn link_state(operstate: Option<String>, admin_up: bool, carrier: bool) -> S
         return "down".into();
     }
     match op.as_str() {
-        "down" | "lowerlayerdown" if carrier => "up".into(),
+        "down" | "lower-layer-down" if carrier => "up".into(),
         "up" if !carrier => "down".into(),
         _ => op,
     }
@@ -321,17 +336,25 @@ async fn tc_bpf_programs(handle: &Handle, ifindex: u32) -> BTreeMap<u32, String>
 
 #[cfg(test)]
 mod tests {
-    use super::link_state;
+    use super::{link_state, operstate_name, State};
 
     #[test]
     fn state_follows_flags_while_operstate_lags() {
         let st = |op: &str, up, carrier| link_state(Some(op.into()), up, carrier);
         assert_eq!(st("up", false, false), "down");
         assert_eq!(st("down", true, true), "up");
-        assert_eq!(st("lowerlayerdown", true, true), "up");
+        assert_eq!(st("lower-layer-down", true, true), "up");
         assert_eq!(st("up", true, false), "down");
         assert_eq!(st("up", true, true), "up");
         assert_eq!(st("unknown", true, false), "unknown");
         assert_eq!(st("dormant", true, true), "dormant");
+    }
+
+    #[test]
+    fn operstate_spelled_like_dranet() {
+        assert_eq!(operstate_name(State::LowerLayerDown), "lower-layer-down");
+        assert_eq!(operstate_name(State::NotPresent), "not-present");
+        assert_eq!(operstate_name(State::Up), "up");
+        assert_eq!(operstate_name(State::Other(9)), "unknown");
     }
 }
