@@ -1,8 +1,9 @@
 //! Claim configuration: the [`NetworkConfig`] format, its validation and the files and
 //! API objects it arrives in.
 //!
-//! * [`types`] — the strict serde types users write (`interface`, `routes`, `ethtool`,
-//!   `dataplane`, `disableEbpfPrograms`);
+//! * [`types`] — the strict serde types users write (DraNet's `interface`, `routes`,
+//!   `rules`, `neighbors`, `ethtool`, plus netclaim's `dataplane` and
+//!   `disableEbpfPrograms`);
 //! * [`parameters`] — opaque parameters (JSON) to a config, unknown fields and wrong
 //!   types reported with their paths; [`parse_parameters`] is what the kubelet plugin
 //!   calls for each of this driver's configs;
@@ -23,5 +24,11 @@ pub mod validate;
 pub use document::{parse_documents, ConfigReport, DocumentError, DocumentReport};
 pub use error::{ConfigErrors, FieldError};
 pub use parameters::parse_parameters;
-pub use types::{EthtoolConfig, InterfaceConfig, NetworkConfig, RouteConfig};
-pub use validate::{validate, RouteScope, ValidConfig, ValidEthtool, ValidInterface, ValidRoute};
+pub use types::{
+    EthtoolConfig, InterfaceConfig, NeighborConfig, NetworkConfig, RouteConfig, RuleConfig,
+    VrfConfig,
+};
+pub use validate::{
+    validate, RouteScope, ValidConfig, ValidEthtool, ValidInterface, ValidNeighbor, ValidRoute,
+    ValidRule, ValidVrf,
+};

@@ -36,6 +36,16 @@ const INT32: Shape = Shape::Int {
     what: "a 32-bit integer",
 };
 
+/// Go's `int` (what DraNet declares table and priority numbers as); the ranges that
+/// make sense are checked in `validate`, with messages naming them.
+const INT64: Shape = Shape::Int {
+    min: i64::MIN,
+    max: i64::MAX,
+    what: "a 64-bit integer",
+};
+
+const VRF: &[(&str, Shape)] = &[("name", Shape::Str), ("table", INT64)];
+
 const INTERFACE: &[(&str, Shape)] = &[
     ("name", Shape::Str),
     ("addresses", Shape::List(&Shape::Str)),
@@ -45,7 +55,22 @@ const INTERFACE: &[(&str, Shape)] = &[
     ("groMaxSize", INT32),
     ("gsoIPv4MaxSize", INT32),
     ("groIPv4MaxSize", INT32),
+    ("dhcp", Shape::Bool),
+    ("disableEbpfPrograms", Shape::Bool),
+    ("forwarding", Shape::Bool),
+    ("arpIgnore", INT32),
+    ("arpAnnounce", INT32),
+    ("vrf", Shape::Object(VRF)),
 ];
+
+const RULE: &[(&str, Shape)] = &[
+    ("priority", INT64),
+    ("source", Shape::Str),
+    ("destination", Shape::Str),
+    ("table", INT64),
+];
+
+const NEIGHBOR: &[(&str, Shape)] = &[("destination", Shape::Str), ("hardwareAddr", Shape::Str)];
 
 const ROUTE: &[(&str, Shape)] = &[
     ("destination", Shape::Str),
@@ -59,14 +84,7 @@ const ROUTE: &[(&str, Shape)] = &[
             what: "0..=255",
         },
     ),
-    (
-        "table",
-        Shape::Int {
-            min: 0,
-            max: u32::MAX as i64,
-            what: "a 32-bit unsigned integer",
-        },
-    ),
+    ("table", INT64),
 ];
 
 const ETHTOOL: &[(&str, Shape)] = &[
@@ -84,9 +102,12 @@ const DATAPLANE: &[(&str, Shape)] = &[
 const NETWORK_CONFIG: Shape = Shape::Object(&[
     ("interface", Shape::Object(INTERFACE)),
     ("routes", Shape::List(&Shape::Object(ROUTE))),
+    ("rules", Shape::List(&Shape::Object(RULE))),
+    ("neighbors", Shape::List(&Shape::Object(NEIGHBOR))),
     ("ethtool", Shape::Object(ETHTOOL)),
     ("dataplane", Shape::Object(DATAPLANE)),
     ("disableEbpfPrograms", Shape::Bool),
+    ("profile", Shape::Str),
 ]);
 
 /// Parses and validates the opaque `parameters` of one config. Every path in the
@@ -258,7 +279,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::types::{EthtoolConfig, InterfaceConfig, RouteConfig};
+    use crate::config::types::{
+        EthtoolConfig, InterfaceConfig, NeighborConfig, RouteConfig, RuleConfig, VrfConfig,
+    };
     use crate::datapath::DataplaneKnobs;
 
     fn problems(v: Value, prefix: &str) -> Vec<String> {
@@ -283,7 +306,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "spec.devices.config[0].opaque.parameters.colour: unknown field; known fields are interface, routes, ethtool, dataplane, disableEbpfPrograms",
+                "spec.devices.config[0].opaque.parameters.colour: unknown field; known fields are interface, routes, rules, neighbors, ethtool, dataplane, disableEbpfPrograms, profile",
                 "spec.devices.config[0].opaque.parameters.dataplane.antiSpoof: unknown field; known fields are enforceRoutes, antiSpoofing, ingressFilter, allowMulticast",
                 "spec.devices.config[0].opaque.parameters.ethtool.feature: unknown field; did you mean \"features\"?",
                 "spec.devices.config[0].opaque.parameters.interface.mtuu: unknown field; did you mean \"mtu\"?",
@@ -297,7 +320,7 @@ mod tests {
         let got = problems(
             json!({
                 "interface": {"mtu": "1500", "addresses": "192.0.2.1/24", "gsoMaxSize": 1.5},
-                "routes": [{"destination": "10.0.0.0/8", "scope": 300, "table": -1}],
+                "routes": [{"destination": "10.0.0.0/8", "scope": 300, "table": "main"}],
                 "ethtool": {"features": {"tso": "off"}},
                 "disableEbpfPrograms": "yes"
             }),
@@ -312,7 +335,7 @@ mod tests {
                 "interface.gsoMaxSize: expected an integer, got a fractional number",
                 "interface.mtu: expected an integer, got a string",
                 "routes[0].scope: 300 is out of range for 0..=255",
-                "routes[0].table: -1 is out of range for a 32-bit unsigned integer",
+                "routes[0].table: expected an integer, got a string",
             ]
         );
         assert_eq!(
@@ -374,6 +397,15 @@ mod tests {
                 gro_max_size: Some(65536),
                 gso_ipv4_max_size: Some(65536),
                 gro_ipv4_max_size: Some(65536),
+                dhcp: Some(false),
+                disable_ebpf_programs: Some(true),
+                forwarding: Some(true),
+                arp_ignore: Some(1),
+                arp_announce: Some(2),
+                vrf: Some(VrfConfig {
+                    name: Some("vrf0".into()),
+                    table: Some(1001),
+                }),
             },
             routes: vec![RouteConfig {
                 destination: Some("198.51.100.0/24".into()),
@@ -382,12 +414,23 @@ mod tests {
                 scope: 0,
                 table: Some(100),
             }],
+            rules: vec![RuleConfig {
+                priority: Some(100),
+                source: Some("192.0.2.0/24".into()),
+                destination: Some("198.51.100.0/24".into()),
+                table: Some(100),
+            }],
+            neighbors: vec![NeighborConfig {
+                destination: Some("192.0.2.1".into()),
+                hardware_addr: Some("02:00:00:00:00:02".into()),
+            }],
             ethtool: Some(EthtoolConfig {
                 features: [("tso".to_string(), true)].into(),
                 private_flags: [("flag".to_string(), false)].into(),
             }),
             dataplane: Some(DataplaneKnobs::default()),
-            disable_ebpf_programs: true,
+            disable_ebpf_programs: Some(true),
+            profile: Some("p".into()),
         };
         let v = serde_json::to_value(&full).unwrap();
         assert_eq!(decode(&v).unwrap(), full);

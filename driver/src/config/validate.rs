@@ -7,6 +7,11 @@
 //! again. This module is pure: it does not look at devices or the kernel; limits that
 //! depend on the device (its maximum MTU, which ethtool features exist) are checked
 //! when the interface is configured, not here.
+//!
+//! DraNet parity: every config DraNet's `pkg/apis/validation.go` accepts is accepted
+//! here, except where netclaim is deliberately stricter; each such rule says why in its
+//! message, and the README's DraNet table lists them. DraNet's own validation cases are
+//! replayed against this module in `tests/tests/dranet_parity.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -15,8 +20,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{index, join, key, ConfigErrors, FieldError};
-use super::types::{EthtoolConfig, InterfaceConfig, NetworkConfig, RouteConfig};
-use crate::datapath::{DatapathPolicy, DataplaneKnobs};
+use super::types::{
+    EthtoolConfig, InterfaceConfig, NeighborConfig, NetworkConfig, RouteConfig, RuleConfig,
+    VrfConfig,
+};
+use crate::datapath::{
+    allowed_destinations, DatapathPolicy, DataplaneKnobs, TableRoute, TableRule,
+};
 
 /// Longest interface name in bytes (`IFNAMSIZ` 16 minus the NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
@@ -39,6 +49,15 @@ pub const MAX_PRIVATE_FLAGS: usize = 64;
 pub const RT_TABLE_LOCAL: u32 = 255;
 /// The `main` routing table, used when a route names none.
 pub const RT_TABLE_MAIN: u32 = 254;
+/// The `default` routing table (consulted last by the kernel's default rules).
+pub const RT_TABLE_DEFAULT: u32 = 253;
+/// Highest rule priority DraNet accepts (the kernel's `default` rule sits at 32767).
+pub const MAX_RULE_PRIORITY: i64 = 32767;
+/// Bounds on the new lists, like [`MAX_ROUTES`].
+pub const MAX_RULES: usize = 256;
+pub const MAX_NEIGHBORS: usize = 256;
+/// DraNet's `VRFTableOffset`: tables derived from a VRF name are 1000..=1999.
+pub const VRF_TABLE_OFFSET: u32 = 1000;
 
 /// A config that passed [`validate`], with every value parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +65,12 @@ pub const RT_TABLE_MAIN: u32 = 254;
 pub struct ValidConfig {
     pub interface: ValidInterface,
     pub routes: Vec<ValidRoute>,
+    /// Policy routing rules, in the order given.
+    #[serde(default)]
+    pub rules: Vec<ValidRule>,
+    /// Permanent neighbour entries on the interface.
+    #[serde(default)]
+    pub neighbors: Vec<ValidNeighbor>,
     pub ethtool: ValidEthtool,
     /// The `dataplane` knobs, defaults filled in.
     pub knobs: DataplaneKnobs,
@@ -68,6 +93,68 @@ pub struct ValidInterface {
     pub gro_max_size: Option<u32>,
     pub gso_ipv4_max_size: Option<u32>,
     pub gro_ipv4_max_size: Option<u32>,
+    /// The address comes from DHCPv4 (then `addresses` is empty).
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Per-interface IPv4 and IPv6 forwarding; `None` leaves the pod's default.
+    #[serde(default)]
+    pub forwarding: Option<bool>,
+    /// `arp_ignore`: 0-3 or 8.
+    #[serde(default)]
+    pub arp_ignore: Option<u8>,
+    /// `arp_announce`: 0-2.
+    #[serde(default)]
+    pub arp_announce: Option<u8>,
+    #[serde(default)]
+    pub vrf: Option<ValidVrf>,
+}
+
+/// The VRF the interface joins, with its table resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidVrf {
+    pub name: String,
+    pub table: u32,
+}
+
+/// One policy routing rule of a [`ValidConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidRule {
+    pub priority: u32,
+    /// Networks (host bits clear); when both are set they have the same family.
+    pub source: Option<IpNet>,
+    pub destination: Option<IpNet>,
+    /// Never 0.
+    pub table: u32,
+}
+
+impl ValidRule {
+    /// The address families the rule is installed in: the family of its prefixes, or
+    /// both when it has none (DraNet installs such a rule for IPv4 only).
+    pub fn families(&self) -> Vec<IpFamily> {
+        match self.source.or(self.destination) {
+            Some(IpNet::V4(_)) => vec![IpFamily::V4],
+            Some(IpNet::V6(_)) => vec![IpFamily::V6],
+            None => vec![IpFamily::V4, IpFamily::V6],
+        }
+    }
+}
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// One permanent neighbour of a [`ValidConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidNeighbor {
+    pub destination: IpAddr,
+    #[serde(with = "mac_plain")]
+    pub hardware_addr: [u8; 6],
 }
 
 /// The scopes a claim's route may have.
@@ -115,11 +202,32 @@ pub struct ValidEthtool {
 
 impl ValidConfig {
     /// What the data path of the device enforces for this config: the addresses, the
-    /// route destinations and the knobs.
+    /// destinations the kernel can route through the device given the routes *and*
+    /// the rules ([`allowed_destinations`]), and the knobs. Neighbour entries open
+    /// nothing.
     pub fn datapath_policy(&self) -> DatapathPolicy {
+        let routes: Vec<TableRoute> = self
+            .routes
+            .iter()
+            .map(|r| TableRoute {
+                destination: r.destination,
+                table: r.table.unwrap_or(RT_TABLE_MAIN),
+            })
+            .collect();
+        let rules: Vec<TableRule> = self
+            .rules
+            .iter()
+            .flat_map(|r| {
+                r.families().into_iter().map(move |f| TableRule {
+                    v6: f == IpFamily::V6,
+                    destination: r.destination,
+                    table: r.table,
+                })
+            })
+            .collect();
         DatapathPolicy {
             addresses: self.interface.addresses.clone(),
-            routes: self.routes.iter().map(|r| r.destination).collect(),
+            routes: allowed_destinations(&routes, &rules),
             knobs: self.knobs,
             mac: self.interface.hardware_addr,
             link_local: Vec::new(),
@@ -133,6 +241,26 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A 6-byte MAC in any spelling Go's `net.ParseMAC` (DraNet) accepts for Ethernet:
+/// `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`, either case.
+pub fn parse_config_mac(s: &str) -> Option<[u8; 6]> {
+    if s.len() == 17 && s.as_bytes()[2] == b'-' {
+        if s.contains(':') {
+            return None;
+        }
+        return parse_mac(&s.replace('-', ":"));
+    }
+    if s.len() == 14 && s.as_bytes()[4] == b'.' && s.as_bytes()[9] == b'.' {
+        let hex: String = s.split('.').collect();
+        if hex.len() != 12 || s.split('.').count() != 3 {
+            return None;
+        }
+        let pairs: Vec<&str> = (0..6).filter_map(|i| hex.get(2 * i..2 * i + 2)).collect();
+        return parse_mac(&pairs.join(":"));
+    }
+    parse_mac(s)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (either case) into bytes; only the format is checked.
@@ -172,18 +300,63 @@ mod mac_serde {
     }
 }
 
+mod mac_plain {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_mac(mac))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 6], D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_mac(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a MAC address")))
+    }
+}
+
 /// Checks every rule on `cfg` and returns either the parsed config or every problem,
 /// with paths relative to the config's root (`interface.mtu`, `routes[1].gateway`).
 pub fn validate(cfg: &NetworkConfig) -> Result<ValidConfig, ConfigErrors> {
     let mut errs = Problems::default();
+    if cfg.profile.as_deref().is_some_and(|p| !p.is_empty()) {
+        errs.add(
+            "profile",
+            "DraNet resolves profiles through a provider plugin; netclaim has no provider plugins, so write the settings out in interface, routes and rules",
+        );
+    }
     let interface = check_interface(&cfg.interface, &mut errs);
+    let disable_ebpf_programs = check_disable_ebpf(cfg, &mut errs);
     // Route checks against the addresses only make sense when all of them parsed;
     // otherwise one typo in an address would be reported again on every route.
     let addresses_ok = !errs
         .0
         .iter()
         .any(|e| e.path.starts_with("interface.addresses"));
-    let routes = check_routes(&cfg.routes, &interface, addresses_ok, &mut errs);
+    let mut routes = check_routes(&cfg.routes, &interface, addresses_ok, &mut errs);
+    if let Some(vrf) = &interface.vrf {
+        // DraNet puts every route of a VRF interface into the VRF's table.
+        for (n, r) in cfg.routes.iter().enumerate() {
+            if r.table.is_some_and(|t| t != 0) {
+                errs.add(
+                    join(&index("routes", n), "table"),
+                    "must not be set when interface.vrf is: every route of a VRF interface goes into the VRF's table (DraNet ignores the field; netclaim refuses it rather than ignore it)",
+                );
+            }
+        }
+        for r in &mut routes {
+            r.table = Some(vrf.table);
+        }
+    }
+    let rules = if !cfg.rules.is_empty() && interface.vrf.is_some() {
+        errs.add(
+            "rules",
+            "rules are not supported when interface.vrf is set (as in DraNet)",
+        );
+        Vec::new()
+    } else {
+        check_rules(&cfg.rules, &mut errs)
+    };
+    let neighbors = check_neighbors(&cfg.neighbors, &mut errs);
     let ethtool = check_ethtool(cfg.ethtool.as_ref(), &mut errs);
     if !errs.0.is_empty() {
         return Err(ConfigErrors { errors: errs.0 });
@@ -191,9 +364,265 @@ pub fn validate(cfg: &NetworkConfig) -> Result<ValidConfig, ConfigErrors> {
     Ok(ValidConfig {
         interface,
         routes,
+        rules,
+        neighbors,
         ethtool,
         knobs: cfg.dataplane.unwrap_or_default(),
-        disable_ebpf_programs: cfg.disable_ebpf_programs,
+        disable_ebpf_programs,
+    })
+}
+
+/// The top-level `disableEbpfPrograms` and DraNet's `interface.disableEbpfPrograms`
+/// are one switch: either may be given, both only when they agree.
+fn check_disable_ebpf(cfg: &NetworkConfig, errs: &mut Problems) -> bool {
+    match (
+        cfg.disable_ebpf_programs,
+        cfg.interface.disable_ebpf_programs,
+    ) {
+        (Some(top), Some(nested)) if top != nested => {
+            errs.add(
+                "interface.disableEbpfPrograms",
+                format!("is {nested} but the top-level disableEbpfPrograms is {top}; they are the same switch, give one or make them agree"),
+            );
+            false
+        }
+        (top, nested) => top.or(nested).unwrap_or(false),
+    }
+}
+
+/// A table number from Go's `int`: `Ok(None)` for 0 (meaning "unset" in DraNet).
+fn table_number(t: i64) -> Result<Option<u32>, String> {
+    if t < 0 {
+        return Err(format!("must be a non-negative integer, got {t}"));
+    }
+    match u32::try_from(t) {
+        Ok(0) => Ok(None),
+        Ok(t) => Ok(Some(t)),
+        Err(_) => Err(format!(
+            "{t} is above the kernel's largest table number {}",
+            u32::MAX
+        )),
+    }
+}
+
+/// A CIDR selector of a rule: a network with its host bits clear.
+fn parse_network(s: &str) -> Result<IpNet, String> {
+    let net = parse_cidr(s)?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{s} has host bits set; the kernel would use {} — write the network",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn check_rules(rules: &[RuleConfig], errs: &mut Problems) -> Vec<ValidRule> {
+    if rules.len() > MAX_RULES {
+        errs.add(
+            "rules",
+            format!("at most {MAX_RULES} rules, got {}", rules.len()),
+        );
+    }
+    let mut out = Vec::new();
+    let mut seen: HashMap<(u32, Option<IpNet>, Option<IpNet>, u32), usize> = HashMap::new();
+    for (n, r) in rules.iter().take(MAX_RULES).enumerate() {
+        let at = |field: &str| join(&index("rules", n), field);
+        let before = errs.0.len();
+        let priority = r.priority.unwrap_or(0);
+        if !(0..=MAX_RULE_PRIORITY).contains(&priority) {
+            errs.add(
+                at("priority"),
+                format!("must be an integer between 0 and {MAX_RULE_PRIORITY}, got {priority}"),
+            );
+        }
+        let table = match r.table.map(table_number) {
+            None | Some(Ok(None)) => {
+                errs.add(
+                    at("table"),
+                    "required (1 or more): with table 0 the kernel looks up a new, empty table, so the rule would route nothing (DraNet accepts it)",
+                );
+                None
+            }
+            Some(Err(m)) => {
+                errs.add(at("table"), m);
+                None
+            }
+            Some(Ok(Some(t))) => Some(t),
+        };
+        let mut parse = |field: &str, v: &Option<String>| -> Option<IpNet> {
+            let s = v.as_deref().filter(|s| !s.is_empty())?;
+            parse_network(s).map_err(|m| errs.add(at(field), m)).ok()
+        };
+        let source = parse("source", &r.source);
+        let destination = parse("destination", &r.destination);
+        if let (Some(s), Some(d)) = (source, destination) {
+            if s.addr().is_ipv4() != d.addr().is_ipv4() {
+                errs.add(
+                    at("destination"),
+                    format!(
+                        "{d} is {} but the source {s} is {}; a rule has one family",
+                        family(d.addr()),
+                        family(s.addr())
+                    ),
+                );
+            }
+        }
+        if errs.0.len() != before {
+            continue;
+        }
+        let (Some(table), Ok(priority)) = (table, u32::try_from(priority)) else {
+            continue;
+        };
+        let key = (priority, source, destination, table);
+        if let Some(first) = seen.get(&key) {
+            errs.add(
+                at("priority"),
+                format!(
+                    "duplicate rule: rules[{first}] has the same priority, selectors and table"
+                ),
+            );
+            continue;
+        }
+        seen.insert(key, n);
+        out.push(ValidRule {
+            priority,
+            source,
+            destination,
+            table,
+        });
+    }
+    out
+}
+
+fn check_neighbors(neighbors: &[NeighborConfig], errs: &mut Problems) -> Vec<ValidNeighbor> {
+    if neighbors.len() > MAX_NEIGHBORS {
+        errs.add(
+            "neighbors",
+            format!("at most {MAX_NEIGHBORS} neighbors, got {}", neighbors.len()),
+        );
+    }
+    let mut out = Vec::new();
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (n, nb) in neighbors.iter().take(MAX_NEIGHBORS).enumerate() {
+        let at = |field: &str| join(&index("neighbors", n), field);
+        let destination = match nb.destination.as_deref().filter(|s| !s.is_empty()) {
+            None => {
+                errs.add(at("destination"), "required (an IP address)");
+                None
+            }
+            Some(s) => match parse_ip(s) {
+                Err(m) => {
+                    errs.add(at("destination"), m);
+                    None
+                }
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
+                    errs.add(
+                        at("destination"),
+                        format!("{ip} is not a unicast address of a neighbour"),
+                    );
+                    None
+                }
+                Ok(ip) => Some(ip),
+            },
+        };
+        let mac = match nb.hardware_addr.as_deref().filter(|s| !s.is_empty()) {
+            None => {
+                errs.add(at("hardwareAddr"), "required (a MAC address)");
+                None
+            }
+            Some(s) => {
+                let mac = parse_config_mac(s);
+                if mac.is_none() {
+                    errs.add(at("hardwareAddr"), format!("{s:?} is not a MAC address: expected six hex octets, e.g. 02:00:00:00:00:01"));
+                }
+                mac
+            }
+        };
+        if let (Some(ip), Some(mac)) = (destination, mac) {
+            if let Some(first) = seen.get(&ip) {
+                errs.add(
+                    at("destination"),
+                    format!("duplicate neighbour {ip}: already in neighbors[{first}]"),
+                );
+                continue;
+            }
+            seen.insert(ip, n);
+            out.push(ValidNeighbor {
+                destination: ip,
+                hardware_addr: mac,
+            });
+        }
+    }
+    out
+}
+
+/// DraNet's default VRF table: FNV-1a (32 bit) of the name, mod 1000, plus 1000, so
+/// interfaces naming the same VRF share its table.
+pub fn vrf_default_table(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % 1000 + VRF_TABLE_OFFSET
+}
+
+fn check_vrf(v: &VrfConfig, iface_name: Option<&str>, errs: &mut Problems) -> Option<ValidVrf> {
+    let before = errs.0.len();
+    let name = match v.name.as_deref().filter(|n| !n.is_empty()) {
+        None => {
+            errs.add("interface.vrf.name", "cannot be empty: name the VRF device");
+            None
+        }
+        Some(n) => match check_ifname(n) {
+            Err(m) => {
+                errs.add("interface.vrf.name", m);
+                None
+            }
+            Ok(()) if Some(n) == iface_name => {
+                errs.add(
+                    "interface.vrf.name",
+                    format!("{n:?} is also interface.name; the VRF is a separate device"),
+                );
+                None
+            }
+            Ok(()) => Some(n.to_string()),
+        },
+    };
+    let table = match v.table {
+        None => name.as_deref().map(vrf_default_table),
+        Some(t) if t <= 0 => {
+            errs.add(
+                "interface.vrf.table",
+                format!("must be a positive integer, got {t}"),
+            );
+            None
+        }
+        Some(t) if (253..=255).contains(&t) => {
+            errs.add(
+                "interface.vrf.table",
+                format!("cannot use reserved table ID {t} (default, main, local)"),
+            );
+            None
+        }
+        Some(t) => match u32::try_from(t) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errs.add(
+                    "interface.vrf.table",
+                    format!("{t} is above the kernel's largest table number"),
+                );
+                None
+            }
+        },
+    };
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(ValidVrf {
+        name: name?,
+        table: table?,
     })
 }
 
@@ -257,7 +686,10 @@ fn kernel_isspace(b: u8) -> bool {
     matches!(b, b' ' | 0x09..=0x0d | 0xa0)
 }
 
-/// The kernel's `dev_valid_name`, plus `%` (which `dev_change_name` expands as a template).
+/// The kernel's `dev_valid_name`, plus `%` (which `dev_change_name` expands as a
+/// template), plus DraNet's character set: letters, digits, `-`, `_`, `.` — ASCII only,
+/// because the kernel's `isspace` also refuses byte 0xa0, which many UTF-8 letters
+/// contain.
 fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty when set; omit it to keep the device's name".into());
@@ -282,6 +714,14 @@ fn check_ifname(name: &str) -> Result<(), String> {
         };
         return Err(format!("{name:?} contains {why}; interface names may not"));
     }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; interface names may hold ASCII letters, digits, '-', '_' and '.' (DraNet's set, ASCII only)"
+        ));
+    }
     Ok(())
 }
 
@@ -304,7 +744,8 @@ fn check_size(v: Option<i32>, path: &str, what: &str, errs: &mut Problems) -> Op
 fn check_interface(i: &InterfaceConfig, errs: &mut Problems) -> ValidInterface {
     let mut out = ValidInterface::default();
 
-    if let Some(name) = &i.name {
+    // An empty name means "keep the device's name", as in DraNet.
+    if let Some(name) = i.name.as_ref().filter(|n| !n.is_empty()) {
         match check_ifname(name) {
             Ok(()) => out.name = Some(name.clone()),
             Err(m) => errs.add("interface.name", m),
@@ -371,10 +812,10 @@ fn check_interface(i: &InterfaceConfig, errs: &mut Problems) -> ValidInterface {
     }
 
     if let Some(s) = &i.hardware_addr {
-        match parse_mac(s) {
+        match parse_config_mac(s) {
             None => errs.add(
                 "interface.hardwareAddr",
-                format!("{s:?} is not a MAC address: expected six colon-separated hex octets, e.g. 02:00:00:00:00:01"),
+                format!("{s:?} is not a MAC address: expected six hex octets, e.g. 02:00:00:00:00:01"),
             ),
             Some(mac) if mac[0] & 1 != 0 => errs.add(
                 "interface.hardwareAddr",
@@ -401,6 +842,39 @@ fn check_interface(i: &InterfaceConfig, errs: &mut Problems) -> ValidInterface {
         "GRO_MAX_SIZE",
         errs,
     );
+
+    if i.dhcp == Some(true) {
+        if i.addresses.is_empty() {
+            out.dhcp = true;
+        } else {
+            errs.add(
+                "interface.dhcp",
+                "dhcp and addresses are mutually exclusive: the address comes from the DHCP server",
+            );
+        }
+    }
+    out.forwarding = i.forwarding;
+    if let Some(v) = i.arp_ignore {
+        match u8::try_from(v) {
+            Ok(v @ (0..=3 | 8)) => out.arp_ignore = Some(v),
+            _ => errs.add(
+                "interface.arpIgnore",
+                format!("must be one of 0, 1, 2, 3, or 8, got {v}"),
+            ),
+        }
+    }
+    if let Some(v) = i.arp_announce {
+        match u8::try_from(v) {
+            Ok(v @ 0..=2) => out.arp_announce = Some(v),
+            _ => errs.add(
+                "interface.arpAnnounce",
+                format!("must be between 0 and 2, got {v}"),
+            ),
+        }
+    }
+    if let Some(v) = &i.vrf {
+        out.vrf = check_vrf(v, out.name.as_deref(), errs);
+    }
     out
 }
 
@@ -514,19 +988,21 @@ fn check_routes(
             }
         }
 
-        let table = match r.table {
-            Some(0) => {
-                errs.add(at("table"), "must not be 0; omit it for the main table");
+        let table = match r.table.map(table_number) {
+            None => None,
+            Some(Err(m)) => {
+                errs.add(at("table"), m);
                 None
             }
-            Some(RT_TABLE_LOCAL) => {
+            Some(Ok(Some(RT_TABLE_LOCAL))) => {
                 errs.add(
                     at("table"),
-                    "255 is the kernel's local table; use another table",
+                    "255 is the kernel's local table, which holds this host's own addresses; use another table",
                 );
                 None
             }
-            t => t,
+            // 0 is "unset" (the main table), as in DraNet.
+            Some(Ok(t)) => t,
         };
 
         if let Some(d) = destination {
@@ -729,9 +1205,14 @@ mod tests {
                 None,
             ),
             (
-                "name empty",
+                "name empty means keep (DraNet)",
                 vec![("/interface/name", json!(""))],
-                Some(("interface.name", "must not be empty")),
+                None,
+            ),
+            (
+                "name bang (DraNet's set)",
+                vec![("/interface/name", json!("eth!"))],
+                Some(("interface.name", "ASCII letters, digits")),
             ),
             (
                 "name 16 bytes",
@@ -772,6 +1253,11 @@ mod tests {
                 "name nbsp byte",
                 vec![("/interface/name", json!("eth\u{e0}"))],
                 Some(("interface.name", "whitespace")),
+            ),
+            (
+                "name non-ascii letter",
+                vec![("/interface/name", json!("ethé"))],
+                Some(("interface.name", "ASCII only")),
             ),
             (
                 "name nul",
@@ -917,8 +1403,23 @@ mod tests {
                 Some(("interface.hardwareAddr", "not a MAC address")),
             ),
             (
-                "mac dashes",
+                "mac dashes (Go's ParseMAC)",
                 vec![("/interface/hardwareAddr", json!("02-00-00-00-00-01"))],
+                None,
+            ),
+            (
+                "mac dots (Go's ParseMAC)",
+                vec![("/interface/hardwareAddr", json!("0200.0000.0001"))],
+                None,
+            ),
+            (
+                "mac mixed separators",
+                vec![("/interface/hardwareAddr", json!("02-00:00-00-00-01"))],
+                Some(("interface.hardwareAddr", "not a MAC address")),
+            ),
+            (
+                "mac eui-64",
+                vec![("/interface/hardwareAddr", json!("02:00:00:00:00:00:00:01"))],
                 Some(("interface.hardwareAddr", "not a MAC address")),
             ),
             (
@@ -1134,9 +1635,19 @@ mod tests {
             ("table 100", vec![("/routes/0/table", json!(100))], None),
             ("table main", vec![("/routes/0/table", json!(254))], None),
             (
-                "table 0",
+                "table 0 is main (DraNet)",
                 vec![("/routes/0/table", json!(0))],
-                Some(("routes[0].table", "must not be 0")),
+                None,
+            ),
+            (
+                "table negative",
+                vec![("/routes/0/table", json!(-1))],
+                Some(("routes[0].table", "non-negative")),
+            ),
+            (
+                "table above u32",
+                vec![("/routes/0/table", json!(4294967296u64))],
+                Some(("routes[0].table", "largest table")),
             ),
             (
                 "table local",
@@ -1166,6 +1677,228 @@ mod tests {
                 vec![("/routes", many_routes(1025))],
                 Some(("routes", "at most 1024")),
             ),
+            // rules
+            (
+                "rule ok",
+                vec![(
+                    "/rules",
+                    json!([{"priority": 100, "source": "192.0.2.0/24", "table": 100}]),
+                )],
+                None,
+            ),
+            (
+                "rule priority 32768",
+                vec![("/rules", json!([{"priority": 32768, "table": 100}]))],
+                Some(("rules[0].priority", "between 0 and 32767")),
+            ),
+            (
+                "rule priority negative",
+                vec![("/rules", json!([{"priority": -1, "table": 100}]))],
+                Some(("rules[0].priority", "between 0 and 32767")),
+            ),
+            (
+                "rule without table",
+                vec![(
+                    "/rules",
+                    json!([{"priority": 10, "destination": "198.51.100.0/24"}]),
+                )],
+                Some(("rules[0].table", "new, empty table")),
+            ),
+            (
+                "rule table 0",
+                vec![("/rules", json!([{"table": 0}]))],
+                Some(("rules[0].table", "new, empty table")),
+            ),
+            (
+                "rule table negative",
+                vec![("/rules", json!([{"table": -1}]))],
+                Some(("rules[0].table", "non-negative")),
+            ),
+            (
+                "rule source not cidr",
+                vec![("/rules", json!([{"source": "192.0.2.1", "table": 100}]))],
+                Some(("rules[0].source", "not a CIDR")),
+            ),
+            (
+                "rule destination host bits",
+                vec![(
+                    "/rules",
+                    json!([{"destination": "198.51.100.1/24", "table": 100}]),
+                )],
+                Some(("rules[0].destination", "host bits set")),
+            ),
+            (
+                "rule families differ",
+                vec![(
+                    "/rules",
+                    json!([{"source": "192.0.2.0/24", "destination": "2001:db8::/32", "table": 100}]),
+                )],
+                Some(("rules[0].destination", "a rule has one family")),
+            ),
+            (
+                "rule duplicate",
+                vec![(
+                    "/rules",
+                    json!([{"priority": 5, "table": 100}, {"priority": 5, "table": 100}]),
+                )],
+                Some(("rules[1].priority", "duplicate rule: rules[0]")),
+            ),
+            (
+                "rules with vrf",
+                vec![
+                    ("/interface/vrf", json!({"name": "vrf0"})),
+                    ("/rules", json!([{"table": 100}])),
+                ],
+                Some(("rules", "not supported when interface.vrf")),
+            ),
+            // neighbors
+            (
+                "neighbor ok v4 and v6",
+                vec![(
+                    "/neighbors",
+                    json!([{"destination": "192.0.2.1", "hardwareAddr": "02:00:00:00:00:02"},
+                           {"destination": "2001:db8::1", "hardwareAddr": "02-00-00-00-00-03"}]),
+                )],
+                None,
+            ),
+            (
+                "neighbor without destination",
+                vec![("/neighbors", json!([{"hardwareAddr": "02:00:00:00:00:02"}]))],
+                Some(("neighbors[0].destination", "required")),
+            ),
+            (
+                "neighbor destination prefix",
+                vec![(
+                    "/neighbors",
+                    json!([{"destination": "192.0.2.1/32", "hardwareAddr": "02:00:00:00:00:02"}]),
+                )],
+                Some(("neighbors[0].destination", "is a prefix")),
+            ),
+            (
+                "neighbor multicast",
+                vec![(
+                    "/neighbors",
+                    json!([{"destination": "224.0.0.1", "hardwareAddr": "02:00:00:00:00:02"}]),
+                )],
+                Some(("neighbors[0].destination", "not a unicast")),
+            ),
+            (
+                "neighbor without mac",
+                vec![("/neighbors", json!([{"destination": "192.0.2.1"}]))],
+                Some(("neighbors[0].hardwareAddr", "required")),
+            ),
+            (
+                "neighbor bad mac",
+                vec![(
+                    "/neighbors",
+                    json!([{"destination": "192.0.2.1", "hardwareAddr": "zz"}]),
+                )],
+                Some(("neighbors[0].hardwareAddr", "not a MAC")),
+            ),
+            (
+                "neighbor duplicate",
+                vec![(
+                    "/neighbors",
+                    json!([{"destination": "192.0.2.1", "hardwareAddr": "02:00:00:00:00:02"},
+                           {"destination": "192.0.2.1", "hardwareAddr": "02:00:00:00:00:03"}]),
+                )],
+                Some(("neighbors[1].destination", "already in neighbors[0]")),
+            ),
+            // interface: DraNet's dhcp, sysctls, vrf, disableEbpfPrograms
+            (
+                "dhcp with addresses",
+                vec![("/interface/dhcp", json!(true))],
+                Some(("interface.dhcp", "mutually exclusive")),
+            ),
+            (
+                "dhcp false with addresses",
+                vec![("/interface/dhcp", json!(false))],
+                None,
+            ),
+            (
+                "dhcp alone",
+                vec![
+                    ("/interface/dhcp", json!(true)),
+                    ("/interface/addresses", json!([])),
+                    ("/routes", json!([])),
+                ],
+                None,
+            ),
+            (
+                "arpIgnore 8",
+                vec![("/interface/arpIgnore", json!(8))],
+                None,
+            ),
+            (
+                "arpIgnore 4",
+                vec![("/interface/arpIgnore", json!(4))],
+                Some(("interface.arpIgnore", "0, 1, 2, 3, or 8")),
+            ),
+            (
+                "arpAnnounce 3",
+                vec![("/interface/arpAnnounce", json!(3))],
+                Some(("interface.arpAnnounce", "between 0 and 2")),
+            ),
+            (
+                "forwarding",
+                vec![("/interface/forwarding", json!(true))],
+                None,
+            ),
+            (
+                "vrf ok",
+                vec![("/interface/vrf", json!({"name": "vrf-blue", "table": 10}))],
+                None,
+            ),
+            (
+                "vrf without name",
+                vec![("/interface/vrf", json!({"table": 10}))],
+                Some(("interface.vrf.name", "cannot be empty")),
+            ),
+            (
+                "vrf reserved table",
+                vec![("/interface/vrf", json!({"name": "v", "table": 254}))],
+                Some(("interface.vrf.table", "reserved")),
+            ),
+            (
+                "vrf table 0",
+                vec![("/interface/vrf", json!({"name": "v", "table": 0}))],
+                Some(("interface.vrf.table", "positive")),
+            ),
+            (
+                "vrf named like the interface",
+                vec![("/interface/vrf", json!({"name": "net0"}))],
+                Some(("interface.vrf.name", "also interface.name")),
+            ),
+            (
+                "vrf with a route table",
+                vec![
+                    ("/interface/vrf", json!({"name": "v"})),
+                    ("/routes/0/table", json!(100)),
+                ],
+                Some(("routes[0].table", "VRF's table")),
+            ),
+            (
+                "disableEbpfPrograms in both places, agreeing",
+                vec![
+                    ("/disableEbpfPrograms", json!(true)),
+                    ("/interface/disableEbpfPrograms", json!(true)),
+                ],
+                None,
+            ),
+            (
+                "disableEbpfPrograms in both places, disagreeing",
+                vec![
+                    ("/disableEbpfPrograms", json!(false)),
+                    ("/interface/disableEbpfPrograms", json!(true)),
+                ],
+                Some(("interface.disableEbpfPrograms", "same switch")),
+            ),
+            (
+                "profile",
+                vec![("/profile", json!("gpu-net"))],
+                Some(("profile", "no provider plugins")),
+            ),
+            ("empty profile", vec![("/profile", json!(""))], None),
             // ethtool
             (
                 "feature empty",
@@ -1373,6 +2106,92 @@ mod tests {
         assert_eq!(text.pointer("/routes/1/scope"), Some(&json!("link")));
         let back: ValidConfig = serde_json::from_value(text).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn dranet_fields_are_carried_parsed() {
+        let mut raw = base();
+        set(&mut raw, "/interface/arpIgnore", json!(2));
+        set(&mut raw, "/interface/arpAnnounce", json!(1));
+        set(&mut raw, "/interface/forwarding", json!(false));
+        set(&mut raw, "/interface/disableEbpfPrograms", json!(true));
+        set(
+            &mut raw,
+            "/rules",
+            json!([{"source": "192.0.2.0/24", "table": 100}, {"table": 200, "priority": 7}]),
+        );
+        set(
+            &mut raw,
+            "/neighbors",
+            json!([{"destination": "192.0.2.1", "hardwareAddr": "02-00-00-00-00-0A"}]),
+        );
+        let v = parse_parameters(&raw, "").unwrap();
+        assert_eq!(v.interface.arp_ignore, Some(2));
+        assert_eq!(v.interface.arp_announce, Some(1));
+        assert_eq!(v.interface.forwarding, Some(false));
+        assert!(
+            v.disable_ebpf_programs,
+            "interface.disableEbpfPrograms is the same switch"
+        );
+        assert_eq!(v.rules[0].priority, 0, "absent priority is 0, as in DraNet");
+        assert_eq!(v.rules[0].families(), vec![IpFamily::V4]);
+        assert_eq!(v.rules[1].families(), vec![IpFamily::V4, IpFamily::V6]);
+        assert_eq!(v.neighbors[0].hardware_addr, [2, 0, 0, 0, 0, 0x0a]);
+        assert!(!v.interface.dhcp);
+        let back: ValidConfig = serde_json::from_value(serde_json::to_value(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn vrf_table_defaults_like_dranet() {
+        // fnv32a("vrf-blue") % 1000 + 1000, computed by Go's hash/fnv.
+        let t = vrf_default_table("vrf-blue");
+        assert!((1000..2000).contains(&t));
+        assert_eq!(vrf_default_table(""), 0x811c_9dc5 % 1000 + 1000);
+        let mut raw = base();
+        set(&mut raw, "/interface/vrf", json!({"name": "vrf-blue"}));
+        let v = parse_parameters(&raw, "").unwrap();
+        let vrf = v.interface.vrf.clone().unwrap();
+        assert_eq!(vrf.table, t);
+        assert!(
+            v.routes.iter().all(|r| r.table == Some(t)),
+            "every route goes into the VRF's table"
+        );
+    }
+
+    #[test]
+    fn rules_open_their_tables_in_the_datapath_policy_and_neighbours_open_nothing() {
+        let mut raw = base();
+        set(&mut raw, "/routes/0/table", json!(100));
+        set(
+            &mut raw,
+            "/neighbors",
+            json!([{"destination": "192.0.2.77", "hardwareAddr": "02:00:00:00:00:02"},
+                   {"destination": "10.1.1.1", "hardwareAddr": "02:00:00:00:00:03"}]),
+        );
+        let v = parse_parameters(&raw, "").unwrap();
+        let routes = |v: &ValidConfig| {
+            v.datapath_policy()
+                .routes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            routes(&v),
+            ["203.0.113.0/24", "2001:db8:1::/48"],
+            "table 100 is looked up by no rule, neighbours add nothing"
+        );
+        set(
+            &mut raw,
+            "/rules",
+            json!([{"destination": "198.51.100.0/25", "table": 100}]),
+        );
+        let v = parse_parameters(&raw, "").unwrap();
+        assert_eq!(
+            routes(&v),
+            ["198.51.100.0/25", "203.0.113.0/24", "2001:db8:1::/48"]
+        );
     }
 
     #[test]

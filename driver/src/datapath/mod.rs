@@ -39,4 +39,6 @@ pub use counters::CounterSnapshot;
 pub use device::AttachedDatapath;
 pub use error::DatapathError;
 pub use pins::{DatapathKey, PinLayout, PinRootError};
-pub use policy::{DatapathPolicy, DataplaneKnobs, Enforcement};
+pub use policy::{
+    allowed_destinations, DatapathPolicy, DataplaneKnobs, Enforcement, TableRoute, TableRule,
+};

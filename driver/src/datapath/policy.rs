@@ -3,7 +3,8 @@
 //! Pure functions only: no maps, no syscalls. [`DatapathPolicy`] is what the rest of
 //! the driver knows (addresses, routes, knobs); [`CompiledPolicy`] is what one policy
 //! slot in the kernel holds (flags, allowed prefixes with hit-counter indices, local
-//! addresses).
+//! addresses). [`allowed_destinations`] decides which route destinations the
+//! policy allows once policy routing rules are in play.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -54,6 +55,71 @@ pub struct DatapathPolicy {
     /// The device's IPv6 link-local addresses in the pod.
     #[serde(default)]
     pub link_local: Vec<Ipv6Addr>,
+}
+
+/// The kernel's `main` and `default` tables: the default rules (priorities 32766 and
+/// 32767) look them up for every packet, so their routes need no rule of the claim.
+const ALWAYS_CONSULTED: [u32; 2] = [254, 253];
+
+/// A route through the device and the table it lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRoute {
+    pub destination: IpNet,
+    pub table: u32,
+}
+
+/// One policy routing rule of the claim, in one family: "traffic to `destination`
+/// (anywhere when `None`) looks up `table`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRule {
+    pub v6: bool,
+    pub destination: Option<IpNet>,
+    pub table: u32,
+}
+
+/// The destinations the kernel in the pod can send through the device, given the
+/// claim's routes and rules — what `enforceRoutes` allows:
+///
+/// * a route in `main` or `default` counts in full (the kernel's default rules look
+///   those tables up for every destination);
+/// * a route in any other table counts only through a claim rule of its family that
+///   looks that table up: in full when the rule has no destination, otherwise only
+///   the part inside the rule's destination (the longer of the two prefixes when one
+///   holds the other, nothing when they are disjoint);
+/// * a route in a table no rule looks up counts not at all: the kernel never uses it.
+///
+/// A rule's source selector does not narrow the result: the destination check has no
+/// source dimension (anti-spoofing restricts sources to the device's own addresses).
+/// Static neighbour entries are not inputs: they make no destination routable.
+/// The result is sorted and free of duplicates.
+pub fn allowed_destinations(routes: &[TableRoute], rules: &[TableRule]) -> Vec<IpNet> {
+    let mut out: BTreeSet<IpNet> = BTreeSet::new();
+    for r in routes {
+        let dst = r.destination.trunc();
+        if ALWAYS_CONSULTED.contains(&r.table) {
+            out.insert(dst);
+            continue;
+        }
+        for rule in rules {
+            if rule.table != r.table || rule.v6 != dst.addr().is_ipv6() {
+                continue;
+            }
+            match rule.destination.map(|d| d.trunc()) {
+                None => {
+                    out.insert(dst);
+                }
+                Some(d) if d.addr().is_ipv6() != dst.addr().is_ipv6() => {}
+                Some(d) if dst.contains(&d) => {
+                    out.insert(d);
+                }
+                Some(d) if d.contains(&dst) => {
+                    out.insert(dst);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// The modified EUI-64 link-local address the kernel derives from `mac` (RFC 4291
@@ -349,6 +415,97 @@ mod tests {
         p.knobs.enforce_routes = true;
         let c = p.compile(&BTreeMap::new(), 16).unwrap();
         assert_eq!(c.flags, flags::ENFORCE_ROUTES | flags::ALLOW_MULTICAST);
+    }
+
+    fn troute(d: &str, table: u32) -> TableRoute {
+        TableRoute {
+            destination: net(d),
+            table,
+        }
+    }
+
+    fn trule(d: Option<&str>, table: u32, v6: bool) -> TableRule {
+        TableRule {
+            v6,
+            destination: d.map(net),
+            table,
+        }
+    }
+
+    fn strings(v: Vec<IpNet>) -> Vec<String> {
+        v.into_iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn main_and_default_routes_count_without_rules() {
+        let got = allowed_destinations(
+            &[
+                troute("198.51.100.0/24", 254),
+                troute("203.0.113.0/24", 253),
+            ],
+            &[],
+        );
+        assert_eq!(strings(got), ["198.51.100.0/24", "203.0.113.0/24"]);
+    }
+
+    #[test]
+    fn routes_in_a_table_no_rule_looks_up_count_not() {
+        let got = allowed_destinations(
+            &[troute("198.51.100.0/24", 100)],
+            &[trule(None, 200, false)],
+        );
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn a_rule_without_destination_opens_its_table_in_its_family_only() {
+        let routes = [
+            troute("198.51.100.0/24", 100),
+            troute("2001:db8:5::/48", 100),
+        ];
+        let got = allowed_destinations(&routes, &[trule(None, 100, false)]);
+        assert_eq!(strings(got), ["198.51.100.0/24"]);
+        let got = allowed_destinations(&routes, &[trule(None, 100, false), trule(None, 100, true)]);
+        assert_eq!(strings(got), ["198.51.100.0/24", "2001:db8:5::/48"]);
+    }
+
+    #[test]
+    fn a_rule_destination_clips_a_wider_route() {
+        // Default route in table 100, reached only for 203.0.113.0/25.
+        let got = allowed_destinations(
+            &[troute("0.0.0.0/0", 100)],
+            &[trule(Some("203.0.113.0/25"), 100, false)],
+        );
+        assert_eq!(strings(got), ["203.0.113.0/25"]);
+    }
+
+    #[test]
+    fn a_narrower_route_inside_the_rule_destination_counts_as_itself() {
+        let got = allowed_destinations(
+            &[
+                troute("198.51.100.128/25", 100),
+                troute("192.0.2.0/24", 100),
+            ],
+            &[trule(Some("198.51.100.0/24"), 100, false)],
+        );
+        assert_eq!(
+            strings(got),
+            ["198.51.100.128/25"],
+            "the disjoint route stays closed"
+        );
+    }
+
+    #[test]
+    fn overlapping_rules_union_without_duplicates() {
+        let got = allowed_destinations(
+            &[troute("0.0.0.0/0", 100), troute("198.51.100.0/24", 254)],
+            &[
+                trule(Some("198.51.100.0/24"), 100, false),
+                trule(Some("203.0.113.0/24"), 100, false),
+                trule(Some("203.0.113.0/24"), 100, false),
+            ],
+        );
+        assert_eq!(strings(got), ["198.51.100.0/24", "203.0.113.0/24"]);
     }
 
     #[test]
