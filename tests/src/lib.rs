@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod containerd;
+pub mod dhcp_server;
 pub mod fake_sysfs;
 pub mod floor;
 pub mod kubelet;

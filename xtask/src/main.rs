@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "nftables",
+    // A real DHCP server for the DHCP kernel tests (tests/src/dhcp_server.rs).
+    "dnsmasq-base",
     // The real-runtime tier: containerd's runtime and the pods' network.
     "runc",
     "containernetworking-plugins",
