@@ -639,3 +639,35 @@ pub async fn bring_up(
     .await?;
     Ok(RealCluster { runtime, side })
 }
+
+impl RealCluster {
+    /// Stops `netclaim run` (SIGTERM); pods keep their devices.
+    pub fn stop_driver(&mut self) -> Result<()> {
+        match self.side.driver.stop()? {
+            Some(0) => Ok(()),
+            other => bail!(
+                "netclaim exited with {other:?}:\n{}",
+                self.side.driver.log_text()
+            ),
+        }
+    }
+
+    /// Starts `netclaim run` again and waits until kubelet and containerd both have it.
+    pub async fn start_driver(&mut self, topo: &crate::scenario::Topology) -> Result<()> {
+        use crate::kubelet::{DraVersion, FakeKubelet, Verdict};
+        let from = self.runtime.log_len();
+        self.side.driver =
+            crate::scenario::Driver::start(topo, self.side.api.kubeconfig_path(), "1s")?;
+        let registered = FakeKubelet::new(topo.kubelet_dir())
+            .wait_and_register(crate::scenario::DRIVER, Verdict::Accept, REGISTRATION_WAIT)
+            .await
+            .with_context(|| self.side.driver.log_text())?;
+        self.side.dra = registered.dra(DraVersion::V1).await?;
+        self.side.registered = registered;
+        self.runtime
+            .wait_plugin("netclaim", from)
+            .await
+            .with_context(|| self.side.driver.log_text())?;
+        Ok(())
+    }
+}

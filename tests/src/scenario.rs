@@ -564,6 +564,26 @@ pub async fn wait_devices(
     ifnames: &[String],
     timeout: Duration,
 ) -> Result<BTreeMap<String, String>> {
+    wait_devices_in(&c.api, narrator, ifnames, timeout)
+        .await
+        .with_context(|| format!("driver log:\n{}", c.driver.log_text()))
+}
+
+/// [`wait_devices`] against any API server, quietly.
+pub async fn wait_devices_of(
+    api: &FakeApiServer,
+    ifnames: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>> {
+    wait_devices_in(api, &Quiet, ifnames, timeout).await
+}
+
+async fn wait_devices_in(
+    api: &FakeApiServer,
+    narrator: &dyn Narrator,
+    ifnames: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>> {
     let key = format!("{DRIVER}/ifName");
     wait_for(
         narrator,
@@ -571,7 +591,7 @@ pub async fn wait_devices(
         timeout,
         || {
             let mut found = BTreeMap::new();
-            for slice in c.api.list("ResourceSlice") {
+            for slice in api.list("ResourceSlice") {
                 for d in slice["spec"]["devices"].as_array().into_iter().flatten() {
                     if let (Some(ifname), Some(name)) =
                         (d["attributes"][&key]["string"].as_str(), d["name"].as_str())
@@ -586,7 +606,6 @@ pub async fn wait_devices(
         },
     )
     .await
-    .with_context(|| format!("driver log:\n{}", c.driver.log_text()))
 }
 
 /// One allocated device of a claim: its request, the published device, its config.

@@ -178,3 +178,152 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
     })
     .unwrap();
 }
+
+/// Waits until `check` holds, polling every 20 ms; fails after `timeout` with `what`.
+async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    while !check() {
+        if t.elapsed() > timeout {
+            bail!("timed out after {timeout:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(t.elapsed())
+}
+
+/// containerd restarts while a pod runs; afterwards it sends the plugin no
+/// StopPodSandbox or RemovePodSandbox for that pod (containerd issue 8426). netclaim
+/// notices that the runtime removed the pod's namespace, gives the device back from the
+/// namespace it held open, and unprepare succeeds. A pod started while containerd comes
+/// back gets its device as soon as netclaim reconnects: that delay is the reconnect
+/// window.
+#[test]
+fn after_a_containerd_restart_the_forgotten_stop_still_brings_the_device_home() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("after_a_containerd_restart_the_forgotten_stop_still_brings_the_device_home")
+    else {
+        return;
+    };
+    let topo = Topology::with_nics("rrr", 2).unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let mut c = containerd::bring_up(&topo, peers, "rrr", BUDGET).await?;
+        put_claim(&c, "web", "claim-uid-rrr", "web-0", "pod-uid-rrr").await?;
+        let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rrr")?;
+        let netns = c.runtime.pod_netns(&pod)?;
+        ensure_in_pod(&c, &netns)?;
+
+        // A second claim, on eth2, for a pod that starts during the restart.
+        let devices = scenario::wait_devices_of(&c.side.api, &[scenario::nic_name(2)], Duration::from_secs(20)).await?;
+        let eth2 = devices.get("eth2").context("eth2 published")?.clone();
+        let mut late = good_parameters();
+        late["interface"]["addresses"] = serde_json::json!(["192.0.2.20/24"]);
+        c.side.api.put(claim("late", "claim-uid-late", &eth2, "late-0", "pod-uid-late", late))?;
+        let err = prepare_with(&c.side.dra, "late", "claim-uid-late").await?;
+        assert_eq!(err, "");
+
+        let from = c.runtime.log_len();
+        c.runtime.restart()?;
+        let (late_pod, _) = c.runtime.run_pod("late-0", "pod-uid-late")?;
+        let late_started = Instant::now();
+        let late_netns = c.runtime.pod_netns(&late_pod)?;
+        c.runtime.wait_plugin("netclaim", from).await?;
+        until("the late pod's device", Duration::from_secs(15), || {
+            link_in(&late_netns, POD_IF).ok().flatten().is_some()
+        })
+        .await
+        .with_context(|| c.side.driver.log_text())?;
+        let window = late_started.elapsed();
+        println!("[real] reconnect window: a pod started during a containerd restart ran {window:?} without its device");
+
+        // The runtime no longer tells the plugin about the first pod's end.
+        c.runtime.stop_pod(&pod)?;
+        c.runtime.remove_pod(&pod)?;
+        let took = until("eth1 back home", Duration::from_secs(10), || assert_home(&topo).is_ok())
+            .await
+            .with_context(|| c.side.driver.log_text())?;
+        println!("[real] device home {took:?} after the runtime removed the pod without telling the plugin");
+        let log = c.side.driver.log_text();
+        assert!(
+            log.contains("without stopping the pod through NRI"),
+            "netclaim did not say why the device came home:\n{log}"
+        );
+        let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrr").await?;
+        assert_eq!(err, "", "unprepare after the forgotten stop");
+        // The late pod is stopped normally (the runtime knows it since its restart).
+        c.runtime.stop_pod(&late_pod)?;
+        assert_eq!(scenario::link_facts(&topo.node, "eth2")?.1, Vec::<String>::new());
+        c.runtime.remove_pod(&late_pod)?;
+        let _ = c.stop_driver();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// netclaim is down while the runtime stops and removes a pod: the namespace dies with
+/// the veth in it. The restarted driver finds the pod gone, reports the device lost in
+/// the claim's status, removes its pins, and unprepare succeeds.
+#[test]
+fn a_pod_removed_while_netclaim_is_down_is_reported_and_released() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("a_pod_removed_while_netclaim_is_down_is_reported_and_released")
+    else {
+        return;
+    };
+    let topo = Topology::new("rrd").unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let mut c = containerd::bring_up(&topo, peers, "rrd", BUDGET).await?;
+        put_claim(&c, "web", "claim-uid-rrd", "web-0", "pod-uid-rrd").await?;
+        let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rrd")?;
+        let netns = c.runtime.pod_netns(&pod)?;
+        ensure_in_pod(&c, &netns)?;
+        assert!(!netclaim_tests::netenv::files_below(topo.bpf.path()).is_empty());
+
+        c.stop_driver()?;
+        c.runtime.stop_pod(&pod)?;
+        c.runtime.remove_pod(&pod)?;
+        c.start_driver(&topo).await?;
+
+        let entry = scenario::wait_for(
+            &scenario::Quiet,
+            "DeviceLost in the status",
+            Duration::from_secs(10),
+            || {
+                status_entry(&c.side.api, "web").filter(|e| {
+                    e["conditions"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "DeviceLost"))
+                })
+            },
+        )
+        .await
+        .with_context(|| c.side.driver.log_text())?;
+        println!("[real] status of the lost device: {entry}");
+        let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrd").await?;
+        assert_eq!(err, "", "unprepare of a claim whose device was lost");
+        let left = topo.bpf.leftovers();
+        assert!(left.is_empty(), "pins left behind: {left:?}");
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The claim's interface is in the pod with its configured address.
+fn ensure_in_pod(c: &RealCluster, netns: &Path) -> Result<()> {
+    match link_in(netns, POD_IF)? {
+        Some((1500, addrs)) if !addrs.is_empty() => Ok(()),
+        other => bail!(
+            "{POD_IF} in the pod: {other:?}\ndriver log:\n{}",
+            c.side.driver.log_text()
+        ),
+    }
+}

@@ -32,7 +32,7 @@ use crate::{
     kubelet::{
         self, ClaimPreparer, KubeletPluginConfig, NotifyingPreparer, Preparer, RegistrationState,
     },
-    lifecycle::{InventoryResolver, LifecycleConfig, Pods},
+    lifecycle::{DeviceOutcome, InventoryResolver, LifecycleConfig, LifecycleError, Pods},
     metrics::{MeteredPods, MeteredPreparer, Metrics, Readiness},
     netns::Netns,
     nri::NriPlugin,
@@ -326,6 +326,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         lifecycle,
         Some(status_tx),
     );
+    // Pods that ended while the driver was away, then pods that end without a stop.
+    for (uid, result) in tokio::task::spawn_blocking({
+        let pods = pods.clone();
+        move || pods.adopt()
+    })
+    .await
+    .context("adopting the pods' namespaces")?
+    {
+        log_ended(&uid, result);
+    }
+    tokio::spawn(reap_ended(pods.clone()));
     let nri = NriPlugin::connect(
         &args.nri_socket,
         args.driver_name.clone(),
@@ -356,6 +367,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     drop(inventory);
     tracing::info!("netclaim stopped; devices in pods and their data paths stay in place");
     Ok(0)
+}
+
+/// How often the pods' held namespaces are compared with the runtime's mounts.
+const ENDED_POD_CHECK: Duration = Duration::from_millis(500);
+
+/// Gives back the devices of pods whose namespace the runtime removed without a stop.
+async fn reap_ended(pods: Pods) {
+    let mut tick = tokio::time::interval(ENDED_POD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let pods = pods.clone();
+        let Ok(results) = tokio::task::spawn_blocking(move || pods.reap_ended()).await else {
+            continue;
+        };
+        for (uid, result) in results {
+            log_ended(&uid, result);
+        }
+    }
+}
+
+fn log_ended(uid: &str, result: Result<Vec<DeviceOutcome>, LifecycleError>) {
+    match result {
+        Ok(outcomes) => {
+            for o in outcomes {
+                tracing::info!(pod_uid = uid, claim = %o.claim, device = %o.device, action = ?o.action, "device of an ended pod handled");
+            }
+        }
+        Err(e) => tracing::warn!(
+            pod_uid = uid,
+            "returning the devices of an ended pod: {e}; will retry"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,17 @@
 //! `synchronize` returns devices of pods that no longer exist and attaches devices of
 //! live pods that started while the driver was away.
 //!
+//! A runtime may never send the stop (see [`keeper`]): while a pod has devices its
+//! namespace is held open, and [`Pods::reap_ended`] gives back the devices of pods
+//! whose namespace the runtime removed; at start [`Pods::adopt`] does the same for pods
+//! that ended while the driver was away.
+//!
 //! All work is blocking (netlink on namespace threads, bpf syscalls): call it from
 //! `spawn_blocking` (the NRI adapter in [`nri`] does). Hooks of one pod are
 //! serialised; different pods proceed in parallel (their claims, and so their devices
 //! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
+pub mod keeper;
 pub mod nri;
 pub mod resolver;
 pub mod settings;
@@ -217,6 +223,8 @@ struct Inner {
     serial: RwLock<()>,
     /// One lock per pod UID with a hook in flight.
     pod_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    /// The namespaces of pods that have our devices, held open.
+    keeper: Mutex<keeper::Keeper>,
 }
 
 /// A failed device, before it is tied to the pod's error.
@@ -279,6 +287,7 @@ impl Pods {
                 status,
                 serial: RwLock::new(()),
                 pod_locks: Mutex::new(BTreeMap::new()),
+                keeper: Mutex::new(keeper::Keeper::default()),
             }),
         }
     }
@@ -381,6 +390,63 @@ impl Pods {
         report
     }
 
+    /// Gives back the devices of every pod whose namespace the runtime removed without
+    /// telling us (no StopPodSandbox/RemovePodSandbox); returns what each pod gave.
+    pub fn reap_ended(&self) -> Vec<(String, Result<Vec<DeviceOutcome>, LifecycleError>)> {
+        let ended = self.inner.keeper().over();
+        let mut results = Vec::new();
+        for (uid, path) in ended {
+            tracing::warn!(
+                pod_uid = %uid,
+                netns = %path.display(),
+                "the runtime removed the pod's network namespace without stopping the pod through NRI; returning its devices"
+            );
+            let _shared = self.shared();
+            let lock = self.pod_lock(&uid);
+            let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
+            results.push((uid.clone(), self.inner.give_back(&uid)));
+        }
+        results
+    }
+
+    /// At start: holds the namespace of every pod the checkpoint says has devices, and
+    /// gives back the devices of pods whose namespace is already gone.
+    pub fn adopt(&self) -> Vec<(String, Result<Vec<DeviceOutcome>, LifecycleError>)> {
+        let plans = match self.inner.store.list() {
+            Ok(p) => p,
+            Err(source) => {
+                return vec![(
+                    "*".into(),
+                    Err(LifecycleError::Checkpoint {
+                        pod: "*".into(),
+                        source,
+                    }),
+                )]
+            }
+        };
+        let mut pods: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for plan in plans.iter().flat_map(|c| c.plans.iter()) {
+            if let Some(att) = &plan.attachment {
+                pods.entry(plan.pod.uid.clone())
+                    .or_insert_with(|| att.pod_netns.clone());
+            }
+        }
+        let mut results = Vec::new();
+        for (uid, path) in pods {
+            match Netns::open(&path) {
+                Ok(ns) => self.inner.keeper().hold(&uid, &ns),
+                Err(e) => {
+                    tracing::warn!(pod_uid = %uid, netns = %path.display(), "the pod's network namespace is gone ({e}); returning what is left of its devices");
+                    let _shared = self.shared();
+                    let lock = self.pod_lock(&uid);
+                    let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    results.push((uid.clone(), self.inner.give_back(&uid)));
+                }
+            }
+        }
+        results
+    }
+
     fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.inner
             .serial
@@ -400,6 +466,10 @@ impl Pods {
 }
 
 impl Inner {
+    fn keeper(&self) -> std::sync::MutexGuard<'_, keeper::Keeper> {
+        self.keeper.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, LifecycleError> {
         let claims = self
             .store
@@ -530,6 +600,7 @@ impl Inner {
                 }
             }
         }
+        self.keeper().hold(pod_uid, &pod);
         Ok(outcomes)
     }
 
@@ -751,6 +822,8 @@ impl Inner {
         let mut outcomes = Vec::new();
         let mut problems = Vec::new();
         let mut pod_label = pod_uid.to_string();
+        // The held namespace first: the runtime's path may be gone or name another.
+        let held = self.keeper().get(pod_uid);
         for (claim_uid, plan) in plans {
             pod_label = plan.pod.to_string();
             let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
@@ -770,7 +843,10 @@ impl Inner {
                 }
                 continue;
             };
-            let pod = Netns::open(&att.pod_netns).ok();
+            let pod = held
+                .as_ref()
+                .and_then(|h| h.try_clone().ok())
+                .or_else(|| Netns::open(&att.pod_netns).ok());
             let side = PodSide {
                 name: att.pod_ifname.clone(),
                 ifindex: att.pod_ifindex,
@@ -811,7 +887,16 @@ impl Inner {
                 Ok(outcome) => {
                     match &outcome {
                         RestoreOutcome::Gone => {
-                            tracing::info!("device gone with the pod's namespace")
+                            tracing::warn!(interface = %done.originals.name, "device lost: destroyed with the pod's network namespace");
+                            self.emit(DeviceEvent::Failed {
+                                device: device_ref(&plan),
+                                part: FailedPart::Network,
+                                reason: "DeviceLost".into(),
+                                message: format!(
+                                    "interface {} was destroyed with the network namespace of pod {} before it could be returned",
+                                    done.originals.name, plan.pod
+                                ),
+                            });
                         }
                         _ => {
                             tracing::info!(interface = %done.originals.name, "device restored on the host")
@@ -823,9 +908,12 @@ impl Inner {
                     }) {
                         mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
                     }
-                    self.emit(DeviceEvent::Stopped {
-                        device: device_ref(&plan),
-                    });
+                    // A lost device keeps its `DeviceLost` entry in the status.
+                    if outcome != RestoreOutcome::Gone {
+                        self.emit(DeviceEvent::Stopped {
+                            device: device_ref(&plan),
+                        });
+                    }
                     outcomes.push(DeviceOutcome {
                         claim: plan.claim.to_string(),
                         pool: plan.pool.clone(),
@@ -844,6 +932,7 @@ impl Inner {
             );
         }
         if problems.is_empty() {
+            self.keeper().release(pod_uid);
             Ok(outcomes)
         } else {
             Err(LifecycleError::Incomplete {
