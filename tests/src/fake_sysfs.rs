@@ -3,7 +3,8 @@
 //! virtual functions, RDMA devices. Laid out as the kernel does it: the function's
 //! directory lives under `devices/pci<domain>:<bus>/<bridge>/…/<address>` and
 //! `bus/pci/devices/<address>` is a relative symlink to it; a VF has a `physfn`
-//! symlink to its PF and the PF a `virtfn<N>` symlink to each VF. Removed on drop.
+//! symlink to its PF and the PF a `virtfn<N>` symlink to each VF. RDMA devices on
+//! net devices (soft RoCE) appear under `class/infiniband`. Removed on drop.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,19 @@ impl FakeSysfs {
                 pf_dir.join(format!("virtfn{n}")),
             )?;
         }
+        Ok(())
+    }
+
+    /// An RDMA device `rdma` whose port 1 GID table names `netdev` (as soft RoCE on
+    /// an Ethernet link shows it).
+    pub fn add_rdma_on_netdev(&self, rdma: &str, netdev: &str) -> Result<()> {
+        let ndevs = self
+            .root()
+            .join("class/infiniband")
+            .join(rdma)
+            .join("ports/1/gid_attrs/ndevs");
+        std::fs::create_dir_all(&ndevs)?;
+        std::fs::write(ndevs.join("0"), format!("{netdev}\n"))?;
         Ok(())
     }
 }

@@ -545,6 +545,7 @@ fn fake_sysfs_pf_vf_rdma_numa_and_pcie_root() {
                         link: l,
                         ethtool: &eth,
                         pci: pci.as_ref(),
+                        rdma_on_link: false,
                         programs: &progs,
                     },
                 ),
@@ -698,4 +699,34 @@ fn alias_encapsulation_type_and_program_names_from_the_kernel() {
     let mv = by_ifname(&after, "mv0").expect("mv0 published");
     assert!(get(mv, attr::TCX_PROGRAM_NAMES).is_none());
     drop(ebpf);
+}
+
+/// The scan itself reads sysfs below `InventoryOptions::sysfs`: with a fake tree that
+/// has a soft-RoCE device on one veth, that veth (and only it) is published with
+/// `rdma: true`; with the real `/sys` (no RDMA here) both say `false`.
+#[test]
+fn soft_rdma_on_a_link_is_read_below_the_configured_sysfs() {
+    use netclaim_tests::fake_sysfs::FakeSysfs;
+
+    let node = TestNetns::new("irx").unwrap();
+    let peer = TestNetns::new("irxp").unwrap();
+    veth(&node, "r0", &peer, "pr0").unwrap();
+    veth(&node, "r1", &peer, "pr1").unwrap();
+    let fake = FakeSysfs::new().unwrap();
+    fake.add_rdma_on_netdev("rxe0", "r0").unwrap();
+
+    let rdma =
+        |devs: &[Device], n: &str| by_ifname(devs, n).and_then(|d| get(d, attr::RDMA).cloned());
+    let faked = Inventory::scan(
+        &node.open(),
+        &InventoryOptions {
+            sysfs: fake.root().to_path_buf(),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(rdma(&faked, "r0"), Some(AttrValue::Bool(true)));
+    assert_eq!(rdma(&faked, "r1"), Some(AttrValue::Bool(false)));
+    let real = Inventory::scan(&node.open(), &opts()).unwrap();
+    assert_eq!(rdma(&real, "r0"), Some(AttrValue::Bool(false)));
 }

@@ -488,6 +488,7 @@ async fn pci_attributes_from_a_fake_sysfs_are_published() {
                     link: &link,
                     ethtool: &EthtoolFacts::default(),
                     pci: pci.as_ref(),
+                    rdma_on_link: false,
                     programs: &LinkPrograms::default(),
                 },
             ),

@@ -78,6 +78,9 @@ pub struct LinkSources<'a> {
     pub ethtool: &'a EthtoolFacts,
     /// The PCI function behind the link, when sysfs knows [`pci_address`].
     pub pci: Option<&'a PciFunction>,
+    /// An RDMA device sits on the link itself (soft RoCE, IPoIB), see
+    /// [`super::sysfs::RdmaNetdevs`].
+    pub rdma_on_link: bool,
     pub programs: &'a LinkPrograms,
 }
 
@@ -181,6 +184,7 @@ pub fn link_attributes(driver: &str, src: LinkSources<'_>) -> BTreeMap<String, A
         link: l,
         ethtool: eth,
         pci,
+        rdma_on_link,
         programs,
     } = src;
     let q = |n: &str| format!("{driver}/{n}");
@@ -257,7 +261,7 @@ pub fn link_attributes(driver: &str, src: LinkSources<'_>) -> BTreeMap<String, A
     a.insert(q(attr::IS_SRIOV_VF), b(pci.is_some_and(PciFunction::is_vf)));
     a.insert(
         q(attr::RDMA),
-        b(pci.is_some_and(|p| !p.rdma_devices.is_empty())),
+        b(rdma_on_link || pci.is_some_and(|p| !p.rdma_devices.is_empty())),
     );
 
     a.insert(q(attr::EBPF), b(!programs.all.is_empty()));
@@ -342,6 +346,7 @@ mod tests {
                 link: &link,
                 ethtool: &eth,
                 pci: Some(&p),
+                rdma_on_link: false,
                 programs: &progs,
             },
         );
@@ -376,6 +381,7 @@ mod tests {
                 link: &link,
                 ethtool: &eth,
                 pci: Some(&other),
+                rdma_on_link: false,
                 programs: &progs,
             },
         );
@@ -405,6 +411,7 @@ mod tests {
                 link: &link,
                 ethtool: &eth,
                 pci: None,
+                rdma_on_link: true,
                 programs: &progs,
             },
         );
@@ -415,9 +422,14 @@ mod tests {
             Some(&s(&"a".repeat(MAX_STRING_LEN))),
             "cut at 64"
         );
-        for f in [attr::SRIOV, attr::IS_SRIOV_VF, attr::RDMA] {
+        for f in [attr::SRIOV, attr::IS_SRIOV_VF] {
             assert_eq!(get(&a, f), Some(&AttrValue::Bool(false)), "{f}");
         }
+        assert_eq!(
+            get(&a, attr::RDMA),
+            Some(&AttrValue::Bool(true)),
+            "soft RDMA on the link"
+        );
         assert_eq!(get(&a, attr::TCX_PROGRAM_NAMES), Some(&s("a")));
         assert_eq!(get(&a, attr::TC_FILTER_NAMES), Some(&s("b")));
         assert_eq!(get(&a, attr::EBPF_PROGRAMS), Some(&s("a,b")));
@@ -463,6 +475,7 @@ mod tests {
                     link: &link,
                     ethtool: &eth,
                     pci: Some(&p),
+                    rdma_on_link: false,
                     programs: &progs,
                 },
             );

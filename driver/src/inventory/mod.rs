@@ -188,6 +188,7 @@ fn build(
     let mut live_ids = BTreeSet::new();
     let mut candidates = Vec::new();
     let sysfs = sysfs::SysfsRoot::new(&opts.sysfs);
+    let rdma = sysfs.rdma_netdevs();
     for l in snap.links.iter().filter(|l| !excluded.contains(&l.ifindex)) {
         let eth = ethtool(&l.ifname);
         let pci_address = attributes::pci_address(l, &eth);
@@ -222,6 +223,7 @@ fn build(
                 link: l,
                 ethtool: &eth,
                 pci: pci.as_ref(),
+                rdma_on_link: rdma.has_rdma(&l.ifname, l.link_layer_type, l.mac.as_deref()),
                 programs: &progs,
             },
         );

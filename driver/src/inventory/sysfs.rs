@@ -2,6 +2,9 @@
 //! subsystem ids, NUMA node, SR-IOV (as physical function: VFs possible and enabled; as
 //! virtual function: its physical function), RDMA devices and the PCIe root complex.
 //!
+//! [`RdmaNetdevs`] finds RDMA devices by the net device they sit on (soft RoCE on any
+//! Ethernet link, IPoIB by GUID), as DraNet's `rdmamap` does.
+//!
 //! Everything is read below a [`SysfsRoot`] (normally `/sys`), so tests build a fake
 //! tree in a temporary directory with the same files and symlinks the kernel makes.
 //! PCI devices are not namespaced: `/sys/bus/pci/devices/<address>` describes the same
@@ -9,6 +12,7 @@
 //! from netlink or ethtool of the link in the scanned namespace (see
 //! [`super::attributes::pci_address`]), never from `/sys/class/net`. Read-only.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 /// Where sysfs is mounted. Every read of this module is below it.
@@ -55,14 +59,7 @@ impl SysfsRoot {
                 .map(|n| n.to_string_lossy().into_owned())
                 .filter(|n| is_pci_address(n))
         });
-        let mut rdma_devices: Vec<String> = std::fs::read_dir(dir.join("infiniband"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        rdma_devices.sort();
+        let rdma_devices = dir_names(&dir.join("infiniband"));
         Some(PciFunction {
             address: address.to_string(),
             vendor: hex("vendor"),
@@ -118,6 +115,86 @@ impl SysfsRoot {
         }
         Ok(root)
     }
+}
+
+impl SysfsRoot {
+    /// Every RDMA device of `<root>/class/infiniband` indexed by the net devices its
+    /// ports' GID tables name (`ports/<p>/gid_attrs/ndevs/<i>`) and by its
+    /// `node_guid`. Read once per scan; empty when there is no RDMA device at all.
+    pub fn rdma_netdevs(&self) -> RdmaNetdevs {
+        let mut out = RdmaNetdevs::default();
+        let class = self.0.join("class/infiniband");
+        for dev in dir_names(&class) {
+            let dir = class.join(&dev);
+            if let Some(guid) = read_trimmed(&dir.join("node_guid")).and_then(|g| hex_bytes(&g)) {
+                out.by_guid.insert(guid, dev.clone());
+            }
+            for port in dir_names(&dir.join("ports")) {
+                let ndevs = dir.join("ports").join(port).join("gid_attrs/ndevs");
+                // Unused GID slots fail to read (EINVAL on a real kernel): skipped.
+                for slot in dir_names(&ndevs) {
+                    if let Some(netdev) = read_trimmed(&ndevs.join(slot)) {
+                        let devs = out.by_netdev.entry(netdev).or_default();
+                        if !devs.contains(&dev) {
+                            devs.push(dev.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// RDMA devices by net device, from `<root>/class/infiniband`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RdmaNetdevs {
+    by_netdev: BTreeMap<String, Vec<String>>,
+    by_guid: BTreeMap<Vec<u8>, String>,
+}
+
+/// `ARPHRD_INFINIBAND`.
+const ARPHRD_INFINIBAND: u16 = 32;
+
+impl RdmaNetdevs {
+    /// Whether an RDMA device sits on the link: for IPoIB (`link_layer_type` 32), one
+    /// whose `node_guid` is the last 8 bytes of the 20-byte hardware address; for
+    /// others, one whose GID table names `ifname`.
+    pub fn has_rdma(&self, ifname: &str, link_layer_type: u16, mac: Option<&str>) -> bool {
+        if link_layer_type == ARPHRD_INFINIBAND {
+            let eui = mac
+                .and_then(hex_bytes)
+                .filter(|b| b.len() == 20)
+                .map(|b| b[12..].to_vec());
+            return eui.is_some_and(|e| self.by_guid.contains_key(&e));
+        }
+        self.by_netdev.contains_key(ifname)
+    }
+}
+
+/// Bytes of `aa:bb:…` or `aabb:ccdd:…` (hex digits, colons ignored).
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|c| *c != b':').collect();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
+/// Entry names of a directory, sorted; none when it cannot be read.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Why the PCIe root of a function could not be derived (the attribute is then left
@@ -264,6 +341,34 @@ mod tests {
         let (_d, root) = tree(Some("../../../devices/pci0000:3a/0000:3b:00.1"));
         let err = root.pcie_root("0000:3b:00.0").unwrap_err().to_string();
         assert!(err.contains("does not end"), "{err}");
+    }
+
+    #[test]
+    fn rdma_found_by_netdev_and_by_ipoib_guid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysfsRoot::new(dir.path());
+        assert_eq!(root.rdma_netdevs(), RdmaNetdevs::default(), "no class dir");
+        let rxe = dir.path().join("class/infiniband/rxe0");
+        let ndevs = rxe.join("ports/1/gid_attrs/ndevs");
+        std::fs::create_dir_all(&ndevs).unwrap();
+        std::fs::write(ndevs.join("0"), "veth7\n").unwrap();
+        std::fs::write(ndevs.join("1"), "veth7\n").unwrap();
+        std::fs::create_dir(ndevs.join("2")).unwrap(); // unreadable slot
+        let ib = dir.path().join("class/infiniband/mlx5_1");
+        std::fs::create_dir_all(&ib).unwrap();
+        std::fs::write(ib.join("node_guid"), "0c42:a103:0065:ba4e\n").unwrap();
+
+        let idx = root.rdma_netdevs();
+        assert!(idx.has_rdma("veth7", 1, None));
+        assert!(!idx.has_rdma("veth8", 1, None));
+        let ipoib = "00:00:10:29:fe:80:00:00:00:00:00:00:0c:42:a1:03:00:65:ba:4e";
+        assert!(idx.has_rdma("ib0", 32, Some(ipoib)));
+        let other = "00:00:10:29:fe:80:00:00:00:00:00:00:0c:42:a1:03:00:65:ba:4f";
+        assert!(!idx.has_rdma("ib0", 32, Some(other)));
+        assert!(
+            !idx.has_rdma("veth7", 32, Some("aa:bb")),
+            "IPoIB only by GUID"
+        );
     }
 
     #[test]
