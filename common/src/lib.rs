@@ -151,6 +151,11 @@ pub mod flags {
     /// Multicast egress destinations are allowed without a route covering them
     /// (sources are still checked). Off unless the claim sets `allowMulticast`.
     pub const ALLOW_MULTICAST: u32 = 1 << 3;
+    /// The driver is the device's DHCPv4 client (`interface.dhcp`): egress lets the
+    /// client's own broadcast requests through (UDP 68 to 255.255.255.255:67 from
+    /// 0.0.0.0 or an own address, carrying the device's MAC as `chaddr`), and
+    /// enforcement stays on while the device has no address yet.
+    pub const DHCP_CLIENT: u32 = 1 << 4;
 }
 
 /// One slot's settings, in [`MAP_SLOTS`] at the slot's index.

@@ -63,6 +63,9 @@ pub enum Exception {
     Mld,
     /// A multicast destination with `allowMulticast` on.
     Multicast,
+    /// The device's own DHCPv4 client request, broadcast (only when the policy has
+    /// [`flags::DHCP_CLIENT`]): see [`dhcp_request`].
+    Dhcp,
 }
 
 /// Why a frame passes.
@@ -102,6 +105,12 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_UDP: u8 = 17;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+/// BOOTP's fixed part (236 bytes) and the DHCP magic cookie (RFC 2131 3).
+const DHCP_MIN_LEN: usize = 240;
+const DHCP_COOKIE: [u8; 4] = [99, 130, 83, 99];
 /// IPv6 extension headers walked before the upper-layer header.
 const MAX_EXT_HEADERS: usize = 4;
 /// ND options inspected for link-layer addresses.
@@ -163,6 +172,12 @@ struct Ipv4 {
     dst: [u8; 4],
     /// Header length in bytes.
     ihl: usize,
+    /// Total length in bytes (header and payload).
+    total: usize,
+    /// The upper-layer protocol.
+    proto: u8,
+    /// Flags and fragment offset (the MF bit and the offset: 0x3fff).
+    frag: u16,
 }
 
 #[inline(always)]
@@ -179,6 +194,9 @@ fn parse_ipv4<F: Frame + ?Sized>(f: &F, off: usize, ip: &mut Ipv4) -> Step<()> {
     ip.src = [h[12], h[13], h[14], h[15]];
     ip.dst = [h[16], h[17], h[18], h[19]];
     ip.ihl = ihl;
+    ip.total = total;
+    ip.proto = h[9];
+    ip.frag = be16([h[6], h[7]]);
     Ok(())
 }
 
@@ -397,6 +415,9 @@ fn egress_ipv4<F: Frame + ?Sized, P: Policy>(f: &F, p: &P, off: usize) -> Step<V
             return Err(DropReason::IpOptions);
         }
     }
+    if fl & flags::DHCP_CLIENT != 0 && dhcp_request(f, p, off, &ip)? {
+        return Ok(Verdict::Pass(Pass::Exception(Exception::Dhcp)));
+    }
     if fl & flags::ANTI_SPOOFING != 0 && !p.own_v4(&ip.src) {
         return Err(DropReason::SpoofedSource);
     }
@@ -406,6 +427,49 @@ fn egress_ipv4<F: Frame + ?Sized, P: Policy>(f: &F, p: &P, off: usize) -> Step<V
         None
     };
     Ok(route_or_drop(fl, route, is_multicast_v4(&ip.dst)))
+}
+
+/// Whether an IPv4 packet (header parsed into `ip`, no options) is the device's own
+/// DHCP client broadcast, which passes without a source address or a route:
+///
+/// * shape: UDP from port 68 to port 67, to 255.255.255.255, from 0.0.0.0 (no lease
+///   yet: DISCOVER, REQUEST, DECLINE) or from an own address (REBIND), unfragmented;
+///   anything else is `Ok(false)` and judged as ordinary traffic — unicast renewals
+///   and releases from the leased address to the server go through the route check;
+/// * content, once the shape matches: a BOOTREQUEST (op 1) for Ethernet (htype 1,
+///   hlen 6) with the magic cookie, all inside the UDP datagram and the IP packet
+///   (`malformed`); `chaddr` the device's MAC (`spoofed_mac`); `ciaddr` the packet's
+///   source and `giaddr` 0, since a client relays nothing (`spoofed_source`).
+#[inline(always)]
+fn dhcp_request<F: Frame + ?Sized, P: Policy>(f: &F, p: &P, off: usize, ip: &Ipv4) -> Step<bool> {
+    if ip.proto != IPPROTO_UDP || ip.ihl != 20 || ip.frag & 0x3fff != 0 {
+        return Ok(false);
+    }
+    let from_none = ip.src == [0; 4];
+    if ip.dst != [255; 4] || !(from_none || p.own_v4(&ip.src)) {
+        return Ok(false);
+    }
+    let end = off + ip.total;
+    let udp = need_within::<8, F>(f, off + 20, end)?;
+    if be16([udp[0], udp[1]]) != DHCP_CLIENT_PORT || be16([udp[2], udp[3]]) != DHCP_SERVER_PORT {
+        return Ok(false);
+    }
+    let udp_len = usize::from(be16([udp[4], udp[5]]));
+    if udp_len < 8 + DHCP_MIN_LEN || off + 20 + udp_len > end {
+        return Err(DropReason::Malformed);
+    }
+    let at = off + 28;
+    let b = need::<34, F>(f, at)?;
+    if b[0] != 1 || b[1] != 1 || b[2] != 6 || need::<4, F>(f, at + 236)? != DHCP_COOKIE {
+        return Err(DropReason::Malformed);
+    }
+    if b[28..34] != p.mac() {
+        return Err(DropReason::SpoofedMac);
+    }
+    if b[12..16] != ip.src || b[24..28] != [0; 4] {
+        return Err(DropReason::SpoofedSource);
+    }
+    Ok(true)
 }
 
 #[inline(always)]

@@ -1,7 +1,9 @@
 //! The verdict's rules, one hand-built frame each: the cases the kernel tests cannot
 //! produce (a VLAN tag held in skb metadata) and the narrow edges of every exception.
 
-use netclaim_common::flags::{ALLOW_MULTICAST, ANTI_SPOOFING, ENFORCE_ROUTES, INGRESS_FILTER};
+use netclaim_common::flags::{
+    ALLOW_MULTICAST, ANTI_SPOOFING, DHCP_CLIENT, ENFORCE_ROUTES, INGRESS_FILTER,
+};
 use netclaim_verdict::{egress, ingress, DropReason, Exception, Frame, Pass, Policy, Verdict};
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -287,4 +289,128 @@ fn ingress_takes_only_what_is_addressed_here() {
         Verdict::Pass(Pass::Group)
     );
     assert_eq!(ingress(&to_us[..30], &ALL), drop(DropReason::Malformed));
+}
+
+/// An IPv4/UDP DHCP request from the device: BOOTREQUEST, Ethernet, `chaddr` = MAC,
+/// `ciaddr` = `src`, the magic cookie and option 53 (DISCOVER) + end.
+fn dhcp(src: [u8; 4], dst: [u8; 4], ports: (u16, u16)) -> Vec<u8> {
+    let mut bootp = vec![0u8; 236];
+    bootp[0] = 1; // op: BOOTREQUEST
+    bootp[1] = 1; // htype: Ethernet
+    bootp[2] = 6; // hlen
+    bootp[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    bootp[10] = 0x80; // BROADCAST flag
+    bootp[12..16].copy_from_slice(&src);
+    bootp[28..34].copy_from_slice(&MAC);
+    bootp.extend([99, 130, 83, 99, 53, 1, 1, 255]);
+    let udp_len = (8 + bootp.len()) as u16;
+    let total = 20 + udp_len;
+    let mut h = vec![0x45, 0];
+    h.extend(total.to_be_bytes());
+    h.extend([0, 0, 0, 0, 64, 17, 0, 0]);
+    h.extend(src);
+    h.extend(dst);
+    h.extend(ports.0.to_be_bytes());
+    h.extend(ports.1.to_be_bytes());
+    h.extend(udp_len.to_be_bytes());
+    h.extend([0, 0]);
+    h.extend(bootp);
+    cat(eth([0xff; 6], &[], 0x0800), h)
+}
+
+/// Offset of the BOOTP message in a [`dhcp`] frame.
+const BOOTP: usize = 14 + 20 + 8;
+const BCAST: [u8; 4] = [255; 4];
+const DHCP: P = P(ENFORCE_ROUTES | ANTI_SPOOFING | INGRESS_FILTER | DHCP_CLIENT);
+
+#[test]
+fn dhcp_requests_pass_only_for_a_dhcp_claim() {
+    let discover = dhcp([0; 4], BCAST, (68, 67));
+    let pass = Verdict::Pass(Pass::Exception(Exception::Dhcp));
+    assert_eq!(egress(discover.as_slice(), &DHCP), pass);
+    assert_eq!(
+        egress(discover.as_slice(), &ALL),
+        drop(DropReason::SpoofedSource),
+        "without the flag, 0.0.0.0 is no own source"
+    );
+    // Rebinding: from the leased address, still broadcast, ciaddr the same.
+    let rebind = dhcp(OWN4, BCAST, (68, 67));
+    assert_eq!(egress(rebind.as_slice(), &DHCP), pass);
+    assert_eq!(egress(rebind.as_slice(), &ALL), drop(DropReason::NoRoute));
+    // Renewing: unicast to the server from the leased address is ordinary traffic.
+    let renew = dhcp(OWN4, [192, 0, 2, 1], (68, 67));
+    assert_eq!(
+        egress(renew.as_slice(), &DHCP),
+        Verdict::Pass(Pass::Route(0))
+    );
+    let off_route = dhcp(OWN4, [203, 0, 113, 1], (68, 67));
+    assert_eq!(
+        egress(off_route.as_slice(), &DHCP),
+        drop(DropReason::NoRoute)
+    );
+    // Behind a VLAN tag the same rules hold.
+    let mut tagged = eth([0xff; 6], &[0x8100], 0x0800);
+    tagged.extend_from_slice(&discover[14..]);
+    assert_eq!(egress(tagged.as_slice(), &DHCP), pass);
+}
+
+#[test]
+fn dhcp_lookalikes_are_dropped() {
+    let pass = Verdict::Pass(Pass::Exception(Exception::Dhcp));
+    let base = dhcp([0; 4], BCAST, (68, 67));
+    assert_eq!(egress(base.as_slice(), &DHCP), pass);
+    // Another client's hardware address in chaddr.
+    let mut f = base.clone();
+    f[BOOTP + 33] = 0x66;
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedMac));
+    // A foreign source MAC on the frame itself.
+    let mut f = base.clone();
+    f[11] = 0x66;
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedMac));
+    // Relaying (giaddr set) or claiming an address in ciaddr from 0.0.0.0.
+    let mut f = base.clone();
+    f[BOOTP + 24..BOOTP + 28].copy_from_slice(&[192, 0, 2, 10]);
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedSource));
+    let mut f = base.clone();
+    f[BOOTP + 12..BOOTP + 16].copy_from_slice(&[192, 0, 2, 77]);
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedSource));
+    // From a foreign, non-zero source: ordinary traffic, spoofed.
+    let f = dhcp([192, 0, 2, 77], BCAST, (68, 67));
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedSource));
+    // Other ports from 0.0.0.0, or 0.0.0.0 to a unicast server.
+    for ports in [(68, 68), (67, 67), (1234, 67), (68, 53)] {
+        let f = dhcp([0; 4], BCAST, ports);
+        assert_eq!(
+            egress(f.as_slice(), &DHCP),
+            drop(DropReason::SpoofedSource),
+            "{ports:?}"
+        );
+    }
+    let f = dhcp([0; 4], [192, 0, 2, 1], (68, 67));
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedSource));
+    // A BOOTREPLY, a non-Ethernet htype, no magic cookie, a datagram cut short.
+    for (at, value) in [
+        (BOOTP, 2u8),
+        (BOOTP + 1, 6),
+        (BOOTP + 2, 8),
+        (BOOTP + 236, 0),
+    ] {
+        let mut f = base.clone();
+        f[at] = value;
+        assert_eq!(
+            egress(f.as_slice(), &DHCP),
+            drop(DropReason::Malformed),
+            "byte {at}"
+        );
+    }
+    let mut short = base.clone();
+    short.truncate(BOOTP + 100);
+    assert_eq!(egress(short.as_slice(), &DHCP), drop(DropReason::Malformed));
+    let mut f = base.clone();
+    f[14 + 24..14 + 26].copy_from_slice(&200u16.to_be_bytes()); // UDP length
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::Malformed));
+    // A fragment gets no exception.
+    let mut f = base.clone();
+    f[14 + 6] = 0x20; // MF
+    assert_eq!(egress(f.as_slice(), &DHCP), drop(DropReason::SpoofedSource));
 }

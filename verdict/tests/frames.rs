@@ -5,14 +5,15 @@
 //! link-local and unspecified addresses, then mutated (bytes flipped, truncated,
 //! extended). Every frame the verdict passes is re-parsed with `etherparse` (code
 //! netclaim did not write) and checked against the README's rule: source own,
-//! destination allowed, or a listed exception. Set `NETCLAIM_VERDICT_FRAMES` to change
-//! the count (default one million).
+//! destination allowed, or a listed exception. DHCP client requests (BOOTP fields
+//! drawn right or wrong) are judged under DHCP policies before and after a lease.
+//! Set `NETCLAIM_VERDICT_FRAMES` to change the count (default one million).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
     ArpPacketSlice, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6ExtensionSlice,
-    Ipv6ExtensionsSlice, Ipv6HeaderSlice,
+    Ipv6ExtensionsSlice, Ipv6HeaderSlice, UdpHeaderSlice,
 };
 use netclaim_common::{flags, DropReason};
 use netclaim_verdict::{egress, ingress, Exception, Pass, Policy, Verdict};
@@ -259,8 +260,67 @@ fn ipv6(r: &mut Rng, out: &mut Vec<u8>) {
     out.extend_from_slice(&body);
 }
 
+/// A DHCP client request (or a near miss): IPv4/UDP, BOOTP with one field or two
+/// drawn from a pool of right and wrong values.
+fn dhcp(r: &mut Rng, out: &mut Vec<u8>) {
+    let src = v4(r.pick(&["0.0.0.0", "0.0.0.0", "192.0.2.10", "192.0.2.77"]));
+    let dst = v4(r.pick(&[
+        "255.255.255.255",
+        "255.255.255.255",
+        "192.0.2.1",
+        "203.0.113.9",
+    ]));
+    let (sport, dport): (u16, u16) = r.pick(&[(68, 67), (68, 67), (68, 67), (67, 68), (1234, 67)]);
+    let mut bootp = vec![0u8; 236];
+    bootp[0] = r.pick(&[1, 1, 1, 2]);
+    bootp[1] = r.pick(&[1, 1, 1, 6]);
+    bootp[2] = r.pick(&[6, 6, 6, 8]);
+    bootp[12..16].copy_from_slice(&r.pick(&[src, src, src, v4("192.0.2.10"), v4("0.0.0.0")]));
+    if r.chance(10) {
+        bootp[24..28].copy_from_slice(&v4("192.0.2.1"));
+    }
+    bootp[28..34].copy_from_slice(if r.chance(85) { &MAC } else { &OTHER_MAC });
+    let cookie = if r.chance(90) {
+        [99, 130, 83, 99]
+    } else {
+        [99, 130, 83, 98]
+    };
+    bootp.extend(cookie);
+    bootp.extend([53, 1, r.pick(&[1u8, 3, 4, 7]), 255]);
+    let keep = if r.chance(10) {
+        r.below(bootp.len())
+    } else {
+        bootp.len()
+    };
+    bootp.truncate(keep);
+    let udp_len = if r.chance(5) {
+        200
+    } else {
+        (8 + bootp.len()) as u16
+    };
+    let total = (20 + 8 + bootp.len()) as u16;
+    let frag: u16 = r.pick(&[0, 0, 0, 0x4000, 0x2000, 0x0010]);
+    out.extend_from_slice(&[0x45, 0]);
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&frag.to_be_bytes());
+    out.extend_from_slice(&[64, 17, 0, 0]);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&sport.to_be_bytes());
+    out.extend_from_slice(&dport.to_be_bytes());
+    out.extend_from_slice(&udp_len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&bootp);
+}
+
 fn frame(r: &mut Rng) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160);
+    let mut out = Vec::with_capacity(320);
+    if r.chance(10) {
+        eth(r, &mut out, 0x0800);
+        dhcp(r, &mut out);
+        return mutate(r, out);
+    }
     match r.below(10) {
         0..=3 => {
             eth(r, &mut out, 0x0800);
@@ -280,7 +340,11 @@ fn frame(r: &mut Rng) -> Vec<u8> {
             out.extend((0..r.below(60)).map(|_| r.next() as u8));
         }
     }
-    // Mutations: flip bytes, truncate, extend.
+    mutate(r, out)
+}
+
+/// Mutations: flip bytes, truncate, extend.
+fn mutate(r: &mut Rng, mut out: Vec<u8>) -> Vec<u8> {
     if r.chance(30) {
         for _ in 0..1 + r.below(3) {
             let i = r.below(out.len());
@@ -416,6 +480,46 @@ fn vlan_walk(f: &[u8]) -> Option<(u16, &[u8], usize)> {
     Some((et, f.get(off..)?, tags))
 }
 
+/// Why a frame that passed as a DHCP client request is not one, if it is not: the
+/// rule of README's "Enforcement" table, checked with etherparse's IPv4 and UDP.
+fn dhcp_violation(m: &Model, ip: &Ipv4HeaderSlice<'_>, l3: &[u8]) -> Option<String> {
+    if m.flags & flags::DHCP_CLIENT == 0 {
+        return Some("DHCP exception without the DHCP flag".into());
+    }
+    if !ip.options().is_empty() || ip.more_fragments() || ip.fragments_offset().value() != 0 {
+        return Some("DHCP exception for options or a fragment".into());
+    }
+    if ip.protocol() != IpNumber::UDP {
+        return Some("DHCP exception for a non-UDP packet".into());
+    }
+    let (src, dst) = (ip.source(), ip.destination());
+    if dst != [255; 4] || !(src == [0; 4] || m.own_v4(&src)) {
+        return Some(format!("DHCP exception from {src:?} to {dst:?}"));
+    }
+    let payload = &l3[20..usize::from(ip.total_len())];
+    let Ok(udp) = UdpHeaderSlice::from_slice(payload) else {
+        return Some("DHCP exception for a cut UDP header".into());
+    };
+    if (udp.source_port(), udp.destination_port()) != (68, 67) {
+        return Some("DHCP exception for other ports".into());
+    }
+    let len = usize::from(udp.length());
+    if len < 8 + 240 || len > payload.len() {
+        return Some(format!("DHCP exception with UDP length {len}"));
+    }
+    let b = &payload[8..len];
+    if b[0] != 1 || b[1] != 1 || b[2] != 6 || b[236..240] != [99, 130, 83, 99] {
+        return Some("DHCP exception for a message that is no Ethernet BOOTREQUEST".into());
+    }
+    if b[28..34] != MAC {
+        return Some("DHCP exception for a foreign chaddr".into());
+    }
+    if b[12..16] != src || b[24..28] != [0; 4] {
+        return Some("DHCP exception with a foreign ciaddr or a giaddr".into());
+    }
+    None
+}
+
 /// Why the oracle refuses a passed frame, if it does.
 fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
     let fl = m.flags;
@@ -439,6 +543,9 @@ fn egress_violation(m: &Model, f: &[u8], pass: Pass) -> Option<String> {
             let Some(h) = oracle_ipv4(l3) else {
                 return Some("IPv4 etherparse rejects passed".into());
             };
+            if pass == Pass::Exception(Exception::Dhcp) {
+                return dhcp_violation(m, &h, l3);
+            }
             let opts = h.options();
             if !opts.is_empty() && opts != [0x94, 4, 0, 0] {
                 return Some(format!("IPv4 options {opts:?} passed"));
@@ -583,6 +690,23 @@ fn no_generated_or_mutated_frame_passes_that_the_rule_forbids() {
         ),
         model(flags::ANTI_SPOOFING),
         model(flags::ENFORCE_ROUTES),
+        // A DHCP claim after its lease, and before it (no address of its own yet).
+        model(
+            flags::ENFORCE_ROUTES
+                | flags::ANTI_SPOOFING
+                | flags::INGRESS_FILTER
+                | flags::DHCP_CLIENT,
+        ),
+        Model {
+            own4: vec![],
+            routes4: vec![],
+            ..model(
+                flags::ENFORCE_ROUTES
+                    | flags::ANTI_SPOOFING
+                    | flags::INGRESS_FILTER
+                    | flags::DHCP_CLIENT,
+            )
+        },
     ];
     let seed = std::env::var("NETCLAIM_VERDICT_SEED")
         .ok()
@@ -640,6 +764,7 @@ fn no_generated_or_mutated_frame_passes_that_the_rule_forbids() {
             "Mld",
             "Multicast",
             "Unrouted",
+            "Dhcp",
         ] {
             assert!(
                 passes.get(rule).copied().unwrap_or(0) > 100,

@@ -231,6 +231,7 @@ impl ValidConfig {
             knobs: self.knobs,
             mac: self.interface.hardware_addr,
             link_local: Vec::new(),
+            dhcp_client: self.interface.dhcp,
         }
     }
 }

@@ -55,6 +55,11 @@ pub struct DatapathPolicy {
     /// The device's IPv6 link-local addresses in the pod.
     #[serde(default)]
     pub link_local: Vec<Ipv6Addr>,
+    /// The driver is the device's DHCP client (`interface.dhcp`): its own DHCP
+    /// broadcasts pass egress, and the checks stay on while `addresses` is still
+    /// empty (before the lease), so nothing else leaves meanwhile.
+    #[serde(default)]
+    pub dhcp_client: bool,
 }
 
 /// The kernel's `main` and `default` tables: the default rules (priorities 32766 and
@@ -267,7 +272,7 @@ impl DatapathPolicy {
         if k.ingress_filter {
             flag_bits |= flags::INGRESS_FILTER;
         }
-        let enforcement = if self.addresses.is_empty() {
+        let enforcement = if self.addresses.is_empty() && !self.dhcp_client {
             flag_bits = 0;
             Enforcement::CountOnly {
                 reason: "the device has no IP addresses (neither from the claim nor from the host), so there is nothing to enforce".into(),
@@ -281,6 +286,9 @@ impl DatapathPolicy {
         } else {
             if k.allow_multicast {
                 flag_bits |= flags::ALLOW_MULTICAST;
+            }
+            if self.dhcp_client {
+                flag_bits |= flags::DHCP_CLIENT;
             }
             Enforcement::Enforcing
         };
@@ -310,6 +318,7 @@ mod tests {
             knobs: DataplaneKnobs::default(),
             mac: Some([2, 0, 0, 0, 0, 1]),
             link_local: vec![],
+            dhcp_client: false,
         }
     }
 
@@ -506,6 +515,35 @@ mod tests {
             ],
         );
         assert_eq!(strings(got), ["198.51.100.0/24", "203.0.113.0/24"]);
+    }
+
+    #[test]
+    fn a_dhcp_client_enforces_before_its_lease_and_keeps_the_flag_after() {
+        let mut before = policy(&[], &[]);
+        before.dhcp_client = true;
+        let c = before.compile(&BTreeMap::new(), 16).unwrap();
+        assert_eq!(
+            c.flags,
+            flags::ENFORCE_ROUTES
+                | flags::ANTI_SPOOFING
+                | flags::INGRESS_FILTER
+                | flags::DHCP_CLIENT
+        );
+        assert_eq!(c.enforcement, Enforcement::Enforcing);
+        assert!(c.local_v4.is_empty() && c.prefixes.is_empty());
+        let mut after = policy(&["192.0.2.101/24"], &["0.0.0.0/0"]);
+        after.dhcp_client = true;
+        let c = after.compile(&BTreeMap::new(), 16).unwrap();
+        assert_eq!(c.local_v4, vec![Ipv4Addr::new(192, 0, 2, 101)]);
+        assert_ne!(c.flags & flags::DHCP_CLIENT, 0);
+        let mut off = before.clone();
+        off.knobs = DataplaneKnobs {
+            enforce_routes: false,
+            anti_spoofing: false,
+            ingress_filter: false,
+            allow_multicast: false,
+        };
+        assert_eq!(off.compile(&BTreeMap::new(), 16).unwrap().flags, 0);
     }
 
     #[test]

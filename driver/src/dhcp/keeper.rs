@@ -137,8 +137,9 @@ pub fn back_off(now: Instant, until: Instant) -> Instant {
 }
 
 enum Command {
-    /// Renew now (tests, and an operator's nudge); answers with the new lease.
-    Renew(mpsc::Sender<Result<Lease, DhcpError>>),
+    /// Renew (or rebind, when true) now, whatever the timers say; answers with the
+    /// new lease.
+    Extend(bool, mpsc::Sender<Result<Lease, DhcpError>>),
     /// Release (or just forget, when `release` is false) and remove what was installed.
     Stop {
         release: bool,
@@ -374,11 +375,22 @@ impl LeaseKeeper {
 
     /// Renews the lease now (unicast to its server), whatever its timers say.
     pub fn renew_now(&self) -> Result<Lease, DhcpError> {
+        self.extend_now(false)
+    }
+
+    /// Rebinds the lease now (broadcast to any server), whatever its timers say.
+    pub fn rebind_now(&self) -> Result<Lease, DhcpError> {
+        self.extend_now(true)
+    }
+
+    fn extend_now(&self, rebinding: bool) -> Result<Lease, DhcpError> {
         let (tx, rx) = mpsc::channel();
         let gone = || DhcpError::Gone {
             device: self.device.clone(),
         };
-        self.commands.send(Command::Renew(tx)).map_err(|_| gone())?;
+        self.commands
+            .send(Command::Extend(rebinding, tx))
+            .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
     }
 
@@ -479,8 +491,8 @@ fn keep(
                 let _ = done.send(r);
                 return;
             }
-            Some(Command::Renew(reply)) => {
-                let r = held.extend(false, Instant::now() + ATTEMPT);
+            Some(Command::Extend(rebinding, reply)) => {
+                let r = held.extend(rebinding, Instant::now() + ATTEMPT);
                 if let Ok(l) = &r {
                     retry_at = None;
                     set(&shared, Some(l.clone()));

@@ -156,6 +156,7 @@ fn policy(routes: Vec<IpNet>) -> DatapathPolicy {
         knobs: DataplaneKnobs::default(),
         mac: Some(BENCH_MAC),
         link_local: vec![],
+        dhcp_client: false,
     }
 }
 
