@@ -219,9 +219,9 @@ impl MeteredPods {
 
 #[async_trait::async_trait]
 impl PodHandler for MeteredPods {
-    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+    async fn run_pod(&self, pod: &PodSandbox, budget: Option<Duration>) -> Result<(), String> {
         let started = Instant::now();
-        let r = self.inner.run_pod(pod).await;
+        let r = self.inner.run_pod(pod, budget).await;
         self.metrics
             .observe_nri("RunPodSandbox", r.is_ok(), started.elapsed());
         r

@@ -44,7 +44,11 @@ impl Recorder {
 
 #[async_trait::async_trait]
 impl PodHandler for Recorder {
-    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+    async fn run_pod(
+        &self,
+        pod: &PodSandbox,
+        _budget: Option<std::time::Duration>,
+    ) -> Result<(), String> {
         self.record("run", pod);
         match self.refuse_run.lock().unwrap().as_ref() {
             Some((id, message)) if *id == pod.id => Err(message.clone()),

@@ -327,3 +327,90 @@ fn ensure_in_pod(c: &RealCluster, netns: &Path) -> Result<()> {
         ),
     }
 }
+
+/// A pod whose devices do not fit in the runtime's hook budget: netclaim stops before
+/// the budget runs out, undoes what it did and fails the hook, so containerd fails the
+/// pod start with netclaim's reason instead of closing the plugin and starting the pod
+/// without its devices. The plugin stays connected: a one-device pod then starts.
+#[test]
+fn a_hook_that_would_exceed_the_runtime_budget_fails_cleanly_in_time() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("a_hook_that_would_exceed_the_runtime_budget_fails_cleanly_in_time")
+    else {
+        return;
+    };
+    const NICS: usize = 8;
+    // Eight devices take about 8 × 50 ms here; the budget allows a few.
+    let budget = Duration::from_millis(250);
+    let topo = Topology::with_nics("rrb", NICS + 1).unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let c = containerd::bring_up(&topo, peers, "rrb", budget).await?;
+        let names: Vec<String> = (1..=NICS + 1).map(scenario::nic_name).collect();
+        let devices = scenario::wait_devices_of(&c.side.api, &names, Duration::from_secs(20)).await?;
+        let claimed: Vec<scenario::ClaimDevice> = (1..=NICS)
+            .map(|j| scenario::ClaimDevice {
+                request: format!("nic{j}"),
+                device: devices[&scenario::nic_name(j)].clone(),
+                parameters: scenario::indexed_parameters(j),
+            })
+            .collect();
+        c.side.api.put(scenario::claim_with_devices("many", "claim-uid-many", &claimed, "many-0", "pod-uid-many"))?;
+        assert_eq!(prepare_with(&c.side.dra, "many", "claim-uid-many").await?, "");
+
+        let from = c.runtime.log_len();
+        let t0 = Instant::now();
+        let refused = c.runtime.runp("many-0", "pod-uid-many")?;
+        let took = t0.elapsed();
+        let err = match refused {
+            Ok((id, _)) => bail!(
+                "the pod started although its devices cannot fit the budget (pod {id});\ndriver log:\n{}",
+                c.side.driver.log_text()
+            ),
+            Err(e) => e,
+        };
+        println!("[real] runp refused after {took:?}: {err}");
+        assert!(err.contains("hook budget"), "containerd did not pass netclaim's reason: {err}");
+        let log = c.runtime.log_text();
+        let log = log.get(from..).unwrap_or("");
+        assert!(
+            !log.contains("connection to plugin") && !log.contains("deadline exceeded"),
+            "containerd timed the hook out or closed the plugin:\n{log}"
+        );
+        // Every device is home with the node's settings (eth1 had an address; the others none).
+        assert_home(&topo)?;
+        for j in 2..=NICS {
+            let (_, addrs) = scenario::link_facts(&topo.node, &scenario::nic_name(j))?;
+            assert!(addrs.is_empty(), "{} kept {addrs:?}", scenario::nic_name(j));
+        }
+        // The claim's status says why.
+        let entry = scenario::wait_for(&scenario::Quiet, "HookBudget in the status", Duration::from_secs(10), || {
+            c.side.api.get("ResourceClaim", "default", "many").filter(|claim| {
+                claim["status"]["devices"].as_array().is_some_and(|ds| {
+                    ds.iter().any(|d| d["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["reason"] == "HookBudget")))
+                })
+            })
+        })
+        .await;
+        assert!(entry.is_ok(), "no HookBudget condition");
+
+        // The plugin is still connected: a pod with one device starts within the budget.
+        let last = scenario::nic_name(NICS + 1);
+        let mut one = scenario::indexed_parameters(1);
+        one["interface"]["name"] = serde_json::json!(POD_IF);
+        c.side.api.put(claim("one", "claim-uid-one", &devices[&last], "one-0", "pod-uid-one", one))?;
+        assert_eq!(prepare_with(&c.side.dra, "one", "claim-uid-one").await?, "");
+        let (pod, took) = c.runtime.run_pod("one-0", "pod-uid-one")?;
+        println!("[real] one-device pod started in {took:?} with a {budget:?} budget");
+        let netns = c.runtime.pod_netns(&pod)?;
+        assert!(link_in(&netns, POD_IF)?.is_some(), "the one-device pod has no device");
+        c.runtime.stop_pod(&pod)?;
+        c.runtime.remove_pod(&pod)?;
+        Ok(())
+    })
+    .unwrap();
+}

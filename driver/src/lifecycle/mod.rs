@@ -30,6 +30,7 @@
 //! serialised; different pods proceed in parallel (their claims, and so their devices
 //! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
+pub mod budget;
 pub mod keeper;
 pub mod nri;
 pub mod resolver;
@@ -41,6 +42,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use crate::config::parse_parameters;
 use crate::datapath::{
@@ -128,6 +130,8 @@ pub struct PodRuntime {
     /// The pod's cgroup as the runtime names it (a path below the cgroup v2 root, or a
     /// systemd slice), where the socket guard goes; `None` when the runtime says none.
     pub cgroup_parent: Option<String>,
+    /// When the runtime stops waiting for this hook (its request budget).
+    pub deadline: Option<budget::Deadline>,
 }
 
 impl PodRuntime {
@@ -136,6 +140,7 @@ impl PodRuntime {
         Self {
             netns: path.into(),
             cgroup_parent: None,
+            deadline: None,
         }
     }
 }
@@ -173,6 +178,23 @@ pub enum LifecycleError {
         message: String,
         /// Problems while undoing what was already done for the pod.
         undo: Vec<String>,
+    },
+    #[error(
+        "pod {pod}: the runtime's hook budget of {budget:?} would run out before claim {claim}, device {device}: \
+         {done} device(s) were handed over in {spent:?} and each takes about {attach:?} (undoing about {undo:?}); \
+         everything was undone and the pod start fails (raise the runtime's plugin_request_timeout, or claim fewer devices per pod){}",
+        if problems.is_empty() { String::new() } else { format!(" (undo problems: {})", problems.join("; ")) }
+    )]
+    Budget {
+        pod: String,
+        claim: String,
+        device: String,
+        budget: std::time::Duration,
+        spent: std::time::Duration,
+        done: usize,
+        attach: std::time::Duration,
+        undo: std::time::Duration,
+        problems: Vec<String>,
     },
     #[error("pod {pod}: {} device(s) could not be returned: {}", problems.len(), problems.join("; "))]
     Incomplete { pod: String, problems: Vec<String> },
@@ -225,6 +247,8 @@ struct Inner {
     pod_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
     /// The namespaces of pods that have our devices, held open.
     keeper: Mutex<keeper::Keeper>,
+    /// What a device costs to hand over and take back (for the hook budget).
+    costs: Mutex<budget::Costs>,
 }
 
 /// A failed device, before it is tied to the pod's error.
@@ -288,6 +312,7 @@ impl Pods {
                 serial: RwLock::new(()),
                 pod_locks: Mutex::new(BTreeMap::new()),
                 keeper: Mutex::new(keeper::Keeper::default()),
+                costs: Mutex::new(budget::Costs::default()),
             }),
         }
     }
@@ -470,6 +495,10 @@ impl Inner {
         self.keeper.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn costs(&self) -> std::sync::MutexGuard<'_, budget::Costs> {
+        self.costs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, LifecycleError> {
         let claims = self
             .store
@@ -555,8 +584,41 @@ impl Inner {
                 });
                 continue;
             }
+            if let Some(deadline) = runtime.deadline {
+                let costs = *self.costs();
+                if !deadline.next_fits(Instant::now(), done.len(), &costs) {
+                    let spent = deadline.arrived.elapsed();
+                    tracing::warn!(budget = ?deadline.budget, ?spent, done = done.len(), "the hook budget would run out; undoing the pod's devices");
+                    let message = format!(
+                        "not handed over: the runtime's hook budget of {:?} would run out",
+                        deadline.budget
+                    );
+                    self.emit(DeviceEvent::Failed {
+                        device: device_ref(&plan),
+                        part: FailedPart::Network,
+                        reason: "HookBudget".into(),
+                        message: message.clone(),
+                    });
+                    drop(_entered);
+                    let n = done.len();
+                    let problems = self.undo(done, &pod, &message);
+                    return Err(LifecycleError::Budget {
+                        pod: plan.pod.to_string(),
+                        claim: plan.claim.to_string(),
+                        device: plan.device.clone(),
+                        budget: deadline.budget,
+                        spent,
+                        done: n,
+                        attach: costs.attach,
+                        undo: costs.undo,
+                        problems,
+                    });
+                }
+            }
+            let attach_started = Instant::now();
             match self.attach_one(&claim_uid, &plan, &pod, guard.as_deref()) {
                 Ok(d) => {
+                    self.costs().attached(attach_started.elapsed());
                     tracing::info!(
                         interface = %d.side.name,
                         datapath = d.datapath.is_some(),
@@ -588,7 +650,8 @@ impl Inner {
                         message: f.message.clone(),
                     });
                     drop(_entered);
-                    let undo = self.undo(done, &pod, &plan);
+                    let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
+                    let undo = self.undo(done, &pod, &cause);
                     return Err(LifecycleError::Device {
                         claim: plan.claim.to_string(),
                         device: plan.device.clone(),
@@ -784,12 +847,14 @@ impl Inner {
     }
 
     /// Undoes the devices already handed to the pod when a later one failed.
-    fn undo(&self, done: Vec<Done>, pod: &Netns, failed: &Plan) -> Vec<String> {
+    fn undo(&self, done: Vec<Done>, pod: &Netns, cause: &str) -> Vec<String> {
         let mut problems = Vec::new();
         for d in done.into_iter().rev() {
             let span = tracing::info_span!("device", claim = %d.plan.claim, pod = %d.plan.pod, device = %d.plan.device);
             let _entered = span.enter();
+            let undo_started = Instant::now();
             let mut mine = self.take_back(&d, Some(pod));
+            self.costs().undone(undo_started.elapsed());
             if mine.is_empty() {
                 if let Err(e) = self.update_plan(&d.claim_uid, &d.plan, |p| {
                     p.attached = false;
@@ -797,16 +862,13 @@ impl Inner {
                 }) {
                     mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
                 }
-                tracing::info!("device returned because device {} failed", failed.device);
+                tracing::info!("device returned because {cause}");
             }
             self.emit(DeviceEvent::Failed {
                 device: device_ref(&d.plan),
                 part: FailedPart::Sibling,
                 reason: "PodStartFailed".into(),
-                message: format!(
-                    "returned to the host because device {} of claim {} failed",
-                    failed.device, failed.claim
-                ),
+                message: format!("returned to the host because {cause}"),
             });
             problems.extend(
                 mine.into_iter()

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::{PodRuntime, Pods};
+use super::{budget::Deadline, PodRuntime, Pods};
 use crate::nri::{PodHandler, PodSandbox};
 
 async fn blocking<T: Send + 'static>(
@@ -19,7 +20,9 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait::async_trait]
 impl PodHandler for Pods {
-    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String> {
+    async fn run_pod(&self, pod: &PodSandbox, budget: Option<Duration>) -> Result<(), String> {
+        // The runtime's clock started when it sent the request; ours starts here.
+        let deadline = budget.map(Deadline::new);
         let pods = self.clone();
         let uid = pod.uid.clone();
         let name = pod.display_name();
@@ -45,6 +48,7 @@ impl PodHandler for Pods {
             let runtime = PodRuntime {
                 netns,
                 cgroup_parent,
+                deadline,
             };
             pods.start_pod(&uid, &name, &runtime)
                 .map(|_| ())
@@ -72,6 +76,9 @@ impl PodHandler for Pods {
                 let runtime = PodRuntime {
                     netns: PathBuf::from(p.netns_path()?),
                     cgroup_parent: p.cgroup_parent().map(str::to_string),
+                    // Synchronize answers within the budget and finishes in the
+                    // background (see `crate::nri`); no pod fails for its clock.
+                    deadline: None,
                 };
                 Some((p.uid.clone(), runtime))
             })

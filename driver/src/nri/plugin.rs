@@ -40,8 +40,9 @@ pub const NRI_VERSION: &str = "v0.12.0";
 /// pod's events) as the hook's failure message.
 #[async_trait::async_trait]
 pub trait PodHandler: Send + Sync {
-    /// The sandbox exists and its network namespace is set up; attach devices now.
-    async fn run_pod(&self, pod: &PodSandbox) -> Result<(), String>;
+    /// The sandbox exists and its network namespace is set up; attach devices now,
+    /// within `budget` (the runtime's request timeout, from this hook's arrival).
+    async fn run_pod(&self, pod: &PodSandbox, budget: Option<Duration>) -> Result<(), String>;
     /// The sandbox is stopping; give devices back.
     async fn stop_pod(&self, pod: &PodSandbox) -> Result<(), String>;
     /// The sandbox is gone; forget it.
@@ -289,6 +290,16 @@ struct PluginService {
     sync_pods: StdMutex<Vec<PodSandbox>>,
 }
 
+/// The hook as containerd's logs and CRI errors spell it.
+fn hook_name(event: Event) -> &'static str {
+    match event {
+        Event::RunPodSandbox => "RunPodSandbox",
+        Event::StopPodSandbox => "StopPodSandbox",
+        Event::RemovePodSandbox => "RemovePodSandbox",
+        _ => "pod event",
+    }
+}
+
 fn decode<M: Message + Default>(method: &str, payload: &[u8]) -> Result<M, Status> {
     M::decode(payload).map_err(|err| {
         Status::new(
@@ -311,7 +322,16 @@ impl PluginService {
     async fn pod_event(&self, event: Event, pod: &PodSandbox) -> Result<(), Status> {
         let span = tracing::info_span!("nri", pod = %pod.display_name(), uid = %pod.uid, event = event.as_str_name());
         let result = match event {
-            Event::RunPodSandbox => self.handler.run_pod(pod).instrument(span.clone()).await,
+            Event::RunPodSandbox => {
+                let budget = *self
+                    .request_timeout
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.handler
+                    .run_pod(pod, budget)
+                    .instrument(span.clone())
+                    .await
+            }
             Event::StopPodSandbox => self.handler.stop_pod(pod).instrument(span.clone()).await,
             Event::RemovePodSandbox => self.handler.remove_pod(pod).instrument(span.clone()).await,
             _ => return Ok(()),
@@ -320,11 +340,8 @@ impl PluginService {
             tracing::warn!(parent: &span, error = %message, "NRI pod hook failed");
             Status::new(
                 code::UNKNOWN,
-                format!(
-                    "netclaim: {} pod {}: {message}",
-                    event.as_str_name(),
-                    pod.display_name()
-                ),
+                // The lifecycle's messages name pod, claim, device and step already.
+                format!("netclaim: {}: {message}", hook_name(event)),
             )
         })
     }
@@ -344,7 +361,24 @@ impl PluginService {
         };
         if let Some(pods) = pods {
             tracing::info!(pods = pods.len(), "NRI synchronize");
-            self.handler.synchronize(&pods).await;
+            // Returning devices and attaching them to pods that started meanwhile can
+            // take longer than the runtime waits; answer within the budget and let the
+            // rest finish in the background rather than be cut off.
+            let budget = self
+                .request_timeout
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or(Duration::from_secs(2));
+            let handler = self.handler.clone();
+            let work =
+                tokio::spawn(async move { handler.synchronize(&pods).await }.in_current_span());
+            let answer_by = budget.mul_f64(0.8);
+            if tokio::time::timeout(answer_by, work).await.is_err() {
+                tracing::warn!(
+                    ?budget,
+                    "synchronize takes longer than the runtime waits; answering now, it finishes in the background"
+                );
+            }
         }
         SynchronizeResponse {
             update: Vec::new(),
