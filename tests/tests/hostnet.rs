@@ -237,6 +237,7 @@ fn full_settings() -> InterfaceSettings {
             ("generic-receive-offload".to_string(), true),
         ]),
         private_flags: BTreeMap::new(),
+        ..Default::default()
     }
 }
 

@@ -2,7 +2,9 @@
 
 use crate::config::ValidConfig;
 use crate::datapath::DatapathPolicy;
-use crate::netns::{Configured, InterfaceSettings, RouteSpec};
+use crate::netns::rules::RuleSpec;
+use crate::netns::sysctl::IfSysctls;
+use crate::netns::{ClaimRule, Configured, InterfaceSettings, NeighbourSpec, RouteSpec, VrfSpec};
 
 /// [`InterfaceSettings`] for `move_and_configure` from a [`ValidConfig`].
 pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
@@ -27,6 +29,41 @@ pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
                 table: r.table,
             })
             .collect(),
+        rules: cfg
+            .rules
+            .iter()
+            .enumerate()
+            .flat_map(|(index, r)| {
+                r.families().into_iter().map(move |f| ClaimRule {
+                    index,
+                    spec: RuleSpec {
+                        v6: f == crate::config::validate::IpFamily::V6,
+                        priority: r.priority,
+                        source: r.source,
+                        destination: r.destination,
+                        table: r.table,
+                    },
+                })
+            })
+            .collect(),
+        neighbours: cfg
+            .neighbors
+            .iter()
+            .map(|n| NeighbourSpec {
+                destination: n.destination,
+                mac: n.hardware_addr,
+            })
+            .collect(),
+        sysctls: IfSysctls {
+            arp_ignore: i.arp_ignore,
+            arp_announce: i.arp_announce,
+            forwarding_v4: i.forwarding,
+            forwarding_v6: i.forwarding,
+        },
+        vrf: i.vrf.as_ref().map(|v| VrfSpec {
+            name: v.name.clone(),
+            table: v.table,
+        }),
         ethtool_features: cfg.ethtool.features.clone(),
         private_flags: cfg.ethtool.private_flags.clone(),
     }
@@ -78,6 +115,30 @@ mod tests {
         assert_eq!(s.routes.len(), 1);
         assert_eq!(s.routes[0].scope, 0);
         assert_eq!(s.ethtool_features.get("tx-checksumming"), Some(&false));
+        let dranet = parse_parameters(
+            &serde_json::json!({
+                "interface": {"arpIgnore": 1, "forwarding": true},
+                "rules": [{"table": 100}, {"destination": "198.51.100.0/24", "table": 101}],
+                "neighbors": [{"destination": "192.0.2.1", "hardwareAddr": "02:00:00:00:00:02"}]
+            }),
+            "parameters",
+        )
+        .expect("valid config");
+        let s = interface_settings(&dranet);
+        let rules: Vec<(usize, bool, u32)> = s
+            .rules
+            .iter()
+            .map(|r| (r.index, r.spec.v6, r.spec.table))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![(0, false, 100), (0, true, 100), (1, false, 101)],
+            "a rule without prefixes goes into both families"
+        );
+        assert_eq!(s.neighbours.len(), 1);
+        assert_eq!(s.sysctls.arp_ignore, Some(1));
+        assert_eq!(s.sysctls.forwarding_v6, Some(true));
+        assert_eq!(s.sysctls.arp_announce, None);
         let carried: Vec<ipnet::IpNet> = vec!["203.0.113.5/24".parse().expect("net")];
         let ll: Vec<std::net::Ipv6Addr> = vec!["fe80::1".parse().expect("ll")];
         let p = policy_for(&cfg, &carried, Some([2, 0, 0, 0, 0, 9]), &ll);

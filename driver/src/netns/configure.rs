@@ -10,13 +10,19 @@
 //!    first in `do_setlink`, the rest applies in the new namespace). If the combined
 //!    message is refused, it is retried as a bare move + rename followed by one
 //!    request per setting, so the error names the exact field;
-//! 3. pod namespace: addresses (or the host's addresses carried along when the claim
-//!    sets none — a netns move drops them), link up, routes, ethtool features and
+//! 3. pod namespace: per-interface sysctls (`arp_ignore`, `arp_announce`,
+//!    forwarding — before the link is up, so no ARP is answered the old way), the VRF
+//!    (created if missing, the device enslaved), addresses (or the host's addresses
+//!    carried along when the claim sets none — a netns move drops them), link up,
+//!    routes, policy routing rules, permanent neighbours, ethtool features and
 //!    private flags, each checked by reading the kernel back;
 //! 4. the result ([`Configured`]) is read back from the kernel, not from our inputs.
 //!
 //! Any failure after the device was touched puts it back home as it was (via
-//! [`super::restore`]) and reports the step and the config field. The input is
+//! [`super::restore`], which also removes the rules and VRF created so far: they are
+//! recorded in the [`HostOriginals`] handed to it) and reports the step and the config
+//! field. Sysctl and VRF failures report [`Step::LinkSettings`], rule and neighbour
+//! failures [`Step::Routes`]; the field path says which. The input is
 //! [`InterfaceSettings`], plain parsed values the caller maps from the validated
 //! claim config; this module does not read claim configs itself.
 
@@ -27,6 +33,8 @@ use std::{
     os::fd::{AsRawFd, OwnedFd},
 };
 
+use serde::{Deserialize, Serialize};
+
 use ipnet::IpNet;
 
 use super::{
@@ -35,8 +43,32 @@ use super::{
     link::{self, LinkChange, LinkFacts, RouteRecord, RTPROT_STATIC, RT_TABLE_MAIN},
     netlink::{NlError, NlSocket},
     restore::{restore_device, PodSide},
+    rules::{self, RuleSpec},
+    sysctl::{self, IfSysctls},
+    vrf::{self, VrfError},
     Netns, NetnsError,
 };
+
+/// A permanent neighbour entry requested for the interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighbourSpec {
+    pub destination: IpAddr,
+    pub mac: [u8; 6],
+}
+
+/// One rule to install, with the index of the claim's `rules[]` entry it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub index: usize,
+    pub spec: RuleSpec,
+}
+
+/// The VRF the interface joins in the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrfSpec {
+    pub name: String,
+    pub table: u32,
+}
 
 /// A static route requested for the interface inside the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +95,11 @@ pub struct InterfaceSettings {
     pub gso_ipv4_max_size: Option<u32>,
     pub gro_ipv4_max_size: Option<u32>,
     pub routes: Vec<RouteSpec>,
+    /// Policy routing rules, one per family (`rules[i]` may give two).
+    pub rules: Vec<ClaimRule>,
+    pub neighbours: Vec<NeighbourSpec>,
+    pub sysctls: IfSysctls,
+    pub vrf: Option<VrfSpec>,
     pub ethtool_features: BTreeMap<String, bool>,
     pub private_flags: BTreeMap<String, bool>,
 }
@@ -133,6 +170,10 @@ pub enum StepError {
     Ethtool(#[from] EthtoolError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error(transparent)]
+    Vrf(#[from] Box<VrfError>),
     #[error("{0}")]
     Invalid(String),
 }
@@ -447,15 +488,22 @@ pub fn move_and_configure(
     let job_originals = moved.originals.clone();
     let pending = moved.pending.clone();
     let features = moved.features.clone();
-    let pod_result = pod.run(move || {
-        pod_job(
+    let (pod_result, added) = pod.run(move || {
+        let mut added = PodAdditions::default();
+        let r = pod_job(
             &job_pod_name,
             &job_settings,
             &job_originals,
             &pending,
             &features,
-        )
+            &mut added,
+        );
+        (r, added)
     })?;
+    // What was added in the pod is undone by restore, on failure now or at stop.
+    let mut originals = moved.originals;
+    originals.pod_rules = added.rules;
+    originals.pod_vrf = added.vrf;
     match pod_result {
         Ok((facts, addresses, link_local)) => Ok(Configured {
             pod_ifname: facts.name,
@@ -463,7 +511,7 @@ pub fn move_and_configure(
             mac: facts.mac,
             addresses,
             link_local,
-            originals: moved.originals,
+            originals,
             link_requests: moved.link_requests + per_field(&moved.pending).len(),
         }),
         Err(failure) => Err(finish_failure(
@@ -473,7 +521,7 @@ pub fn move_and_configure(
             &pod_name,
             settings.mac,
             failure,
-            Some(moved.originals),
+            Some(originals),
         )),
     }
 }
@@ -595,12 +643,20 @@ fn host_job(
     })))
 }
 
+/// Namespace-wide things the pod job created, recorded as it goes.
+#[derive(Debug, Default)]
+struct PodAdditions {
+    rules: Vec<RuleSpec>,
+    vrf: Option<String>,
+}
+
 fn pod_job(
     pod_name: &str,
     settings: &InterfaceSettings,
     originals: &HostOriginals,
     pending: &LinkChange,
     features: &ResolvedFeatures,
+    added: &mut PodAdditions,
 ) -> Result<(LinkFacts, Vec<IpNet>, Vec<std::net::Ipv6Addr>), Failure> {
     let mut sock = NlSocket::route().map_err(|e| fail(Step::Move, "device", e))?;
     // Find our device by name *and* identity: when the combined message is refused,
@@ -634,6 +690,55 @@ fn pod_job(
 
     for (field, change) in per_field(pending) {
         link::set_link(&mut sock, idx, &change).map_err(|e| fail(Step::LinkSettings, field, e))?;
+    }
+
+    // The move reset these to the pod's defaults; set what the claim asks before the
+    // link comes up, and read them back.
+    if !settings.sysctls.is_empty() {
+        sysctl::write(pod_name, &settings.sysctls)
+            .map_err(|(key, e)| fail(Step::LinkSettings, sysctl::field_of(key), e))?;
+        let now = sysctl::read(pod_name)
+            .map_err(|e| fail(Step::LinkSettings, "interface.forwarding", e))?;
+        let mut wanted = settings.sysctls;
+        if now.forwarding_v6.is_none() {
+            wanted.forwarding_v6 = None; // no IPv6 on the interface: skipped, as in DraNet
+        }
+        let missed = wanted.differing_from(&now);
+        if !missed.is_empty() {
+            let field = if missed.arp_ignore.is_some() {
+                "interface.arpIgnore"
+            } else if missed.arp_announce.is_some() {
+                "interface.arpAnnounce"
+            } else {
+                "interface.forwarding"
+            };
+            return Err(fail(
+                Step::LinkSettings,
+                field,
+                StepError::Invalid(format!(
+                    "{pod_name} reads back {now:?} after writing {wanted:?}"
+                )),
+            ));
+        }
+    }
+
+    if let Some(v) = &settings.vrf {
+        let created = vrf::ensure(&mut sock, &v.name, v.table)
+            .map_err(|e| fail(Step::LinkSettings, "interface.vrf", Box::new(e)))?;
+        if created {
+            added.vrf = Some(v.name.clone());
+        }
+        let master = link::link_by_name(&mut sock, &v.name)
+            .map_err(|e| fail(Step::LinkSettings, "interface.vrf", e))?
+            .ok_or_else(|| {
+                fail(
+                    Step::LinkSettings,
+                    "interface.vrf",
+                    StepError::Invalid(format!("VRF {} disappeared", v.name)),
+                )
+            })?;
+        vrf::enslave(&mut sock, idx, master.ifindex)
+            .map_err(|e| fail(Step::LinkSettings, "interface.vrf", e))?;
     }
 
     // Addresses: the claim's, or the host's carried along (a move drops them).
@@ -690,6 +795,29 @@ fn pod_job(
                 }
             }
         }
+    }
+
+    // The kernel keeps a rule that differs only in its protocol as a second rule, so
+    // "already there" is decided on what routes: family, priority, selectors, table.
+    let existing = if settings.rules.is_empty() {
+        Vec::new()
+    } else {
+        rules::rules(&mut sock).map_err(|e| fail(Step::Routes, "rules", e))?
+    };
+    for rule in &settings.rules {
+        if existing.contains(&rule.spec) {
+            continue; // someone else's: not recorded, so never removed by netclaim
+        }
+        let created = rules::add_rule(&mut sock, &rule.spec)
+            .map_err(|e| fail(Step::Routes, format!("rules[{}]", rule.index), e))?;
+        if created {
+            added.rules.push(rule.spec.clone());
+        }
+    }
+
+    for (i, n) in settings.neighbours.iter().enumerate() {
+        rules::add_permanent_neighbour(&mut sock, idx, n.destination, n.mac)
+            .map_err(|e| fail(Step::Routes, format!("neighbors[{i}]"), e))?;
     }
 
     if !features.is_empty() || !settings.private_flags.is_empty() {

@@ -3,6 +3,11 @@
 //! [`super::restore`] can put the device back exactly as it was — even after a
 //! restart of the driver.
 //!
+//! The record also holds what netclaim added *inside the pod* for the device and
+//! must take away when it leaves: the policy routing rules it created and a VRF
+//! device it created ([`HostOriginals::pod_rules`], [`HostOriginals::pod_vrf`]),
+//! so the one restore path undoes them from the checkpoint alone.
+//!
 //! Capture only reads. Routes the kernel derives itself (the local table, `proto
 //! kernel` prefix routes, IPv6 link-local) are left out: re-adding the addresses
 //! re-creates them, and adding them by hand would collide with the kernel's own.
@@ -16,6 +21,8 @@ use super::{
     ethtool::{Ethtool, EthtoolError},
     link::{self, LinkFacts, RouteRecord, RTPROT_KERNEL, RT_TABLE_LOCAL},
     netlink::{NlError, NlSocket},
+    rules::RuleSpec,
+    sysctl::{self, IfSysctls, SysctlError},
 };
 
 /// RTN_UNICAST.
@@ -50,6 +57,16 @@ pub struct HostOriginals {
     pub ethtool_changeable: BTreeSet<String>,
     /// Private flags and their states; empty when the driver has none.
     pub private_flags: BTreeMap<String, bool>,
+    /// `arp_ignore`, `arp_announce` and forwarding on the host (a netns move resets
+    /// them); `None` in checkpoints written before they were recorded.
+    #[serde(default)]
+    pub sysctls: Option<IfSysctls>,
+    /// Rules netclaim created in the pod's namespace for this device.
+    #[serde(default)]
+    pub pod_rules: Vec<RuleSpec>,
+    /// A VRF device netclaim created in the pod for this device.
+    #[serde(default)]
+    pub pod_vrf: Option<String>,
 }
 
 /// Why the originals could not be read.
@@ -59,6 +76,8 @@ pub enum CaptureError {
     Netlink(#[from] NlError),
     #[error("reading ethtool features: {0}")]
     Ethtool(#[from] EthtoolError),
+    #[error("reading sysctls: {0}")]
+    Sysctl(#[from] SysctlError),
 }
 
 /// Whether a route is one the driver must re-create (see the module docs).
@@ -93,6 +112,7 @@ pub fn capture(
         .collect();
     let features = ethtool.features(link.ifindex)?;
     let private_flags = ethtool.private_flags(link.ifindex)?;
+    let sysctls = sysctl::read(&link.name)?;
     Ok(HostOriginals {
         name: link.name.clone(),
         ifindex: link.ifindex,
@@ -110,6 +130,9 @@ pub fn capture(
         ethtool_features: features.active,
         ethtool_changeable: features.changeable,
         private_flags,
+        sysctls: Some(sysctls),
+        pod_rules: Vec::new(),
+        pod_vrf: None,
     })
 }
 
@@ -158,8 +181,28 @@ mod tests {
             ethtool_features: BTreeMap::from([("rx-gro".into(), true)]),
             ethtool_changeable: BTreeSet::from(["rx-gro".into()]),
             private_flags: BTreeMap::new(),
+            sysctls: Some(IfSysctls {
+                arp_ignore: Some(1),
+                ..Default::default()
+            }),
+            pod_rules: vec![RuleSpec {
+                v6: false,
+                priority: 10,
+                source: Some("192.0.2.0/24".parse().unwrap()),
+                destination: None,
+                table: 100,
+            }],
+            pod_vrf: None,
         };
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<HostOriginals>(&json).unwrap(), o);
+        // A checkpoint from before sysctls and pod rules were recorded still loads.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for k in ["sysctls", "pod_rules", "pod_vrf"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let o2: HostOriginals = serde_json::from_value(old).unwrap();
+        assert_eq!(o2.sysctls, None);
+        assert!(o2.pod_rules.is_empty());
     }
 }

@@ -2,8 +2,9 @@
 //! threads ([`thread`]), handing a host device to a pod ([`configure`]) and giving it
 //! back exactly as it was ([`restore`], from the [`host::HostOriginals`] captured
 //! before the first change). Netlink plumbing lives in [`netlink`] (framing),
-//! [`link`] (rtnetlink: links, addresses, routes) and [`ethtool`] (generic netlink
-//! features and private flags).
+//! [`link`] (rtnetlink: links, addresses, routes), [`rules`] (policy routing rules,
+//! neighbours), [`vrf`], [`sysctl`] (per-interface `/proc/sys/net` values) and
+//! [`ethtool`] (generic netlink features and private flags).
 
 pub mod configure;
 pub mod ethtool;
@@ -12,10 +13,14 @@ pub mod host;
 pub mod link;
 pub mod netlink;
 pub mod restore;
+pub mod rules;
+pub mod sysctl;
 pub mod thread;
+pub mod vrf;
 
 pub use configure::{
-    move_and_configure, ConfigureError, Configured, InterfaceSettings, RouteSpec, Step,
+    move_and_configure, ClaimRule, ConfigureError, Configured, InterfaceSettings, NeighbourSpec,
+    RouteSpec, Step, VrfSpec,
 };
 pub use foreign::{remove_foreign_programs, ForeignProgramError, RemovedProgram};
 pub use host::HostOriginals;

@@ -2,9 +2,13 @@
 //! from the checkpointed [`HostOriginals`] alone.
 //!
 //! Steps: find the device (pod namespace by its pod-side name; else still at home;
-//! else fallen back into the root namespace), move it home in one `RTM_SETLINK` that
-//! also renames it and restores MTU, MAC and GSO/GRO sizes, then — at home — the
-//! addresses, admin state, routes, ethtool features and private flags. Every step
+//! else fallen back into the root namespace); in the pod, remove the policy routing
+//! rules and the VRF netclaim created there (recorded in the originals; permanent
+//! neighbours go with the device, the kernel flushes them on the move); move it home
+//! in one `RTM_SETLINK` that also renames it and restores MTU, MAC and GSO/GRO sizes,
+//! then — at home — the addresses, admin state, routes, the per-interface sysctls
+//! (`arp_ignore`, `arp_announce`, forwarding: the move reset them to the host's
+//! defaults), ethtool features and private flags. Every step
 //! is attempted even if an earlier one failed; what could not be restored is
 //! reported together ([`RestoreError::Incomplete`]).
 //!
@@ -23,7 +27,7 @@ use super::{
     host::HostOriginals,
     link::{self, LinkChange, LinkFacts},
     netlink::{NlError, NlSocket},
-    Netns, NetnsError,
+    rules, sysctl, vrf, Netns, NetnsError,
 };
 
 /// How the device is known inside the pod.
@@ -170,6 +174,14 @@ pub fn restore_device(
         Location::Root(idx) => (root, idx),
     };
     let mut pending = settings.clone();
+    let mut pod_problems = Vec::new();
+    if let (Location::Pod(idx), Some(pod)) = (&location, pod) {
+        if !originals.pod_rules.is_empty() || originals.pod_vrf.is_some() {
+            let o = originals.clone();
+            let idx = *idx;
+            pod_problems = pod.run(move || undo_pod_additions(&o, idx))?;
+        }
+    }
     if let Some(ns) = from {
         let host_fd = dup(host)?;
         let combined = LinkChange {
@@ -216,9 +228,10 @@ pub fn restore_device(
     let job_pending = pending;
     let combined_at_home = from.is_none();
     let result = host.run(move || home_job(&o, &job_pending, combined_at_home))?;
-    let (ifindex, problems) = result.map_err(|()| RestoreError::Lost {
+    let (ifindex, mut problems) = result.map_err(|()| RestoreError::Lost {
         device: device.clone(),
     })?;
+    problems.splice(0..0, pod_problems);
     if !problems.is_empty() {
         return Err(RestoreError::Incomplete { device, problems });
     }
@@ -358,8 +371,44 @@ fn home_job(
         }
     }
 
+    if let Some(host_values) = &o.sysctls {
+        match sysctl::read(&o.name) {
+            Ok(now) => {
+                let back = host_values.differing_from(&now);
+                if let Err((key, e)) = sysctl::write(&o.name, &back) {
+                    problems.push(format!("sysctl {key}: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("sysctls: {e}")),
+        }
+    }
+
     restore_ethtool(o, idx, &mut problems);
     Ok((idx, problems))
+}
+
+/// In the pod: removes the rules netclaim created there and its VRF when nothing else
+/// is enslaved. Problems as text.
+fn undo_pod_additions(o: &HostOriginals, ifindex: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut sock = match NlSocket::route() {
+        Ok(s) => s,
+        Err(e) => return vec![format!("pod rules: {e}")],
+    };
+    for r in &o.pod_rules {
+        if let Err(e) = rules::delete_rule(&mut sock, r) {
+            problems.push(format!(
+                "rule priority {} table {} in the pod: {e}",
+                r.priority, r.table
+            ));
+        }
+    }
+    if let Some(name) = &o.pod_vrf {
+        if let Err(e) = vrf::remove_if_unused(&mut sock, name, Some(ifindex)) {
+            problems.push(format!("VRF {name} in the pod: {e}"));
+        }
+    }
+    problems
 }
 
 fn field_name(config_field: &str) -> &str {
@@ -442,6 +491,9 @@ mod tests {
             ethtool_features: BTreeMap::new(),
             ethtool_changeable: BTreeSet::new(),
             private_flags: BTreeMap::new(),
+            sysctls: None,
+            pod_rules: vec![],
+            pod_vrf: None,
         }
     }
 

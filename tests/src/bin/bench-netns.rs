@@ -63,6 +63,7 @@ fn settings() -> Result<InterfaceSettings> {
             ("rx-gro".to_string(), true),
         ]),
         private_flags: BTreeMap::new(),
+        ..Default::default()
     })
 }
 
