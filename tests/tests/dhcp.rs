@@ -15,14 +15,17 @@ use netclaim::{
         device::AttachOptions, AttachedDatapath, DatapathKey, DatapathPolicy, DataplaneKnobs,
         Enforcement, PinLayout,
     },
-    dhcp::{DhcpError, LeaseKeeper},
+    dhcp::{policy_with_lease, DhcpError, LeaseKeeper},
+    status::render,
 };
 use netclaim_tests::{
     dhcp_server::{DhcpServer, DhcpWire, POD_IF, SERVER, WIRE_IF},
     netenv::{TestBpfRoot, TestNetns},
     raw::{frame, RawSender},
     traffic::{udp_send, UdpSink},
+    validation::resource_claim_status,
 };
+use serde_json::json;
 
 /// The pod's IPv4 addresses on `dev` (`ip -4 -o addr`), as `a.b.c.d/len`.
 fn addresses(ns: &TestNetns, dev: &str) -> Vec<String> {
@@ -254,20 +257,34 @@ fn the_data_path_lets_exactly_the_dhcp_exchange_and_the_lease_through() {
         !r.iter().any(|l| l.starts_with("default")),
         "option 121 replaces option 3: {r:?}"
     );
+    // The lease in the claim status passes kube-apiserver's validation.
+    let (nd, _) = render::network_data(POD_IF, Some(&net.pod_mac), &[IpNet::V4(lease.address)]);
+    let mut data = serde_json::Map::new();
+    data.insert("state".into(), json!("Available"));
+    data.insert("dhcp".into(), render::dhcp_lease(Some(&lease)));
+    let entry = render::entry("netclaim.dev", "node-1", "a0", &[], data, Some(nd));
+    let claim = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "dhcp-claim", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "nic", "exactly": {"deviceClassName": "netclaim"}}]}},
+        "status": {
+            "allocation": {"devices": {"results": [
+                {"request": "nic", "driver": "netclaim.dev", "pool": "node-1", "device": "a0"}
+            ]}},
+            "devices": [serde_json::to_value(&entry).unwrap()]
+        }
+    });
+    let refused = resource_claim_status(&claim).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(
+        claim["status"]["devices"][0]["data"]["dhcp"]["server"],
+        "192.0.2.1"
+    );
     let spoofed_before = drops(&dp, "spoofed_source");
     assert_eq!(drops(&dp, "spoofed_mac"), 0);
 
     // The lease becomes the policy.
-    let plan = lease.install_plan();
-    let after = DatapathPolicy {
-        addresses: vec![IpNet::V4(plan.address)],
-        routes: plan
-            .routes
-            .iter()
-            .map(|r| IpNet::V4(r.destination))
-            .collect(),
-        ..before.clone()
-    };
+    let after = policy_with_lease(&before, Some(&lease));
     dp.update_policy(&after).unwrap();
     let leased = lease.address.addr();
 

@@ -8,7 +8,8 @@
 //!   [`exchange::Transport`], with retransmissions inside a deadline;
 //! * [`socket`] — the transport: UDP port 68 bound to the device;
 //! * [`install`] — the lease's address and routes on the interface, and their removal;
-//! * [`keeper`] — [`LeaseKeeper`], the thread that owns one device's lease.
+//! * [`keeper`] — [`LeaseKeeper`], the thread that owns one device's lease;
+//! * [`policy`] — the lease applied to the device's data-path policy (pure).
 //!
 //! The data path lets the client's own exchange through when the policy says the
 //! device uses DHCP (`netclaim_common::flags::DHCP_CLIENT`; README, "Enforcement").
@@ -17,7 +18,9 @@ pub mod exchange;
 pub mod install;
 pub mod keeper;
 pub mod lease;
+pub mod policy;
 pub mod socket;
 
 pub use keeper::{DhcpError, LeaseEvent, LeaseKeeper};
 pub use lease::Lease;
+pub use policy::policy_with_lease;

@@ -30,6 +30,39 @@ pub const MAX_ROUTE_HITS: usize = 16;
 /// Parts of `data` dropped, in this order, when an entry would exceed the limit.
 pub const OPTIONAL_PARTS: [&str; 3] = ["datapath", "counters", "link"];
 
+/// `data.dhcp` of a device whose address comes from DHCP: the lease (address,
+/// server, routers, option-121 routes, length) and when it was granted, is renewed
+/// and expires, as RFC 3339 UTC. `None` (no lease now) renders `{"lease": null}`.
+pub fn dhcp_lease(lease: Option<&crate::dhcp::Lease>) -> Value {
+    let Some(l) = lease else {
+        return json!({ "lease": null });
+    };
+    let at = |secs: u64| {
+        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(i64::MAX))
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    let mut v = json!({
+        "address": l.address.to_string(),
+        "server": l.server.to_string(),
+        "routers": l.routers.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "leaseSeconds": l.lease_secs,
+        "grantedAt": at(l.granted_at),
+    });
+    if !l.classless_routes.is_empty() {
+        v["routes"] = json!(l
+            .classless_routes
+            .iter()
+            .map(|(d, g)| json!({"destination": d.to_string(), "gateway": g.to_string()}))
+            .collect::<Vec<_>>());
+    }
+    if let (Some(t), Some(end)) = (l.timing, l.expires_at()) {
+        v["renewAt"] = json!(at(l.granted_at.saturating_add(t.renew.as_secs())));
+        v["expiresAt"] = json!(at(end));
+    }
+    v
+}
+
 /// An interface address in the form kube-apiserver accepts (`IsValidInterfaceAddress`):
 /// Go's spelling, so an IPv4-mapped IPv6 address is written as IPv4 with the prefix
 /// length reduced by 96.
@@ -325,5 +358,36 @@ mod tests {
         assert_eq!(m["conditions"][1]["type"], STATUS_COMPLETE);
         assert_eq!(m["conditions"][1]["status"], "False");
         assert_eq!(m["conditions"][1]["message"], "422: too big");
+    }
+
+    #[test]
+    fn a_lease_renders_with_its_times() {
+        use crate::dhcp::lease::Timing;
+        use std::time::Duration;
+        let lease = crate::dhcp::Lease {
+            address: "192.0.2.101/24".parse().expect("net"),
+            server: "192.0.2.1".parse().expect("ip"),
+            routers: vec!["192.0.2.1".parse().expect("ip")],
+            classless_routes: vec![(
+                "198.51.100.0/24".parse().expect("net"),
+                "192.0.2.1".parse().expect("ip"),
+            )],
+            lease_secs: 120,
+            timing: Some(Timing {
+                renew: Duration::from_secs(60),
+                rebind: Duration::from_secs(105),
+                expire: Duration::from_secs(120),
+            }),
+            granted_at: 1_800_000_000,
+        };
+        let v = dhcp_lease(Some(&lease));
+        assert_eq!(v["address"], "192.0.2.101/24");
+        assert_eq!(v["server"], "192.0.2.1");
+        assert_eq!(v["leaseSeconds"], 120);
+        assert_eq!(v["grantedAt"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["renewAt"], "2027-01-15T08:01:00Z");
+        assert_eq!(v["expiresAt"], "2027-01-15T08:02:00Z");
+        assert_eq!(v["routes"][0]["destination"], "198.51.100.0/24");
+        assert_eq!(dhcp_lease(None), json!({"lease": null}));
     }
 }
