@@ -30,6 +30,28 @@ impl Default for Costs {
     }
 }
 
+/// A pod start stopped because the budget would have run out.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pod {pod}: the runtime's hook budget of {budget:?} would run out before claim {claim}, device {device}: \
+     {done} device(s) were handed over in {spent:?} and each takes about {:?} (undoing about {:?}); \
+     everything was undone and the pod start fails (raise the runtime's plugin_request_timeout, or claim fewer devices per pod){}",
+    costs.attach,
+    costs.undo,
+    if problems.is_empty() { String::new() } else { format!(" (undo problems: {})", problems.join("; ")) }
+)]
+pub struct Exceeded {
+    pub pod: String,
+    pub claim: String,
+    pub device: String,
+    pub budget: Duration,
+    pub spent: Duration,
+    pub done: usize,
+    pub costs: Costs,
+    /// Problems while undoing.
+    pub problems: Vec<String>,
+}
+
 /// Weight of a new sample in the moving averages.
 const WEIGHT: f64 = 0.25;
 

@@ -179,23 +179,8 @@ pub enum LifecycleError {
         /// Problems while undoing what was already done for the pod.
         undo: Vec<String>,
     },
-    #[error(
-        "pod {pod}: the runtime's hook budget of {budget:?} would run out before claim {claim}, device {device}: \
-         {done} device(s) were handed over in {spent:?} and each takes about {attach:?} (undoing about {undo:?}); \
-         everything was undone and the pod start fails (raise the runtime's plugin_request_timeout, or claim fewer devices per pod){}",
-        if problems.is_empty() { String::new() } else { format!(" (undo problems: {})", problems.join("; ")) }
-    )]
-    Budget {
-        pod: String,
-        claim: String,
-        device: String,
-        budget: std::time::Duration,
-        spent: std::time::Duration,
-        done: usize,
-        attach: std::time::Duration,
-        undo: std::time::Duration,
-        problems: Vec<String>,
-    },
+    #[error("{0}")]
+    Budget(Box<budget::Exceeded>),
     #[error("pod {pod}: {} device(s) could not be returned: {}", problems.len(), problems.join("; "))]
     Incomplete { pod: String, problems: Vec<String> },
 }
@@ -602,17 +587,16 @@ impl Inner {
                     drop(_entered);
                     let n = done.len();
                     let problems = self.undo(done, &pod, &message);
-                    return Err(LifecycleError::Budget {
+                    return Err(LifecycleError::Budget(Box::new(budget::Exceeded {
                         pod: plan.pod.to_string(),
                         claim: plan.claim.to_string(),
                         device: plan.device.clone(),
                         budget: deadline.budget,
                         spent,
                         done: n,
-                        attach: costs.attach,
-                        undo: costs.undo,
+                        costs,
                         problems,
-                    });
+                    })));
                 }
             }
             let attach_started = Instant::now();
