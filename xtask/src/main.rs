@@ -6,7 +6,9 @@
 //! * `test` — setup, build-ebpf, then every unit and integration test, as root;
 //! * `bench <datapath|netns|control-plane|pod-start>` — one benchmark, printed and
 //!   written to `bench/results/<name>.json`;
-//! * `demo` — the end-to-end walkthrough.
+//! * `demo` — the end-to-end walkthrough;
+//! * `image [--out PATH] [--tag NAME]` — the driver's OCI image archive (no engine,
+//!   no base image), by default `target/image/netclaim-oci.tar`.
 //!
 //! The machine recipe (why Debian's compiler, why bpf-linker with LLVM 22) is in
 //! ../shared/TOOLCHAIN.md; this file is its executable form.
@@ -21,6 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod oci;
 mod peers;
 
@@ -46,7 +49,15 @@ const APT_PACKAGES: &[&str] = &[
     // The sandbox image's pause program is compiled static.
     "gcc",
     "libc6-dev",
+    // The manifest validator's virtual environment (VALIDATOR_VENV).
+    "python3-venv",
 ];
+/// `kubernetes-validate` (the Kubernetes OpenAPI schemas of 1.34–1.37) for the manifest
+/// tests, in its own venv of Debian's Python (not whatever `python3` is first on PATH).
+const VALIDATOR_VENV: &str = "/opt/netclaim/venv";
+const VALIDATOR_PACKAGE: &str = "kubernetes-validate";
+const VALIDATOR_VERSION: &str = "1.37.0";
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_ROOT: &str = "/opt/netclaim/bpf-linker";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -84,6 +95,16 @@ enum Task {
     },
     /// Run the end-to-end demo.
     Demo,
+    /// Build the driver's OCI image archive (no container engine, no base image).
+    Image {
+        /// Where the archive goes (default target/image/netclaim-oci.tar).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Image name `repo:tag`, or only a tag for ghcr.io/netclaim/netclaim
+        /// (default: the workspace version).
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -93,6 +114,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { name } => bench(&name),
         Task::Demo => demo(),
+        Task::Image { out, tag } => image::build(&root(), out, tag.as_deref()),
     }
 }
 
@@ -154,6 +176,14 @@ fn bpffs_mounted() -> bool {
             m.lines()
                 .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
         })
+        .unwrap_or(false)
+}
+
+fn validator_ok(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == VALIDATOR_VERSION)
         .unwrap_or(false)
 }
 
@@ -219,6 +249,31 @@ fn setup() -> Result<()> {
         installed.push("bpffs mounted on /sys/fs/bpf".into());
     }
     std::fs::create_dir_all("/var/run/netns").ok();
+    let validator = Path::new(VALIDATOR_VENV).join("bin/kubernetes-validate");
+    if validator_ok(&validator) {
+        present.push(format!(
+            "{VALIDATOR_PACKAGE} {VALIDATOR_VERSION} ({VALIDATOR_VENV})"
+        ));
+    } else {
+        println!(
+            "[setup] installing {VALIDATOR_PACKAGE}=={VALIDATOR_VERSION} into {VALIDATOR_VENV}"
+        );
+        run(Command::new(DEBIAN_PYTHON).args(["-m", "venv", VALIDATOR_VENV]))?;
+        run(
+            Command::new(Path::new(VALIDATOR_VENV).join("bin/pip")).args([
+                "install",
+                "-q",
+                &format!("{VALIDATOR_PACKAGE}=={VALIDATOR_VERSION}"),
+            ]),
+        )?;
+        if !validator_ok(&validator) {
+            bail!(
+                "{} does not report {VALIDATOR_VERSION} after installing it",
+                validator.display()
+            );
+        }
+        installed.push(format!("{VALIDATOR_PACKAGE} {VALIDATOR_VERSION}"));
+    }
     for line in [
         peers::install_containerd(&root())?,
         peers::build_pause_image(&root())?,
