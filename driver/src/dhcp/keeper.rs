@@ -130,6 +130,14 @@ pub fn next_step(
     }
 }
 
+/// The monotonic instant of a grant recorded as `granted_at` (Unix seconds), given
+/// the wall clock `now_unix` and the monotonic `now` read together; a grant in the
+/// future (the wall clock stepped back) counts as now.
+pub fn granted_instant(granted_at: u64, now_unix: u64, now: Instant) -> Instant {
+    let ago = Duration::from_secs(now_unix.saturating_sub(granted_at));
+    now.checked_sub(ago).unwrap_or(now)
+}
+
 /// RFC 2131 4.4.5: after a failed attempt, wait half the time left to `until`, but
 /// at least [`MIN_RETRY`].
 pub fn back_off(now: Instant, until: Instant) -> Instant {
@@ -350,6 +358,86 @@ impl LeaseKeeper {
         };
         match first_rx.recv() {
             Ok(Ok(lease)) => Ok((keeper, lease)),
+            Ok(Err(e)) => {
+                keeper.join();
+                Err(e)
+            }
+            Err(_) => {
+                keeper.join();
+                Err(DhcpError::Gone {
+                    device: device.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Takes over a lease that an earlier run of the driver acquired and installed on
+    /// `device` inside `pod` (read from the checkpoint): no exchange now; renewal,
+    /// rebinding and expiry follow the lease's timers, counted from when it was
+    /// granted (a lease that ran out meanwhile is removed and acquired again, reported
+    /// to `on_change` like any loss).
+    pub fn resume(
+        pod: &Netns,
+        device: &str,
+        mac: [u8; 6],
+        lease: Lease,
+        on_change: impl FnMut(&LeaseEvent) + Send + 'static,
+    ) -> Result<Self, DhcpError> {
+        let ns = pod.try_clone()?;
+        let (commands, inbox) = mpsc::channel();
+        let (first_tx, first_rx) = mpsc::channel();
+        let current = Arc::new(Mutex::new(Some(lease.clone())));
+        let shared = current.clone();
+        let name = device.to_string();
+        let thread = std::thread::Builder::new()
+            .name("dhcp".into())
+            .spawn(move || {
+                if let Err(source) = setns(ns.file().as_fd(), CloneFlags::CLONE_NEWNET) {
+                    let _ = first_tx.send(Err(DhcpError::Netns(NetnsError::Enter {
+                        path: ns.path().to_path_buf(),
+                        source,
+                    })));
+                    return;
+                }
+                let Some(ifindex) = ifindex_of(&name) else {
+                    let _ = first_tx.send(Err(DhcpError::NotFound { device: name }));
+                    return;
+                };
+                let installed = Installed {
+                    ifindex,
+                    address: lease.address,
+                    routes: install::route_records(&lease.install_plan()),
+                };
+                let granted = granted_instant(
+                    lease.granted_at,
+                    super::lease::unix_secs(std::time::SystemTime::now()),
+                    Instant::now(),
+                );
+                let held = Held {
+                    device: name,
+                    client: ClientId { mac },
+                    lease: Some(lease),
+                    granted,
+                    installed: Some(installed),
+                    ifindex,
+                };
+                if first_tx.send(Ok(())).is_err() {
+                    return;
+                }
+                keep(held, inbox, shared, on_change);
+            })
+            .map_err(|source| NetnsError::Spawn {
+                path: pod.path().to_path_buf(),
+                source,
+            })?;
+        let keeper = Self {
+            device: device.to_string(),
+            commands,
+            current,
+            thread: Some(thread),
+        };
+        match first_rx.recv() {
+            Ok(Ok(())) => Ok(keeper),
             Ok(Err(e)) => {
                 keeper.join();
                 Err(e)
@@ -599,6 +687,29 @@ mod tests {
         );
         assert_eq!(next_step(t, g, at(120), None), Step::Expired);
         assert_eq!(next_step(None, g, at(10_000), None), Step::WaitUntil(None));
+    }
+
+    #[test]
+    fn a_resumed_lease_counts_from_its_recorded_grant() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        assert_eq!(
+            granted_instant(1_000, 1_090, now),
+            now - Duration::from_secs(90)
+        );
+        assert_eq!(
+            granted_instant(2_000, 1_090, now),
+            now,
+            "clock stepped back"
+        );
+        // 90 s into a 120 s lease (T1 60, T2 105): renew now.
+        let t = timing(60, 105, 120);
+        let g = granted_instant(1_000, 1_090, now);
+        assert!(matches!(next_step(t, g, now, None), Step::Renew { .. }));
+        assert_eq!(
+            next_step(t, granted_instant(1_000, 1_200, now), now, None),
+            Step::Expired,
+            "a lease that ran out while the driver was down"
+        );
     }
 
     #[test]

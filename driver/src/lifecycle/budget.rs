@@ -68,6 +68,9 @@ impl Costs {
     }
 }
 
+/// How long a pod start waits for a DHCP lease when the runtime names no budget.
+pub const LEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// Time kept back for the answer to reach the runtime and for the runtime's clock,
 /// which started before the request was sent: a tenth of the budget, at least 50 ms.
 pub fn margin(budget: Duration) -> Duration {
@@ -87,6 +90,18 @@ impl Deadline {
             arrived: Instant::now(),
             budget,
         }
+    }
+
+    /// When a DHCP lease for the device being handed over must have come (with
+    /// `done` devices before it): what is left of the budget after the margin
+    /// and undoing this device and the ones before it. Already past when nothing is
+    /// left (the acquisition then fails at once).
+    pub fn lease_until(&self, done: usize, costs: &Costs) -> Instant {
+        let keep = costs.undo * (done as u32 + 1) + margin(self.budget);
+        (self.arrived + self.budget)
+            .checked_sub(keep)
+            .unwrap_or(self.arrived)
+            .max(self.arrived)
     }
 
     /// Whether the next device, and then undoing it and the `done` devices before it,
@@ -139,6 +154,25 @@ mod tests {
             Duration::from_millis(50)
         );
         assert_eq!(margin(Duration::from_secs(2)), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_lease_must_come_before_the_undo_and_the_margin() {
+        let t0 = Instant::now();
+        let d = Deadline {
+            arrived: t0,
+            budget: Duration::from_secs(2),
+        };
+        // 2000 - 200 (margin) - 2 * 50 (undo this and one before) = 1700.
+        assert_eq!(
+            d.lease_until(1, &costs(80, 50)),
+            t0 + Duration::from_millis(1700)
+        );
+        let tiny = Deadline {
+            arrived: t0,
+            budget: Duration::from_millis(40),
+        };
+        assert_eq!(tiny.lease_until(0, &costs(80, 50)), t0, "nothing left");
     }
 
     #[test]

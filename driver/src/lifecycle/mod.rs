@@ -32,6 +32,7 @@
 
 pub mod budget;
 pub mod keeper;
+pub mod leases;
 pub mod nri;
 pub mod resolver;
 pub mod settings;
@@ -46,7 +47,7 @@ use std::time::Instant;
 
 use crate::config::parse_parameters;
 use crate::datapath::{
-    device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, PinLayout,
+    device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy, PinLayout,
 };
 use crate::netns::{
     move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals,
@@ -101,6 +102,7 @@ pub enum LifecycleStep {
     ForeignPrograms,
     Configure(Option<Step>),
     Datapath,
+    Dhcp,
     Checkpoint,
     Detach,
     Restore,
@@ -115,6 +117,7 @@ impl fmt::Display for LifecycleStep {
             LifecycleStep::Configure(Some(step)) => write!(f, "configuring: {step}"),
             LifecycleStep::Configure(None) => f.write_str("configuring"),
             LifecycleStep::Datapath => f.write_str("attaching the data path"),
+            LifecycleStep::Dhcp => f.write_str("acquiring a DHCP lease"),
             LifecycleStep::Checkpoint => f.write_str("recording in the checkpoint"),
             LifecycleStep::Detach => f.write_str("detaching the data path"),
             LifecycleStep::Restore => f.write_str("restoring the device on the host"),
@@ -234,6 +237,8 @@ struct Inner {
     keeper: Mutex<keeper::Keeper>,
     /// What a device costs to hand over and take back (for the hook budget).
     costs: Mutex<budget::Costs>,
+    /// The DHCP leases of devices inside pods (`interface.dhcp`).
+    leases: leases::Leases,
 }
 
 /// A failed device, before it is tied to the pod's error.
@@ -251,6 +256,17 @@ struct Done {
     side: PodSide,
     originals: HostOriginals,
     datapath: Option<DatapathKey>,
+    /// The lease acquired for the device (`interface.dhcp`); its keeper is in
+    /// `Inner::leases`.
+    lease: Option<crate::dhcp::Lease>,
+}
+
+fn lease_key(claim_uid: &str, plan: &Plan) -> leases::LeaseKey {
+    leases::LeaseKey {
+        claim_uid: claim_uid.to_string(),
+        pool: plan.pool.clone(),
+        device: plan.device.clone(),
+    }
 }
 
 fn device_ref(plan: &Plan) -> DeviceRef {
@@ -298,6 +314,7 @@ impl Pods {
                 pod_locks: Mutex::new(BTreeMap::new()),
                 keeper: Mutex::new(keeper::Keeper::default()),
                 costs: Mutex::new(budget::Costs::default()),
+                leases: leases::Leases::default(),
             }),
         }
     }
@@ -444,7 +461,12 @@ impl Pods {
         let mut results = Vec::new();
         for (uid, path) in pods {
             match Netns::open(&path) {
-                Ok(ns) => self.inner.keeper().hold(&uid, &ns),
+                Ok(ns) => {
+                    self.inner.keeper().hold(&uid, &ns);
+                    for problem in self.inner.resume_leases(&uid, &ns) {
+                        tracing::warn!(pod_uid = %uid, "{problem}");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(pod_uid = %uid, netns = %path.display(), "the pod's network namespace is gone ({e}); returning what is left of its devices");
                     let _shared = self.shared();
@@ -510,17 +532,20 @@ impl Inner {
         plan: &Plan,
         change: impl FnOnce(&mut Plan),
     ) -> Result<(), StateError> {
-        let Some(mut stored) = self.store.get(claim_uid)? else {
-            return Ok(());
-        };
-        if let Some(p) = stored
-            .plans
-            .iter_mut()
-            .find(|p| p.pool == plan.pool && p.device == plan.device)
-        {
-            change(p);
-            self.store.put(&stored)?;
-        }
+        // One transaction: a lease keeper's thread may record a renewal meanwhile.
+        self.store.update(claim_uid, |stored| {
+            match stored
+                .plans
+                .iter_mut()
+                .find(|p| p.pool == plan.pool && p.device == plan.device)
+            {
+                Some(p) => {
+                    change(p);
+                    true
+                }
+                None => false,
+            }
+        })?;
         Ok(())
     }
 
@@ -600,9 +625,15 @@ impl Inner {
                 }
             }
             let attach_started = Instant::now();
-            match self.attach_one(&claim_uid, &plan, &pod, guard.as_deref()) {
-                Ok(d) => {
-                    self.costs().attached(attach_started.elapsed());
+            let lease_until = match runtime.deadline {
+                Some(d) => d.lease_until(done.len(), &self.costs()),
+                None => attach_started + budget::LEASE_WAIT,
+            };
+            match self.attach_one(&claim_uid, &plan, &pod, guard.as_deref(), lease_until) {
+                Ok((d, waited)) => {
+                    // The server's answer time is not what a device costs to move.
+                    self.costs()
+                        .attached(attach_started.elapsed().saturating_sub(waited));
                     tracing::info!(
                         interface = %d.side.name,
                         datapath = d.datapath.is_some(),
@@ -613,6 +644,7 @@ impl Inner {
                         pod_netns: netns.to_path_buf(),
                         pod_ifname: d.side.name.clone(),
                         datapath: d.datapath.clone(),
+                        dhcp: d.lease.clone(),
                     });
                     outcomes.push(DeviceOutcome {
                         claim: plan.claim.to_string(),
@@ -674,13 +706,15 @@ impl Inner {
             })
     }
 
+    /// Hands one device over; on success also how long its DHCP lease took to come.
     fn attach_one(
         &self,
         claim_uid: &str,
         plan: &Plan,
         pod: &Netns,
         guard: Option<&Path>,
-    ) -> Result<Done, Failure> {
+        lease_until: Instant,
+    ) -> Result<(Done, std::time::Duration), Failure> {
         let cfg = parse_parameters(&plan.config, "parameters").map_err(|e| Failure {
             step: LifecycleStep::Config,
             part: FailedPart::Network,
@@ -732,8 +766,10 @@ impl Inner {
         let originals = configured.originals.clone();
 
         let mut datapath = None;
+        let mut base_policy = None;
         if self.config.dataplane {
             let policy = settings::datapath_policy(&cfg, &configured);
+            base_policy = Some(policy.clone());
             let attached = DatapathKey::new(
                 plan.claim.namespace.clone(),
                 plan.claim.name.clone(),
@@ -770,6 +806,37 @@ impl Inner {
             }
         }
 
+        let mut lease = None;
+        let mut waited = std::time::Duration::ZERO;
+        if cfg.interface.dhcp {
+            let asked = Instant::now();
+            let acquired = self.acquire_lease(
+                claim_uid,
+                plan,
+                pod,
+                &side,
+                datapath.as_ref().zip(base_policy.clone()),
+                lease_until,
+            );
+            waited = asked.elapsed();
+            match acquired {
+                Ok(l) => lease = Some(l),
+                Err(mut failure) => {
+                    if let Some(key) = &datapath {
+                        if let Some(problem) = self.detach(key, Some(pod)) {
+                            failure.message.push_str(&format!(" (and {problem})"));
+                        }
+                    }
+                    if let Err(r) = restore_device(&self.host, Some(pod), &side, &originals, None) {
+                        failure
+                            .message
+                            .push_str(&format!(" (and restoring the device failed: {r})"));
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+
         let attachment = Attachment {
             pod_netns: pod.path().to_path_buf(),
             pod_ifname: side.name.clone(),
@@ -778,6 +845,11 @@ impl Inner {
             originals: originals.clone(),
             datapath: datapath.is_some(),
             attached_at: crate::unix_now(),
+            dhcp: lease.clone().map(|l| {
+                // A renewal may already have come: record the newest.
+                let newest = self.leases.lease(&lease_key(claim_uid, plan)).unwrap_or(l);
+                leases::new_record(newest, base_policy.clone())
+            }),
         };
         let recorded = self.update_plan(claim_uid, plan, |p| {
             p.attached = true;
@@ -789,6 +861,7 @@ impl Inner {
             side,
             originals,
             datapath,
+            lease,
         };
         if let Err(e) = recorded {
             let mut message = e.to_string();
@@ -802,17 +875,189 @@ impl Inner {
                 message,
             });
         }
-        Ok(done)
+        Ok((done, waited))
+    }
+
+    /// Acquires the device's DHCP lease inside the pod before `until`, puts it into the
+    /// data path's policy, and keeps its keeper in `leases`. On failure nothing of the
+    /// lease is left (no address, no route, no keeper); the caller detaches and
+    /// restores.
+    fn acquire_lease(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        pod: &Netns,
+        side: &PodSide,
+        datapath: Option<(&DatapathKey, DatapathPolicy)>,
+        until: Instant,
+    ) -> Result<crate::dhcp::Lease, Failure> {
+        let failed = |message: String| Failure {
+            step: LifecycleStep::Dhcp,
+            part: FailedPart::Network,
+            reason: "DhcpLeaseFailed",
+            message,
+        };
+        let mac = side.mac.ok_or_else(|| {
+            failed(format!(
+                "interface {} has no MAC address in the pod to ask for a lease with",
+                side.name
+            ))
+        })?;
+        let key = lease_key(claim_uid, plan);
+        // The follower does not know the first lease: its first change rewrites the
+        // policy once, even when only the times moved.
+        let follower = leases::Follower {
+            key: key.clone(),
+            device: device_ref(plan),
+            store: self.store.clone(),
+            status: self.status.clone(),
+            layout: self.layout.clone(),
+            datapath: datapath.as_ref().map(|(k, p)| ((*k).clone(), p.clone())),
+            current: None,
+        };
+        let (keeper, lease) =
+            crate::dhcp::LeaseKeeper::start(pod, &side.name, mac, until, follower.into_callback())
+                .map_err(|e| {
+                    let left = until.saturating_duration_since(Instant::now());
+                    failed(format!("{e} (lease deadline; {left:?} of the budget left)"))
+                })?;
+        if let Some((dp, base)) = &datapath {
+            if let Err(e) = leases::apply_to_datapath(&self.layout, dp, base, Some(&lease)) {
+                let mut message = format!(
+                    "putting the leased address {} into the data path: {e}",
+                    lease.address
+                );
+                if let Err(r) = keeper.stop() {
+                    message.push_str(&format!(" (and releasing the lease failed: {r})"));
+                }
+                return Err(Failure {
+                    step: LifecycleStep::Datapath,
+                    part: FailedPart::DataPath,
+                    reason: "DataPathPolicyFailed",
+                    message,
+                });
+            }
+        }
+        tracing::info!(interface = %side.name, address = %lease.address, server = %lease.server, "DHCP lease acquired in the pod");
+        self.leases.hold(key, keeper);
+        Ok(lease)
     }
 
     /// Detaches and restores one device handed over in this call; problems as text.
     fn take_back(&self, done: &Done, pod: Option<&Netns>) -> Vec<String> {
         let mut problems = Vec::new();
+        self.leases.release(&lease_key(&done.claim_uid, &done.plan));
         if let Some(key) = &done.datapath {
             problems.extend(self.detach(key, pod));
         }
         if let Err(e) = restore_device(&self.host, pod, &done.side, &done.originals, None) {
             problems.push(format!("{}: {e}", LifecycleStep::Restore));
+        }
+        problems
+    }
+
+    /// Releases the device's DHCP lease before it leaves the pod: through its keeper,
+    /// or, when none is held (a driver that restarted and could not resume it), by
+    /// taking the recorded lease over just to release it.
+    fn release_lease(&self, claim_uid: &str, plan: &Plan, att: &Attachment, pod: Option<&Netns>) {
+        if self.leases.release(&lease_key(claim_uid, plan)) {
+            return;
+        }
+        let (Some(lease), Some(mac), Some(pod)) = (
+            att.dhcp.as_ref().and_then(|r| r.lease.clone()),
+            att.pod_mac,
+            pod,
+        ) else {
+            return;
+        };
+        let released = crate::dhcp::LeaseKeeper::resume(pod, &att.pod_ifname, mac, lease, |_| {})
+            .and_then(crate::dhcp::LeaseKeeper::stop);
+        if let Err(e) = released {
+            tracing::warn!(interface = %att.pod_ifname, "recorded DHCP lease not released: {e}");
+        }
+    }
+
+    /// Takes over the leases of a pod's devices recorded in the checkpoint (daemon
+    /// start), so they are renewed and released as if this run had acquired them.
+    fn resume_leases(&self, pod_uid: &str, pod: &Netns) -> Vec<String> {
+        let plans = match self.plans_of(pod_uid) {
+            Ok(p) => p,
+            Err(e) => return vec![e.to_string()],
+        };
+        let mut problems = Vec::new();
+        for (claim_uid, plan) in plans {
+            let Some(att) = plan.attachment.as_ref() else {
+                continue;
+            };
+            let Some(record) = att.dhcp.as_ref() else {
+                continue;
+            };
+            let key = lease_key(&claim_uid, &plan);
+            if self.leases.holds(&key) {
+                continue;
+            }
+            let datapath = if att.datapath {
+                DatapathKey::new(
+                    plan.claim.namespace.clone(),
+                    plan.claim.name.clone(),
+                    plan.device.clone(),
+                )
+                .ok()
+                .zip(record.policy.clone())
+            } else {
+                None
+            };
+            let follower = leases::Follower {
+                key: key.clone(),
+                device: device_ref(&plan),
+                store: self.store.clone(),
+                status: self.status.clone(),
+                layout: self.layout.clone(),
+                datapath: datapath.clone(),
+                current: record.lease.clone(),
+            };
+            let Some(mac) = att.pod_mac else {
+                problems.push(format!(
+                    "claim {}, device {}: no MAC recorded to renew its DHCP lease with",
+                    plan.claim, plan.device
+                ));
+                continue;
+            };
+            let resumed = match record.lease.clone() {
+                Some(lease) => {
+                    crate::dhcp::LeaseKeeper::resume(pod, &att.pod_ifname, mac, lease, follower.into_callback())
+                }
+                // Lost when the driver stopped: ask again (the data path already
+                // enforces "no lease"; the follower puts the new one in).
+                None => crate::dhcp::LeaseKeeper::start(
+                    pod,
+                    &att.pod_ifname,
+                    mac,
+                    Instant::now() + budget::LEASE_WAIT,
+                    follower.into_callback(),
+                )
+                .map(|(keeper, lease)| {
+                    if let Some((dp, base)) = &datapath {
+                        if let Err(e) = leases::apply_to_datapath(&self.layout, dp, base, Some(&lease)) {
+                            tracing::warn!(device = %plan.device, "data-path policy not updated to the DHCP lease: {e}");
+                        }
+                    }
+                    if let Err(e) = leases::record_lease(&self.store, &key, Some(&lease)) {
+                        tracing::warn!(device = %plan.device, "DHCP lease not recorded in the checkpoint: {e}");
+                    }
+                    keeper
+                }),
+            };
+            match resumed {
+                Ok(keeper) => {
+                    tracing::info!(claim = %plan.claim, device = %plan.device, "DHCP lease taken over from the checkpoint");
+                    self.leases.hold(key, keeper);
+                }
+                Err(e) => problems.push(format!(
+                    "claim {}, device {}: DHCP lease not taken over: {e}",
+                    plan.claim, plan.device
+                )),
+            }
         }
         problems
     }
@@ -913,8 +1158,10 @@ impl Inner {
                 } else {
                     None
                 },
+                lease: None,
             };
             let mut mine = Vec::new();
+            self.release_lease(&claim_uid, &plan, &att, pod.as_ref());
             if let Some(key) = &done.datapath {
                 mine.extend(self.detach(key, pod.as_ref()));
             }

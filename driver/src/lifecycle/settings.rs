@@ -66,6 +66,7 @@ pub fn interface_settings(cfg: &ValidConfig) -> InterfaceSettings {
         }),
         ethtool_features: cfg.ethtool.features.clone(),
         private_flags: cfg.ethtool.private_flags.clone(),
+        dhcp: i.dhcp,
     }
 }
 
@@ -139,6 +140,15 @@ mod tests {
         assert_eq!(s.sysctls.arp_ignore, Some(1));
         assert_eq!(s.sysctls.forwarding_v6, Some(true));
         assert_eq!(s.sysctls.arp_announce, None);
+        assert!(!s.dhcp);
+        let dhcp = parse_parameters(
+            &serde_json::json!({"interface": {"name": "net1", "dhcp": true}}),
+            "parameters",
+        )
+        .expect("valid config");
+        let s = interface_settings(&dhcp);
+        assert!(s.dhcp && s.addresses.is_empty());
+        assert!(policy_for(&dhcp, &[], None, &[]).dhcp_client);
         let carried: Vec<ipnet::IpNet> = vec!["203.0.113.5/24".parse().expect("net")];
         let ll: Vec<std::net::Ipv6Addr> = vec!["fe80::1".parse().expect("ll")];
         let p = policy_for(&cfg, &carried, Some([2, 0, 0, 0, 0, 9]), &ll);

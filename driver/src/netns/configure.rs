@@ -102,6 +102,9 @@ pub struct InterfaceSettings {
     pub vrf: Option<VrfSpec>,
     pub ethtool_features: BTreeMap<String, bool>,
     pub private_flags: BTreeMap<String, bool>,
+    /// `interface.dhcp`: the address and routes come from a DHCP lease acquired after
+    /// the move (`crate::dhcp`), so the host's are not carried along.
+    pub dhcp: bool,
 }
 
 /// The device as the kernel reports it inside the pod once configured.
@@ -741,8 +744,9 @@ fn pod_job(
             .map_err(|e| fail(Step::LinkSettings, "interface.vrf", e))?;
     }
 
-    // Addresses: the claim's, or the host's carried along (a move drops them).
-    let carried = settings.addresses.is_empty();
+    // Addresses: the claim's, or the host's carried along (a move drops them); none
+    // for DHCP, whose lease brings them later.
+    let carried = settings.addresses.is_empty() && !settings.dhcp;
     let addresses: &[IpNet] = if carried {
         &originals.addresses
     } else {

@@ -10,7 +10,7 @@
 pub mod plan;
 pub mod store;
 
-pub use plan::{Attachment, ClaimPlans, ClaimRecord, Plan, PodRecord};
+pub use plan::{Attachment, ClaimPlans, ClaimRecord, DhcpRecord, Plan, PodRecord};
 pub use store::{StateError, StateStore, CHECKPOINT_FILE};
 
 /// Default directory of the checkpoint (`--state-dir`).

@@ -83,6 +83,24 @@ pub struct Attachment {
     /// Unix seconds when the device was attached.
     #[serde(default)]
     pub attached_at: u64,
+    /// For `interface.dhcp`: the lease the driver holds for the device, so a restarted
+    /// driver keeps renewing it and releases it at stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpRecord>,
+}
+
+/// The DHCP lease of an attached device (written by `lifecycle`, updated on every
+/// renewal).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DhcpRecord {
+    /// The lease held now; `None` after it ran out and before a new one came.
+    #[serde(default)]
+    pub lease: Option<crate::dhcp::Lease>,
+    /// The device's data-path policy without the lease (`crate::dhcp::policy_with_lease`
+    /// adds each new lease to it); `None` when the data path is off.
+    #[serde(default)]
+    pub policy: Option<crate::datapath::DatapathPolicy>,
 }
 
 /// Everything prepared for one claim: the checkpoint's unit of storage.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::datapath::DatapathKey;
+use crate::dhcp::Lease;
 use crate::state::{ClaimRecord, PodRecord};
 
 /// One device of one claim, as the status entry and the health stream name it.
@@ -40,6 +41,14 @@ pub enum DeviceEvent {
         pod_ifname: String,
         /// `None` when the data path is disabled (`--dataplane=off`).
         datapath: Option<DatapathKey>,
+        /// The lease acquired for the device (`interface.dhcp`); `None` otherwise.
+        dhcp: Option<Lease>,
+    },
+    /// The DHCP lease of a started device changed: renewed or acquired again
+    /// (`Some`), or ran out (`None`).
+    Lease {
+        device: DeviceRef,
+        lease: Option<Lease>,
     },
     /// Handing the device to the pod failed; it is back home.
     Failed {
@@ -58,6 +67,7 @@ impl DeviceEvent {
         match self {
             DeviceEvent::Started { device, .. }
             | DeviceEvent::Failed { device, .. }
+            | DeviceEvent::Lease { device, .. }
             | DeviceEvent::Stopped { device } => device,
         }
     }

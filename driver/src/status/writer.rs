@@ -30,6 +30,7 @@ use super::event::{DeviceEvent, DeviceRef, FailedPart};
 use super::observe::{observe, Observation, Target};
 use super::render;
 use crate::datapath::PinLayout;
+use crate::dhcp::Lease;
 use crate::kubelet::health::DeviceHealth;
 use crate::state::{ClaimRecord, StateStore};
 
@@ -104,11 +105,28 @@ enum Origin {
     },
 }
 
+/// A device's DHCP lease as its entry shows it (`data.dhcp`).
+#[derive(Clone, Debug, PartialEq)]
+enum Dhcp {
+    /// The device's config does not use DHCP: no `data.dhcp`.
+    NotUsed,
+    Held(Lease),
+    /// The lease ran out and no new one came yet.
+    Lost,
+}
+
+impl Dhcp {
+    fn of(lease: Option<Lease>) -> Self {
+        lease.map_or(Dhcp::Lost, Dhcp::Held)
+    }
+}
+
 /// One device's entry as the writer keeps it.
 #[derive(Clone, Debug)]
 struct Tracked {
     device: DeviceRef,
     origin: Origin,
+    dhcp: Dhcp,
     target: Option<Target>,
     observation: Option<Observation>,
     conditions: Vec<Condition>,
@@ -190,10 +208,14 @@ impl StatusWriter {
                     pool: plan.pool,
                     device: plan.device,
                 };
+                let dhcp = att
+                    .dhcp
+                    .map_or(Dhcp::NotUsed, |record| Dhcp::of(record.lease));
                 self.track(Tracked {
                     origin: Origin::Started {
                         datapath: datapath.is_some(),
                     },
+                    dhcp,
                     target: Some(Target {
                         pod_netns: att.pod_netns,
                         pod_ifname: att.pod_ifname,
@@ -244,12 +266,14 @@ impl StatusWriter {
                 pod_netns,
                 pod_ifname,
                 datapath,
+                dhcp,
             } => {
                 let previous = self.previous_conditions(&device);
                 let mut tracked = Tracked {
                     origin: Origin::Started {
                         datapath: datapath.is_some(),
                     },
+                    dhcp: dhcp.map_or(Dhcp::NotUsed, Dhcp::Held),
                     target: Some(Target {
                         pod_netns,
                         pod_ifname,
@@ -278,12 +302,27 @@ impl StatusWriter {
                         reason,
                         message,
                     },
+                    dhcp: Dhcp::NotUsed,
                     target: None,
                     observation: None,
                     conditions: previous,
                     prev_drops: None,
                     drop_spike: false,
                 });
+            }
+            DeviceEvent::Lease { device, lease } => {
+                let key = (device.pool.clone(), device.device.clone());
+                let Some(tracked) = self
+                    .claims
+                    .get_mut(&uid)
+                    .and_then(|c| c.devices.get_mut(&key))
+                else {
+                    return; // stopped meanwhile: nothing to show it on
+                };
+                if !matches!(tracked.origin, Origin::Started { .. }) {
+                    return;
+                }
+                tracked.dhcp = Dhcp::of(lease);
             }
             DeviceEvent::Stopped { device } => {
                 if let Some(claim) = self.claims.get_mut(&uid) {
@@ -626,6 +665,15 @@ fn render_entry(driver: &str, t: &Tracked) -> AllocatedDeviceStatus {
     data.insert("pod".into(), json!(t.device.pod.to_string()));
     if let Origin::Failed { message, .. } = &t.origin {
         data.insert("error".into(), json!(message));
+    }
+    match &t.dhcp {
+        Dhcp::NotUsed => {}
+        Dhcp::Held(lease) => {
+            data.insert("dhcp".into(), render::dhcp_lease(Some(lease)));
+        }
+        Dhcp::Lost => {
+            data.insert("dhcp".into(), render::dhcp_lease(None));
+        }
     }
     let mut network_data = None;
     if let Some(obs) = &t.observation {
