@@ -9,8 +9,18 @@
 //! [`Mode::Legacy`] (NRI <= 0.11) through `StateChange` only. Every hook reports the
 //! latency measured here and the status the plugin returned.
 //!
-//! It reuses netclaim's mux and ttrpc code for the transport; the wire layouts are
-//! pinned by byte-level unit tests in `netclaim::nri`.
+//! Failures follow containerd (nri `pkg/adaptation/plugin.go`): a hook that runs past
+//! the request timeout, a broken connection or a protocol error (such as a mux frame
+//! above the runtime's 4096-byte read buffer) makes the runtime close the plugin, and
+//! the pod event itself succeeds — the pod starts without the plugin's work.
+//! [`HookOutcome::closed`] says when that happened; a plugin error status is returned
+//! as an error, as containerd does. One deliberate difference: with no plugin
+//! connected at all, containerd starts the pod silently, while this stand-in answers
+//! UNAVAILABLE so a test can tell.
+//!
+//! The transport is [`crate::nri_wire`], written from the upstream sources and sharing
+//! no code with netclaim's own mux and ttrpc; only the generated protobuf message
+//! types come from netclaim.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -23,13 +33,13 @@ use netclaim::nri::api::{
     RegisterPluginRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StateChangeEvent,
     StopPodSandboxRequest, SynchronizeRequest, SynchronizeResponse,
 };
-use netclaim::nri::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
-use netclaim::nri::ttrpc::{self, code, Client, Status, TtrpcError};
-use netclaim::nri::{PLUGIN_SERVICE, RUNTIME_SERVICE};
 use prost::Message;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
+
+pub use crate::nri_wire::Status;
+use crate::nri_wire::{self, code, CallError, Session, PLUGIN_SERVICE, RUNTIME_SERVICE};
 
 /// Which NRI generation the fake runtime plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +54,8 @@ pub enum Mode {
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub mode: Mode,
-    /// Budget of every hook, sent in Configure and enforced on calls.
+    /// Budget of every hook, sent in Configure and enforced on calls: past it the
+    /// runtime closes the plugin.
     pub request_timeout: Duration,
     /// How long the plugin has to register after connecting.
     pub registration_timeout: Duration,
@@ -86,29 +97,57 @@ pub enum Delivery {
     Fallback,
 }
 
+/// Why the runtime closed the plugin during a hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginClosed {
+    /// The hook ran past the request timeout.
+    pub timed_out: bool,
+    /// The error that made the runtime close it.
+    pub reason: String,
+}
+
 /// The result of one hook as the runtime sees it.
 #[derive(Clone, Debug)]
 pub struct HookOutcome {
     pub latency: Duration,
     pub delivery: Delivery,
-    /// `Err` with the ttrpc status (transport failures map to DEADLINE_EXCEEDED (4)
-    /// or UNAVAILABLE (14)).
+    /// `Err` with the plugin's status; `Err` with UNAVAILABLE (14) when no plugin was
+    /// connected. `Ok` also when the plugin was closed (see `closed`), as containerd
+    /// then starts the pod without error.
     pub status: Result<(), Status>,
+    /// Set when the runtime closed the plugin during this hook (timeout, broken
+    /// connection, protocol error). The plugin's work did not happen as far as the
+    /// runtime knows.
+    pub closed: Option<PluginClosed>,
+}
+
+impl HookOutcome {
+    /// The plugin answered OK within the budget.
+    pub fn is_clean(&self) -> bool {
+        self.status.is_ok() && self.closed.is_none()
+    }
 }
 
 /// gRPC code used when the plugin is unreachable.
-pub const UNAVAILABLE: i32 = 14;
-
-struct Connected {
-    client: Arc<Client>,
-    _mux: Mux,
-    _server: JoinHandle<()>,
-}
+pub const UNAVAILABLE: i32 = code::UNAVAILABLE;
 
 struct Shared {
     config: RuntimeConfig,
     registration: watch::Sender<Option<Registration>>,
-    connected: Mutex<Option<Connected>>,
+    connected: Mutex<Option<Arc<Session>>>,
+}
+
+impl Shared {
+    /// containerd's `plugin.close()`: forget the plugin and close its socket, if it
+    /// is still the current one.
+    async fn close_plugin(&self, session: &Arc<Session>) {
+        let mut connected = self.connected.lock().await;
+        if connected.as_ref().is_some_and(|c| Arc::ptr_eq(c, session)) {
+            if let Some(session) = connected.take().and_then(|s| Arc::try_unwrap(s).ok()) {
+                session.close().await;
+            }
+        }
+    }
 }
 
 /// The fake runtime. Dropping it closes the plugin connection and removes the socket.
@@ -144,6 +183,16 @@ impl FakeRuntime {
 
     pub fn socket_path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a plugin is registered and not closed.
+    pub async fn plugin_connected(&self) -> bool {
+        self.shared
+            .connected
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|s| s.ended().is_none())
     }
 
     /// Waits until a plugin has registered and been configured and synchronized.
@@ -190,14 +239,17 @@ impl FakeRuntime {
 
     /// Calls `Plugin/Shutdown` and closes the connection, as a runtime going down does.
     pub async fn shutdown_plugin(&self) -> anyhow::Result<()> {
-        let mut connected = self.shared.connected.lock().await;
-        if let Some(conn) = connected.as_ref() {
-            let timeout = Some(self.shared.config.request_timeout);
-            conn.client
-                .call::<_, Empty>(PLUGIN_SERVICE, "Shutdown", &Empty {}, timeout)
-                .await?;
+        let session = self.shared.connected.lock().await.take();
+        if let Some(session) = session {
+            let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+            let answer: Result<Empty, CallError> = session
+                .call_message(PLUGIN_SERVICE, "Shutdown", &Empty {}, deadline)
+                .await;
+            if let Ok(session) = Arc::try_unwrap(session) {
+                session.close().await;
+            }
+            answer.context("Plugin/Shutdown")?;
         }
-        *connected = None;
         Ok(())
     }
 
@@ -208,81 +260,68 @@ impl FakeRuntime {
 
     async fn pod_event(&self, event: Event, pod: &PodSandbox) -> HookOutcome {
         let started = Instant::now();
-        let client = self
-            .shared
-            .connected
-            .lock()
-            .await
-            .as_ref()
-            .map(|c| c.client.clone());
-        let Some(client) = client else {
+        let session = self.shared.connected.lock().await.clone();
+        let Some(session) = session else {
             return HookOutcome {
                 latency: started.elapsed(),
                 delivery: Delivery::Method,
                 status: Err(Status::new(UNAVAILABLE, "no plugin connected")),
+                closed: None,
             };
         };
-        let timeout = Some(self.shared.config.request_timeout);
+        // One deadline for the hook, fallback included (the context upstream).
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
         let (delivery, result) = match self.shared.config.mode {
             Mode::Legacy => (
                 Delivery::StateChange,
-                state_change(&client, event, pod, timeout).await,
+                state_change(&session, event, pod, deadline).await,
             ),
             Mode::Current => {
-                let direct = match event {
-                    Event::RunPodSandbox => {
-                        let request = RunPodSandboxRequest {
-                            pod: Some(pod.clone()),
-                        };
-                        client
-                            .call_raw(
-                                PLUGIN_SERVICE,
-                                "RunPodSandbox",
-                                request.encode_to_vec(),
-                                timeout,
-                            )
-                            .await
-                    }
-                    Event::StopPodSandbox => {
-                        let request = StopPodSandboxRequest {
-                            pod: Some(pod.clone()),
-                        };
-                        client
-                            .call_raw(
-                                PLUGIN_SERVICE,
-                                "StopPodSandbox",
-                                request.encode_to_vec(),
-                                timeout,
-                            )
-                            .await
-                    }
-                    _ => {
-                        let request = RemovePodSandboxRequest {
-                            pod: Some(pod.clone()),
-                        };
-                        client
-                            .call_raw(
-                                PLUGIN_SERVICE,
-                                "RemovePodSandbox",
-                                request.encode_to_vec(),
-                                timeout,
-                            )
-                            .await
-                    }
-                };
-                match direct {
-                    Err(err) if err.code() == Some(code::UNIMPLEMENTED) => (
-                        Delivery::Fallback,
-                        state_change(&client, event, pod, timeout).await,
+                let sandbox = Some(pod.clone());
+                let (method, payload) = match event {
+                    Event::RunPodSandbox => (
+                        "RunPodSandbox",
+                        RunPodSandboxRequest { pod: sandbox }.encode_to_vec(),
                     ),
-                    other => (Delivery::Method, other.map(|_| ())),
+                    Event::StopPodSandbox => (
+                        "StopPodSandbox",
+                        StopPodSandboxRequest { pod: sandbox }.encode_to_vec(),
+                    ),
+                    _ => (
+                        "RemovePodSandbox",
+                        RemovePodSandboxRequest { pod: sandbox }.encode_to_vec(),
+                    ),
+                };
+                let direct = session
+                    .call(PLUGIN_SERVICE, method, payload, deadline)
+                    .await
+                    .map(|_| ());
+                match direct {
+                    Err(err) if err.code() == code::UNIMPLEMENTED => (
+                        Delivery::Fallback,
+                        state_change(&session, event, pod, deadline).await,
+                    ),
+                    other => (Delivery::Method, other),
                 }
+            }
+        };
+        let (status, closed) = match result {
+            Ok(()) => (Ok(()), None),
+            Err(CallError::Status(status)) => (Err(status), None),
+            Err(fatal) => {
+                self.shared.close_plugin(&session).await;
+                let closed = PluginClosed {
+                    timed_out: matches!(fatal, CallError::DeadlineExceeded(_)),
+                    reason: error_chain(&fatal),
+                };
+                (Ok(()), Some(closed))
             }
         };
         HookOutcome {
             latency: started.elapsed(),
             delivery,
-            status: result.map_err(to_status),
+            status,
+            closed,
         }
     }
 }
@@ -297,34 +336,38 @@ impl Drop for FakeRuntime {
     }
 }
 
+/// An error and its sources on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 async fn state_change(
-    client: &Client,
+    session: &Session,
     event: Event,
     pod: &PodSandbox,
-    timeout: Option<Duration>,
-) -> Result<(), TtrpcError> {
+    deadline: tokio::time::Instant,
+) -> Result<(), CallError> {
     let request = StateChangeEvent {
         event: event as i32,
         pod: Some(pod.clone()),
         container: None,
     };
-    client
-        .call_raw(
+    session
+        .call(
             PLUGIN_SERVICE,
             "StateChange",
             request.encode_to_vec(),
-            timeout,
+            deadline,
         )
         .await
         .map(|_| ())
-}
-
-fn to_status(err: TtrpcError) -> Status {
-    match err {
-        TtrpcError::Status { code, message } => Status::new(code, message),
-        TtrpcError::Timeout { .. } => Status::new(code::DEADLINE_EXCEEDED, err.to_string()),
-        other => Status::new(UNAVAILABLE, other.to_string()),
-    }
 }
 
 /// Aborts the task when dropped, so stopping the accept loop also stops a plugin
@@ -356,29 +399,31 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-/// The `Runtime` service: only RegisterPlugin.
-struct RuntimeService {
-    registered: mpsc::Sender<RegisterPluginRequest>,
-}
-
-#[async_trait::async_trait]
-impl ttrpc::Service for RuntimeService {
-    async fn call(&self, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u8>, Status> {
-        match (service, method) {
-            (RUNTIME_SERVICE, "RegisterPlugin") => {
+/// The `Runtime` service: RegisterPlugin; anything else is Unimplemented, worded as
+/// ttrpc's server words it.
+fn runtime_service(registered: mpsc::UnboundedSender<RegisterPluginRequest>) -> nri_wire::Handler {
+    Arc::new(move |service, method, payload| {
+        if service != RUNTIME_SERVICE {
+            return Err(Status::new(
+                code::UNIMPLEMENTED,
+                format!("service {service}"),
+            ));
+        }
+        match method {
+            "RegisterPlugin" => {
                 let request = RegisterPluginRequest::decode(payload)
                     .map_err(|err| Status::new(code::INVALID_ARGUMENT, err.to_string()))?;
-                let _ = self.registered.send(request).await;
+                let _ = registered.send(request);
                 Ok(Empty {}.encode_to_vec())
             }
-            _ => Err(Status::unimplemented(service, method)),
+            _ => Err(Status::new(code::UNIMPLEMENTED, format!("method {method}"))),
         }
-    }
+    })
 }
 
 async fn handle_plugin(stream: tokio::net::UnixStream, shared: Arc<Shared>, generation: u64) {
     if let Err(err) = configure_plugin(stream, &shared, generation).await {
-        tracing::warn!(error = %err, "fake runtime: plugin setup failed");
+        tracing::warn!(error = %format!("{err:#}"), "fake runtime: plugin setup failed; plugin closed");
     }
 }
 
@@ -387,27 +432,15 @@ async fn configure_plugin(
     shared: &Shared,
     generation: u64,
 ) -> anyhow::Result<()> {
-    let (mux, mut conns) = Mux::start(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])?;
-    let (Some(runtime_conn), Some(plugin_conn)) = (conns.pop(), conns.pop()) else {
-        bail!("mux returned too few conns");
-    };
-    let (registered_tx, mut registered_rx) = mpsc::channel(1);
-    let server = tokio::spawn(async move {
-        let _ = ttrpc::serve(
-            runtime_conn,
-            Arc::new(RuntimeService {
-                registered: registered_tx,
-            }),
-        )
-        .await;
-    });
-    let client = Arc::new(Client::new(plugin_conn));
+    let (registered_tx, mut registered_rx) = mpsc::unbounded_channel();
+    // On any error below the session is dropped, which closes the socket.
+    let session = Session::start(stream, runtime_service(registered_tx));
     let config = &shared.config;
     let register = tokio::time::timeout(config.registration_timeout, registered_rx.recv())
         .await
         .context("plugin did not register in time")?
         .context("plugin went away before registering")?;
-    let timeout = Some(config.request_timeout);
+    let deadline = tokio::time::Instant::now() + config.request_timeout;
     let configure = ConfigureRequest {
         config: String::new(),
         runtime_name: "netclaim-fake-runtime".into(),
@@ -416,22 +449,21 @@ async fn configure_plugin(
         request_timeout: config.request_timeout.as_millis() as i64,
         nri_version: "v0.12.0".into(),
     };
-    let configured: ConfigureResponse = client
-        .call(PLUGIN_SERVICE, "Configure", &configure, timeout)
-        .await?;
+    let configured: ConfigureResponse = session
+        .call_message(PLUGIN_SERVICE, "Configure", &configure, deadline)
+        .await
+        .context("Plugin/Configure")?;
+    let deadline = tokio::time::Instant::now() + config.request_timeout;
     let sync = SynchronizeRequest {
         pods: config.pods.clone(),
         containers: Vec::new(),
         more: false,
     };
-    let _: SynchronizeResponse = client
-        .call(PLUGIN_SERVICE, "Synchronize", &sync, timeout)
-        .await?;
-    *shared.connected.lock().await = Some(Connected {
-        client,
-        _mux: mux,
-        _server: server,
-    });
+    let _: SynchronizeResponse = session
+        .call_message(PLUGIN_SERVICE, "Synchronize", &sync, deadline)
+        .await
+        .context("Plugin/Synchronize")?;
+    *shared.connected.lock().await = Some(Arc::new(session));
     shared.registration.send_replace(Some(Registration {
         name: register.plugin_name,
         idx: register.plugin_idx,
@@ -564,6 +596,7 @@ pub async fn serve_cli(args: RuntimeArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "event": verb, "pod": pod.id, "delivery": format!("{:?}", outcome.delivery),
                 "latency_us": outcome.latency.as_micros() as u64, "code": code, "message": message,
+                "plugin_closed": outcome.closed.as_ref().map(|c| c.reason.clone()),
             })
         );
     }
