@@ -6,7 +6,6 @@
 //! machine's root namespace never gets a test device, address, route or packet.
 
 pub mod apiserver;
-pub mod chaos;
 pub mod containerd;
 pub mod dhcp_server;
 pub mod fake_sysfs;
@@ -15,7 +14,6 @@ pub mod kubelet;
 pub mod netenv;
 pub mod nri_wire;
 pub mod raw;
-pub mod runp;
 pub mod runtime;
 pub mod scenario;
 pub mod topology;
