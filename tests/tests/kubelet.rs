@@ -633,3 +633,111 @@ async fn fake_apiserver_speaks_kubernetes() {
         .unwrap();
     assert!(matches!(event, WatchEvent::Deleted(_)), "{event:?}");
 }
+
+/// Runs one unary call with grpcio (Debian's python3-grpcio): `Ok(response)` or
+/// `Err(status text)`.
+fn grpcio_call(
+    socket: &std::path::Path,
+    method: &str,
+    request: &[u8],
+    authority: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("grpcio/unary.py");
+    let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(socket)
+        .arg(method)
+        .arg(hex)
+        .args(authority)
+        .output()
+        .expect("running /usr/bin/python3 (cargo xtask setup installs python3-grpcio)");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match text.split_once(' ') {
+        Some(("OK", hex)) => Ok((0..hex.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect()),
+        None if text == "OK" => Ok(Vec::new()),
+        _ => Err(text),
+    }
+}
+
+/// Operators' tools use other gRPC stacks than kubelet's: grpcio sends the
+/// percent-encoded socket path as `:authority`. Both sockets must answer it.
+#[tokio::test]
+async fn grpcio_clients_are_served_on_both_sockets() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (_health_tx, health_rx) = watch::channel(Vec::new());
+    let stub = Arc::new(StubPreparer::default());
+    let plugin = kubelet::serve(config.clone(), stub.clone(), health_rx)
+        .await
+        .unwrap();
+    // grpcio 1.51 (Debian) sends "localhost"; newer releases send the socket path
+    // percent-encoded, which is what the second round asks for explicitly.
+    let encoded = plugin
+        .registration_socket()
+        .display()
+        .to_string()
+        .replace('/', "%2F");
+    for authority in [None, Some(encoded)] {
+        let reg = plugin.registration_socket().to_path_buf();
+        let a = authority.clone();
+        let info = tokio::task::spawn_blocking(move || {
+            grpcio_call(
+                &reg,
+                "/pluginregistration.Registration/GetInfo",
+                &[],
+                a.as_deref(),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("GetInfo over grpcio (authority {authority:?}): {e}"));
+        let text = String::from_utf8_lossy(&info);
+        assert!(
+            text.contains("DRAPlugin") && text.contains(DRIVER),
+            "GetInfo answered {text:?}"
+        );
+
+        // NodePrepareResources with one claim (field 1: Claim{namespace=1, uid=2, name=3}).
+        let claim = [
+            &[0x0a, 0x07][..],
+            b"default",
+            &[0x12, 0x05],
+            b"uid-1",
+            &[0x1a, 0x03],
+            b"web",
+        ]
+        .concat();
+        let mut request = vec![0x0a, claim.len() as u8];
+        request.extend_from_slice(&claim);
+        let dra = plugin.dra_socket().to_path_buf();
+        let a = authority.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            grpcio_call(
+                &dra,
+                "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources",
+                &request,
+                a.as_deref(),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("NodePrepareResources over grpcio (authority {authority:?}): {e}")
+        });
+        assert!(
+            String::from_utf8_lossy(&answer).contains("uid-1"),
+            "the answer names the claim: {answer:?}"
+        );
+    }
+    assert!(stub.calls.lock().unwrap().iter().any(|c| c.contains("web")));
+}

@@ -51,6 +51,8 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     // The manifest validator's virtual environment (VALIDATOR_VENV).
     "python3-venv",
+    // A grpcio client for the kubelet test of non-grpc-go :authority (tests/grpcio).
+    "python3-grpcio",
 ];
 /// `kubernetes-validate` (the Kubernetes OpenAPI schemas of 1.34–1.37) for the manifest
 /// tests, in its own venv of Debian's Python (not whatever `python3` is first on PATH).

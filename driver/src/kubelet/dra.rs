@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::health::{DeviceHealth, HealthService};
@@ -53,7 +52,10 @@ pub(crate) async fn run(
             health,
             stop.clone(),
         )))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop))
+        .serve_with_incoming_shutdown(
+            super::authority::incoming(listener, socket.path()),
+            stopped(stop),
+        )
         .await;
     if let Err(err) = result {
         tracing::error!(socket = %socket.path().display(), "DRA server failed: {err}");

@@ -20,6 +20,7 @@
 //! replaced, removed when the plugin stops). It does not publish ResourceSlices and
 //! does not touch the kernel.
 
+pub mod authority;
 pub mod dra;
 pub mod health;
 pub mod prepare;

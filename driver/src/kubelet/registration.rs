@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::proto::pluginregistration::{
@@ -176,12 +175,15 @@ async fn serve_once(
     };
     let result = tonic::transport::Server::builder()
         .add_service(RegistrationServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-            tokio::select! {
-                _ = stop_signal => {}
-                _ = refused_signal => {}
-            }
-        })
+        .serve_with_incoming_shutdown(
+            super::authority::incoming(listener, socket.path()),
+            async move {
+                tokio::select! {
+                    _ = stop_signal => {}
+                    _ = refused_signal => {}
+                }
+            },
+        )
         .await;
     if let Err(err) = result {
         tracing::error!(socket = %socket.path().display(), "registration server failed: {err}");
