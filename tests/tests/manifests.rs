@@ -10,7 +10,10 @@
 //! * the DeviceClass selects netclaim.dev devices;
 //! * every example's opaque config is a valid netclaim config, uses documentation
 //!   address ranges, and every example claim is used by a Pod in the same file;
-//! * `deploy/kind.yaml` is a kind cluster config with DRA and NRI switched on.
+//! * `deploy/kind.yaml` is a kind cluster config with DRA and NRI switched on;
+//! * every Kubernetes manifest validates against the OpenAPI schemas of every
+//!   Kubernetes version the README supports, with `kubernetes-validate --strict`
+//!   (PyPI, pinned; `cargo xtask setup` installs it into /opt/netclaim/venv).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -829,4 +832,113 @@ fn dockerfile_builds_ebpf_then_the_driver() {
         ebpf < driver,
         "the eBPF object must exist before the driver is built"
     );
+}
+
+/// `kubernetes-validate` as `cargo xtask setup` installs it (override with
+/// `NETCLAIM_KUBERNETES_VALIDATE`).
+fn validator() -> PathBuf {
+    std::env::var_os("NETCLAIM_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/netclaim/venv/bin/kubernetes-validate"))
+}
+
+/// The Kubernetes versions netclaim supports: from the README's minimum (1.34, the
+/// first with `resource.k8s.io/v1`) to the newest schemas kubernetes-validate 1.37.0
+/// carries.
+const SUPPORTED: [&str; 4] = ["1.34.0", "1.35.0", "1.36.0", "1.37.0"];
+
+/// Runs the validator over `files` for `version`: `Err` with its report when it
+/// rejects anything or cannot find a schema (a WARN line: an object it did not check).
+fn validate(files: &[PathBuf], version: &str) -> Result<(), String> {
+    let bin = validator();
+    let out = std::process::Command::new(&bin)
+        .args(["--kubernetes-version", version, "--strict", "--quiet"])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `cargo xtask setup`, which installs kubernetes-validate 1.37.0)",
+                bin.display()
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ERROR") || l.starts_with("WARN") || l.contains("Traceback"))
+        .collect();
+    if out.status.success() && problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Kubernetes {version} ({}): {}",
+            out.status,
+            if problems.is_empty() {
+                text.trim().to_string()
+            } else {
+                problems.join("\n")
+            }
+        ))
+    }
+}
+
+#[test]
+fn every_manifest_validates_against_the_supported_kubernetes_schemas() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    assert!(
+        readme.contains("Kubernetes ≥ 1.34"),
+        "the README no longer says Kubernetes ≥ 1.34: update SUPPORTED"
+    );
+    let out = std::process::Command::new(validator())
+        .arg("--version")
+        .output()
+        .expect("kubernetes-validate (cargo xtask setup installs it)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.37.0");
+    // kind.yaml is kind's own config, not a Kubernetes object (kind_config_enables_dra_and_nri).
+    let files: Vec<PathBuf> = yaml_files(&deploy_dir())
+        .into_iter()
+        .filter(|p| !is_kind_config(p))
+        .collect();
+    assert!(files.len() >= 5, "deploy/ manifests: {files:?}");
+    let errors: Vec<String> = SUPPORTED
+        .iter()
+        .filter_map(|v| validate(&files, v).err())
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// The schema check rejects what the API server would: the DaemonSet of deploy/ with
+/// a misplaced field and a wrongly typed one, and an object kind it has no schema for.
+#[test]
+fn the_schema_check_rejects_a_broken_manifest() {
+    let docs = k8s_docs();
+    let mut ds = one(&docs, "DaemonSet").value.clone();
+    let c = &mut ds["spec"]["template"]["spec"]["containers"][0];
+    c["securityContext"]["privilegd"] = Value::from(true);
+    c["terminationMessagePolicy"] = Value::from(7);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, serde_yaml::to_string(&ds).expect("yaml")).expect("write");
+    let err = validate(std::slice::from_ref(&broken), "1.34.0").expect_err("broken DaemonSet");
+    assert!(err.contains("privilegd"), "{err}");
+
+    let mut typed = one(&docs, "DaemonSet").value.clone();
+    typed["spec"]["template"]["spec"]["hostNetwork"] = Value::from("sometimes");
+    std::fs::write(&broken, serde_yaml::to_string(&typed).expect("yaml")).expect("write");
+    let err = validate(std::slice::from_ref(&broken), "1.37.0").expect_err("string hostNetwork");
+    assert!(err.contains("hostNetwork"), "{err}");
+
+    // resource.k8s.io/v1 does not exist before 1.34: its objects have no schema there.
+    let class = deploy_dir().join("netclaim.yaml");
+    let err = validate(std::slice::from_ref(&class), "1.31.0").expect_err("v1 DeviceClass on 1.31");
+    assert!(
+        err.contains("deviceclass") || err.contains("DeviceClass"),
+        "{err}"
+    );
+
+    // The unchanged file passes (the failures above are the edits).
+    validate(std::slice::from_ref(&class), "1.34.0").expect("deploy/netclaim.yaml");
 }
