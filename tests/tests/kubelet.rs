@@ -741,3 +741,62 @@ async fn grpcio_clients_are_served_on_both_sockets() {
     }
     assert!(stub.calls.lock().unwrap().iter().any(|c| c.contains("web")));
 }
+
+/// A client that breaks HTTP/2 framing loses its own connection, not the server: the
+/// socket keeps answering others.
+#[tokio::test]
+async fn broken_http2_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_health_tx, health_rx) = watch::channel(Vec::new());
+    let plugin = kubelet::serve(
+        config(dir.path()),
+        Arc::new(StubPreparer::default()),
+        health_rx,
+    )
+    .await
+    .unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        // CONTINUATION without a HEADERS before it.
+        (
+            "stray continuation",
+            [&[0, 0, 1, 0x9, 0x4, 0, 0, 0, 1][..], &[0x82]].concat(),
+        ),
+        // HEADERS whose HPACK block indexes past the (empty) dynamic table.
+        (
+            "bad hpack",
+            [&[0, 0, 2, 0x1, 0x4, 0, 0, 0, 1][..], &[0xff, 0x7f]].concat(),
+        ),
+        // A preface, then the connection ends in the middle of a frame header.
+        ("truncated", vec![0, 0, 9, 0x1]),
+    ];
+    for socket in [plugin.registration_socket(), plugin.dra_socket()] {
+        for (name, frames) in &cases {
+            let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+            conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            conn.write_all(frames).await.unwrap();
+            if *name == "truncated" {
+                conn.shutdown().await.unwrap();
+            }
+            // The server's SETTINGS (and maybe a GOAWAY) arrive, then the end.
+            let mut seen = Vec::new();
+            let read = tokio::time::timeout(WAIT, conn.read_to_end(&mut seen)).await;
+            assert!(
+                matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+                "{name} on {}: the connection stays open",
+                socket.display()
+            );
+        }
+        let reg = plugin.registration_socket().to_path_buf();
+        let info = tokio::task::spawn_blocking(move || {
+            grpcio_call(&reg, "/pluginregistration.Registration/GetInfo", &[], None)
+        })
+        .await
+        .unwrap()
+        .expect("GetInfo after the broken connections");
+        assert!(String::from_utf8_lossy(&info).contains("DRAPlugin"));
+    }
+}
