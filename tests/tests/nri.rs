@@ -415,10 +415,16 @@ async fn slow_hook_gets_the_plugin_closed_and_the_plugin_reconnects() {
     );
 
     // The plugin notices the closed socket and registers again on the same socket.
+    let closed_at = std::time::Instant::now();
     let again = runtime
         .wait_registration_after(first.generation, WAIT)
         .await
         .unwrap();
+    println!(
+        "hook closed after {:?} (budget {budget:?}); plugin registered again {:?} later",
+        outcome.latency,
+        closed_at.elapsed()
+    );
     assert!(again.generation > first.generation);
     assert_eq!(again.idx, "00");
     wait_connected(&plugin, true).await;
