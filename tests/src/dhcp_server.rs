@@ -89,6 +89,17 @@ impl DhcpServer {
     /// Starts dnsmasq on `wire`'s `b0` handing out 192.0.2.100-150 for `lease_secs`
     /// (dnsmasq's minimum is 120) with router 192.0.2.1, plus `extra` arguments.
     pub fn start(wire: &TestNetns, lease_secs: u32, extra: &[&str]) -> Result<Self> {
+        Self::start_on(wire, WIRE_IF, lease_secs, extra)
+    }
+
+    /// As [`DhcpServer::start`], on interface `iface` of `wire` (which must hold an
+    /// address in 192.0.2.0/24).
+    pub fn start_on(
+        wire: &TestNetns,
+        iface: &str,
+        lease_secs: u32,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir().context("temp dir for dnsmasq")?;
         let leases = dir.path().join("leases");
         let log = dir.path().join("log");
@@ -102,7 +113,7 @@ impl DhcpServer {
             "--user=root",
             "--group=root",
             "--bind-interfaces",
-            &format!("--interface={WIRE_IF}"),
+            &format!("--interface={iface}"),
             &format!("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,{lease_secs}s"),
             "--dhcp-option=3,192.0.2.1",
             "--dhcp-authoritative",

@@ -16,13 +16,14 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use netclaim::{
-    lifecycle::{Action, DeviceResolver, LifecycleConfig, PodRuntime, Pods},
+    lifecycle::{budget::Deadline, Action, DeviceResolver, LifecycleConfig, PodRuntime, Pods},
     netns::RestoreOutcome,
     state::{ClaimPlans, ClaimRecord, Plan, PodRecord, StateStore},
     status::{status_channel, DeviceEvent, StatusConfig, StatusReceiver, StatusWriter},
 };
 use netclaim_tests::{
     apiserver::FakeApiServer,
+    dhcp_server::{DhcpServer, SERVER},
     netenv::{veth, TestBpfRoot, TestNetns},
     traffic::{udp_send, UdpSink},
 };
@@ -606,4 +607,302 @@ async fn a_refused_status_keeps_its_conditions_and_says_why() {
     assert_eq!(entry["data"]["state"], "Available", "{entry}");
     assert!(!env.api.rejections().is_empty());
     pods.stop_pod(POD_UID).expect("stop");
+}
+
+fn dhcp_config() -> Value {
+    json!({"interface": {"name": "net1", "dhcp": true}})
+}
+
+/// A runtime that gives the hook containerd's default budget (2 s), starting now.
+fn runtime_with_budget(env: &Env, budget: Duration) -> PodRuntime {
+    PodRuntime {
+        deadline: Some(Deadline::new(budget)),
+        ..PodRuntime::netns(env.pod.path())
+    }
+}
+
+/// The leased IPv4 address on net1 in the pod (the only one), e.g. `192.0.2.117/24`.
+fn pod_v4(env: &Env) -> Vec<String> {
+    link(&env.pod, "net1")
+        .map(|(_, _, a)| a)
+        .unwrap_or_default()
+}
+
+/// Drops counted by the data path, summed over reasons, from the status entry.
+fn drops_of(entry: &Value) -> u64 {
+    entry["data"]["counters"]["drops"]
+        .as_object()
+        .map(|d| d.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+/// `interface.dhcp: true` through the pod lifecycle against dnsmasq on the wire: the
+/// lease arrives within containerd's default hook budget, becomes the pod's address
+/// and default route (the host's address is not carried along), the data path's
+/// anti-spoofing set and the status' `data.dhcp`; stop releases it at the server and
+/// the device comes home with its host address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dhcp_claim_gets_a_lease_enforced_and_released() {
+    let env = Env::new("ld").await;
+    let server = DhcpServer::start_on(&env.wire, "w0", 120, &["--no-ping"]).expect("dnsmasq");
+    let store = env.store();
+    env.claim(&store, "c7", dhcp_config());
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+
+    let started = std::time::Instant::now();
+    let outcomes = pods
+        .start_pod(
+            POD_UID,
+            "default/pod1",
+            &runtime_with_budget(&env, Duration::from_secs(2)),
+        )
+        .expect("start_pod with a DHCP claim");
+    let took = started.elapsed();
+    println!("dhcp pod start: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(
+        outcomes[0].action,
+        Action::Attached {
+            pod_ifname: "net1".into(),
+            datapath: true
+        }
+    );
+    let addrs = pod_v4(&env);
+    assert_eq!(addrs.len(), 1, "only the leased address: {addrs:?}");
+    let leased: std::net::Ipv4Addr = addrs[0]
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("address");
+    assert!((100..=150).contains(&leased.octets()[3]), "{leased}");
+    assert!(addrs[0].ends_with("/24"));
+    let routes = ip_json(&env.pod, &["-j", "route", "show", "dev", "net1"]);
+    assert!(
+        routes
+            .as_array()
+            .expect("routes")
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "192.0.2.1"),
+        "default route from the lease: {routes}"
+    );
+    let pod_mac = env.pod.mac("net1").expect("pod mac");
+    server
+        .wait_for(Duration::from_secs(2), "the pod's lease", |l| {
+            l.iter().any(|x| x.address == leased && x.mac == pod_mac)
+        })
+        .expect("server booked the lease");
+    let plan = store.get("uid-c7").expect("get").expect("plan");
+    let att = plan.plans[0].attachment.as_ref().expect("attachment");
+    let record = att.dhcp.as_ref().expect("lease recorded");
+    assert_eq!(
+        record.lease.as_ref().map(|l| l.address.addr()),
+        Some(leased)
+    );
+    assert!(
+        record.policy.as_ref().is_some_and(|p| p.dhcp_client),
+        "base policy recorded"
+    );
+
+    // Status: the lease in data.dhcp, accepted by the validating API server.
+    let events = drain(&mut rx, &mut writer).await;
+    assert!(matches!(
+        events.as_slice(),
+        [DeviceEvent::Started { dhcp: Some(_), .. }]
+    ));
+    let entry = env
+        .our_entry("c7")
+        .unwrap_or_else(|| panic!("status entry written; refused: {:?}", env.api.rejections()));
+    assert_eq!(entry["data"]["dhcp"]["address"], addrs[0].as_str());
+    assert_eq!(entry["data"]["dhcp"]["server"], SERVER.to_string());
+    assert_eq!(entry["data"]["dhcp"]["leaseSeconds"], 120);
+    assert!(entry["data"]["dhcp"]["expiresAt"].is_string());
+    assert_eq!(entry["networkData"]["ips"], json!([addrs[0]]));
+    for ty in ["Ready", "NetworkReady", "DataPathReady"] {
+        assert_eq!(condition(&entry, ty)["status"], "True", "{ty}: {entry}");
+    }
+
+    // Traffic: from the leased address it passes; from an address the pod added
+    // itself (the kernel would send it) the data path drops it.
+    let wire_mac = env.wire.mac("w0").expect("wire mac");
+    env.pod
+        .ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            &wire_mac,
+            "dev",
+            "net1",
+            "nud",
+            "permanent",
+        ])
+        .expect("neigh");
+    env.pod
+        .ip(&["addr", "add", "192.0.2.99/32", "dev", "net1"])
+        .expect("spoof address");
+    let wire_ns = env.wire.open();
+    let sink = UdpSink::start(&wire_ns, sa("198.51.100.1:5000")).expect("sink");
+    let pod_ns = env.pod.open();
+    udp_send(
+        &pod_ns,
+        SocketAddr::new(leased.into(), 0),
+        sa("198.51.100.1:5000"),
+        N,
+        100,
+    )
+    .expect("send");
+    assert_eq!(
+        sink.wait_for(u64::from(N), Duration::from_secs(5)),
+        u64::from(N)
+    );
+    udp_send(&pod_ns, sa("192.0.2.99:0"), sa("198.51.100.1:5000"), N, 100).expect("send");
+    assert_eq!(
+        sink.wait_for(u64::from(2 * N), Duration::from_millis(300)),
+        u64::from(N),
+        "spoofed source dropped"
+    );
+    writer.refresh().await;
+    let entry = env.our_entry("c7").expect("entry");
+    assert_eq!(
+        drops_of(&entry),
+        u64::from(N),
+        "{}",
+        entry["data"]["counters"]
+    );
+
+    // Stop: RELEASE at the server, device home with its host address, nothing left.
+    let stopped = pods.stop_pod(POD_UID).expect("stop_pod");
+    assert!(matches!(
+        stopped[0].action,
+        Action::Returned(RestoreOutcome::Restored { .. })
+    ));
+    server
+        .wait_for(Duration::from_secs(2), "no lease", |l| l.is_empty())
+        .expect("lease released");
+    assert!(server.log().contains("DHCPRELEASE"), "{}", server.log());
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
+    let plan = store.get("uid-c7").expect("get").expect("plan");
+    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    drain(&mut rx, &mut writer).await;
+    assert!(env.our_entry("c7").is_none());
+}
+
+/// A server that never answers (dnsmasq ignoring every unknown client): the pod start
+/// fails before the runtime's budget runs out, names the step, and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dhcp_without_an_answer_fails_within_the_budget_and_leaves_nothing() {
+    let env = Env::new("lq").await;
+    let server = DhcpServer::start_on(
+        &env.wire,
+        "w0",
+        120,
+        &["--no-ping", "--dhcp-ignore=tag:!known"],
+    )
+    .expect("dnsmasq");
+    let store = env.store();
+    env.claim(&store, "c8", dhcp_config());
+    let (tx, mut rx) = status_channel();
+    let pods = env.pods(store.clone(), Some(tx));
+    let mut writer = env.writer().await;
+    let budget = Duration::from_millis(1500);
+    let started = std::time::Instant::now();
+    let err = pods
+        .start_pod(POD_UID, "default/pod1", &runtime_with_budget(&env, budget))
+        .expect_err("no lease, no pod start");
+    let took = started.elapsed();
+    println!("dhcp silent server: failed after {took:?}: {err}");
+    assert!(took < budget, "{took:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("claim default/c8")
+            && text.contains("device nic-a")
+            && text.contains("acquiring a DHCP lease"),
+        "{text}"
+    );
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(link(&env.pod, "net1").is_none());
+    assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
+    let plan = store.get("uid-c8").expect("get").expect("plan");
+    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    assert!(server.leases().expect("leases").is_empty());
+    assert!(
+        server.log().contains("DHCPDISCOVER"),
+        "the server was asked"
+    );
+    drain(&mut rx, &mut writer).await;
+    let entry = env.our_entry("c8").expect("failure entry");
+    assert_eq!(
+        condition(&entry, "NetworkReady")["reason"],
+        "DhcpLeaseFailed"
+    );
+    assert_eq!(entry["data"]["state"], "Error");
+}
+
+/// A driver that shuts down leaves the lease installed and booked; the next run takes
+/// it over from the checkpoint at start (`adopt`), renews it (T1 of 3 s here) and
+/// releases it when the pod stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_driver_renews_and_releases_the_recorded_lease() {
+    let env = Env::new("lt").await;
+    let server = DhcpServer::start_on(
+        &env.wire,
+        "w0",
+        120,
+        &[
+            "--no-ping",
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,100",
+        ],
+    )
+    .expect("dnsmasq");
+    let leased;
+    {
+        let store = env.store();
+        env.claim(&store, "c9", dhcp_config());
+        let pods = env.pods(store, None);
+        pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
+            .expect("start_pod");
+        leased = pod_v4(&env);
+        assert_eq!(leased.len(), 1);
+    } // the driver stops; the pod runs on
+    assert_eq!(pod_v4(&env), leased, "the lease stays installed");
+    let booked = server.leases().expect("leases");
+    assert_eq!(booked.len(), 1, "not released at shutdown: {booked:?}");
+    let first_expiry = booked[0].expires;
+
+    let store = env.store();
+    let pods = env.pods(store.clone(), None);
+    let adopted = pods.adopt();
+    assert!(adopted.is_empty(), "the pod is alive: {adopted:?}");
+    // The new run renews at T1 (3 s after the grant): the server moves the expiry on.
+    server
+        .wait_for(Duration::from_secs(8), "a renewal by the new run", |l| {
+            l.iter().any(|x| x.expires > first_expiry)
+        })
+        .expect("renewed after the restart");
+    assert!(server.log().contains("DHCPREQUEST"), "{}", server.log());
+    let plan = store.get("uid-c9").expect("get").expect("plan");
+    let recorded = plan.plans[0]
+        .attachment
+        .as_ref()
+        .and_then(|a| a.dhcp.as_ref())
+        .and_then(|d| d.lease.clone())
+        .expect("lease in the checkpoint");
+    assert_eq!(recorded.address.to_string(), leased[0]);
+    pods.stop_pod(POD_UID).expect("stop by the new run");
+    server
+        .wait_for(Duration::from_secs(2), "no lease", |l| l.is_empty())
+        .expect("released by the new run");
+    assert_eq!(
+        link(&env.node, "nic0").map(|l| l.2),
+        Some(vec!["203.0.113.77/24".to_string()])
+    );
+    assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
 }

@@ -153,6 +153,8 @@ enum Command {
         release: bool,
         done: mpsc::Sender<Result<(), DhcpError>>,
     },
+    /// End the thread and leave the lease as it is (installed, booked at the server).
+    Abandon,
 }
 
 /// The owner of one device's lease (see the module docs).
@@ -493,6 +495,16 @@ impl LeaseKeeper {
         self.finish(false)
     }
 
+    /// Ends the keeper's thread but leaves the lease in place: address and routes stay,
+    /// no DHCPRELEASE. For a driver that shuts down while the pod runs on: the next run
+    /// takes the lease over from the checkpoint ([`LeaseKeeper::resume`]).
+    pub fn abandon(mut self) {
+        let _ = self.commands.send(Command::Abandon);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     fn finish(&mut self, release: bool) -> Result<(), DhcpError> {
         let (done, rx) = mpsc::channel();
         let result = match self.commands.send(Command::Stop { release, done }) {
@@ -579,6 +591,7 @@ fn keep(
                 let _ = done.send(r);
                 return;
             }
+            Some(Command::Abandon) => return,
             Some(Command::Extend(rebinding, reply)) => {
                 let r = held.extend(rebinding, Instant::now() + ATTEMPT);
                 if let Ok(l) = &r {

@@ -6,7 +6,8 @@
 //! Every change of a lease after the first ([`LeaseEvent`]) is followed in three
 //! places by [`Follower`], on the keeper's thread: the device's data-path policy (the
 //! leased address is its IPv4 anti-spoofing set, [`crate::dhcp::policy_with_lease`]),
-//! the checkpoint's [`DhcpRecord`] (so a restarted driver renews the lease it holds)
+//! the checkpoint's [`DhcpRecord`] (so a restarted driver renews the lease it holds;
+//! dropping [`Leases`] at shutdown leaves every lease installed for it)
 //! and the claim status (a [`DeviceEvent::Lease`]). The follower takes no lifecycle
 //! lock: a stop joins the keeper's thread while holding the pod's lock.
 
@@ -67,6 +68,19 @@ impl Leases {
                 true
             }
             None => false,
+        }
+    }
+}
+
+impl Drop for Leases {
+    /// The driver shuts down, the pods run on: their leases stay installed and booked
+    /// (the checkpoint has them; the next run resumes renewing). Only a pod's stop
+    /// releases its lease.
+    fn drop(&mut self) {
+        let keepers = std::mem::take(&mut *self.keepers());
+        for (key, keeper) in keepers {
+            tracing::debug!(device = %key.device, "leaving the DHCP lease to the next run");
+            keeper.abandon();
         }
     }
 }

@@ -50,8 +50,8 @@ use crate::datapath::{
     device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy, PinLayout,
 };
 use crate::netns::{
-    move_and_configure, remove_foreign_programs, restore_device, ConfigureError, HostOriginals,
-    Netns, NetnsError, PodSide, RestoreOutcome, Step,
+    remove_foreign_programs, restore_device, ConfigureError, HostOriginals, Netns, NetnsError,
+    PodSide, RestoreOutcome, Step,
 };
 use crate::state::{Attachment, Plan, StateError, StateStore};
 use crate::status::{DeviceEvent, DeviceRef, FailedPart, StatusSender};
@@ -497,6 +497,9 @@ impl Pods {
     }
 }
 
+/// How every failure path of a hand-over says that putting the device back failed.
+const RESTORE_FAILED: &str = "restoring the device failed";
+
 impl Inner {
     fn keeper(&self) -> std::sync::MutexGuard<'_, keeper::Keeper> {
         self.keeper.lock().unwrap_or_else(|p| p.into_inner())
@@ -563,10 +566,20 @@ impl Inner {
         runtime: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let netns = runtime.netns.as_path();
-        let plans = self.plans_of(pod_uid)?;
+        let mut plans = self.plans_of(pod_uid)?;
         if plans.is_empty() {
             tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
             return Ok(Vec::new());
+        }
+        // A hand-over that a dead driver left half done (its write-ahead record without
+        // `attached`): bring the pod's devices home from their records, then start over.
+        if plans
+            .iter()
+            .any(|(_, p)| !p.attached && p.attachment.is_some())
+        {
+            tracing::info!(pod = %pod_name, "an earlier start of this pod was cut off; returning its devices before starting again");
+            self.give_back(pod_uid)?;
+            plans = self.plans_of(pod_uid)?;
         }
         let pod_label = plans
             .first()
@@ -667,7 +680,18 @@ impl Inner {
                     });
                     drop(_entered);
                     let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
-                    let undo = self.undo(done, &pod, &cause);
+                    let mut undo = self.undo(done, &pod, &cause);
+                    // The failed device is home again unless its restore failed; then
+                    // its write-ahead record stays for the next stop or synchronize.
+                    if !f.message.contains(RESTORE_FAILED) {
+                        if let Err(e) = self.update_plan(&claim_uid, &plan, |p| {
+                            if !p.attached {
+                                p.attachment = None;
+                            }
+                        }) {
+                            undo.push(format!("{}: {e}", LifecycleStep::Checkpoint));
+                        }
+                    }
                     return Err(LifecycleError::Device {
                         claim: plan.claim.to_string(),
                         device: plan.device.clone(),
@@ -750,11 +774,62 @@ impl Inner {
                 tracing::info!(interface = %ifname, "removed foreign program {program}");
             }
         }
-        let configured = move_and_configure(
+        // Write-ahead: the host state and where the device goes are durable before the
+        // device is touched, so a driver killed at any later point can bring it home.
+        let settings = settings::interface_settings(&cfg);
+        let (pod_netns, pod_ifname, pod_mac, datapath) = (
+            pod.path().to_path_buf(),
+            settings.name.clone().unwrap_or_else(|| ifname.clone()),
+            settings.mac,
+            self.config.dataplane,
+        );
+        let (store, uid, pool, device) = (
+            self.store.clone(),
+            claim_uid.to_string(),
+            plan.pool.clone(),
+            plan.device.clone(),
+        );
+        let before_move: crate::netns::configure::BeforeMove = Box::new(move |originals| {
+            let intent = Attachment {
+                pod_netns,
+                pod_ifname,
+                pod_ifindex: None,
+                pod_mac,
+                originals: originals.clone(),
+                datapath,
+                attached_at: 0,
+                dhcp: None,
+            };
+            store
+                .update(&uid, |stored| {
+                    match stored
+                        .plans
+                        .iter_mut()
+                        .find(|p| p.pool == pool && p.device == device)
+                    {
+                        Some(p) => {
+                            p.attached = false;
+                            p.attachment = Some(intent);
+                            true
+                        }
+                        None => false,
+                    }
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|found| {
+                    if found {
+                        Ok(())
+                    } else {
+                        Err(format!("claim {uid} was unprepared meanwhile"))
+                    }
+                })
+        });
+        let configured = crate::netns::configure::move_and_configure_with(
             &self.host,
             pod,
             &ifname,
-            &settings::interface_settings(&cfg),
+            &settings,
+            Some(before_move),
         )
         .map_err(|e| Failure {
             step: LifecycleStep::Configure(e.step()),
@@ -915,11 +990,14 @@ impl Inner {
             datapath: datapath.as_ref().map(|(k, p)| ((*k).clone(), p.clone())),
             current: None,
         };
+        let asked = Instant::now();
         let (keeper, lease) =
             crate::dhcp::LeaseKeeper::start(pod, &side.name, mac, until, follower.into_callback())
                 .map_err(|e| {
-                    let left = until.saturating_duration_since(Instant::now());
-                    failed(format!("{e} (lease deadline; {left:?} of the budget left)"))
+                    failed(format!(
+                        "{e} (the lease had to come within {:?}: what the hook budget leaves after undoing)",
+                        until.saturating_duration_since(asked)
+                    ))
                 })?;
         if let Some((dp, base)) = &datapath {
             if let Err(e) = leases::apply_to_datapath(&self.layout, dp, base, Some(&lease)) {
