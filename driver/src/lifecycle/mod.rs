@@ -7,7 +7,8 @@
 //!    [`InventoryResolver`]), [`crate::netns::move_and_configure`] from the node's
 //!    namespace into the pod's (after removing foreign eBPF programs when the config says
 //!    `disableEbpfPrograms`), then [`AttachedDatapath::attach`] with the claim's policy (or the
-//!    addresses the device carried from the host) unless `--dataplane=off`;
+//!    addresses the device carried from the host) unless `--dataplane=off`; for
+//!    `interface.dhcp` a lease within the hook budget, put into the policy ([`leases`]);
 //! 3. the checkpoint records `attached`, the pod-side name, the [`HostOriginals`] and
 //!    whether a data path is pinned, so a restarted driver can still give it back;
 //! 4. a [`DeviceEvent`] goes to the status writer (a channel send: no API call here).
