@@ -456,6 +456,62 @@ impl Containerd {
         Ok(v["status"]["state"].as_str().unwrap_or("").to_string())
     }
 
+    /// `ctr -n k8s.io <args>` against this containerd, which must succeed (e.g.
+    /// `images import <archive>`, `images tag <from> <to>`).
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args, &[])?;
+        if !out.status.success() {
+            bail!(
+                "ctr {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `crictl runp` of a pod sandbox config the caller wrote (a translated pod spec);
+    /// the pod is removed on drop like the others. Returns the sandbox id.
+    pub fn run_pod_config(&self, config: &Value) -> Result<String> {
+        let uid = config["metadata"]["uid"].as_str().unwrap_or("custom");
+        let file = self.dir.path().join(format!("pod-{uid}.json"));
+        std::fs::write(&file, serde_json::to_vec(config)?)?;
+        let id = self
+            .crictl_ok(&["runp", &file.to_string_lossy()])
+            .with_context(|| {
+                format!("crictl runp {uid}\ncontainerd log:\n{}", self.log_tail(30))
+            })?;
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.push(id.clone());
+        }
+        Ok(id)
+    }
+
+    /// `crictl create` of a container config the caller wrote, in pod `pod_id` whose
+    /// sandbox config is `pod_config`. Returns the container id (not started).
+    pub fn create_container_config(
+        &self,
+        pod_id: &str,
+        pod_config: &Value,
+        container: &Value,
+    ) -> Result<String> {
+        let name = container["metadata"]["name"].as_str().unwrap_or("c");
+        let attempt = container["metadata"]["attempt"].as_u64().unwrap_or(0);
+        let cfile = self
+            .dir
+            .path()
+            .join(format!("ctr-{pod_id}-{name}-{attempt}.json"));
+        let pfile = self.dir.path().join(format!("pod-{pod_id}.json"));
+        std::fs::write(&cfile, serde_json::to_vec(container)?)?;
+        std::fs::write(&pfile, serde_json::to_vec(pod_config)?)?;
+        self.crictl_ok(&[
+            "create",
+            pod_id,
+            &cfile.to_string_lossy(),
+            &pfile.to_string_lossy(),
+        ])
+    }
+
     /// The NRI budget this runtime gives each hook.
     pub fn request_timeout(&self) -> Duration {
         self.opts.request_timeout

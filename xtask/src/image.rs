@@ -2,7 +2,11 @@
 //! the release `netclaim` binary (with the eBPF object embedded by `driver/build.rs`)
 //! at `/usr/local/bin/netclaim`, exactly the shared libraries the dynamic loader maps
 //! for it (read from `ldd`, each at the path the loader looks for it), the loader
-//! itself at the binary's `PT_INTERP` path, and minimal `/etc/passwd` and `/etc/group`.
+//! itself at the binary's `PT_INTERP` path, minimal `/etc/passwd` and `/etc/group`,
+//! and Debian's CA bundle (`ca-certificates`): the Kubernetes client (kube with rustls
+//! and the platform's roots) refuses to start when it finds no system CA certificate,
+//! even when the kubeconfig or in-cluster config brings the cluster's own CA (seen in
+//! `tests/tests/daemonset.rs`: the first image without it failed there).
 //!
 //! The archive is written by [`crate::oci`], so the digest is a function of those
 //! files only: the same binary and libraries give the same digest on any machine.
@@ -29,6 +33,8 @@ use crate::oci;
 pub const BINARY_PATH: &str = "/usr/local/bin/netclaim";
 /// The default repository; the tag is the workspace version.
 pub const REPOSITORY: &str = "ghcr.io/netclaim/netclaim";
+/// Debian's CA bundle (package ca-certificates), where rustls-native-certs looks.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The default archive, relative to the repository root.
 pub const DEFAULT_OUT: &str = "target/image/netclaim-oci.tar";
 
@@ -131,9 +137,13 @@ pub fn run_config(version: &str) -> oci::RunConfig {
     }
 }
 
-/// The image's files for `binary` and the objects it loads.
-pub fn entries(binary: &Path, objects: &[SharedObject]) -> Result<Vec<oci::Entry>> {
-    let mut entries = vec![oci::Entry::from_file(BINARY_PATH, binary, 0o755)?];
+/// The image's files for `binary`, the objects it loads and the CA bundle at `ca`.
+pub fn entries(binary: &Path, objects: &[SharedObject], ca: &Path) -> Result<Vec<oci::Entry>> {
+    let mut entries = vec![
+        oci::Entry::from_file(BINARY_PATH, binary, 0o755)?,
+        oci::Entry::from_file(CA_BUNDLE, ca, 0o644)
+            .context("the CA bundle (Debian package ca-certificates)")?,
+    ];
     for o in objects {
         entries.push(oci::Entry::from_file(&o.image_path, &o.source, 0o755)?);
     }
@@ -198,11 +208,11 @@ pub fn build(root: &Path, out: Option<PathBuf>, tag: Option<&str>) -> Result<()>
     let built = oci::write_archive(
         &out,
         &name,
-        &entries(&binary, &objects)?,
+        &entries(&binary, &objects, Path::new(CA_BUNDLE))?,
         &run_config(version),
     )?;
     println!(
-        "[image] {name}\n[image]   archive  {} ({:.1} MiB, layer {:.1} MiB)\n[image]   digest   {}\n[image]   files    {BINARY_PATH}, {}, /etc/passwd, /etc/group\n[image]   built in {:.1}s; load it with: ctr -n k8s.io images import {}",
+        "[image] {name}\n[image]   archive  {} ({:.1} MiB, layer {:.1} MiB)\n[image]   digest   {}\n[image]   files    {BINARY_PATH}, {}, {CA_BUNDLE}, /etc/passwd, /etc/group\n[image]   built in {:.1}s; load it with: ctr -n k8s.io images import {}",
         out.display(),
         built.archive_bytes as f64 / (1024.0 * 1024.0),
         built.layer_bytes as f64 / (1024.0 * 1024.0),
@@ -282,6 +292,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("netclaim");
         let lib = dir.path().join("libc.so.6");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----").unwrap();
         std::fs::write(&bin, b"\x7fELF driver").unwrap();
         std::fs::write(&lib, b"\x7fELF libc").unwrap();
         let objects = [SharedObject {
@@ -292,7 +304,7 @@ mod tests {
             oci::write_archive(
                 &dir.path().join(out),
                 "r/netclaim:1",
-                &entries(&bin, &objects).unwrap(),
+                &entries(&bin, &objects, &ca).unwrap(),
                 &run_config("1"),
             )
             .unwrap()

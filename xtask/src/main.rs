@@ -53,6 +53,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     // A grpcio client for the kubelet test of non-grpc-go :authority (tests/grpcio).
     "python3-grpcio",
+    // The CA bundle the driver's image carries (xtask/src/image.rs).
+    "ca-certificates",
 ];
 /// `kubernetes-validate` (the Kubernetes OpenAPI schemas of 1.34–1.37) for the manifest
 /// tests, in its own venv of Debian's Python (not whatever `python3` is first on PATH).
