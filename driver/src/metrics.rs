@@ -123,6 +123,12 @@ impl Metrics {
 
     pub fn observe_nri(&self, method: &str, ok: bool, elapsed: Duration) {
         observe(&self.nri_requests, &self.nri_latency, method, ok, elapsed);
+        tracing::debug!(
+            hook = method,
+            ok,
+            hook_ms = elapsed.as_secs_f64() * 1000.0,
+            "NRI hook finished"
+        );
     }
 
     pub fn set_published_devices(&self, n: usize) {

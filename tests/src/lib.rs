@@ -6,6 +6,7 @@
 //! machine's root namespace never gets a test device, address, route or packet.
 
 pub mod apiserver;
+pub mod chaos;
 pub mod containerd;
 pub mod dhcp_server;
 pub mod fake_sysfs;
@@ -14,6 +15,7 @@ pub mod kubelet;
 pub mod netenv;
 pub mod nri_wire;
 pub mod raw;
+pub mod runp;
 pub mod runtime;
 pub mod scenario;
 pub mod topology;

@@ -173,7 +173,11 @@ impl Driver {
     /// Starts `netclaim run` in the calling thread's namespace.
     pub fn start(topo: &Topology, kubeconfig: &Path, status_interval: &str) -> Result<Self> {
         let log = topo.dir.path().join("netclaim.log");
-        let out = std::fs::File::create(&log)?;
+        // Appended to, so a restarted driver's log follows the earlier one.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(netclaim_binary()?)
             .args([
                 "--log",
@@ -207,6 +211,15 @@ impl Driver {
             child: Some(child),
             log,
         })
+    }
+
+    /// SIGKILL (`kill -9`) and reap: the driver gets no chance to clean up.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// SIGTERM and wait; returns the exit status code.

@@ -35,7 +35,7 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
 
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(
-            started.status.is_ok(),
+            started.is_clean(),
             "RunPodSandbox failed: {:?}\n{}",
             started.status,
             c.driver.log_text()
@@ -142,7 +142,7 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
 
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(
-            stop.status.is_ok() && remove.status.is_ok(),
+            stop.is_clean() && remove.is_clean(),
             "stop {:?} remove {:?}",
             stop.status,
             remove.status
@@ -274,7 +274,7 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
         // No new prepare: the plan must come back from the API server.
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(
-            started.status.is_ok(),
+            started.is_clean(),
             "RunPodSandbox after rebuild: {:?}\n{}",
             started.status,
             c.driver.log_text()
@@ -297,7 +297,7 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
             "the corrupt file was not kept aside"
         );
         let (stop, _) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(stop.status.is_ok(), "{:?}", stop.status);
+        ensure!(stop.is_clean(), "{:?}", stop.status);
         let (mtu, addrs) = link_facts(&topo.node, NIC)?;
         ensure!(
             mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
@@ -370,7 +370,7 @@ fn restarted_driver_keeps_devices_in_pods_published() {
         ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
         let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(started.status.is_ok(), "{:?}", started.status);
+        ensure!(started.is_clean(), "{:?}", started.status);
 
         // Restart while the device is inside the pod; the runtime's Synchronize lists
         // the pod as running, as a real runtime does.
@@ -414,7 +414,7 @@ fn restarted_driver_keeps_devices_in_pods_published() {
         );
 
         let (stop, _) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(stop.status.is_ok(), "{:?}", stop.status);
+        ensure!(stop.is_clean(), "{:?}", stop.status);
         let (mtu, addrs) = link_facts(&topo.node, NIC)?;
         ensure!(
             mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
@@ -457,7 +457,7 @@ fn the_socket_guard_follows_the_pod_cgroup_named_by_the_runtime() {
             scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
                 .await;
         ensure!(
-            started.status.is_ok(),
+            started.is_clean(),
             "RunPodSandbox failed: {:?}\n{}",
             started.status,
             c.driver.log_text()
@@ -495,7 +495,7 @@ fn the_socket_guard_follows_the_pod_cgroup_named_by_the_runtime() {
         ensure!(entry["data"]["state"] == "Available", "{entry}");
 
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(stop.status.is_ok() && remove.status.is_ok(), "stop/remove");
+        ensure!(stop.is_clean() && remove.is_clean(), "stop/remove");
         // The device went home; the pod's loopback still takes a packet socket.
         let report = tokio::task::block_in_place(|| attacker(&cg, "lo"))?;
         ensure!(

@@ -139,7 +139,7 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         })?;
         assert_eq!((mtu, addrs), (1500, vec!["192.0.2.10/24".to_string()]));
         assert!(
-            link_in(&topo.node.path().to_path_buf(), NIC)?.is_none(),
+            link_in(topo.node.path(), NIC)?.is_none(),
             "{NIC} still on the node"
         );
 

@@ -7,6 +7,7 @@
 //! * `bench <datapath|netns|control-plane|pod-start>` — one benchmark, printed and
 //!   written to `bench/results/<name>.json`;
 //! * `demo` — the end-to-end walkthrough;
+//! * `chaos [--faults N] [--seed S]` — kill -9 fault injection against the real binary;
 //! * `image [--out PATH] [--tag NAME]` — the driver's OCI image archive (no engine,
 //!   no base image), by default `target/image/netclaim-oci.tar`.
 //!
@@ -99,6 +100,19 @@ enum Task {
     },
     /// Run the end-to-end demo.
     Demo,
+    /// Seeded fault injection (kill -9) against the real binary; ends with
+    /// `chaos: seed=S faults=N lost=L leaked=K mismatched=M`.
+    Chaos {
+        /// Faults to inject (at least 200 for the full campaign).
+        #[arg(long, default_value_t = 200)]
+        faults: usize,
+        /// Seed of the schedule (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Pods, each with a claim of two devices.
+        #[arg(long, default_value_t = 3)]
+        pods: usize,
+    },
     /// Build the driver's OCI image archive (no container engine, no base image).
     Image {
         /// Where the archive goes (default target/image/netclaim-oci.tar).
@@ -118,6 +132,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { name } => bench(&name),
         Task::Demo => demo(),
+        Task::Chaos { faults, seed, pods } => chaos(faults, seed, pods),
         Task::Image { out, tag } => image::build(&root(), out, tag.as_deref()),
     }
 }
@@ -449,6 +464,35 @@ fn bench(name: &str) -> Result<()> {
                 .join(format!("{name}.json"))
                 .to_string_lossy(),
         ]))
+}
+
+fn chaos(faults: usize, seed: Option<u64>, pods: usize) -> Result<()> {
+    if !is_root() {
+        bail!("chaos kills and restarts the driver in network namespaces: run it as root");
+    }
+    setup()?;
+    build_ebpf(false)?;
+    run(Command::new(host_cargo())
+        .current_dir(root())
+        .args(["build", "--locked", "-p", "netclaim", "--bin", "netclaim"]))?;
+    let mut cmd = Command::new(host_cargo());
+    cmd.current_dir(root())
+        .env("NETCLAIM_BIN", root().join("target/debug/netclaim"))
+        .args([
+            "run",
+            "--locked",
+            "-q",
+            "-p",
+            "netclaim-tests",
+            "--bin",
+            "chaos",
+            "--",
+        ])
+        .args(["--faults", &faults.to_string(), "--pods", &pods.to_string()]);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    run(&mut cmd)
 }
 
 fn demo() -> Result<()> {

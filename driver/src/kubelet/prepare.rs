@@ -174,7 +174,13 @@ impl Preparer {
             tracing::debug!(claim = %name, "unprepare of an unknown claim: nothing to do");
             return Ok(());
         };
-        if let Some(plan) = stored.plans.iter().find(|p| p.attached) {
+        // Attached, or a write-ahead record of a hand-over that was cut off: the device
+        // may be in a pod either way and goes home first (pod stop or synchronize).
+        if let Some(plan) = stored
+            .plans
+            .iter()
+            .find(|p| p.attached || p.attachment.is_some())
+        {
             return Err(PrepareError::StillAttached {
                 claim: name,
                 device: plan.device.clone(),

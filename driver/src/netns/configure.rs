@@ -179,6 +179,9 @@ pub enum StepError {
     Vrf(#[from] Box<VrfError>),
     #[error("{0}")]
     Invalid(String),
+    /// The caller's write-ahead record could not be made; nothing was changed.
+    #[error("recording the intent before the move: {0}")]
+    Intent(String),
 }
 
 /// Why a device could not be handed to the pod.
@@ -444,6 +447,23 @@ pub fn move_and_configure(
     host_ifname: &str,
     settings: &InterfaceSettings,
 ) -> Result<Configured, ConfigureError> {
+    move_and_configure_with(host, pod, host_ifname, settings, None)
+}
+
+/// Called with the device's captured host state after validation and before the first
+/// change to the device (the move): the caller makes it durable (write-ahead), so a
+/// process killed at any later point leaves a record of what to restore. An error
+/// stops everything before the device is touched.
+pub type BeforeMove = Box<dyn FnOnce(&HostOriginals) -> Result<(), String> + Send>;
+
+/// [`move_and_configure`] with a write-ahead hook.
+pub fn move_and_configure_with(
+    host: &Netns,
+    pod: &Netns,
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+    before_move: Option<BeforeMove>,
+) -> Result<Configured, ConfigureError> {
     let pod_name = settings
         .name
         .clone()
@@ -461,7 +481,13 @@ pub fn move_and_configure(
     let job_ifname = host_ifname.to_string();
     let job_pod_name = pod_name.clone();
     let host_result = host.run(move || -> Result<HostJob, HostFailure> {
-        host_job(&job_ifname, &job_pod_name, &job_settings, &pod_fd)
+        host_job(
+            &job_ifname,
+            &job_pod_name,
+            &job_settings,
+            &pod_fd,
+            before_move,
+        )
     })?;
 
     let moved = match host_result {
@@ -573,6 +599,7 @@ fn host_job(
     pod_name: &str,
     settings: &InterfaceSettings,
     pod_fd: &OwnedFd,
+    before_move: Option<BeforeMove>,
 ) -> Result<HostJob, HostFailure> {
     let untouched = |step, field: &str, e: StepError| {
         Box::new((
@@ -595,6 +622,10 @@ fn host_job(
     let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
+    if let Some(record) = before_move {
+        record(&originals)
+            .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
+    }
 
     // One message: down + move + rename + link settings.
     let settings_change = link_settings(settings);

@@ -101,7 +101,7 @@ fn main() -> Result<()> {
             &format!("mtu {} addresses {:?}", before.0, before.1),
         );
         let out = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        ensure!(out.status.is_ok(), "RunPodSandbox failed: {:?}", out.status);
+        ensure!(out.is_clean(), "RunPodSandbox failed: {:?}", out.status);
         println!(
             "    RunPodSandbox: ok in {:.1} ms (measured by the runtime)",
             out.latency.as_secs_f64() * 1e3
@@ -185,7 +185,7 @@ fn main() -> Result<()> {
         );
         let (stop, remove) = stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(
-            stop.status.is_ok() && remove.status.is_ok(),
+            stop.is_clean() && remove.is_clean(),
             "stop {:?} / remove {:?}",
             stop.status,
             remove.status

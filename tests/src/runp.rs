@@ -1,0 +1,212 @@
+//! `crictl runp` against the real containerd, with and without netclaim, and 32 pods
+//! started at once: the real-runtime half of `cargo xtask bench pod-start`.
+//!
+//! Without netclaim means containerd with no NRI plugin connected (the driver is
+//! stopped); with netclaim means the driver running and the pod holding one claimed
+//! device, so the difference is everything netclaim adds to a pod start. The hook
+//! times of the concurrent run are the driver's own (`NRI hook finished` in its log,
+//! measured around the whole hook), compared with containerd's request budget.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    containerd::{self, Peers, RealCluster},
+    scenario::{self, claim, good_parameters, prepare_with, unprepare_with, Topology},
+};
+
+/// What the real-runtime run measured (milliseconds).
+#[derive(Debug, Default)]
+pub struct RunpMeasured {
+    pub without: Vec<f64>,
+    pub with: Vec<f64>,
+    pub concurrent_hooks: Vec<f64>,
+    pub concurrent_wall_ms: f64,
+    pub budget_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Hook durations (ms) of `hook` logged by the driver after byte offset `from`.
+pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
+    log.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("NRI hook finished") && l.contains(hook))
+        .filter_map(|l| {
+            let v = l.split("hook_ms=").nth(1)?;
+            v.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// One pod started and removed again; the runp time.
+fn cycle(c: &RealCluster, name: &str, uid: &str) -> Result<Duration> {
+    let (id, took) = c.runtime.run_pod(name, uid)?;
+    c.runtime.stop_pod(&id)?;
+    c.runtime.remove_pod(&id)?;
+    Ok(took)
+}
+
+/// Runs the measurement in `topo` (which needs `concurrent + 1` NICs); call on a thread
+/// in `topo.node`.
+pub async fn measure(
+    topo: &Topology,
+    peers: Peers,
+    runs: usize,
+    concurrent: usize,
+) -> Result<RunpMeasured> {
+    let budget = Duration::from_secs(2);
+    let mut c = containerd::bring_up(topo, peers, "bp", budget).await?;
+    let mut m = RunpMeasured {
+        budget_ms: ms(budget),
+        ..Default::default()
+    };
+    let names: Vec<String> = (1..=concurrent).map(scenario::nic_name).collect();
+    let devices = scenario::wait_devices_of(&c.side.api, &names, Duration::from_secs(30)).await?;
+    // Warm-up: the first pod of a containerd pays for image and CNI caches.
+    cycle(&c, "warm-0", "pod-uid-warm")?;
+
+    c.stop_driver()?;
+    for i in 0..runs {
+        m.without.push(ms(cycle(
+            &c,
+            &format!("bare-{i}"),
+            &format!("pod-uid-bare-{i}"),
+        )?));
+    }
+    c.start_driver(topo).await?;
+    for i in 0..runs {
+        let (name, uid, pod_uid) = (
+            format!("one-{i}"),
+            format!("claim-uid-one-{i}"),
+            format!("pod-uid-one-{i}"),
+        );
+        c.side.api.put(claim(
+            &name,
+            &uid,
+            &c.side.device,
+            &format!("{name}-pod"),
+            &pod_uid,
+            good_parameters(),
+        ))?;
+        let err = prepare_with(&c.side.dra, &name, &uid).await?;
+        if !err.is_empty() {
+            bail!("prepare {name}: {err}");
+        }
+        m.with
+            .push(ms(cycle(&c, &format!("{name}-pod"), &pod_uid)?));
+        let err = unprepare_with(&c.side.dra, &name, &uid).await?;
+        if !err.is_empty() {
+            bail!("unprepare {name}: {err}");
+        }
+    }
+
+    // `concurrent` pods, one device each, started at once.
+    for j in 1..=concurrent {
+        let mut p = scenario::indexed_parameters(j);
+        p["interface"]["name"] = serde_json::json!("net1");
+        let nic = scenario::nic_name(j);
+        c.side.api.put(claim(
+            &format!("c{j}"),
+            &format!("claim-uid-c{j}"),
+            devices
+                .get(&nic)
+                .with_context(|| format!("{nic} published"))?,
+            &format!("c{j}-pod"),
+            &format!("pod-uid-c{j}"),
+            p,
+        ))?;
+        let err = prepare_with(&c.side.dra, &format!("c{j}"), &format!("claim-uid-c{j}")).await?;
+        if !err.is_empty() {
+            bail!("prepare c{j}: {err}");
+        }
+    }
+    let from = std::fs::metadata(&c.side.driver.log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
+    let shared = Arc::new(c);
+    let t0 = Instant::now();
+    let started: Vec<_> = (1..=concurrent)
+        .map(|j| {
+            let c = shared.clone();
+            std::thread::spawn(move || {
+                c.runtime
+                    .run_pod(&format!("c{j}-pod"), &format!("pod-uid-c{j}"))
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    for h in started {
+        match h.join() {
+            Ok(Ok((id, _))) => ids.push(id),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(_) => failures.push("a runp thread panicked".into()),
+        }
+    }
+    m.concurrent_wall_ms = ms(t0.elapsed());
+    let c = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("runp threads still hold the cluster"))?;
+    if !failures.is_empty() {
+        bail!(
+            "{} of {concurrent} concurrent pods failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    m.concurrent_hooks = hook_times(&c.side.driver.log_text(), "RunPodSandbox", from);
+    for id in ids {
+        c.runtime.stop_pod(&id)?;
+        c.runtime.remove_pod(&id)?;
+    }
+    if m.concurrent_hooks.len() != concurrent {
+        bail!(
+            "the driver logged {} RunPodSandbox hooks for {concurrent} pods",
+            m.concurrent_hooks.len()
+        );
+    }
+    drop(c);
+    Ok(m)
+}
+
+/// [`measure`] in a topology of its own, or `None` (said loudly) when the real runtime
+/// is missing.
+pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasured>> {
+    let Some(peers) = containerd::peers_or_skip("bench pod-start (real containerd)") else {
+        return Ok(None);
+    };
+    let topo = Arc::new(Topology::with_nics("bp", concurrent)?);
+    let node: &Path = topo.node.path();
+    let node = node.to_path_buf();
+    let t = topo.clone();
+    let m = scenario::run_in_netns(&node, move || async move {
+        measure(&t, peers, runs, concurrent).await
+    })?;
+    Ok(Some(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_times_are_read_from_the_driver_log() {
+        let log = "x\n2026 DEBUG netclaim::metrics: NRI hook finished hook=\"RunPodSandbox\" ok=true hook_ms=51.25\n\
+                   2026 DEBUG netclaim::metrics: NRI hook finished hook=\"StopPodSandbox\" ok=true hook_ms=20.5\n\
+                   2026 DEBUG netclaim::metrics: NRI hook finished hook=\"RunPodSandbox\" ok=false hook_ms=7\n";
+        assert_eq!(hook_times(log, "RunPodSandbox", 0), vec![51.25, 7.0]);
+        assert_eq!(hook_times(log, "StopPodSandbox", 0), vec![20.5]);
+        assert!(hook_times(log, "RunPodSandbox", log.len()).is_empty());
+    }
+}
