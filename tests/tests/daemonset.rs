@@ -483,6 +483,65 @@ fn start_driver_container(
     })
 }
 
+/// Capability numbers (linux/capability.h) of the names a template may add.
+fn cap_bit(name: &str) -> Option<u32> {
+    Some(match name.trim_start_matches("CAP_") {
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        _ => return None,
+    })
+}
+
+/// The driver process as the kernel sees it: it runs with exactly the capabilities
+/// the template grants (when it drops ALL) and the seccomp mode it asks for.
+fn assert_privileges(rt: &Containerd, driver: &DriverContainer) -> Result<()> {
+    let info: Value =
+        serde_json::from_str(&crictl_ok(rt, &["inspect", "-o", "json", &driver.id])?)?;
+    let pid = info["info"]["pid"].as_u64().context("container pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let sc = pod_template()
+        .spec
+        .map(|s| s.containers[0].clone())
+        .and_then(|c| c.security_context)
+        .unwrap_or_default();
+    let caps = sc.capabilities.unwrap_or_default();
+    if sc.privileged != Some(true) && caps.drop.iter().flatten().any(|d| d == "ALL") {
+        let mut want = 0u64;
+        for name in caps.add.iter().flatten() {
+            want |= 1u64 << cap_bit(name).with_context(|| format!("capability {name}"))?;
+        }
+        let eff = u64::from_str_radix(&field("CapEff:"), 16)?;
+        assert_eq!(
+            eff, want,
+            "CapEff {eff:#x} is not what the template grants ({want:#x})"
+        );
+    }
+    if sc.seccomp_profile.map(|p| p.type_) == Some("RuntimeDefault".into()) {
+        assert_eq!(
+            field("Seccomp:"),
+            "2",
+            "the driver runs without its seccomp filter"
+        );
+    }
+    println!(
+        "[daemonset] driver pid {pid}: CapEff {} Seccomp {}",
+        field("CapEff:"),
+        field("Seccomp:")
+    );
+    Ok(())
+}
+
 /// Registration with the kubelet stand-in over the mounted plugin directories, then
 /// NRI registration in containerd's log.
 async fn registered(
@@ -617,6 +676,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         let (reg, took) = registered(&rt, &topo, &driver, log_from).await?;
         println!("[daemonset] registered with kubelet and NRI {took:?} after the container started ({:?} since the test began)", started.elapsed());
         let dra = reg.dra(DraVersion::V1).await?;
+        assert_privileges(&rt, &driver)?;
 
         // Published: the node's NIC in a ResourceSlice; the probes' endpoint answers.
         let devices = scenario::wait_devices_of(&api, &[NIC.to_string()], Duration::from_secs(20))

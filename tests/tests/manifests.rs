@@ -393,10 +393,19 @@ fn daemonset_has_what_the_driver_needs_on_the_node() {
     assert_eq!(pod.containers.len(), 1, "one container");
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("ghcr.io/netclaim/netclaim:latest"));
+    // Not privileged: the two capabilities tests/tests/daemonset.rs shows are needed.
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_ne!(sc.privileged, Some(true), "privileged");
+    let caps = sc.capabilities.clone().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
-        c.security_context.as_ref().and_then(|s| s.privileged),
-        Some(true),
-        "privileged"
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "SYS_ADMIN".to_string()][..])
+    );
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
     );
 
     // NODE_NAME from the downward API, handed to --node-name.
@@ -463,7 +472,7 @@ fn daemonset_has_what_the_driver_needs_on_the_node() {
         "resources.requests.cpu"
     );
 
-    // The six host paths, each mounted at the same path with the right propagation.
+    // The seven host paths, each mounted at the same path with the right propagation.
     let volumes: BTreeMap<String, String> = pod
         .volumes
         .iter()
@@ -475,14 +484,16 @@ fn daemonset_has_what_the_driver_needs_on_the_node() {
         })
         .collect();
     let mounts = c.volume_mounts.clone().unwrap_or_default();
-    let want: [(&str, Option<&str>); 6] = [
+    let want: [(&str, Option<&str>); 7] = [
         ("/var/lib/kubelet/plugins", None),
         ("/var/lib/kubelet/plugins_registry", None),
         ("/var/run/nri", None),
         ("/var/run/netns", Some("HostToContainer")),
-        ("/sys/fs/bpf", Some("Bidirectional")),
+        ("/sys/fs/bpf", None),
         ("/var/run/netclaim", None),
+        ("/sys/fs/cgroup", None),
     ];
+    assert_eq!(mounts.len(), want.len(), "no other mounts: {mounts:?}");
     for (host_path, propagation) in want {
         let volume = volumes
             .iter()
