@@ -399,6 +399,8 @@ fn test(extra: &[String]) -> Result<()> {
     run(Command::new(host_cargo())
         .current_dir(root())
         .args(["build", "--locked", "-p", "netclaim", "--bins"]))?;
+    // The DaemonSet test (tests/tests/daemonset.rs) runs the driver's image.
+    image::build(&root(), None, None)?;
     // --no-fail-fast: every test binary runs even when an earlier one fails, so one
     // run reports every failure.
     println!("[test] cargo test --workspace --no-fail-fast");
