@@ -17,7 +17,11 @@
 //!   path, or a NIC of a stopped pod still in the pod; the checkpoint (read after a
 //!   clean stop) saying attached for a NIC at home, or home for a NIC in a pod;
 //! * **leaked**: data-path pins of a device that is not in a live pod, or an XDP/tc
-//!   program left on a NIC at home.
+//!   program left on a NIC at home;
+//!
+//! and, after stopping the driver cleanly, that the checkpoint records a device in its
+//! pod exactly when the pod runs, and that the claim status shows every device of a
+//! live pod Ready (both counted as mismatched).
 //!
 //! The run ends with `chaos: seed=S faults=N lost=L leaked=K mismatched=M`.
 
@@ -291,6 +295,19 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
         // failed is retried by kubelet too (a new sandbox, here the same namespace).
         converge(&mut c, &mut pods).await?;
         check(&topo, &c, &pods, &home, round, &mut report)?;
+        check_status(&c, &pods, round, &mut report).await;
+        // The checkpoint is read with the driver stopped cleanly (it holds the file).
+        if c.driver.stop()? != Some(0) {
+            report.found(
+                "mismatched",
+                "driver",
+                "exit",
+                round,
+                "netclaim did not exit cleanly on SIGTERM".into(),
+            );
+        }
+        check_checkpoint(&topo, &pods, round, &mut report)?;
+        restart(&mut c, &topo, &pods, false, &mut rng).await?;
         report.faults += 1;
     }
     // Clean end: every pod stopped, every claim unprepared, all NICs home.
@@ -317,6 +334,7 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
     }
     check(&topo, &c, &pods, &home, cfg.faults, &mut report)?;
     let _ = c.driver.stop();
+    check_checkpoint(&topo, &pods, cfg.faults, &mut report)?;
     Ok(report)
 }
 
@@ -484,6 +502,99 @@ fn check(
         }
     }
     let _ = c;
+    Ok(())
+}
+
+/// The claim status converges: every device of a live pod is reported Ready.
+async fn check_status(c: &Cluster, pods: &[PodModel], round: usize, report: &mut ChaosReport) {
+    for p in pods.iter().filter(|p| p.phase == Phase::Running) {
+        let ready = |claim: &Value| {
+            claim["status"]["devices"].as_array().is_some_and(|ds| {
+                let ready: usize = ds
+                    .iter()
+                    .filter(|d| {
+                        d["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .count();
+                ready == p.nics.len()
+            })
+        };
+        let converged =
+            scenario::wait_for(&scenario::Quiet, "status", Duration::from_secs(5), || {
+                c.api
+                    .get("ResourceClaim", "default", &p.claim)
+                    .filter(|cl| ready(cl))
+            })
+            .await;
+        if converged.is_err() {
+            let now = c.api.get("ResourceClaim", "default", &p.claim);
+            report.found(
+                "mismatched",
+                &p.name,
+                "status",
+                round,
+                format!(
+                    "the claim status did not show every device Ready within 5 s: {:?}",
+                    now.map(|c| c["status"]["devices"].clone())
+                ),
+            );
+        }
+    }
+}
+
+/// The checkpoint agrees with the kernel: a device is recorded in its pod exactly when
+/// the pod runs (the kernel side was checked by [`check`]).
+fn check_checkpoint(
+    topo: &Topology,
+    pods: &[PodModel],
+    round: usize,
+    report: &mut ChaosReport,
+) -> Result<()> {
+    let store = netclaim::state::StateStore::open(&topo.dir.path().join("state"))
+        .context("opening the checkpoint")?;
+    let claims = store.list().context("reading the checkpoint")?;
+    for p in pods {
+        let record = claims.iter().find(|c| c.claim.uid == p.claim_uid);
+        match (p.phase, record) {
+            (Phase::Unprepared, Some(_)) => report.found(
+                "mismatched",
+                &p.name,
+                "checkpoint",
+                round,
+                "the claim is unprepared but still in the checkpoint".into(),
+            ),
+            (Phase::Unprepared, None) => {}
+            (_, None) => report.found(
+                "mismatched",
+                &p.name,
+                "checkpoint",
+                round,
+                "the claim is prepared but not in the checkpoint".into(),
+            ),
+            (phase, Some(r)) => {
+                for plan in &r.plans {
+                    let running = phase == Phase::Running;
+                    if plan.attached != running || plan.attachment.is_some() != running {
+                        report.found(
+                            "mismatched",
+                            &p.name,
+                            &format!("checkpoint {}", plan.device),
+                            round,
+                            format!(
+                                "recorded attached={} attachment={} while the pod {}",
+                                plan.attached,
+                                plan.attachment.is_some(),
+                                if running { "runs" } else { "does not run" }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
