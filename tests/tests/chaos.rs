@@ -40,3 +40,106 @@ fn kill_9_anywhere_loses_leaks_and_mismatches_nothing() {
         report.problems.join("\n")
     );
 }
+
+/// The checkpoint's file system is full: the write-ahead record of a pod start cannot
+/// be made, so the device must not be touched. The hook fails naming the checkpoint,
+/// the NIC stays at home exactly as it was, and once there is room the pod starts.
+#[test]
+fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
+    use netclaim_tests::{
+        runtime::Mode,
+        scenario::{
+            self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
+        },
+    };
+    use std::{io::Write, sync::Arc, time::Duration};
+    require_root();
+    let topo = Arc::new(Topology::new("cfd").unwrap());
+    let state = topo.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let tmpfs = SmallFs::mount(&state, "4M");
+    let t = topo.clone();
+    let st = state.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = scenario::bring_up(&topo, Mode::Current, &scenario::Quiet).await?;
+        c.api.put(claim("web", "uid-web", &c.device, "web-0", "pod-uid-web", good_parameters()))?;
+        anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let before = link_facts(&topo.node, NIC)?;
+
+        // Fill the file system to the last byte.
+        let filler = st.join("filler");
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = byte[0].wrapping_add(1);
+        }
+        drop(f);
+
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        let refused = match &out.status {
+            Err(status) => status.message.clone(),
+            Ok(()) => anyhow::bail!(
+                "the pod started with a full checkpoint file system (closed: {:?});\ndriver log:\n{}",
+                out.closed,
+                c.driver.log_text()
+            ),
+        };
+        println!("[chaos] refused with a full disk: {refused}");
+        anyhow::ensure!(refused.contains("checkpoint"), "the error does not name the checkpoint: {refused}");
+        anyhow::ensure!(
+            link_facts(&topo.node, NIC)? == before,
+            "the NIC changed although its record could not be written"
+        );
+        anyhow::ensure!(topo.pod.ip(&["link", "show", "net1"]).is_err(), "the device reached the pod");
+
+        // Room again: the store reopens itself, the failed start's record is cleared in
+        // the background (so kubelet's unprepare is not refused for ever), and the pod
+        // starts and stops normally.
+        std::fs::remove_file(&filler)?;
+        let t = std::time::Instant::now();
+        loop {
+            let err = scenario::unprepare(&c, "web", "uid-web").await?;
+            if err.is_empty() {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(3), "unprepare still refused: {err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(out.is_clean(), "start after freeing space: {:?}", out.status);
+        let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(stop.is_clean(), "stop: {:?}", stop.status);
+        anyhow::ensure!(link_facts(&topo.node, NIC)? == before, "not restored exactly");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    })
+    .unwrap();
+    drop(tmpfs);
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &std::path::Path, size: &str) -> Self {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mounting a tmpfs for the checkpoint");
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -238,6 +238,9 @@ struct Inner {
     keeper: Mutex<keeper::Keeper>,
     /// What a device costs to hand over and take back (for the hook budget).
     costs: Mutex<budget::Costs>,
+    /// Write-ahead records of devices that went home after a failed start but could
+    /// not be cleared (checkpoint I/O error); retried with the ended-pod check.
+    stale_intents: Mutex<Vec<(String, Plan)>>,
     /// The DHCP leases of devices inside pods (`interface.dhcp`).
     leases: leases::Leases,
 }
@@ -315,6 +318,7 @@ impl Pods {
                 pod_locks: Mutex::new(BTreeMap::new()),
                 keeper: Mutex::new(keeper::Keeper::default()),
                 costs: Mutex::new(budget::Costs::default()),
+                stale_intents: Mutex::new(Vec::new()),
                 leases: leases::Leases::default(),
             }),
         }
@@ -421,6 +425,23 @@ impl Pods {
     /// Gives back the devices of every pod whose namespace the runtime removed without
     /// telling us (no StopPodSandbox/RemovePodSandbox); returns what each pod gave.
     pub fn reap_ended(&self) -> Vec<(String, Result<Vec<DeviceOutcome>, LifecycleError>)> {
+        let stale = std::mem::take(
+            &mut *self
+                .inner
+                .stale_intents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (claim_uid, plan) in stale {
+            if let Err(e) = self.inner.clear_intent(&claim_uid, &plan) {
+                tracing::debug!("clearing a write-ahead record still fails: {e}");
+                self.inner
+                    .stale_intents
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((claim_uid, plan));
+            }
+        }
         let ended = self.inner.keeper().over();
         let mut results = Vec::new();
         for (uid, path) in ended {
@@ -502,6 +523,15 @@ impl Pods {
 const RESTORE_FAILED: &str = "restoring the device failed";
 
 impl Inner {
+    /// Drops the write-ahead record of a device that is home (not attached).
+    fn clear_intent(&self, claim_uid: &str, plan: &Plan) -> Result<(), StateError> {
+        self.update_plan(claim_uid, plan, |p| {
+            if !p.attached {
+                p.attachment = None;
+            }
+        })
+    }
+
     fn keeper(&self) -> std::sync::MutexGuard<'_, keeper::Keeper> {
         self.keeper.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -681,16 +711,16 @@ impl Inner {
                     });
                     drop(_entered);
                     let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
-                    let mut undo = self.undo(done, &pod, &cause);
+                    let undo = self.undo(done, &pod, &cause);
                     // The failed device is home again unless its restore failed; then
                     // its write-ahead record stays for the next stop or synchronize.
                     if !f.message.contains(RESTORE_FAILED) {
-                        if let Err(e) = self.update_plan(&claim_uid, &plan, |p| {
-                            if !p.attached {
-                                p.attachment = None;
-                            }
-                        }) {
-                            undo.push(format!("{}: {e}", LifecycleStep::Checkpoint));
+                        if let Err(e) = self.clear_intent(&claim_uid, &plan) {
+                            tracing::warn!("the device is home but its write-ahead record could not be cleared ({e}); retrying in the background");
+                            self.stale_intents
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((claim_uid.clone(), plan.clone()));
                         }
                     }
                     return Err(LifecycleError::Device {
@@ -840,6 +870,7 @@ impl Inner {
         })?;
         let side = configured.pod_side();
         let originals = configured.originals.clone();
+        let configured_at = Instant::now();
 
         let mut datapath = None;
         let mut base_policy = None;
@@ -927,10 +958,16 @@ impl Inner {
                 leases::new_record(newest, base_policy.clone())
             }),
         };
+        let record_started = Instant::now();
         let recorded = self.update_plan(claim_uid, plan, |p| {
             p.attached = true;
             p.attachment = Some(attachment);
         });
+        tracing::debug!(
+            datapath_us = (record_started - configured_at).as_micros() as u64,
+            checkpoint_us = record_started.elapsed().as_micros() as u64,
+            "data path attached, hand-over recorded"
+        );
         let done = Done {
             claim_uid: claim_uid.to_string(),
             plan: plan.clone(),
@@ -1240,10 +1277,12 @@ impl Inner {
                 lease: None,
             };
             let mut mine = Vec::new();
+            let stop_started = Instant::now();
             self.release_lease(&claim_uid, &plan, &att, pod.as_ref());
             if let Some(key) = &done.datapath {
                 mine.extend(self.detach(key, pod.as_ref()));
             }
+            let detached = stop_started.elapsed();
             let root = self
                 .config
                 .root_netns
@@ -1257,6 +1296,7 @@ impl Inner {
                 root.as_ref(),
             ) {
                 Ok(outcome) => {
+                    let restored = stop_started.elapsed();
                     match &outcome {
                         RestoreOutcome::Gone => {
                             tracing::warn!(interface = %done.originals.name, "device lost: destroyed with the pod's network namespace");
@@ -1280,6 +1320,12 @@ impl Inner {
                     }) {
                         mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
                     }
+                    tracing::debug!(
+                        detach_us = detached.as_micros() as u64,
+                        restore_us = (restored - detached).as_micros() as u64,
+                        checkpoint_us = (stop_started.elapsed() - restored).as_micros() as u64,
+                        "stop timing"
+                    );
                     // A lost device keeps its `DeviceLost` entry in the status.
                     if outcome != RestoreOutcome::Gone {
                         self.emit(DeviceEvent::Stopped {

@@ -7,10 +7,17 @@
 //! renamed to `<file>.corrupt-<unix seconds>`, reported with one error line, and the
 //! store starts empty: the caller rebuilds what it can from the cluster. A corrupt
 //! checkpoint never stops the driver.
+//!
+//! After an I/O error (a full disk, a failing device) redb refuses every later call
+//! until the database is reopened. The store then reopens it and retries the call once,
+//! so a driver whose disk filled up works again as soon as there is room, without a
+//! restart. The failed call itself still fails: nothing is recorded that was not
+//! written.
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -39,13 +46,19 @@ pub enum StateError {
     },
     #[error("checkpoint entry for claim UID {uid}: {message}")]
     Entry { uid: String, message: String },
+    /// An earlier I/O error closed the database for every call until it is reopened.
+    #[error("checkpoint {path}: an earlier I/O error left the database closed: {message}")]
+    Closed { path: PathBuf, message: String },
 }
 
 /// The open checkpoint. Cheap to share behind an `Arc`; every call is one redb
 /// transaction (durable on return).
 pub struct StateStore {
     path: PathBuf,
-    db: Database,
+    /// `None` only while it is being reopened after an I/O error.
+    db: RwLock<Option<Database>>,
+    /// Set by an I/O error: the next call reopens the database first.
+    reopen: std::sync::atomic::AtomicBool,
     /// Where a corrupt checkpoint found at open was moved, if any.
     moved_aside: Option<PathBuf>,
 }
@@ -71,7 +84,8 @@ impl StateStore {
         match open_and_verify(&path) {
             Ok(db) => Ok(Self {
                 path,
-                db,
+                db: RwLock::new(Some(db)),
+                reopen: Default::default(),
                 moved_aside: None,
             }),
             Err(Problem::Fatal(err)) => Err(err),
@@ -95,7 +109,8 @@ impl StateStore {
                 };
                 Ok(Self {
                     path,
-                    db,
+                    db: RwLock::new(Some(db)),
+                    reopen: Default::default(),
                     moved_aside: Some(aside),
                 })
             }
@@ -110,11 +125,15 @@ impl StateStore {
     /// Stores (replaces) the plans of one claim, keyed by `plans.claim.uid`.
     pub fn put(&self, plans: &ClaimPlans) -> Result<(), StateError> {
         let value = encode(plans)?;
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.put_in(db, plans, &value))
+    }
+
+    fn put_in(&self, db: &Database, plans: &ClaimPlans, value: &[u8]) -> Result<(), StateError> {
+        let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             table
-                .insert(plans.claim.uid.as_str(), value.as_slice())
+                .insert(plans.claim.uid.as_str(), value)
                 .map_err(|e| self.db_err(e))?;
         }
         txn.commit().map_err(|e| self.db_err(e))
@@ -129,7 +148,16 @@ impl StateStore {
         uid: &str,
         change: impl FnOnce(&mut ClaimPlans) -> bool,
     ) -> Result<bool, StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.update_in(db, uid, change))
+    }
+
+    fn update_in(
+        &self,
+        db: &Database,
+        uid: &str,
+        change: impl FnOnce(&mut ClaimPlans) -> bool,
+    ) -> Result<bool, StateError> {
+        let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         let written = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             let stored = match table.get(uid).map_err(|e| self.db_err(e))? {
@@ -159,7 +187,11 @@ impl StateStore {
 
     /// The plans of the claim with this UID.
     pub fn get(&self, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.get_in(db, uid))
+    }
+
+    fn get_in(&self, db: &Database, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
+        let txn = db.begin_read().map_err(|e| self.db_err(e))?;
         let table = match txn.open_table(CLAIMS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -173,7 +205,11 @@ impl StateStore {
 
     /// Removes the claim's plans; returns what was stored.
     pub fn remove(&self, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.remove_in(db, uid))
+    }
+
+    fn remove_in(&self, db: &Database, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
+        let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         let removed = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             let removed = table.remove(uid).map_err(|e| self.db_err(e))?;
@@ -185,7 +221,11 @@ impl StateStore {
 
     /// Every stored claim, ordered by UID.
     pub fn list(&self) -> Result<Vec<ClaimPlans>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.list_in(db))
+    }
+
+    fn list_in(&self, db: &Database) -> Result<Vec<ClaimPlans>, StateError> {
+        let txn = db.begin_read().map_err(|e| self.db_err(e))?;
         let table = match txn.open_table(CLAIMS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -209,10 +249,68 @@ impl StateStore {
             .collect())
     }
 
+    /// Runs `f` on the open database, reopening it first after an I/O error.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        use std::sync::atomic::Ordering;
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+            // The old handle holds the file lock: it goes before the new one opens.
+            *slot = None;
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    tracing::info!(checkpoint = %self.path.display(), "checkpoint reopened after an I/O error");
+                    *slot = Some(db);
+                }
+                Err(e) => {
+                    self.reopen.store(true, Ordering::Release);
+                    return Err(StateError::Closed {
+                        path: self.path.clone(),
+                        message: format!("reopening failed: {e}"),
+                    });
+                }
+            }
+        }
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(db) => f(db),
+            None => {
+                self.reopen
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(StateError::Closed {
+                    path: self.path.clone(),
+                    message: "not open".into(),
+                })
+            }
+        }
+    }
+
     fn db_err(&self, err: impl Into<redb::Error>) -> StateError {
-        StateError::Database {
-            path: self.path.clone(),
-            message: err.into().to_string(),
+        let err = err.into();
+        match err {
+            redb::Error::PreviousIo => {
+                self.reopen
+                    .store(true, std::sync::atomic::Ordering::Release);
+                StateError::Closed {
+                    path: self.path.clone(),
+                    message: err.to_string(),
+                }
+            }
+            redb::Error::Io(_) => {
+                // redb refuses every later call after an I/O error; reopen next time.
+                self.reopen
+                    .store(true, std::sync::atomic::Ordering::Release);
+                StateError::Database {
+                    path: self.path.clone(),
+                    message: err.to_string(),
+                }
+            }
+            other => StateError::Database {
+                path: self.path.clone(),
+                message: other.to_string(),
+            },
         }
     }
 }
