@@ -39,6 +39,7 @@ pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
     log.get(from..)
         .unwrap_or("")
         .lines()
+        .map(strip_ansi)
         .filter(|l| l.contains("NRI hook finished") && l.contains(hook))
         .filter_map(|l| {
             let v = l.split("hook_ms=").nth(1)?;
@@ -48,6 +49,25 @@ pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
                 .ok()
         })
         .collect()
+}
+
+/// The line without terminal colour sequences (`ESC [ ... m`), which the driver's
+/// log writer puts between a field's name and its `=`.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One pod started and removed again; the runp time.
@@ -208,5 +228,7 @@ mod tests {
         assert_eq!(hook_times(log, "RunPodSandbox", 0), vec![51.25, 7.0]);
         assert_eq!(hook_times(log, "StopPodSandbox", 0), vec![20.5]);
         assert!(hook_times(log, "RunPodSandbox", log.len()).is_empty());
+        let coloured = "\u{1b}[2mnetclaim::metrics\u{1b}[0m: NRI hook finished \u{1b}[3mhook\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"RunPodSandbox\" \u{1b}[3mhook_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m12.5\n";
+        assert_eq!(hook_times(coloured, "RunPodSandbox", 0), vec![12.5]);
     }
 }

@@ -146,6 +146,7 @@ pub(super) fn attach_in_netns(
         ..Default::default()
     };
 
+    let started = std::time::Instant::now();
     // Egress: TCX first (kernel >= 6.6), clsact + cls_bpf otherwise.
     let mut failures = Vec::new();
     let egress: &mut SchedClassifier = ebpf
@@ -200,6 +201,7 @@ pub(super) fn attach_in_netns(
         });
     }
 
+    let egress_done = started.elapsed();
     // Ingress: XDP native, XDP generic, then tc ingress (TCX, clsact).
     let mut failures = Vec::new();
     let mut ingress_link = None;
@@ -308,6 +310,12 @@ pub(super) fn attach_in_netns(
             detail: failures.join("; "),
         });
     }
+    tracing::debug!(
+        interface = ifname,
+        egress_us = egress_done.as_micros() as u64,
+        ingress_us = (started.elapsed() - egress_done).as_micros() as u64,
+        "attached in the namespace"
+    );
     Ok(Attached {
         meta,
         egress_link,

@@ -114,6 +114,7 @@ impl AttachedDatapath {
         options: AttachOptions,
     ) -> Result<Self, DatapathError> {
         let sizes = options.sizes.unwrap_or_default();
+        let started = std::time::Instant::now();
         let resolved;
         let policy = if policy.mac.is_none() {
             // The caller does not know who the device is on the wire: ask the kernel
@@ -148,6 +149,7 @@ impl AttachedDatapath {
                     source: Box::new(e),
                 })?;
         write_initial_policy(&mut ebpf, &key, &compiled)?;
+        let loaded = started.elapsed();
 
         let guard_cgroup = options.guard_cgroup.clone();
         let thread_key = key.clone();
@@ -160,6 +162,7 @@ impl AttachedDatapath {
         })?;
         let mut attached = attached?;
         attached.meta.netns_inode = netns_inode;
+        let hooked = started.elapsed();
 
         let pinned = pin_all(&mut ebpf, &key, &dir, &mut attached).and_then(|()| {
             let Some(cgroup) = &guard_cgroup else {
@@ -181,8 +184,17 @@ impl AttachedDatapath {
         }
         LogPump::global().add_from_object(&key, &mut ebpf);
         drop(ebpf);
+        let pinned = started.elapsed();
 
         let handle = Self::adopt(layout, key.clone());
+        tracing::debug!(
+            device = %key,
+            load_and_fill_us = loaded.as_micros() as u64,
+            attach_us = (hooked - loaded).as_micros() as u64,
+            pin_us = (pinned - hooked).as_micros() as u64,
+            adopt_us = (started.elapsed() - pinned).as_micros() as u64,
+            "datapath attach timing"
+        );
         match handle {
             Ok(h) => {
                 tracing::info!(

@@ -517,6 +517,7 @@ pub fn move_and_configure_with(
     let job_originals = moved.originals.clone();
     let pending = moved.pending.clone();
     let features = moved.features.clone();
+    let pod_started = std::time::Instant::now();
     let (pod_result, added) = pod.run(move || {
         let mut added = PodAdditions::default();
         let r = pod_job(
@@ -529,6 +530,11 @@ pub fn move_and_configure_with(
         );
         (r, added)
     })?;
+    tracing::debug!(
+        device = host_ifname,
+        configure_us = pod_started.elapsed().as_micros() as u64,
+        "pod side: configured"
+    );
     // What was added in the pod is undone by restore, on failure now or at stop.
     let mut originals = moved.originals;
     originals.pod_rules = added.rules;
@@ -619,13 +625,16 @@ fn host_job(
     else {
         return Ok(HostJob::NotFound);
     };
+    let started = std::time::Instant::now();
     let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
+    let captured = started.elapsed();
     if let Some(record) = before_move {
         record(&originals)
             .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
     }
+    let recorded = started.elapsed();
 
     // One message: down + move + rename + link settings.
     let settings_change = link_settings(settings);
@@ -637,12 +646,19 @@ fn host_job(
     };
     match link::set_link(&mut sock, link.ifindex, &combined) {
         Ok(()) => {
+            tracing::debug!(
+                device = host_ifname,
+                capture_us = captured.as_micros() as u64,
+                intent_us = (recorded - captured).as_micros() as u64,
+                move_us = (started.elapsed() - recorded).as_micros() as u64,
+                "host side: captured, intent recorded, moved"
+            );
             return Ok(HostJob::Moved(Box::new(Moved {
                 originals,
                 pending: LinkChange::default(),
                 link_requests: 1,
                 features,
-            })))
+            })));
         }
         Err(e) => {
             tracing::debug!(device = host_ifname, error = %e,
