@@ -431,3 +431,94 @@ fn attach_before_or_after_the_move_timed() {
         println!("{name}: median {:.1} ms, all {s:.1?}", s[s.len() / 2]);
     }
 }
+
+/// A data path that stands down (count only, one map write) lets through what its
+/// policy dropped a moment before, keeps counting, and still detaches cleanly after
+/// the device moved on: the stop path's order (stand down, move home, detach).
+#[test]
+fn standing_down_stops_enforcing_then_the_device_moves_with_it() {
+    let stage = Stage::new("mvd");
+    let bpf = TestBpfRoot::new("mvd").unwrap();
+    let layout = PinLayout::new(bpf.path());
+    stage.move_to_b();
+    let key = DatapathKey::new("default", "move-down", "mv0").unwrap();
+    let policy = DatapathPolicy {
+        addresses: vec!["192.0.2.10/24".parse().unwrap()],
+        routes: vec!["192.0.2.0/24".parse().unwrap()],
+        ..Default::default()
+    };
+    let b = stage.b.open();
+    let mut dp =
+        AttachedDatapath::attach(&layout, key, &b, IF, &policy, AttachOptions::default()).unwrap();
+    stage.address();
+    // A second address the policy does not know: ingress to it is dropped.
+    stage
+        .b
+        .ip(&["addr", "add", "192.0.2.20/24", "dev", IF])
+        .unwrap();
+    let mac_b = stage.b.mac(IF).unwrap();
+    stage
+        .w
+        .ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.20",
+            "lladdr",
+            &mac_b,
+            "dev",
+            PEER,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let w = stage.w.open();
+    let send_to_stranger = |n: u32| {
+        let sink = UdpSink::start(&b, sa("192.0.2.20:7102")).unwrap();
+        udp_send(&w, sa("192.0.2.1:0"), sa("192.0.2.20:7102"), n, 60).unwrap();
+        sink.wait_for(u64::from(n), Duration::from_millis(500))
+    };
+    assert_eq!(
+        send_to_stranger(10),
+        0,
+        "enforcing: not one datagram through"
+    );
+    let dropped = dp.counters().unwrap().drops.values().sum::<u64>();
+    assert_eq!(dropped, 10);
+
+    dp.stand_down().unwrap();
+    assert_eq!(send_to_stranger(10), 10, "count only: all through");
+    let c = dp.counters().unwrap();
+    assert_eq!(c.drops.values().sum::<u64>(), 10, "no new drops: {c:?}");
+    assert_eq!(c.rx_packets, 20, "{c:?}");
+
+    // Home with the programs attached, then detached: nothing left on the device.
+    let a_fd = stage.a.open();
+    let fd = a_fd.file().as_raw_fd();
+    b.run(move || {
+        let mut sock = NlSocket::route().unwrap();
+        let idx = link::link_by_name(&mut sock, IF).unwrap().unwrap().ifindex;
+        link::set_link(
+            &mut sock,
+            idx,
+            &LinkChange {
+                netns_fd: Some(fd),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    })
+    .unwrap();
+    let shown = text(stage.a.ip(&["-d", "link", "show", "dev", IF]).unwrap());
+    assert!(shown.contains("prog/xdp"), "XDP came home along: {shown}");
+    dp.detach(&layout, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = text(stage.a.ip(&["-d", "link", "show", "dev", IF]).unwrap());
+        if !shown.contains("prog/xdp") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XDP still attached: {shown}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(bpf.leftovers().is_empty());
+}

@@ -378,6 +378,29 @@ impl AttachedDatapath {
         self.maps.clear_slot(&self.key, active)
     }
 
+    /// Stops enforcing without detaching: the active slot's flags become 0 (count
+    /// only), one map write, no grace period (a program that read the old flags lets
+    /// its packet through or drops it by the old policy, as it would have a moment
+    /// earlier). For a device that leaves its pod with the programs still attached
+    /// (XDP and TCX links survive a namespace move: `tests/tests/datapath_move.rs`),
+    /// so the node's own traffic is never held to the pod's policy.
+    pub fn stand_down(&mut self) -> Result<(), DatapathError> {
+        let active = self.maps.active_slot(&self.key)?;
+        let compiled = CompiledPolicy {
+            flags: 0,
+            enforcement: Enforcement::CountOnly {
+                reason: "the device is leaving its pod".into(),
+            },
+            ..self.current.clone()
+        };
+        let generation = self.generation.wrapping_add(1);
+        self.maps
+            .write_slot_config(&self.key, active, &compiled, generation)?;
+        self.current = compiled;
+        self.generation = generation;
+        Ok(())
+    }
+
     /// Reads and sums the counters, including packets per allowed prefix.
     pub fn counters(&self) -> Result<CounterSnapshot, DatapathError> {
         let per_cpu = self

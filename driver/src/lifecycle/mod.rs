@@ -1253,6 +1253,11 @@ impl Inner {
             let pod = held
                 .as_ref()
                 .and_then(|h| h.try_clone().ok())
+    /// Makes the device's data path count only (see [`AttachedDatapath::stand_down`]).
+    fn stand_down(&self, key: &DatapathKey) -> Result<(), DatapathError> {
+        AttachedDatapath::adopt(&self.layout, key.clone())?.stand_down()
+    }
+
                 .or_else(|| Netns::open(&att.pod_netns).ok());
             let side = PodSide {
                 name: att.pod_ifname.clone(),
@@ -1280,7 +1285,13 @@ impl Inner {
             let stop_started = Instant::now();
             self.release_lease(&claim_uid, &plan, &att, pod.as_ref());
             if let Some(key) = &done.datapath {
-                mine.extend(self.detach(key, pod.as_ref()));
+                match self.stand_down(key) {
+                    Ok(()) => detach_later = Some(key),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot stand the data path down; detaching before the move");
+                        mine.extend(self.detach(key, pod.as_ref()));
+                    }
+                }
             }
             let detached = stop_started.elapsed();
             let root = self
@@ -1288,15 +1299,24 @@ impl Inner {
                 .root_netns
                 .as_ref()
                 .and_then(|p| Netns::open(p).ok());
-            match restore_device(
+            let restored = restore_device(
                 &self.host,
                 pod.as_ref(),
                 &done.side,
                 &done.originals,
                 root.as_ref(),
-            ) {
+            );
+            let restored_at = stop_started.elapsed();
+            if let Some(key) = detach_later {
+                // Home (or gone): clsact filters died with the move, nothing to
+                // remove in the pod. Still in the pod: remove them there.
+                let in_pod = restored.is_err().then_some(pod.as_ref()).flatten();
+                mine.extend(self.detach(key, in_pod));
+            }
+            let detached_at = stop_started.elapsed();
+            match restored {
                 Ok(outcome) => {
-                    let restored = stop_started.elapsed();
+                    let restored = restored_at;
                     match &outcome {
                         RestoreOutcome::Gone => {
                             tracing::warn!(interface = %done.originals.name, "device lost: destroyed with the pod's network namespace");
@@ -1321,9 +1341,10 @@ impl Inner {
                         mine.push(format!("{}: {e}", LifecycleStep::Checkpoint));
                     }
                     tracing::debug!(
-                        detach_us = detached.as_micros() as u64,
+                        stand_down_us = detached.as_micros() as u64,
                         restore_us = (restored - detached).as_micros() as u64,
-                        checkpoint_us = (stop_started.elapsed() - restored).as_micros() as u64,
+                        detach_us = (detached_at - restored).as_micros() as u64,
+                        checkpoint_us = (stop_started.elapsed() - detached_at).as_micros() as u64,
                         "stop timing"
                     );
                     // A lost device keeps its `DeviceLost` entry in the status.
@@ -1352,6 +1373,13 @@ impl Inner {
         if problems.is_empty() {
             self.keeper().release(pod_uid);
             Ok(outcomes)
+            // The programs go home with the device and come off after the move: XDP
+            // and TCX links survive it, and detaching first made the kernel's deferred
+            // link release (two RCU waits under RTNL) race the move for RTNL. They stop
+            // enforcing before the move (count only), so the node's traffic on its
+            // returned device is never held to the pod's policy. When that fails, the
+            // old order: detach, then move.
+            let mut detach_later = None;
         } else {
             Err(LifecycleError::Incomplete {
                 pod: pod_label,
