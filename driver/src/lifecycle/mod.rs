@@ -622,6 +622,8 @@ impl Inner {
         })?;
         let guard = self.socket_guard(&pod_label, runtime)?;
         let mut done: Vec<Done> = Vec::new();
+        // What the checkpoint gets once every device is in: one transaction per claim.
+        let mut records: Vec<Attachment> = Vec::new();
         let mut outcomes = Vec::new();
         for (claim_uid, plan) in plans {
             let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
@@ -674,7 +676,7 @@ impl Inner {
                 None => attach_started + budget::LEASE_WAIT,
             };
             match self.attach_one(&claim_uid, &plan, &pod, guard.as_deref(), lease_until) {
-                Ok((d, waited)) => {
+                Ok((d, waited, record)) => {
                     // The server's answer time is not what a device costs to move.
                     self.costs()
                         .attached(attach_started.elapsed().saturating_sub(waited));
@@ -683,13 +685,7 @@ impl Inner {
                         datapath = d.datapath.is_some(),
                         "device handed to the pod"
                     );
-                    self.emit(DeviceEvent::Started {
-                        device: device_ref(&plan),
-                        pod_netns: netns.to_path_buf(),
-                        pod_ifname: d.side.name.clone(),
-                        datapath: d.datapath.clone(),
-                        dhcp: d.lease.clone(),
-                    });
+                    records.push(record);
                     outcomes.push(DeviceOutcome {
                         claim: plan.claim.to_string(),
                         pool: plan.pool.clone(),
@@ -734,8 +730,102 @@ impl Inner {
                 }
             }
         }
+        // Durable before the hook answers: a driver killed earlier finds only the
+        // write-ahead intents, returns the devices and starts the pod over.
+        let record_started = Instant::now();
+        if let Err((i, e)) = self.record_attached(&done, records) {
+            let failed = &done[i].plan;
+            let (claim, device, pod_name) = (
+                failed.claim.to_string(),
+                failed.device.clone(),
+                failed.pod.to_string(),
+            );
+            let message = format!("{}: {e}", LifecycleStep::Checkpoint);
+            tracing::warn!(claim = %claim, device = %device, "recording the hand-over failed: {e}");
+            let undo = self.undo(done, &pod, &message);
+            return Err(LifecycleError::Device {
+                claim,
+                device,
+                pod: pod_name,
+                step: LifecycleStep::Checkpoint,
+                message: e.to_string(),
+                undo,
+            });
+        }
+        tracing::debug!(
+            devices = done.len(),
+            checkpoint_us = record_started.elapsed().as_micros() as u64,
+            "hand-over recorded"
+        );
+        for d in &done {
+            self.emit(DeviceEvent::Started {
+                device: device_ref(&d.plan),
+                pod_netns: netns.to_path_buf(),
+                pod_ifname: d.side.name.clone(),
+                datapath: d.datapath.clone(),
+                dhcp: d.lease.clone(),
+            });
+        }
         self.keeper().hold(pod_uid, &pod);
         Ok(outcomes)
+    }
+
+    /// Marks the devices of `done` attached with their `records` (same order): one
+    /// write transaction per claim. On failure, the index in `done` of a device whose
+    /// claim could not be written.
+    fn record_attached(
+        &self,
+        done: &[Done],
+        records: Vec<Attachment>,
+    ) -> Result<(), (usize, StateError)> {
+        let mut by_claim: BTreeMap<&str, Vec<(usize, Attachment)>> = BTreeMap::new();
+        for (i, (d, record)) in done.iter().zip(records).enumerate() {
+            by_claim
+                .entry(d.claim_uid.as_str())
+                .or_default()
+                .push((i, record));
+        }
+        for (claim_uid, entries) in by_claim {
+            let first = entries.first().map(|(i, _)| *i).unwrap_or(0);
+            let mut missing = None;
+            let written = self
+                .store
+                .update(claim_uid, |stored| {
+                    for (i, record) in entries {
+                        let plan = &done[i].plan;
+                        match stored
+                            .plans
+                            .iter_mut()
+                            .find(|p| p.pool == plan.pool && p.device == plan.device)
+                        {
+                            Some(p) => {
+                                p.attached = true;
+                                p.attachment = Some(record);
+                            }
+                            None => {
+                                missing = Some(i);
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                })
+                .map_err(|e| (first, e))?;
+            if !written {
+                let i = missing.unwrap_or(first);
+                return Err((
+                    i,
+                    StateError::Entry {
+                        uid: claim_uid.to_string(),
+                        message: format!(
+                            "unprepared meanwhile (device {} was being recorded)",
+                            done[i].plan.device
+                        ),
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Where the pod's socket guard goes: the pod's cgroup when the runtime names one.
@@ -761,7 +851,8 @@ impl Inner {
             })
     }
 
-    /// Hands one device over; on success also how long its DHCP lease took to come.
+    /// Hands one device over; on success also how long its DHCP lease took to come and
+    /// the record that says so, for the caller to make durable with the pod's others.
     fn attach_one(
         &self,
         claim_uid: &str,
@@ -769,7 +860,7 @@ impl Inner {
         pod: &Netns,
         guard: Option<&Path>,
         lease_until: Instant,
-    ) -> Result<(Done, std::time::Duration), Failure> {
+    ) -> Result<(Done, std::time::Duration, Attachment), Failure> {
         let cfg = parse_parameters(&plan.config, "parameters").map_err(|e| Failure {
             step: LifecycleStep::Config,
             part: FailedPart::Network,
@@ -958,15 +1049,9 @@ impl Inner {
                 leases::new_record(newest, base_policy.clone())
             }),
         };
-        let record_started = Instant::now();
-        let recorded = self.update_plan(claim_uid, plan, |p| {
-            p.attached = true;
-            p.attachment = Some(attachment);
-        });
         tracing::debug!(
-            datapath_us = (record_started - configured_at).as_micros() as u64,
-            checkpoint_us = record_started.elapsed().as_micros() as u64,
-            "data path attached, hand-over recorded"
+            after_configure_us = configured_at.elapsed().as_micros() as u64,
+            "data path attached (and lease, if any)"
         );
         let done = Done {
             claim_uid: claim_uid.to_string(),
@@ -976,19 +1061,7 @@ impl Inner {
             datapath,
             lease,
         };
-        if let Err(e) = recorded {
-            let mut message = e.to_string();
-            for problem in self.take_back(&done, Some(pod)) {
-                message.push_str(&format!(" (undo: {problem})"));
-            }
-            return Err(Failure {
-                step: LifecycleStep::Checkpoint,
-                part: FailedPart::Sibling,
-                reason: "CheckpointFailed",
-                message,
-            });
-        }
-        Ok((done, waited))
+        Ok((done, waited, attachment))
     }
 
     /// Acquires the device's DHCP lease inside the pod before `until`, puts it into the
@@ -1180,6 +1253,11 @@ impl Inner {
 
     /// Detaches a device's data path found through its pins (already gone is fine);
     /// a problem as text.
+    /// Makes the device's data path count only (see [`AttachedDatapath::stand_down`]).
+    fn stand_down(&self, key: &DatapathKey) -> Result<(), DatapathError> {
+        AttachedDatapath::adopt(&self.layout, key.clone())?.stand_down()
+    }
+
     fn detach(&self, key: &DatapathKey, pod: Option<&Netns>) -> Option<String> {
         let result = match AttachedDatapath::adopt(&self.layout, key.clone()) {
             Ok(dp) => dp.detach(&self.layout, pod),
@@ -1253,11 +1331,6 @@ impl Inner {
             let pod = held
                 .as_ref()
                 .and_then(|h| h.try_clone().ok())
-    /// Makes the device's data path count only (see [`AttachedDatapath::stand_down`]).
-    fn stand_down(&self, key: &DatapathKey) -> Result<(), DatapathError> {
-        AttachedDatapath::adopt(&self.layout, key.clone())?.stand_down()
-    }
-
                 .or_else(|| Netns::open(&att.pod_netns).ok());
             let side = PodSide {
                 name: att.pod_ifname.clone(),
@@ -1284,6 +1357,13 @@ impl Inner {
             let mut mine = Vec::new();
             let stop_started = Instant::now();
             self.release_lease(&claim_uid, &plan, &att, pod.as_ref());
+            // The programs go home with the device and come off after the move: XDP
+            // and TCX links survive it, and detaching first made the kernel's deferred
+            // link release (two RCU waits under RTNL) race the move for RTNL. They stop
+            // enforcing before the move (count only), so the node's traffic on its
+            // returned device is never held to the pod's policy. When that fails, the
+            // old order: detach, then move.
+            let mut detach_later = None;
             if let Some(key) = &done.datapath {
                 match self.stand_down(key) {
                     Ok(()) => detach_later = Some(key),
@@ -1373,13 +1453,6 @@ impl Inner {
         if problems.is_empty() {
             self.keeper().release(pod_uid);
             Ok(outcomes)
-            // The programs go home with the device and come off after the move: XDP
-            // and TCX links survive it, and detaching first made the kernel's deferred
-            // link release (two RCU waits under RTNL) race the move for RTNL. They stop
-            // enforcing before the move (count only), so the node's traffic on its
-            // returned device is never held to the pod's policy. When that fails, the
-            // old order: detach, then move.
-            let mut detach_later = None;
         } else {
             Err(LifecycleError::Incomplete {
                 pod: pod_label,
