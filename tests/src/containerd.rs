@@ -236,7 +236,9 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         // nsenter execs containerd: the child's PID is containerd's.
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        crate::scenario::die_with_parent(&mut cmd);
+        let child = cmd
             .arg(format!("--net={}", self.node.display()))
             .arg("--")
             .arg(self.peers.bin.join("containerd"))

@@ -178,7 +178,9 @@ impl Driver {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(netclaim_binary()?)
+        let mut cmd = Command::new(netclaim_binary()?);
+        die_with_parent(&mut cmd);
+        let child = cmd
             .args([
                 "--log",
                 "info,netclaim=debug",
@@ -251,6 +253,21 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// Makes a child process get SIGKILL when the thread that spawned it dies, so a test
+/// harness killed from outside (a timeout, Ctrl-C) leaves no driver behind holding
+/// namespaces, pins and locks. (Spawn from a thread that lives as long as the child:
+/// the scenario's runtime threads do.)
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

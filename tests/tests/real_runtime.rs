@@ -414,3 +414,79 @@ fn a_hook_that_would_exceed_the_runtime_budget_fails_cleanly_in_time() {
     })
     .unwrap();
 }
+
+/// Many pods at once, as a node that schedules a burst sees them: 32 pods with one
+/// claimed device each, started together through the real containerd with its default
+/// 2 s hook budget. Every pod must start with its device (a hook that ran out of budget
+/// would leave a pod without it, or refused). The slowest hook and the headroom are
+/// printed; the target (half the budget) lives in `cargo xtask bench pod-start`.
+#[test]
+fn thirty_two_pods_at_once_all_start_with_their_devices() {
+    require_root();
+    let Some(peers) = peers_or_skip("thirty_two_pods_at_once_all_start_with_their_devices") else {
+        return;
+    };
+    const PODS: usize = 32;
+    let topo = Topology::with_nics("rr32", PODS).unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let c = containerd::bring_up(&topo, peers, "rr32", BUDGET).await?;
+        let names: Vec<String> = (1..=PODS).map(scenario::nic_name).collect();
+        let devices = scenario::wait_devices_of(&c.side.api, &names, Duration::from_secs(30)).await?;
+        for j in 1..=PODS {
+            let mut p = scenario::indexed_parameters(j);
+            p["interface"]["name"] = serde_json::json!(POD_IF);
+            c.side.api.put(claim(
+                &format!("c{j}"),
+                &format!("claim-uid-c{j}"),
+                &devices[&scenario::nic_name(j)],
+                &format!("c{j}-pod"),
+                &format!("pod-uid-c{j}"),
+                p,
+            ))?;
+            assert_eq!(prepare_with(&c.side.dra, &format!("c{j}"), &format!("claim-uid-c{j}")).await?, "");
+        }
+        let from = std::fs::metadata(&c.side.driver.log).map(|m| m.len() as usize).unwrap_or(0);
+        let shared = std::sync::Arc::new(c);
+        let t0 = Instant::now();
+        let handles: Vec<_> = (1..=PODS)
+            .map(|j| {
+                let c = shared.clone();
+                std::thread::spawn(move || c.runtime.runp(&format!("c{j}-pod"), &format!("pod-uid-c{j}")))
+            })
+            .collect();
+        let mut ids = Vec::new();
+        let mut refused = Vec::new();
+        for h in handles {
+            match h.join().map_err(|_| anyhow::anyhow!("runp thread panicked"))?? {
+                Ok((id, _)) => ids.push(id),
+                Err(e) => refused.push(e),
+            }
+        }
+        let wall = t0.elapsed();
+        let c = std::sync::Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("cluster still shared"))?;
+        let hooks = netclaim_tests::runp::hook_times(&c.side.driver.log_text(), "RunPodSandbox", from);
+        let max = hooks.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "[real] {PODS} pods at once: {} started, {} refused, wall {wall:?}, slowest hook {max:.1} ms of a {BUDGET:?} budget (headroom {:.0} ms)",
+            ids.len(),
+            refused.len(),
+            BUDGET.as_secs_f64() * 1000.0 - max
+        );
+        assert!(refused.is_empty(), "pods refused: {refused:?}");
+        assert_eq!(hooks.len(), PODS, "hooks logged");
+        for id in &ids {
+            let netns = c.runtime.pod_netns(id)?;
+            assert!(link_in(&netns, POD_IF)?.is_some(), "pod {id} has no device");
+        }
+        for id in ids {
+            c.runtime.stop_pod(&id)?;
+            c.runtime.remove_pod(&id)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
