@@ -490,3 +490,71 @@ fn thirty_two_pods_at_once_all_start_with_their_devices() {
     })
     .unwrap();
 }
+
+/// A hook answer longer than containerd's 4096-byte mux read buffer: a host-network pod
+/// (no network namespace) with a claimed device is refused, and the refusal names the
+/// pod, whose name and namespace here are thousands of characters long. netclaim must
+/// split the answer into frames the runtime reads; otherwise containerd drops the
+/// plugin (`ttrpc: closed`) instead of passing the reason on.
+#[test]
+fn a_hook_answer_longer_than_the_runtime_read_buffer_arrives_whole() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("a_hook_answer_longer_than_the_runtime_read_buffer_arrives_whole")
+    else {
+        return;
+    };
+    let topo = Topology::new("rrm").unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let c = containerd::bring_up(&topo, peers, "rrm", BUDGET).await?;
+        put_claim(&c, "web", "claim-uid-rrm", "web-0", "pod-uid-rrm").await?;
+        let name = format!("{}-name-end", "n".repeat(2800));
+        let namespace = format!("{}-ns-end", "s".repeat(2000));
+        let from = c.runtime.log_len();
+        let refused = c.runtime.run_pod_config(&serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace, "uid": "pod-uid-rrm", "attempt": 0},
+            "log_directory": c.runtime.dir().join("logs/long"),
+            "linux": {
+                "cgroup_parent": c.runtime.cgroup_parent,
+                "security_context": {"namespace_options": {"network": 2}}
+            }
+        }));
+        let err = match refused {
+            Ok(id) => bail!("the host-network pod with a claimed device started ({id})"),
+            Err(e) => format!("{e:#}"),
+        };
+        let reason = "has claimed network devices but no network namespace";
+        assert!(
+            err.contains(reason),
+            "containerd did not pass netclaim's answer on: {}",
+            &err[..err.len().min(2000)]
+        );
+        assert!(
+            err.contains("-ns-end/") && err.contains("-name-end"),
+            "the answer was cut short"
+        );
+        let log = c.runtime.log_text();
+        let log = log.get(from..).unwrap_or("");
+        assert!(
+            !log.contains("ttrpc: closed") && !log.contains("connection to plugin"),
+            "containerd dropped the plugin over the long answer"
+        );
+        println!(
+            "[real] a {}-byte pod identity went through the hook answer whole",
+            name.len() + namespace.len()
+        );
+        // The plugin is still there: the same pod, now with its own namespace, starts
+        // with its device.
+        let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rrm")?;
+        ensure_in_pod(&c, &c.runtime.pod_netns(&pod)?)?;
+        c.runtime.stop_pod(&pod)?;
+        assert_home(&topo)?;
+        c.runtime.remove_pod(&pod)?;
+        Ok(())
+    })
+    .unwrap();
+}
