@@ -332,7 +332,8 @@ impl Containerd {
             .context("running crictl")
     }
 
-    fn crictl_ok(&self, args: &[&str]) -> Result<String> {
+    /// `crictl` that must succeed: its output, or its error text.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.crictl(args)?;
         if !out.status.success() {
             bail!(

@@ -505,18 +505,29 @@ pub async fn stop_pod(
 /// Sends `n` datagrams from the pod to an allowed and to a forbidden destination;
 /// returns how many arrived at each.
 pub fn traffic(topo: &Topology, n: u32) -> Result<(u64, u64)> {
-    let pod = topo.pod.open();
+    traffic_from(topo, topo.pod.path(), "203.0.113.0/24", n)
+}
+
+/// [`traffic`] from a pod namespace given by path (e.g. one a real runtime made); the
+/// pod first gets a route to `around` (holding the forbidden destination) via the
+/// claim's interface, so only the data path can stop that traffic.
+pub fn traffic_from(topo: &Topology, pod_netns: &Path, around: &str, n: u32) -> Result<(u64, u64)> {
+    let pod = netclaim::netns::Netns::open(pod_netns)?;
     let wire = topo.wire.open();
-    // Something in the pod routes around the claim: the data path must still drop it.
-    topo.pod.ip(&[
-        "route",
-        "replace",
-        "203.0.113.0/24",
-        "via",
-        "192.0.2.1",
-        "dev",
-        POD_IF,
-    ])?;
+    crate::netenv::run(
+        Command::new("nsenter")
+            .arg(format!("--net={}", pod_netns.display()))
+            .args([
+                "ip",
+                "route",
+                "replace",
+                around,
+                "via",
+                "192.0.2.1",
+                "dev",
+                POD_IF,
+            ]),
+    )?;
     let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
     let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
     let src: SocketAddr = "192.0.2.10:0".parse()?;
@@ -549,10 +560,20 @@ pub fn condition<'a>(entry: &'a Value, type_: &str) -> Option<&'a Value> {
 
 /// `ip -j` facts of a link in a namespace: (mtu, addresses as CIDR strings).
 pub fn link_facts(ns: &TestNetns, link: &str) -> Result<(u64, Vec<String>)> {
-    let out = ns.ip(&["-j", "addr", "show", "dev", link])?;
+    link_facts_at(ns.path(), link)?.context("no such link")
+}
+
+/// [`link_facts`] in a namespace given by path; `None` when the link is not there.
+pub fn link_facts_at(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "addr", "show", "dev", link])
+        .output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
     let v: Value = serde_json::from_slice(&out.stdout)?;
-    let l = v.get(0).context("no such link")?;
-    let mtu = l["mtu"].as_u64().unwrap_or(0);
+    let Some(l) = v.get(0) else { return Ok(None) };
     let addrs = l["addr_info"]
         .as_array()
         .map(|a| {
@@ -562,7 +583,7 @@ pub fn link_facts(ns: &TestNetns, link: &str) -> Result<(u64, Vec<String>)> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok((mtu, addrs))
+    Ok(Some((l["mtu"].as_u64().unwrap_or(0), addrs)))
 }
 
 // ---------------------------------------------------------------------------------

@@ -26,13 +26,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::PodTemplateSpec};
 use netclaim_tests::{
     apiserver::FakeApiServer,
@@ -41,9 +40,8 @@ use netclaim_tests::{
     netenv::require_root,
     scenario::{
         self, claim, good_parameters, prepare_with, run_in_netns, status_entry, unprepare_with,
-        Topology, ALLOWED, DRIVER, FORBIDDEN, NIC, NODE, POD_IF,
+        Topology, DRIVER, NIC, NODE, POD_IF,
     },
-    traffic::{udp_send, UdpSink},
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -373,58 +371,14 @@ impl Drop for SharedMounts {
     }
 }
 
-/// `ip -j addr show dev <link>` inside a namespace given by path: (mtu, global addresses).
 fn link_in(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["ip", "-j", "addr", "show", "dev", link])
-        .output()?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    let Some(l) = v.get(0) else { return Ok(None) };
-    let addrs = l["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|a| a["scope"] == "global")
-                .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Some((l["mtu"].as_u64().unwrap_or(0), addrs)))
+    netclaim_tests::scenario::link_facts_at(netns, link)
 }
 
-/// `n` datagrams from the pod to an allowed and a forbidden destination (with a route
-/// in the pod that tries to reach the forbidden one): (arrived allowed, arrived forbidden).
+/// `n` datagrams from the pod (route around the claim to the CNI half of
+/// 203.0.113.0/24): (arrived allowed, arrived forbidden).
 fn pod_traffic(topo: &Topology, pod_netns: &Path, n: u32) -> Result<(u64, u64)> {
-    let pod = netclaim::netns::Netns::open(pod_netns)?;
-    let wire = topo.wire.open();
-    netclaim_tests::netenv::run(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={}", pod_netns.display()))
-            .args([
-                "ip",
-                "route",
-                "replace",
-                "203.0.113.0/25",
-                "via",
-                "192.0.2.1",
-                "dev",
-                POD_IF,
-            ]),
-    )?;
-    let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
-    let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
-    let src: SocketAddr = "192.0.2.10:0".parse()?;
-    udp_send(&pod, src, ALLOWED.parse()?, 1, 32)?;
-    allowed.wait_for(1, Duration::from_secs(3));
-    udp_send(&pod, src, ALLOWED.parse()?, n - 1, 32)?;
-    udp_send(&pod, src, FORBIDDEN.parse()?, n, 32)?;
-    let got = allowed.wait_for(u64::from(n), Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200));
-    Ok((got, forbidden.count()))
+    netclaim_tests::scenario::traffic_from(topo, pod_netns, "203.0.113.0/25", n)
 }
 
 /// Pin files below `dir` with their inode numbers (same inode = the same pin).
@@ -450,15 +404,7 @@ impl DriverContainer {
 }
 
 fn crictl_ok(rt: &Containerd, args: &[&str]) -> Result<String> {
-    let out = rt.crictl(args)?;
-    if !out.status.success() {
-        bail!(
-            "crictl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    rt.crictl_ok(args)
 }
 
 /// Creates and starts attempt `attempt` of the driver container.
@@ -638,7 +584,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         let api_dir = topo.dir.path().join("api");
         std::fs::create_dir_all(&api_dir)?;
         let api = FakeApiServer::start_on(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             Some(api_dir.join("kubeconfig")),
         )
         .await?;

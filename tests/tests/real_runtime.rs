@@ -9,7 +9,6 @@
 //! a failure.
 
 use std::{
-    net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -20,70 +19,20 @@ use netclaim_tests::{
     netenv::require_root,
     scenario::{
         self, claim, good_parameters, prepare_with, run_in_netns, status_entry, unprepare_with,
-        Topology, ALLOWED, FORBIDDEN, NIC, POD_IF,
+        Topology, NIC, POD_IF,
     },
-    traffic::{udp_send, UdpSink},
 };
 
 const BUDGET: Duration = Duration::from_secs(2);
 
-/// Mounts the pod's namespace path as the driver sees it and sends `n` datagrams to an
-/// allowed and a forbidden destination: (arrived allowed, arrived forbidden).
+/// `n` datagrams from a pod the runtime made: (arrived allowed, arrived forbidden).
+/// The route around the claim goes to the pods' CNI half of 203.0.113.0/24.
 fn pod_traffic(topo: &Topology, pod_netns: &Path, n: u32) -> Result<(u64, u64)> {
-    let pod = netclaim::netns::Netns::open(pod_netns)?;
-    let wire = topo.wire.open();
-    let ip = |args: &[&str]| -> Result<()> {
-        netclaim_tests::netenv::run(
-            std::process::Command::new("nsenter")
-                .arg(format!("--net={}", pod_netns.display()))
-                .arg("ip")
-                .args(args),
-        )
-        .map(|_| ())
-    };
-    // Something in the pod routes around the claim: the data path must still drop it.
-    ip(&[
-        "route",
-        "replace",
-        "203.0.113.0/25",
-        "via",
-        "192.0.2.1",
-        "dev",
-        POD_IF,
-    ])?;
-    let allowed = UdpSink::start(&wire, ALLOWED.parse()?)?;
-    let forbidden = UdpSink::start(&wire, FORBIDDEN.parse()?)?;
-    let src: SocketAddr = "192.0.2.10:0".parse()?;
-    udp_send(&pod, src, ALLOWED.parse()?, 1, 32)?;
-    allowed.wait_for(1, Duration::from_secs(3));
-    udp_send(&pod, src, ALLOWED.parse()?, n - 1, 32)?;
-    udp_send(&pod, src, FORBIDDEN.parse()?, n, 32)?;
-    let got = allowed.wait_for(u64::from(n), Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200));
-    Ok((got, forbidden.count()))
+    scenario::traffic_from(topo, pod_netns, "203.0.113.0/25", n)
 }
 
-/// `ip -j addr show dev <link>` inside a namespace given by path: (mtu, global addresses).
 fn link_in(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["ip", "-j", "addr", "show", "dev", link])
-        .output()?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let Some(l) = v.get(0) else { return Ok(None) };
-    let addrs = l["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|a| a["scope"] == "global")
-                .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Some((l["mtu"].as_u64().unwrap_or(0), addrs)))
+    scenario::link_facts_at(netns, link)
 }
 
 /// The node's NIC is home with its host configuration.
