@@ -540,22 +540,14 @@ impl Inner {
         self.costs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The pod's plans, read through the checkpoint's pod index.
     fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, LifecycleError> {
-        let claims = self
-            .store
-            .list()
+        self.store
+            .plans_of_pod(pod_uid)
             .map_err(|source| LifecycleError::Checkpoint {
                 pod: pod_uid.to_string(),
                 source,
-            })?;
-        Ok(claims
-            .into_iter()
-            .flat_map(|c| {
-                let uid = c.claim.uid.clone();
-                c.plans.into_iter().map(move |p| (uid.clone(), p))
             })
-            .filter(|(_, p)| p.pod.uid == pod_uid)
-            .collect())
     }
 
     /// Changes one plan in the checkpoint. A claim that was unprepared meanwhile is
@@ -597,6 +589,7 @@ impl Inner {
         runtime: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let netns = runtime.netns.as_path();
+        let hook_started = Instant::now();
         let mut plans = self.plans_of(pod_uid)?;
         if plans.is_empty() {
             tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
@@ -621,6 +614,7 @@ impl Inner {
             source,
         })?;
         let guard = self.socket_guard(&pod_label, runtime)?;
+        let before_devices = hook_started.elapsed();
         let mut done: Vec<Done> = Vec::new();
         // What the checkpoint gets once every device is in: one transaction per claim.
         let mut records: Vec<Attachment> = Vec::new();
@@ -733,6 +727,7 @@ impl Inner {
         // Durable before the hook answers: a driver killed earlier finds only the
         // write-ahead intents, returns the devices and starts the pod over.
         let record_started = Instant::now();
+        let devices_took = record_started - hook_started - before_devices;
         if let Err((i, e)) = self.record_attached(&done, records) {
             let failed = &done[i].plan;
             let (claim, device, pod_name) = (
@@ -766,7 +761,15 @@ impl Inner {
                 dhcp: d.lease.clone(),
             });
         }
+        let held_at = Instant::now();
         self.keeper().hold(pod_uid, &pod);
+        tracing::debug!(
+            before_devices_us = before_devices.as_micros() as u64,
+            devices_us = devices_took.as_micros() as u64,
+            record_and_events_us = (held_at - record_started).as_micros() as u64,
+            hold_us = held_at.elapsed().as_micros() as u64,
+            "start timing"
+        );
         Ok(outcomes)
     }
 
@@ -861,6 +864,7 @@ impl Inner {
         guard: Option<&Path>,
         lease_until: Instant,
     ) -> Result<(Done, std::time::Duration, Attachment), Failure> {
+        let one_started = Instant::now();
         let cfg = parse_parameters(&plan.config, "parameters").map_err(|e| Failure {
             step: LifecycleStep::Config,
             part: FailedPart::Network,
@@ -896,6 +900,10 @@ impl Inner {
                 tracing::info!(interface = %ifname, "removed foreign program {program}");
             }
         }
+        tracing::debug!(
+            config_and_resolve_us = one_started.elapsed().as_micros() as u64,
+            "device resolved"
+        );
         // Write-ahead: the host state and where the device goes are durable before the
         // device is touched, so a driver killed at any later point can bring it home.
         let settings = settings::interface_settings(&cfg);

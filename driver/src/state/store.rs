@@ -8,6 +8,9 @@
 //! store starts empty: the caller rebuilds what it can from the cluster. A corrupt
 //! checkpoint never stops the driver.
 //!
+//! A second table indexes claims by the pods their plans name, so a pod hook reads its
+//! own claims instead of the whole checkpoint ([`StateStore::plans_of_pod`]).
+//!
 //! After an I/O error (a full disk, a failing device) redb refuses every later call
 //! until the database is reopened. The store then reopens it and retries the call once,
 //! so a driver whose disk filled up works again as soon as there is room, without a
@@ -28,6 +31,10 @@ use super::plan::ClaimPlans;
 pub const CHECKPOINT_FILE: &str = "checkpoint.redb";
 
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
+/// (pod UID, claim UID) for every plan: a pod hook reads only its own claims. Rebuilt
+/// from `claims` at every open (so a checkpoint written before it existed works) and
+/// kept in the same write transaction as every change to `claims`.
+const POD_CLAIMS: TableDefinition<(&str, &str), ()> = TableDefinition::new("pod_claims");
 const DIGEST_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -132,9 +139,13 @@ impl StateStore {
         let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
-            table
+            let old = table
                 .insert(plans.claim.uid.as_str(), value)
-                .map_err(|e| self.db_err(e))?;
+                .map_err(|e| self.db_err(e))?
+                .map(|v| decode(&plans.claim.uid, v.value()))
+                .transpose()?;
+            let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
+            self.reindex(&mut index, &plans.claim.uid, old.as_ref(), Some(plans))?;
         }
         txn.commit().map_err(|e| self.db_err(e))
     }
@@ -165,15 +176,18 @@ impl StateStore {
                 None => None,
             };
             let mut changed = None;
-            if let Some(mut plans) = stored {
+            if let Some(before) = stored {
+                let mut plans = before.clone();
                 if change(&mut plans) {
-                    changed = Some(encode(&plans)?);
+                    changed = Some((encode(&plans)?, before, plans));
                 }
             }
-            if let Some(value) = &changed {
+            if let Some((value, before, after)) = &changed {
                 table
                     .insert(uid, value.as_slice())
                     .map_err(|e| self.db_err(e))?;
+                let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
+                self.reindex(&mut index, uid, Some(before), Some(after))?;
             }
             changed.is_some()
         };
@@ -215,8 +229,96 @@ impl StateStore {
             let removed = table.remove(uid).map_err(|e| self.db_err(e))?;
             removed.map(|value| decode(uid, value.value()))
         };
+        {
+            let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
+            match &removed {
+                Some(Ok(old)) => self.reindex(&mut index, uid, Some(old), None)?,
+                // An entry that does not decode names no pods: drop its index rows by scan.
+                _ => {
+                    let stale: Vec<(String, String)> = index
+                        .iter()
+                        .map_err(|e| self.db_err(e))?
+                        .filter_map(|e| e.ok())
+                        .map(|(k, _)| (k.value().0.to_string(), k.value().1.to_string()))
+                        .filter(|(_, claim)| claim == uid)
+                        .collect();
+                    for (pod, claim) in stale {
+                        index
+                            .remove((pod.as_str(), claim.as_str()))
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                }
+            }
+        }
         txn.commit().map_err(|e| self.db_err(e))?;
         removed.transpose()
+    }
+
+    /// The plans that name pod `pod_uid`, with their claim UIDs, read through the pod
+    /// index (only this pod's claims are read and decoded).
+    pub fn plans_of_pod(
+        &self,
+        pod_uid: &str,
+    ) -> Result<Vec<(String, super::plan::Plan)>, StateError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.db_err(e))?;
+            let (index, claims) = match (txn.open_table(POD_CLAIMS), txn.open_table(CLAIMS)) {
+                (Ok(i), Ok(c)) => (i, c),
+                (Err(redb::TableError::TableDoesNotExist(_)), _)
+                | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+                (Err(e), _) | (_, Err(e)) => return Err(self.db_err(e)),
+            };
+            let mut uids = Vec::new();
+            for entry in index.range((pod_uid, "")..).map_err(|e| self.db_err(e))? {
+                let (key, _) = entry.map_err(|e| self.db_err(e))?;
+                let (pod, claim) = key.value();
+                if pod != pod_uid {
+                    break;
+                }
+                uids.push(claim.to_string());
+            }
+            let mut out = Vec::new();
+            for uid in uids {
+                let Some(value) = claims.get(uid.as_str()).map_err(|e| self.db_err(e))? else {
+                    continue;
+                };
+                let plans = decode(&uid, value.value())?;
+                out.extend(
+                    plans
+                        .plans
+                        .into_iter()
+                        .filter(|p| p.pod.uid == pod_uid)
+                        .map(|p| (uid.clone(), p)),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// Moves claim `uid`'s index rows from the pods of `old` to the pods of `new`.
+    fn reindex(
+        &self,
+        index: &mut redb::Table<(&str, &str), ()>,
+        uid: &str,
+        old: Option<&ClaimPlans>,
+        new: Option<&ClaimPlans>,
+    ) -> Result<(), StateError> {
+        let pods = |c: Option<&ClaimPlans>| -> BTreeSet<String> {
+            c.map(|c| c.plans.iter().map(|p| p.pod.uid.clone()).collect())
+                .unwrap_or_default()
+        };
+        let (before, after) = (pods(old), pods(new));
+        for pod in before.difference(&after) {
+            index
+                .remove((pod.as_str(), uid))
+                .map_err(|e| self.db_err(e))?;
+        }
+        for pod in after.difference(&before) {
+            index
+                .insert((pod.as_str(), uid), ())
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
     }
 
     /// Every stored claim, ordered by UID.
@@ -329,6 +431,7 @@ fn open_and_verify(path: &Path) -> Result<Database, Problem> {
             VerifyError::Redb(err) => classify(path, err),
             VerifyError::Entry(message) => Problem::Corrupt(message),
         })?;
+        rebuild_pod_index(&db).map_err(|err| classify(path, err))?;
         Ok(db)
     }));
     match result {
@@ -370,6 +473,29 @@ impl<E: Into<redb::Error>> From<E> for VerifyError {
 }
 
 /// Reads every entry once so damage is found at open, not in the middle of a prepare.
+/// Writes the pod index afresh from the claims (at open; cheap, and it makes a
+/// checkpoint from before the index existed, or an index that went wrong, right again).
+fn rebuild_pod_index(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let _ = txn.delete_table(POD_CLAIMS)?;
+        let mut index = txn.open_table(POD_CLAIMS)?;
+        let claims = txn.open_table(CLAIMS)?;
+        for entry in claims.iter()? {
+            let (key, value) = entry?;
+            // verify() has decoded every entry already.
+            if let Ok(plans) = decode(key.value(), value.value()) {
+                let pods: BTreeSet<&str> = plans.plans.iter().map(|p| p.pod.uid.as_str()).collect();
+                for pod in pods {
+                    index.insert((pod, key.value()), ())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 fn verify(db: &Database) -> Result<(), VerifyError> {
     let txn = db.begin_read()?;
     let table = match txn.open_table(CLAIMS) {
@@ -510,6 +636,66 @@ mod tests {
                 attachment: None,
             }],
         }
+    }
+
+    fn for_pod(uid: &str, pod: &str) -> ClaimPlans {
+        let mut c = sample(uid);
+        c.plans[0].pod.uid = pod.into();
+        c
+    }
+
+    fn pod_claims(store: &StateStore, pod: &str) -> Vec<String> {
+        store
+            .plans_of_pod(pod)
+            .unwrap()
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .collect()
+    }
+
+    #[test]
+    fn the_pod_index_follows_every_write_and_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.put(&for_pod("c1", "pod-a")).unwrap();
+        store.put(&for_pod("c2", "pod-b")).unwrap();
+        store.put(&for_pod("c3", "pod-a")).unwrap();
+        // "pod-a" must not pick up "pod-ab"'s claims (a prefix of another UID).
+        store.put(&for_pod("c4", "pod-ab")).unwrap();
+        assert_eq!(pod_claims(&store, "pod-a"), ["c1", "c3"]);
+        assert_eq!(pod_claims(&store, "pod-ab"), ["c4"]);
+        assert!(pod_claims(&store, "pod-").is_empty());
+        // A put that moves a claim to another pod moves its index row.
+        store.put(&for_pod("c3", "pod-b")).unwrap();
+        assert_eq!(pod_claims(&store, "pod-a"), ["c1"]);
+        assert_eq!(pod_claims(&store, "pod-b"), ["c2", "c3"]);
+        // So does an update.
+        assert!(store
+            .update("c1", |c| {
+                c.plans[0].pod.uid = "pod-c".into();
+                true
+            })
+            .unwrap());
+        assert!(pod_claims(&store, "pod-a").is_empty());
+        assert_eq!(pod_claims(&store, "pod-c"), ["c1"]);
+        store.remove("c2").unwrap();
+        assert_eq!(pod_claims(&store, "pod-b"), ["c3"]);
+        // The plans come back whole, with their claim UID.
+        let (uid, plan) = &store.plans_of_pod("pod-b").unwrap()[0];
+        assert_eq!((uid.as_str(), plan.device.as_str()), ("c3", "eth1"));
+        drop(store);
+
+        // A checkpoint whose index went missing (written before the index existed).
+        {
+            let db = Database::create(dir.path().join(CHECKPOINT_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(POD_CLAIMS).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(pod_claims(&store, "pod-b"), ["c3"]);
+        assert_eq!(pod_claims(&store, "pod-c"), ["c1"]);
+        assert_eq!(pod_claims(&store, "pod-ab"), ["c4"]);
     }
 
     #[test]
