@@ -156,9 +156,10 @@ impl AttachedDatapath {
         let ifname = interface.to_string();
         let netns_name = netns.path().display().to_string();
         // aya's Ebpf holds raw fds and is Send; it travels to the netns thread and back.
-        let (mut ebpf, attached) = netns.run(move || {
+        let (mut ebpf, attached, in_thread) = netns.run(move || {
+            let t = std::time::Instant::now();
             let r = attach_in_netns(&mut ebpf, &thread_key, &ifname, &netns_name, options);
-            (ebpf, r)
+            (ebpf, r, t.elapsed())
         })?;
         let mut attached = attached?;
         attached.meta.netns_inode = netns_inode;
@@ -191,6 +192,7 @@ impl AttachedDatapath {
             device = %key,
             load_and_fill_us = loaded.as_micros() as u64,
             attach_us = (hooked - loaded).as_micros() as u64,
+            attach_in_thread_us = in_thread.as_micros() as u64,
             pin_us = (pinned - hooked).as_micros() as u64,
             adopt_us = (started.elapsed() - pinned).as_micros() as u64,
             "datapath attach timing"

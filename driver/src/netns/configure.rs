@@ -480,6 +480,7 @@ pub fn move_and_configure_with(
     let job_settings = settings.clone();
     let job_ifname = host_ifname.to_string();
     let job_pod_name = pod_name.clone();
+    let host_started = std::time::Instant::now();
     let host_result = host.run(move || -> Result<HostJob, HostFailure> {
         host_job(
             &job_ifname,
@@ -512,6 +513,11 @@ pub fn move_and_configure_with(
         }
     };
 
+    tracing::debug!(
+        device = host_ifname,
+        host_job_us = host_started.elapsed().as_micros() as u64,
+        "host side done"
+    );
     let job_settings = settings.clone();
     let job_pod_name = pod_name.clone();
     let job_originals = moved.originals.clone();
@@ -618,6 +624,7 @@ fn host_job(
             None,
         ))
     };
+    let opening = std::time::Instant::now();
     let mut sock = NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let mut eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
     let Some(link) = link::link_by_name(&mut sock, host_ifname)
@@ -626,6 +633,7 @@ fn host_job(
         return Ok(HostJob::NotFound);
     };
     let started = std::time::Instant::now();
+    let opened = started - opening;
     let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
@@ -648,6 +656,7 @@ fn host_job(
         Ok(()) => {
             tracing::debug!(
                 device = host_ifname,
+                sockets_and_lookup_us = opened.as_micros() as u64,
                 capture_us = captured.as_micros() as u64,
                 intent_us = (recorded - captured).as_micros() as u64,
                 move_us = (started.elapsed() - recorded).as_micros() as u64,
