@@ -577,16 +577,15 @@ fn check_checkpoint(
             (phase, Some(r)) => {
                 for plan in &r.plans {
                     let running = phase == Phase::Running;
-                    if plan.attached != running || plan.attachment.is_some() != running {
+                    if plan.in_pod() != running || plan.attachment().is_some() != running {
                         report.found(
                             "mismatched",
                             &p.name,
                             &format!("checkpoint {}", plan.device),
                             round,
                             format!(
-                                "recorded attached={} attachment={} while the pod {}",
-                                plan.attached,
-                                plan.attachment.is_some(),
+                                "recorded {} while the pod {}",
+                                plan.placement.phase(),
                                 if running { "runs" } else { "does not run" }
                             ),
                         );

@@ -438,7 +438,7 @@ async fn prepare_checkpoint_restart_unprepare() {
     assert_eq!(plan.claim.uid, "uid-good");
     assert_eq!(plan.config["interface"]["mtu"], 9000);
     assert_eq!(plan.config["interface"]["name"], "net1");
-    assert!(!plan.attached);
+    assert_eq!(plan.placement, netclaim::state::Placement::Home);
     assert!(driver.store.get("uid-bad").unwrap().is_none());
 
     // Idempotent: the second prepare answers from the checkpoint, even with the
@@ -468,7 +468,18 @@ async fn prepare_checkpoint_restart_unprepare() {
 
     // Unprepare refuses while the device is inside the pod...
     let mut stored = driver.store.get("uid-good").unwrap().unwrap();
-    stored.plans[0].attached = true;
+    let home = stored.plans[0].placement.clone();
+    stored.plans[0].placement = netclaim::state::Placement::InPod {
+        attachment: serde_json::from_value(serde_json::json!({
+            "podNetns": "/run/netns/pod-a", "podIfname": "net1",
+            "originals": {"name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500,
+                "mac": null, "perm_mac": null, "up": true, "addresses": [], "routes": [],
+                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
+                "gro_ipv4_max_size": null, "ethtool_features": {}, "ethtool_changeable": [],
+                "private_flags": {}}
+        }))
+        .unwrap(),
+    };
     driver.store.put(&stored).unwrap();
     let refused = driver
         .dra
@@ -483,7 +494,7 @@ async fn prepare_checkpoint_restart_unprepare() {
     assert!(driver.store.get("uid-good").unwrap().is_some());
 
     // ...and forgets the claim once it is not.
-    stored.plans[0].attached = false;
+    stored.plans[0].placement = home;
     driver.store.put(&stored).unwrap();
     let done = driver
         .dra

@@ -257,11 +257,8 @@ async fn start_traffic_status_stop() {
     );
     assert!(!env.bpf.leftovers().is_empty(), "data path pinned");
     let plan = store.get("uid-c1").expect("get").expect("plan");
-    let att = plan.plans[0]
-        .attachment
-        .as_ref()
-        .expect("attachment recorded");
-    assert!(plan.plans[0].attached && att.datapath && att.pod_ifname == "net1");
+    let att = plan.plans[0].attachment().expect("attachment recorded");
+    assert!(plan.plans[0].in_pod() && att.datapath && att.pod_ifname == "net1");
     assert_eq!(att.originals.name, "nic0");
 
     // Repeated hook: nothing happens twice.
@@ -385,7 +382,7 @@ async fn start_traffic_status_stop() {
         env.bpf.leftovers()
     );
     let plan = store.get("uid-c1").expect("get").expect("plan");
-    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     drain(&mut rx, &mut writer).await;
     assert!(env.our_entry("c1").is_none(), "our entry removed on stop");
     assert!(env.other_entry_kept("c1"));
@@ -426,7 +423,7 @@ async fn failing_route_goes_home_and_reports_false() {
     assert!(link(&env.pod, "bad1").is_none());
     assert!(env.bpf.leftovers().is_empty());
     let plan = store.get("uid-c2").expect("get").expect("plan");
-    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
 
     drain(&mut rx, &mut writer).await;
     let entry = env.our_entry("c2").expect("status entry");
@@ -694,7 +691,7 @@ async fn dhcp_claim_gets_a_lease_enforced_and_released() {
         })
         .expect("server booked the lease");
     let plan = store.get("uid-c7").expect("get").expect("plan");
-    let att = plan.plans[0].attachment.as_ref().expect("attachment");
+    let att = plan.plans[0].attachment().expect("attachment");
     let record = att.dhcp.as_ref().expect("lease recorded");
     assert_eq!(
         record.lease.as_ref().map(|l| l.address.addr()),
@@ -787,7 +784,7 @@ async fn dhcp_claim_gets_a_lease_enforced_and_released() {
     assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
     assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
     let plan = store.get("uid-c7").expect("get").expect("plan");
-    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     drain(&mut rx, &mut writer).await;
     assert!(env.our_entry("c7").is_none());
 }
@@ -830,7 +827,7 @@ async fn dhcp_without_an_answer_fails_within_the_budget_and_leaves_nothing() {
     assert!(link(&env.pod, "net1").is_none());
     assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
     let plan = store.get("uid-c8").expect("get").expect("plan");
-    assert!(!plan.plans[0].attached && plan.plans[0].attachment.is_none());
+    assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     assert!(server.leases().expect("leases").is_empty());
     assert!(
         server.log().contains("DHCPDISCOVER"),
@@ -890,8 +887,7 @@ async fn restarted_driver_renews_and_releases_the_recorded_lease() {
     assert!(server.log().contains("DHCPREQUEST"), "{}", server.log());
     let plan = store.get("uid-c9").expect("get").expect("plan");
     let recorded = plan.plans[0]
-        .attachment
-        .as_ref()
+        .attachment()
         .and_then(|a| a.dhcp.as_ref())
         .and_then(|d| d.lease.clone())
         .expect("lease in the checkpoint");

@@ -27,6 +27,11 @@ use crate::state::{ClaimPlans, ClaimRecord, Plan, PodRecord, StateError, StateSt
 /// field paths start with the prefix`.
 pub type ConfigCheck = Arc<dyn Fn(&Value, &str) -> Result<(), String> + Send + Sync>;
 
+/// The check of a device's merged parameters: like [`ConfigCheck`], and on success the
+/// validated config to keep in the plan (so the pod hook does not parse it again).
+pub type ConfigValidate =
+    Arc<dyn Fn(&Value, &str) -> Result<Option<crate::config::ValidConfig>, String> + Send + Sync>;
+
 /// How prepare checks this driver's configs. Injected so the config rules stay in
 /// [`crate::config`].
 #[derive(Clone)]
@@ -35,7 +40,7 @@ pub struct ConfigParser {
     /// reported at the entry's exact path in the claim.
     pub structure: ConfigCheck,
     /// The merged parameters of one device: every rule.
-    pub full: ConfigCheck,
+    pub full: ConfigValidate,
 }
 
 /// The config module's checks: [`crate::config::parameters::decode`] per entry and
@@ -50,7 +55,7 @@ pub fn network_config_parser() -> ConfigParser {
         }),
         full: Arc::new(|value, prefix| {
             crate::config::parse_parameters(value, prefix)
-                .map(|_| ())
+                .map(Some)
                 .map_err(|errors| errors.to_string())
         }),
     }
@@ -179,7 +184,7 @@ impl Preparer {
         if let Some(plan) = stored
             .plans
             .iter()
-            .find(|p| p.attached || p.attachment.is_some())
+            .find(|p| p.placement != crate::state::Placement::Home)
         {
             return Err(PrepareError::StillAttached {
                 claim: name,
@@ -353,21 +358,24 @@ pub fn plan_claim(
             [(index, _)] => format!("status.allocation.devices.config[{index}].opaque.parameters"),
             _ => "parameters".to_owned(),
         };
-        if let Err(message) = (parser.full)(&merged, &prefix) {
-            let message = if applicable.len() > 1 {
-                let sources: Vec<String> = applicable
-                    .iter()
-                    .map(|(index, _)| format!("config[{index}]"))
-                    .collect();
-                format!(
-                    "{message} (merged from status.allocation.devices.{})",
-                    sources.join(", ")
-                )
-            } else {
-                message
-            };
-            return Err(config_error(message));
-        }
+        let valid = match (parser.full)(&merged, &prefix) {
+            Ok(valid) => valid,
+            Err(message) => {
+                let message = if applicable.len() > 1 {
+                    let sources: Vec<String> = applicable
+                        .iter()
+                        .map(|(index, _)| format!("config[{index}]"))
+                        .collect();
+                    format!(
+                        "{message} (merged from status.allocation.devices.{})",
+                        sources.join(", ")
+                    )
+                } else {
+                    message
+                };
+                return Err(config_error(message));
+            }
+        };
         plans.push(Plan {
             claim: record.clone(),
             pod: pod.clone(),
@@ -375,10 +383,10 @@ pub fn plan_claim(
             pool,
             requests,
             config: merged,
-            attached: false,
+            valid,
+            placement: Default::default(),
             share_id,
             prepared_at: now,
-            attachment: None,
         });
     }
     Ok(ClaimPlans {
@@ -442,7 +450,7 @@ mod tests {
         });
         ConfigParser {
             structure: check.clone(),
-            full: check,
+            full: Arc::new(move |value, prefix| check(value, prefix).map(|()| None)),
         }
     }
 

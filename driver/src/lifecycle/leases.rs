@@ -13,6 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::{Failure, LifecycleStep};
+use crate::netns::{Netns, PodSide};
+use crate::state::{Attachment, Plan};
+use crate::status::FailedPart;
 
 use crate::datapath::{AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy, PinLayout};
 use crate::dhcp::{policy_with_lease, Lease, LeaseEvent, LeaseKeeper};
@@ -114,7 +120,7 @@ pub fn record_lease(
             .plans
             .iter_mut()
             .filter(|p| p.pool == key.pool && p.device == key.device)
-            .find_map(|p| p.attachment.as_mut().and_then(|a| a.dhcp.as_mut()))
+            .find_map(|p| p.placement.attachment_mut().and_then(|a| a.dhcp.as_mut()))
         else {
             return false;
         };
@@ -193,6 +199,210 @@ impl Follower {
     pub fn into_callback(mut self) -> impl FnMut(&LeaseEvent) + Send + 'static {
         move |event| self.follow(event)
     }
+}
+
+/// What acquiring, releasing and resuming a device's lease needs of the lifecycle.
+pub struct Context<'a> {
+    pub store: &'a Arc<StateStore>,
+    pub status: Option<&'a StatusSender>,
+    pub layout: &'a PinLayout,
+    pub leases: &'a Leases,
+}
+
+/// The keeper key of a planned device.
+pub fn key_of(claim_uid: &str, plan: &Plan) -> LeaseKey {
+    LeaseKey {
+        claim_uid: claim_uid.to_string(),
+        pool: plan.pool.clone(),
+        device: plan.device.clone(),
+    }
+}
+
+impl Context<'_> {
+    fn follower(
+        &self,
+        key: &LeaseKey,
+        plan: &Plan,
+        datapath: Option<(DatapathKey, DatapathPolicy)>,
+        current: Option<Lease>,
+    ) -> Follower {
+        Follower {
+            key: key.clone(),
+            device: super::device_ref(plan),
+            store: self.store.clone(),
+            status: self.status.cloned(),
+            layout: self.layout.clone(),
+            datapath,
+            current,
+        }
+    }
+}
+
+/// Acquires the device's DHCP lease inside the pod before `until`, puts it into the
+/// data path's policy, and keeps its keeper in `ctx.leases`. On failure nothing of the
+/// lease is left (no address, no route, no keeper); the caller undoes the device.
+#[allow(clippy::too_many_arguments)]
+pub fn acquire(
+    ctx: &Context<'_>,
+    claim_uid: &str,
+    plan: &Plan,
+    pod: &Netns,
+    side: &PodSide,
+    datapath: Option<(&DatapathKey, DatapathPolicy)>,
+    until: Instant,
+) -> Result<Lease, Failure> {
+    let failed = |message: String| {
+        Failure::new(
+            LifecycleStep::Dhcp,
+            FailedPart::Network,
+            "DhcpLeaseFailed",
+            message,
+        )
+    };
+    let mac = side.mac.ok_or_else(|| {
+        failed(format!(
+            "interface {} has no MAC address in the pod to ask for a lease with",
+            side.name
+        ))
+    })?;
+    let key = key_of(claim_uid, plan);
+    // The follower does not know the first lease: its first change rewrites the
+    // policy once, even when only the times moved.
+    let follower = ctx.follower(
+        &key,
+        plan,
+        datapath.as_ref().map(|(k, p)| ((*k).clone(), p.clone())),
+        None,
+    );
+    let asked = Instant::now();
+    let (keeper, lease) = LeaseKeeper::start(pod, &side.name, mac, until, follower.into_callback())
+        .map_err(|e| {
+            failed(format!(
+                "{e} (the lease had to come within {:?}: what the hook budget leaves after undoing)",
+                until.saturating_duration_since(asked)
+            ))
+        })?;
+    if let Some((dp, base)) = &datapath {
+        if let Err(e) = apply_to_datapath(ctx.layout, dp, base, Some(&lease)) {
+            let mut message = format!(
+                "putting the leased address {} into the data path: {e}",
+                lease.address
+            );
+            if let Err(r) = keeper.stop() {
+                message.push_str(&format!(" (and releasing the lease failed: {r})"));
+            }
+            return Err(Failure::new(
+                LifecycleStep::Datapath,
+                FailedPart::DataPath,
+                "DataPathPolicyFailed",
+                message,
+            ));
+        }
+    }
+    tracing::info!(interface = %side.name, address = %lease.address, server = %lease.server, "DHCP lease acquired in the pod");
+    ctx.leases.hold(key, keeper);
+    Ok(lease)
+}
+
+/// Releases the device's DHCP lease before it leaves the pod: through its keeper, or,
+/// when none is held (a driver that restarted and could not resume it), by taking the
+/// recorded lease over just to release it.
+pub fn release_for_device(
+    leases: &Leases,
+    claim_uid: &str,
+    plan: &Plan,
+    recorded: Option<&Attachment>,
+    pod: Option<&Netns>,
+) {
+    if leases.release(&key_of(claim_uid, plan)) {
+        return;
+    }
+    let Some(att) = recorded else { return };
+    let (Some(lease), Some(mac), Some(pod)) = (
+        att.dhcp.as_ref().and_then(|r| r.lease.clone()),
+        att.pod_mac,
+        pod,
+    ) else {
+        return;
+    };
+    let released =
+        LeaseKeeper::resume(pod, &att.pod_ifname, mac, lease, |_| {}).and_then(LeaseKeeper::stop);
+    if let Err(e) = released {
+        tracing::warn!(interface = %att.pod_ifname, "recorded DHCP lease not released: {e}");
+    }
+}
+
+/// Takes over the leases of a pod's devices recorded in the checkpoint (daemon
+/// start), so they are renewed and released as if this run had acquired them.
+pub fn resume(ctx: &Context<'_>, plans: Vec<(String, Plan)>, pod: &Netns) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (claim_uid, plan) in plans {
+        let Some(att) = plan.attachment() else {
+            continue;
+        };
+        let Some(record) = att.dhcp.as_ref() else {
+            continue;
+        };
+        let key = key_of(&claim_uid, &plan);
+        if ctx.leases.holds(&key) {
+            continue;
+        }
+        let datapath = if att.datapath {
+            DatapathKey::new(
+                plan.claim.namespace.clone(),
+                plan.claim.name.clone(),
+                plan.device.clone(),
+            )
+            .ok()
+            .zip(record.policy.clone())
+        } else {
+            None
+        };
+        let follower = ctx.follower(&key, &plan, datapath.clone(), record.lease.clone());
+        let Some(mac) = att.pod_mac else {
+            problems.push(format!(
+                "claim {}, device {}: no MAC recorded to renew its DHCP lease with",
+                plan.claim, plan.device
+            ));
+            continue;
+        };
+        let resumed = match record.lease.clone() {
+            Some(lease) => {
+                LeaseKeeper::resume(pod, &att.pod_ifname, mac, lease, follower.into_callback())
+            }
+            // Lost when the driver stopped: ask again (the data path already enforces
+            // "no lease"; the follower puts the new one in).
+            None => LeaseKeeper::start(
+                pod,
+                &att.pod_ifname,
+                mac,
+                Instant::now() + super::budget::LEASE_WAIT,
+                follower.into_callback(),
+            )
+            .map(|(keeper, lease)| {
+                if let Some((dp, base)) = &datapath {
+                    if let Err(e) = apply_to_datapath(ctx.layout, dp, base, Some(&lease)) {
+                        tracing::warn!(device = %plan.device, "data-path policy not updated to the DHCP lease: {e}");
+                    }
+                }
+                if let Err(e) = record_lease(ctx.store, &key, Some(&lease)) {
+                    tracing::warn!(device = %plan.device, "DHCP lease not recorded in the checkpoint: {e}");
+                }
+                keeper
+            }),
+        };
+        match resumed {
+            Ok(keeper) => {
+                tracing::info!(claim = %plan.claim, device = %plan.device, "DHCP lease taken over from the checkpoint");
+                ctx.leases.hold(key, keeper);
+            }
+            Err(e) => problems.push(format!(
+                "claim {}, device {}: DHCP lease not taken over: {e}",
+                plan.claim, plan.device
+            )),
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -284,7 +494,10 @@ mod tests {
             claim: claim.clone(),
             device: device.into(),
             pool: "p".into(),
-            attachment: att,
+            placement: match att {
+                Some(attachment) => crate::state::Placement::InPod { attachment },
+                None => crate::state::Placement::Home,
+            },
             ..Default::default()
         };
         store
@@ -302,12 +515,15 @@ mod tests {
         record_lease(&store, &key("nic-a"), Some(&next)).unwrap();
         record_lease(&store, &key("nic-b"), Some(&next)).unwrap();
         let got = store.get("uid-c").unwrap().unwrap();
-        let rec = got.plans[0].attachment.as_ref().unwrap().dhcp.as_ref();
+        let rec = got.plans[0].attachment().unwrap().dhcp.as_ref();
         assert_eq!(rec.and_then(|r| r.lease.as_ref()), Some(&next));
-        assert!(got.plans[1].attachment.is_none(), "not attached: untouched");
+        assert!(
+            got.plans[1].attachment().is_none(),
+            "not attached: untouched"
+        );
         record_lease(&store, &key("nic-a"), None).unwrap();
         let got = store.get("uid-c").unwrap().unwrap();
-        let rec = got.plans[0].attachment.as_ref().unwrap().dhcp.clone();
+        let rec = got.plans[0].attachment().unwrap().dhcp.clone();
         assert_eq!(rec.map(|r| r.lease), Some(None), "lost");
     }
 }

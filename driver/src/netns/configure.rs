@@ -18,10 +18,11 @@
 //!    private flags, each checked by reading the kernel back;
 //! 4. the result ([`Configured`]) is read back from the kernel, not from our inputs.
 //!
-//! Any failure after the device was touched puts it back home as it was (via
-//! [`super::restore`], which also removes the rules and VRF created so far: they are
-//! recorded in the [`HostOriginals`] handed to it) and reports the step and the config
-//! field. Sysctl and VRF failures report [`Step::LinkSettings`], rule and neighbour
+//! A failure after the device was touched reports the step and the config field, and
+//! where the device was left ([`Left`]): [`move_and_configure`] puts it back home as it
+//! was (via [`super::restore`], which also removes the rules and VRF created so far:
+//! they are recorded in the [`HostOriginals`] handed to it); the lifecycle calls
+//! [`move_and_configure_with`] and undoes through its own rollback owner. Sysctl and VRF failures report [`Step::LinkSettings`], rule and neighbour
 //! failures [`Step::Routes`]; the field path says which. The input is
 //! [`InterfaceSettings`], plain parsed values the caller maps from the validated
 //! claim config; this module does not read claim configs itself.
@@ -202,9 +203,21 @@ pub enum ConfigureError {
         source: StepError,
         /// `None` when the device was left (or put back) exactly as it was.
         rollback: Option<String>,
+        /// Where the device was left when it was touched and not put back
+        /// ([`move_and_configure_with`] leaves that to its caller); `None` otherwise.
+        left: Option<Box<Left>>,
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+}
+
+/// A device that a failed [`move_and_configure_with`] touched: what
+/// [`super::restore_device`] needs to bring it home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    pub side: PodSide,
+    /// `None` when the failure came before the host state was captured.
+    pub originals: Option<HostOriginals>,
 }
 
 impl ConfigureError {
@@ -448,6 +461,38 @@ pub fn move_and_configure(
     settings: &InterfaceSettings,
 ) -> Result<Configured, ConfigureError> {
     move_and_configure_with(host, pod, host_ifname, settings, None)
+        .map_err(|e| put_back(host, pod, e))
+}
+
+/// Restores the device a failed [`move_and_configure_with`] left touched, and says in
+/// the error whether that worked.
+fn put_back(host: &Netns, pod: &Netns, err: ConfigureError) -> ConfigureError {
+    let ConfigureError::Failed {
+        device,
+        step,
+        field,
+        source,
+        rollback,
+        left: Some(left),
+    } = err
+    else {
+        return err;
+    };
+    let rollback = match &left.originals {
+        Some(o) => match restore_device(host, Some(pod), &left.side, o, None) {
+            Ok(_) => rollback,
+            Err(e) => Some(e.to_string()),
+        },
+        None => Some("originals were never captured".to_string()),
+    };
+    ConfigureError::Failed {
+        device,
+        step,
+        field,
+        source,
+        rollback,
+        left: None,
+    }
 }
 
 /// Called with the device's captured host state after validation and before the first
@@ -502,8 +547,6 @@ pub fn move_and_configure_with(
         Err(boxed) => {
             let (failure, originals) = *boxed;
             return Err(finish_failure(
-                host,
-                pod,
                 host_ifname,
                 &pod_name,
                 settings.mac,
@@ -556,8 +599,6 @@ pub fn move_and_configure_with(
             link_requests: moved.link_requests + per_field(&moved.pending).len(),
         }),
         Err(failure) => Err(finish_failure(
-            host,
-            pod,
             host_ifname,
             &pod_name,
             settings.mac,
@@ -567,39 +608,34 @@ pub fn move_and_configure_with(
     }
 }
 
-/// Turns a failure into the error, restoring the device first when it was touched.
+/// Turns a failure into the error; a touched device is left where it is, for the
+/// caller (the lifecycle's single rollback owner, or [`move_and_configure`]).
 fn finish_failure(
-    host: &Netns,
-    pod: &Netns,
     host_ifname: &str,
     pod_name: &str,
     mac: Option<[u8; 6]>,
     failure: Failure,
     originals: Option<HostOriginals>,
 ) -> ConfigureError {
-    let rollback = match (&originals, failure.touched) {
-        (Some(o), true) => {
-            let side = PodSide {
+    let left = failure.touched.then(|| {
+        Box::new(Left {
+            side: PodSide {
                 name: pod_name.to_string(),
                 ifindex: None,
-                mac: mac.or(o.mac),
-            };
-            match restore_device(host, Some(pod), &side, o, None) {
-                Ok(_) => None,
-                Err(e) => Some(e.to_string()),
-            }
-        }
-        (None, true) => Some("originals were never captured".to_string()),
-        (_, false) => None,
-    };
+                mac: mac.or(originals.as_ref().and_then(|o| o.mac)),
+            },
+            originals,
+        })
+    });
     tracing::warn!(device = host_ifname, step = %failure.step, field = %failure.field,
-        error = %failure.source, rolled_back = rollback.is_none(), "configure failed");
+        error = %failure.source, touched = left.is_some(), "configure failed");
     ConfigureError::Failed {
         device: host_ifname.to_string(),
         step: failure.step,
         field: failure.field,
         source: failure.source,
-        rollback,
+        rollback: None,
+        left,
     }
 }
 
@@ -985,6 +1021,7 @@ mod tests {
             field: "interface.name".into(),
             source: StepError::Invalid("File exists".into()),
             rollback: None,
+            left: None,
         };
         assert_eq!(e.detail(), "interface.name: File exists");
         assert_eq!(

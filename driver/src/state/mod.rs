@@ -10,8 +10,8 @@
 pub mod plan;
 pub mod store;
 
-pub use plan::{Attachment, ClaimPlans, ClaimRecord, DhcpRecord, Plan, PodRecord};
-pub use store::{StateError, StateStore, CHECKPOINT_FILE};
+pub use plan::{Attachment, ClaimPlans, ClaimRecord, DhcpRecord, Placement, Plan, PodRecord};
+pub use store::{decode_entry, encode_entry, StateError, StateStore, CHECKPOINT_FILE};
 
 /// Default directory of the checkpoint (`--state-dir`).
 pub const DEFAULT_STATE_DIR: &str = "/var/run/netclaim";

@@ -34,8 +34,11 @@ impl std::fmt::Display for PodRecord {
 }
 
 /// What prepare decided for one device of one claim.
+///
+/// Stored as JSON; a checkpoint written before [`Placement`] existed (with `attached`
+/// and `attachment`) still loads (see [`StoredPlan`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "StoredPlan")]
 pub struct Plan {
     pub claim: ClaimRecord,
     pub pod: PodRecord,
@@ -45,22 +48,143 @@ pub struct Plan {
     pub pool: String,
     /// The claim's requests this device satisfies (`results[].request`).
     pub requests: Vec<String>,
-    /// The merged and validated opaque parameters of this driver for the device.
+    /// The merged opaque parameters of this driver for the device, as the claim has
+    /// them.
     #[serde(default)]
     pub config: serde_json::Value,
-    /// True while the device is inside the pod (set by the NRI hooks).
+    /// The same parameters validated at prepare, so a pod hook does not parse them
+    /// again; `None` in older checkpoints (then the hook parses `config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<crate::config::ValidConfig>,
+    /// Where the device is, written ahead of every move (set by the pod hooks).
     #[serde(default)]
-    pub attached: bool,
+    pub placement: Placement,
     /// `results[].shareID`, when the device is shared (consumable capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
     /// Unix seconds when the plan was made.
     #[serde(default)]
     pub prepared_at: u64,
-    /// What the pod hooks did with the device while it is inside the pod: enough to
-    /// detach and restore it after a restart of the driver. `None` while at home.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attachment: Option<Attachment>,
+}
+
+impl Plan {
+    /// The record of the device's hand-over, in whatever phase it is.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.placement.attachment()
+    }
+
+    /// True when the device is in its pod, configured and enforced.
+    pub fn in_pod(&self) -> bool {
+        matches!(self.placement, Placement::InPod { .. })
+    }
+}
+
+/// Where a planned device is. Every move is written here first (write-ahead), so a
+/// driver killed at any point finds out what to finish from this alone:
+///
+/// ```text
+///   Home ──(pod start: record, then move/configure/attach)──▶ Entering ──▶ InPod
+///    ▲                                                                      │
+///    └──(restored, record cleared)── Leaving ◀──(pod stop: record first)───┘
+/// ```
+///
+/// A restarted driver brings `Entering` and `Leaving` devices home (and starts the pod
+/// over when it still runs); `InPod` devices stay while their pod lives.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum Placement {
+    /// In the node's namespace as the host had it.
+    #[default]
+    Home,
+    /// Being handed to the pod: moved, configured and attached in some part. The host
+    /// originals were recorded before the first change.
+    Entering { attachment: Attachment },
+    /// In the pod, configured and (when `datapath`) enforced.
+    InPod { attachment: Attachment },
+    /// Being given back: the data path stands down, the device moves home and is
+    /// restored, in some part.
+    Leaving { attachment: Attachment },
+}
+
+impl Placement {
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match self {
+            Placement::Home => None,
+            Placement::Entering { attachment }
+            | Placement::InPod { attachment }
+            | Placement::Leaving { attachment } => Some(attachment),
+        }
+    }
+
+    pub fn attachment_mut(&mut self) -> Option<&mut Attachment> {
+        match self {
+            Placement::Home => None,
+            Placement::Entering { attachment }
+            | Placement::InPod { attachment }
+            | Placement::Leaving { attachment } => Some(attachment),
+        }
+    }
+
+    /// Short name for logs and errors.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            Placement::Home => "home",
+            Placement::Entering { .. } => "entering",
+            Placement::InPod { .. } => "inPod",
+            Placement::Leaving { .. } => "leaving",
+        }
+    }
+}
+
+/// How a plan is read from the checkpoint: today's fields plus the two that
+/// [`Placement`] replaced (`attached`, `attachment`). A record with `placement` uses
+/// it; an older one maps `attached` + `attachment` to `InPod`, `attachment` alone to
+/// `Entering` (a write-ahead record), neither to `Home`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPlan {
+    claim: ClaimRecord,
+    pod: PodRecord,
+    device: String,
+    pool: String,
+    requests: Vec<String>,
+    #[serde(default)]
+    config: serde_json::Value,
+    #[serde(default)]
+    valid: Option<crate::config::ValidConfig>,
+    #[serde(default)]
+    placement: Option<Placement>,
+    #[serde(default)]
+    attached: bool,
+    #[serde(default)]
+    attachment: Option<Attachment>,
+    #[serde(default)]
+    share_id: Option<String>,
+    #[serde(default)]
+    prepared_at: u64,
+}
+
+impl From<StoredPlan> for Plan {
+    fn from(s: StoredPlan) -> Self {
+        let placement = match (s.placement, s.attached, s.attachment) {
+            (Some(p), _, _) => p,
+            (None, true, Some(attachment)) => Placement::InPod { attachment },
+            (None, false, Some(attachment)) => Placement::Entering { attachment },
+            (None, _, None) => Placement::Home,
+        };
+        Plan {
+            claim: s.claim,
+            pod: s.pod,
+            device: s.device,
+            pool: s.pool,
+            requests: s.requests,
+            config: s.config,
+            valid: s.valid,
+            placement,
+            share_id: s.share_id,
+            prepared_at: s.prepared_at,
+        }
+    }
 }
 
 /// The record of a device handed to a pod (written by `lifecycle`).
@@ -109,4 +233,77 @@ pub struct ClaimPlans {
     pub claim: ClaimRecord,
     /// One plan per device of this driver in the claim's allocation.
     pub plans: Vec<Plan>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment() -> Attachment {
+        serde_json::from_value(serde_json::json!({
+            "podNetns": "/run/netns/p",
+            "podIfname": "net1",
+            "originals": {
+                "name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500, "mac": null,
+                "perm_mac": null, "up": true, "addresses": [], "routes": [],
+                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
+                "gro_ipv4_max_size": null, "ethtool_features": {},
+                "ethtool_changeable": [], "private_flags": {}
+            }
+        }))
+        .expect("attachment JSON")
+    }
+
+    fn older(attached: bool, with_record: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "claim": {"namespace": "ns", "name": "c", "uid": "u"},
+            "pod": {"namespace": "ns", "name": "p", "uid": "pu"},
+            "device": "d", "pool": "node", "requests": ["r"], "attached": attached,
+        });
+        if with_record {
+            v["attachment"] = serde_json::to_value(attachment()).expect("to JSON");
+        }
+        v
+    }
+
+    #[test]
+    fn older_checkpoints_map_to_a_placement() {
+        let plan = |v| serde_json::from_value::<Plan>(v).expect("plan");
+        assert_eq!(plan(older(false, false)).placement, Placement::Home);
+        assert!(matches!(
+            plan(older(true, true)).placement,
+            Placement::InPod { .. }
+        ));
+        assert!(matches!(
+            plan(older(false, true)).placement,
+            Placement::Entering { .. }
+        ));
+        // Attached without a record: nothing to give back from; home.
+        assert_eq!(plan(older(true, false)).placement, Placement::Home);
+    }
+
+    #[test]
+    fn every_placement_survives_the_checkpoint() {
+        let a = attachment();
+        for placement in [
+            Placement::Home,
+            Placement::Entering {
+                attachment: a.clone(),
+            },
+            Placement::InPod {
+                attachment: a.clone(),
+            },
+            Placement::Leaving { attachment: a },
+        ] {
+            let plan = Plan {
+                placement: placement.clone(),
+                valid: Some(crate::config::ValidConfig::default()),
+                ..Default::default()
+            };
+            let json = serde_json::to_vec(&plan).expect("to JSON");
+            let back: Plan = serde_json::from_slice(&json).expect("from JSON");
+            assert_eq!(back, plan, "{}", String::from_utf8_lossy(&json));
+            assert!(!String::from_utf8_lossy(&json).contains("\"attached\""));
+        }
+    }
 }

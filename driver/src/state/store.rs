@@ -53,6 +53,10 @@ pub enum StateError {
     },
     #[error("checkpoint entry for claim UID {uid}: {message}")]
     Entry { uid: String, message: String },
+    /// The claim (or the device in it) is no longer in the checkpoint: unprepared
+    /// while a pod hook was working on it.
+    #[error("claim UID {uid}: not in the checkpoint any more (unprepared meanwhile)")]
+    Unprepared { uid: String },
     /// An earlier I/O error closed the database for every call until it is reopened.
     #[error("checkpoint {path}: an earlier I/O error left the database closed: {message}")]
     Closed { path: PathBuf, message: String },
@@ -630,10 +634,10 @@ mod tests {
                 pool: "node-a".into(),
                 requests: vec!["nic".into()],
                 config: serde_json::json!({"interface": {"mtu": 9000}}),
-                attached: false,
+                valid: None,
+                placement: Default::default(),
                 share_id: None,
                 prepared_at: 1,
-                attachment: None,
             }],
         }
     }

@@ -191,7 +191,9 @@ impl StatusWriter {
         };
         for plans in claims {
             for plan in plans.plans {
-                let Some(att) = plan.attachment else { continue };
+                let crate::state::Placement::InPod { attachment: att } = plan.placement else {
+                    continue;
+                };
                 let datapath = if att.datapath {
                     crate::datapath::DatapathKey::new(
                         plan.claim.namespace.clone(),

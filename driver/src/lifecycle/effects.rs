@@ -1,0 +1,408 @@
+//! Everything the lifecycle does to the world, behind one trait: the checkpoint, the
+//! kernel (move, configure, data path, restore), DHCP, the held namespaces and the
+//! status events. [`Kernel`] is the real one; the unit tests drive the same
+//! [`super::handover`] code through a fake that can fail or "crash" at any call.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::{keeper, leases, DeviceResolver, Failure, LifecycleConfig, LifecycleError, PodRuntime};
+use crate::datapath::{
+    device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy, PinLayout,
+};
+use crate::netns::{
+    remove_foreign_programs, restore_device, ConfigureError, Configured, HostOriginals,
+    InterfaceSettings, Netns, NetnsError, PodSide, RestoreError, RestoreOutcome,
+};
+use crate::state::{Attachment, Placement, Plan, StateError, StateStore};
+use crate::status::{DeviceEvent, StatusSender};
+
+/// One device's new placement, for [`Effects::place`].
+pub struct Placing<'a> {
+    pub claim_uid: &'a str,
+    pub plan: &'a Plan,
+    pub placement: Placement,
+}
+
+/// Where a device is about to go: written with its host state before it moves.
+pub struct Intent {
+    pub pod_netns: PathBuf,
+    pub pod_ifname: String,
+    pub pod_mac: Option<[u8; 6]>,
+    pub datapath: bool,
+}
+
+/// What the lifecycle does to the world.
+pub trait Effects {
+    /// A pod's network namespace, held open.
+    type Pod;
+
+    /// The pod's plans, through the checkpoint's pod index.
+    fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, StateError>;
+    /// Records new placements durably, one transaction per claim. On failure, the
+    /// index of the first entry not written (a claim unprepared meanwhile is one).
+    fn place(&self, entries: Vec<Placing<'_>>) -> Result<(), (usize, StateError)>;
+
+    /// The host interface of a planned device.
+    fn resolve(&self, plan: &Plan) -> Option<String>;
+    /// Removes eBPF programs other tools attached to the host interface.
+    fn remove_foreign(&self, ifname: &str) -> Result<Vec<String>, String>;
+    /// Captures the device's host state, records `intent` with it as
+    /// [`Placement::Entering`] (durable, write-ahead), and only then moves the device
+    /// into `pod` and configures it. A failure after the device was touched says where
+    /// it was left; the caller undoes.
+    fn move_in(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        intent: Intent,
+        pod: &Self::Pod,
+        ifname: &str,
+        settings: &InterfaceSettings,
+    ) -> Result<Configured, ConfigureError>;
+    /// Attaches (and pins) the device's data path in the pod.
+    fn attach(
+        &self,
+        key: &DatapathKey,
+        pod: &Self::Pod,
+        pod_ifname: &str,
+        policy: &DatapathPolicy,
+        guard: Option<&Path>,
+    ) -> Result<(), DatapathError>;
+    /// Acquires the device's DHCP lease in the pod before `until` and keeps it renewed.
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_lease(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        pod: &Self::Pod,
+        side: &PodSide,
+        datapath: Option<(&DatapathKey, DatapathPolicy)>,
+        until: Instant,
+    ) -> Result<crate::dhcp::Lease, Failure>;
+    /// The newest lease held for the device (a renewal may have come meanwhile).
+    fn current_lease(&self, claim_uid: &str, plan: &Plan) -> Option<crate::dhcp::Lease>;
+    /// Releases the device's lease: through its keeper, or from the recorded lease.
+    fn release_lease(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        recorded: Option<&Attachment>,
+        pod: Option<&Self::Pod>,
+    );
+    /// Makes the device's data path count only.
+    fn stand_down(&self, key: &DatapathKey) -> Result<(), DatapathError>;
+    /// Removes the device's data path (found through its pins; none is fine).
+    fn detach(&self, key: &DatapathKey, pod: Option<&Self::Pod>) -> Result<(), DatapathError>;
+    /// Brings the device home wherever it is and restores its host state.
+    fn restore(
+        &self,
+        pod: Option<&Self::Pod>,
+        side: &PodSide,
+        originals: &HostOriginals,
+    ) -> Result<RestoreOutcome, RestoreError>;
+
+    /// The path a pod's namespace is recorded under.
+    fn pod_path(&self, pod: &Self::Pod) -> PathBuf;
+    /// Opens the namespace the runtime names.
+    fn open_pod(&self, path: &Path) -> Result<Self::Pod, NetnsError>;
+    /// The pod's namespace as held since its start, or opened from `recorded`.
+    fn find_pod(&self, pod_uid: &str, recorded: &Path) -> Option<Self::Pod>;
+    /// Keeps the pod's namespace open while it has devices.
+    fn hold(&self, pod_uid: &str, pod: &Self::Pod);
+    /// Lets go of the pod's namespace (its devices are home).
+    fn let_go(&self, pod_uid: &str);
+    /// Where the pod's socket guard goes (`None`: no guard).
+    fn socket_guard(
+        &self,
+        pod_label: &str,
+        runtime: &PodRuntime,
+    ) -> Result<Option<PathBuf>, LifecycleError>;
+    /// Tells the status writer (never an API call on the hook's path).
+    fn emit(&self, event: DeviceEvent);
+    /// `--dataplane`.
+    fn dataplane(&self) -> bool;
+}
+
+/// The real world: netlink in namespaces, aya, redb, the status channel.
+pub struct Kernel {
+    pub(super) store: Arc<StateStore>,
+    pub(super) host: Netns,
+    pub(super) layout: PinLayout,
+    pub(super) resolver: Arc<dyn DeviceResolver>,
+    pub(super) config: LifecycleConfig,
+    pub(super) status: Option<StatusSender>,
+    /// The namespaces of pods that have our devices, held open.
+    pub(super) keeper: Mutex<keeper::Keeper>,
+    /// The DHCP leases of devices inside pods (`interface.dhcp`).
+    pub(super) leases: leases::Leases,
+}
+
+impl Kernel {
+    pub(super) fn keeper(&self) -> std::sync::MutexGuard<'_, keeper::Keeper> {
+        self.keeper.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sets the placement of the plans named in `entries` inside one claim's stored
+/// record; the index of an entry whose plan is gone.
+fn set_placements(
+    stored: &mut crate::state::ClaimPlans,
+    entries: &mut Vec<(usize, &Plan, Placement)>,
+) -> Result<(), usize> {
+    for (i, plan, placement) in entries.drain(..) {
+        match stored
+            .plans
+            .iter_mut()
+            .find(|p| p.pool == plan.pool && p.device == plan.device)
+        {
+            Some(p) => p.placement = placement,
+            None => return Err(i),
+        }
+    }
+    Ok(())
+}
+
+/// [`Effects::place`] over a store (also what the write-ahead hook of `move_in` uses).
+fn place_in(store: &StateStore, entries: Vec<Placing<'_>>) -> Result<(), (usize, StateError)> {
+    let mut by_claim: std::collections::BTreeMap<&str, Vec<(usize, &Plan, Placement)>> =
+        Default::default();
+    for (i, e) in entries.into_iter().enumerate() {
+        by_claim
+            .entry(e.claim_uid)
+            .or_default()
+            .push((i, e.plan, e.placement));
+    }
+    for (claim_uid, mut entries) in by_claim {
+        let first = entries.first().map(|(i, _, _)| *i).unwrap_or(0);
+        let mut missing = None;
+        let written = store
+            .update(claim_uid, |stored| {
+                match set_placements(stored, &mut entries) {
+                    Ok(()) => true,
+                    Err(i) => {
+                        missing = Some(i);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| (first, e))?;
+        if !written {
+            return Err((
+                missing.unwrap_or(first),
+                StateError::Unprepared {
+                    uid: claim_uid.to_string(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Effects for Kernel {
+    type Pod = Netns;
+
+    fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, StateError> {
+        self.store.plans_of_pod(pod_uid)
+    }
+
+    fn place(&self, entries: Vec<Placing<'_>>) -> Result<(), (usize, StateError)> {
+        place_in(&self.store, entries)
+    }
+
+    fn resolve(&self, plan: &Plan) -> Option<String> {
+        self.resolver.host_ifname(&plan.pool, &plan.device)
+    }
+
+    fn remove_foreign(&self, ifname: &str) -> Result<Vec<String>, String> {
+        let name = ifname.to_string();
+        let removed = self
+            .host
+            .run_async(move || async move { remove_foreign_programs(&name).await })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(removed.into_iter().map(|p| p.to_string()).collect())
+    }
+
+    fn move_in(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        intent: Intent,
+        pod: &Netns,
+        ifname: &str,
+        settings: &InterfaceSettings,
+    ) -> Result<Configured, ConfigureError> {
+        let (store, uid, plan) = (self.store.clone(), claim_uid.to_string(), plan.clone());
+        let before_move: crate::netns::configure::BeforeMove = Box::new(move |originals| {
+            let attachment = Attachment {
+                pod_netns: intent.pod_netns,
+                pod_ifname: intent.pod_ifname,
+                pod_ifindex: None,
+                pod_mac: intent.pod_mac,
+                originals: originals.clone(),
+                datapath: intent.datapath,
+                attached_at: 0,
+                dhcp: None,
+            };
+            place_in(
+                &store,
+                vec![Placing {
+                    claim_uid: &uid,
+                    plan: &plan,
+                    placement: Placement::Entering { attachment },
+                }],
+            )
+            .map_err(|(_, e)| e.to_string())
+        });
+        crate::netns::configure::move_and_configure_with(
+            &self.host,
+            pod,
+            ifname,
+            settings,
+            Some(before_move),
+        )
+    }
+
+    fn attach(
+        &self,
+        key: &DatapathKey,
+        pod: &Netns,
+        pod_ifname: &str,
+        policy: &DatapathPolicy,
+        guard: Option<&Path>,
+    ) -> Result<(), DatapathError> {
+        AttachedDatapath::attach(
+            &self.layout,
+            key.clone(),
+            pod,
+            pod_ifname,
+            policy,
+            AttachOptions {
+                guard_cgroup: guard.map(Path::to_path_buf),
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+    }
+
+    fn acquire_lease(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        pod: &Netns,
+        side: &PodSide,
+        datapath: Option<(&DatapathKey, DatapathPolicy)>,
+        until: Instant,
+    ) -> Result<crate::dhcp::Lease, Failure> {
+        leases::acquire(
+            &leases::Context {
+                store: &self.store,
+                status: self.status.as_ref(),
+                layout: &self.layout,
+                leases: &self.leases,
+            },
+            claim_uid,
+            plan,
+            pod,
+            side,
+            datapath,
+            until,
+        )
+    }
+
+    fn current_lease(&self, claim_uid: &str, plan: &Plan) -> Option<crate::dhcp::Lease> {
+        self.leases.lease(&leases::key_of(claim_uid, plan))
+    }
+
+    fn release_lease(
+        &self,
+        claim_uid: &str,
+        plan: &Plan,
+        recorded: Option<&Attachment>,
+        pod: Option<&Netns>,
+    ) {
+        leases::release_for_device(&self.leases, claim_uid, plan, recorded, pod)
+    }
+
+    fn stand_down(&self, key: &DatapathKey) -> Result<(), DatapathError> {
+        AttachedDatapath::adopt(&self.layout, key.clone())?.stand_down()
+    }
+
+    fn detach(&self, key: &DatapathKey, pod: Option<&Netns>) -> Result<(), DatapathError> {
+        match AttachedDatapath::adopt(&self.layout, key.clone()) {
+            Ok(dp) => dp.detach(&self.layout, pod),
+            Err(DatapathError::NotPinned { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn restore(
+        &self,
+        pod: Option<&Netns>,
+        side: &PodSide,
+        originals: &HostOriginals,
+    ) -> Result<RestoreOutcome, RestoreError> {
+        let root = self
+            .config
+            .root_netns
+            .as_ref()
+            .and_then(|p| Netns::open(p).ok());
+        restore_device(&self.host, pod, side, originals, root.as_ref())
+    }
+
+    fn pod_path(&self, pod: &Netns) -> PathBuf {
+        pod.path().to_path_buf()
+    }
+
+    fn open_pod(&self, path: &Path) -> Result<Netns, NetnsError> {
+        Netns::open(path)
+    }
+
+    fn find_pod(&self, pod_uid: &str, recorded: &Path) -> Option<Netns> {
+        self.keeper()
+            .get(pod_uid)
+            .and_then(|h| h.try_clone().ok())
+            .or_else(|| Netns::open(recorded).ok())
+    }
+
+    fn hold(&self, pod_uid: &str, pod: &Netns) {
+        self.keeper().hold(pod_uid, pod);
+    }
+
+    fn let_go(&self, pod_uid: &str) {
+        self.keeper().release(pod_uid);
+    }
+
+    fn socket_guard(
+        &self,
+        pod_label: &str,
+        runtime: &PodRuntime,
+    ) -> Result<Option<PathBuf>, LifecycleError> {
+        if !self.config.dataplane {
+            return Ok(None);
+        }
+        let Some(parent) = &runtime.cgroup_parent else {
+            tracing::warn!(pod = %pod_label, "the runtime did not name the pod's cgroup; no socket guard (PACKET_QDISC_BYPASS and AF_XDP can send past tc egress)");
+            return Ok(None);
+        };
+        crate::datapath::guard::resolve(parent)
+            .map(Some)
+            .map_err(|source| LifecycleError::SocketGuard {
+                pod: pod_label.to_string(),
+                source,
+            })
+    }
+
+    fn emit(&self, event: DeviceEvent) {
+        if let Some(tx) = &self.status {
+            // The writer may be gone at shutdown; the kernel state is what matters.
+            let _ = tx.send(event);
+        }
+    }
+
+    fn dataplane(&self) -> bool {
+        self.config.dataplane
+    }
+}

@@ -1,0 +1,754 @@
+//! Handing a pod's devices over ([`start`]) and taking them back ([`give_back`]),
+//! generic over [`Effects`] so the same code runs against the kernel and, in the unit
+//! tests, against a fake that fails or dies at any call.
+//!
+//! There is one rollback owner: [`unwind`]. A device that failed half-way, the devices
+//! already handed over when a later one failed or the hook budget ran out, a pod stop,
+//! and a restart that finds a cut-off start or stop all go home through it, step by
+//! step as [`decide::undo_steps`] lists them. Nothing else restores or detaches.
+//!
+//! The checkpoint is written ahead of the kernel: `Entering` (with the host state)
+//! before a device moves, `InPod` for all of a pod's devices before the hook answers,
+//! `Leaving` for all of them before a stop touches any, `Home` after each is back.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::decide::{self, PodAction, PodEvent, Progress, UndoStep};
+use super::effects::{Effects, Intent, Placing};
+use super::{
+    budget, device_ref, settings, Action, DeviceOutcome, Failure, LifecycleError, LifecycleStep,
+    PodRuntime,
+};
+use crate::datapath::DatapathKey;
+use crate::netns::{ConfigureError, HostOriginals, PodSide, RestoreOutcome, Step};
+
+use crate::state::{Attachment, Placement, Plan};
+use crate::status::{DeviceEvent, FailedPart};
+
+/// What the hand-over shares across pods.
+pub struct Ledger<'a> {
+    /// What a device costs to hand over and take back (for the hook budget).
+    pub costs: &'a Mutex<budget::Costs>,
+    /// Write-ahead records of devices that went home after a failed start but could
+    /// not be cleared (checkpoint I/O error); retried with the ended-pod check.
+    pub stale: &'a Mutex<Vec<(String, Plan)>>,
+}
+
+impl Ledger<'_> {
+    fn costs(&self) -> std::sync::MutexGuard<'_, budget::Costs> {
+        self.costs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A device that is home but whose write-ahead record could not be cleared: the
+    /// record is retried in the background (until then unprepare waits).
+    fn keep_if_uncleared(&self, unwound: &Unwound, taken: &Taken) {
+        if unwound.uncleared {
+            tracing::warn!(device = %taken.plan.device, "the device is home but its write-ahead record could not be cleared; retrying in the background");
+            self.stale
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((taken.claim_uid.clone(), taken.plan.clone()));
+        }
+    }
+}
+
+/// A device somewhere between home and its pod: what [`unwind`] needs.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub claim_uid: String,
+    pub plan: Plan,
+    /// Where it may be and what to restore; `None` when it never left home. The
+    /// originals are `None` only when a failure came before they were captured.
+    pub moved: Option<(PodSide, Option<HostOriginals>)>,
+    /// Its data path, when one is (or may be) pinned.
+    pub datapath: Option<DatapathKey>,
+    /// A DHCP lease may be held for it.
+    pub lease: bool,
+    /// A write-ahead record stands for it.
+    pub recorded: bool,
+    /// The checkpoint's record (its recorded lease is released from it).
+    pub record: Option<Attachment>,
+}
+
+impl Taken {
+    fn progress(&self) -> Progress {
+        Progress {
+            recorded: self.recorded,
+            moved: self.moved.is_some(),
+            datapath: self.datapath.is_some(),
+            lease: self.lease,
+        }
+    }
+
+    /// A device as its checkpoint record says (after a restart, or at a stop).
+    pub fn from_record(claim_uid: &str, plan: &Plan, att: &Attachment) -> Self {
+        Self {
+            claim_uid: claim_uid.to_string(),
+            plan: plan.clone(),
+            moved: Some((
+                PodSide {
+                    name: att.pod_ifname.clone(),
+                    ifindex: att.pod_ifindex,
+                    mac: att.pod_mac,
+                },
+                Some(att.originals.clone()),
+            )),
+            datapath: att.datapath.then(|| datapath_key(plan)).flatten(),
+            lease: att.dhcp.is_some(),
+            recorded: true,
+            record: Some(att.clone()),
+        }
+    }
+}
+
+fn datapath_key(plan: &Plan) -> Option<DatapathKey> {
+    DatapathKey::new(
+        plan.claim.namespace.clone(),
+        plan.claim.name.clone(),
+        plan.device.clone(),
+    )
+    .ok()
+}
+
+/// What [`unwind`] did with one device.
+#[derive(Debug, Default)]
+pub struct Unwound {
+    /// What went wrong, each naming its step; empty when the device is home, restored,
+    /// its data path gone and its record cleared.
+    pub problems: Vec<String>,
+    /// How the restore went, when the device had moved and restoring succeeded.
+    pub outcome: Option<RestoreOutcome>,
+    /// Everything succeeded but clearing the record (a checkpoint I/O error).
+    pub uncleared: bool,
+}
+
+/// The rollback owner: takes one device back from wherever `taken` says it got to,
+/// in the order of [`decide::undo_steps`]. The record is cleared only when every
+/// step before succeeded; otherwise it stays for the next stop, synchronize or start.
+pub fn unwind<E: Effects>(e: &E, taken: &Taken, pod: Option<&E::Pod>) -> Unwound {
+    let mut out = Unwound::default();
+    let mut detached = false;
+    let mut restore_failed = false;
+    let mut timing: Vec<(UndoStep, Duration)> = Vec::new();
+    for step in decide::undo_steps(taken.progress()) {
+        let began = Instant::now();
+        match step {
+            UndoStep::ReleaseLease => {
+                e.release_lease(&taken.claim_uid, &taken.plan, taken.record.as_ref(), pod)
+            }
+            UndoStep::StandDown => {
+                let Some(key) = &taken.datapath else { continue };
+                if let Err(err) = e.stand_down(key) {
+                    tracing::debug!(error = %err, "cannot stand the data path down; detaching before the move");
+                    detached = true;
+                    if let Err(d) = e.detach(key, pod) {
+                        out.problems.push(format!("{}: {d}", LifecycleStep::Detach));
+                    }
+                }
+            }
+            UndoStep::Restore => {
+                let Some((side, originals)) = &taken.moved else {
+                    continue;
+                };
+                let restored = match originals {
+                    Some(o) => e.restore(pod, side, o).map_err(|r| r.to_string()),
+                    None => Err("the host state was never captured".to_string()),
+                };
+                match restored {
+                    Ok(outcome) => out.outcome = Some(outcome),
+                    Err(r) => {
+                        restore_failed = true;
+                        out.problems
+                            .push(format!("{}: {r}", LifecycleStep::Restore));
+                    }
+                }
+            }
+            UndoStep::Detach => {
+                let Some(key) = &taken.datapath else { continue };
+                if detached {
+                    continue;
+                }
+                // Home (or gone): tc filters died with the move, nothing to remove in
+                // the pod. Still in the pod: remove them there.
+                let in_pod = if restore_failed { pod } else { None };
+                if let Err(d) = e.detach(key, in_pod) {
+                    out.problems.push(format!("{}: {d}", LifecycleStep::Detach));
+                }
+            }
+            UndoStep::ClearRecord => {
+                if !out.problems.is_empty() {
+                    continue;
+                }
+                let cleared = e.place(vec![Placing {
+                    claim_uid: &taken.claim_uid,
+                    plan: &taken.plan,
+                    placement: Placement::Home,
+                }]);
+                match cleared {
+                    Ok(()) => {}
+                    // Unprepared meanwhile: nothing left to clear.
+                    Err((_, crate::state::StateError::Unprepared { .. })) => {}
+                    Err((_, err)) => {
+                        out.uncleared = true;
+                        out.problems
+                            .push(format!("{}: {err}", LifecycleStep::Checkpoint));
+                    }
+                }
+            }
+        }
+        timing.push((step, began.elapsed()));
+    }
+    tracing::debug!(steps = ?timing, "undo timing");
+    out
+}
+
+/// A device handed over in this call.
+struct Handed {
+    taken: Taken,
+    side: PodSide,
+    lease: Option<crate::dhcp::Lease>,
+    /// What the checkpoint gets once every device of the pod is in.
+    record: Attachment,
+    /// How long the DHCP server took to answer (not what the device costs).
+    waited: Duration,
+}
+
+fn checkpoint_error(pod: &str) -> impl Fn(crate::state::StateError) -> LifecycleError + '_ {
+    move |source| LifecycleError::Checkpoint {
+        pod: pod.to_string(),
+        source,
+    }
+}
+
+/// Hands every device planned for pod `pod_uid` to the pod's network namespace.
+pub fn start<E: Effects>(
+    e: &E,
+    ledger: &Ledger<'_>,
+    pod_uid: &str,
+    pod_name: &str,
+    runtime: &PodRuntime,
+) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+    let hook_started = Instant::now();
+    let mut plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
+    if plans.is_empty() {
+        tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
+        return Ok(Vec::new());
+    }
+    if pod_action(&plans, PodEvent::Starting) == PodAction::GiveBackThenHandOver {
+        tracing::info!(pod = %pod_name, "an earlier start or stop of this pod was cut off; returning its devices before starting again");
+        give_back(e, pod_uid)?;
+        plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
+    }
+    let pod_label = plans
+        .first()
+        .map(|(_, p)| p.pod.to_string())
+        .unwrap_or_else(|| pod_name.to_string());
+    let pod = e
+        .open_pod(&runtime.netns)
+        .map_err(|source| LifecycleError::PodNetns {
+            pod: pod_label.clone(),
+            source,
+        })?;
+    let guard = e.socket_guard(&pod_label, runtime)?;
+    let before_devices = hook_started.elapsed();
+    let mut done: Vec<Handed> = Vec::new();
+    let mut outcomes = Vec::new();
+    for (claim_uid, plan) in plans {
+        let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+        let _entered = span.enter();
+        if let Placement::InPod { attachment } = &plan.placement {
+            tracing::debug!("already in the pod");
+            outcomes.push(DeviceOutcome {
+                claim: plan.claim.to_string(),
+                pool: plan.pool.clone(),
+                device: plan.device.clone(),
+                action: Action::AlreadyAttached {
+                    pod_ifname: attachment.pod_ifname.clone(),
+                },
+            });
+            continue;
+        }
+        if let Some(deadline) = runtime.deadline {
+            let costs = *ledger.costs();
+            if !deadline.next_fits(Instant::now(), done.len(), &costs) {
+                let spent = deadline.arrived.elapsed();
+                tracing::warn!(budget = ?deadline.budget, ?spent, done = done.len(), "the hook budget would run out; undoing the pod's devices");
+                let message = format!(
+                    "not handed over: the runtime's hook budget of {:?} would run out",
+                    deadline.budget
+                );
+                e.emit(DeviceEvent::Failed {
+                    device: device_ref(&plan),
+                    part: FailedPart::Network,
+                    reason: "HookBudget".into(),
+                    message: message.clone(),
+                });
+                drop(_entered);
+                let n = done.len();
+                let problems = undo(e, ledger, done, &pod, &message);
+                return Err(LifecycleError::Budget(Box::new(budget::Exceeded {
+                    pod: plan.pod.to_string(),
+                    claim: plan.claim.to_string(),
+                    device: plan.device.clone(),
+                    budget: deadline.budget,
+                    spent,
+                    done: n,
+                    costs,
+                    problems,
+                })));
+            }
+        }
+        let attach_started = Instant::now();
+        let lease_until = match runtime.deadline {
+            Some(d) => d.lease_until(done.len(), &ledger.costs()),
+            None => attach_started + budget::LEASE_WAIT,
+        };
+        match hand_over(e, &claim_uid, &plan, &pod, guard.as_deref(), lease_until) {
+            Ok(h) => {
+                ledger
+                    .costs()
+                    .attached(attach_started.elapsed().saturating_sub(h.waited));
+                tracing::info!(interface = %h.side.name, datapath = h.taken.datapath.is_some(), "device handed to the pod");
+                outcomes.push(DeviceOutcome {
+                    claim: plan.claim.to_string(),
+                    pool: plan.pool.clone(),
+                    device: plan.device.clone(),
+                    action: Action::Attached {
+                        pod_ifname: h.side.name.clone(),
+                        datapath: h.taken.datapath.is_some(),
+                    },
+                });
+                done.push(h);
+            }
+            Err(failed) => {
+                let (f, taken) = *failed;
+                tracing::warn!(step = %f.step, reason = f.reason, "handing the device to the pod failed: {}", f.message);
+                e.emit(DeviceEvent::Failed {
+                    device: device_ref(&plan),
+                    part: f.part,
+                    reason: f.reason.to_string(),
+                    message: f.message.clone(),
+                });
+                // The failed device first (it is the furthest from a clean state),
+                // then the others in reverse order.
+                let mine = unwind(e, &taken, Some(&pod));
+                ledger.keep_if_uncleared(&mine, &taken);
+                let mut message = f.message;
+                if !mine.problems.is_empty() {
+                    message.push_str(&format!(
+                        " (and putting it back: {})",
+                        mine.problems.join("; ")
+                    ));
+                }
+                drop(_entered);
+                let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
+                let undo = undo(e, ledger, done, &pod, &cause);
+                return Err(LifecycleError::Device {
+                    claim: plan.claim.to_string(),
+                    device: plan.device.clone(),
+                    pod: plan.pod.to_string(),
+                    step: f.step,
+                    message,
+                    undo,
+                });
+            }
+        }
+    }
+    // Durable before the hook answers: a driver killed earlier finds only the
+    // write-ahead `Entering` records, returns the devices and starts the pod over.
+    let record_started = Instant::now();
+    let devices_took = record_started - hook_started - before_devices;
+    let in_pod: Vec<Placing<'_>> = done
+        .iter()
+        .map(|h| Placing {
+            claim_uid: &h.taken.claim_uid,
+            plan: &h.taken.plan,
+            placement: Placement::InPod {
+                attachment: h.record.clone(),
+            },
+        })
+        .collect();
+    if let Err((i, err)) = e.place(in_pod) {
+        let failed = &done[i.min(done.len().saturating_sub(1))].taken.plan;
+        let (claim, device, pod_name) = (
+            failed.claim.to_string(),
+            failed.device.clone(),
+            failed.pod.to_string(),
+        );
+        let message = format!("{}: {err}", LifecycleStep::Checkpoint);
+        tracing::warn!(claim = %claim, device = %device, "recording the hand-over failed: {err}");
+        let undo = undo(e, ledger, done, &pod, &message);
+        return Err(LifecycleError::Device {
+            claim,
+            device,
+            pod: pod_name,
+            step: LifecycleStep::Checkpoint,
+            message: err.to_string(),
+            undo,
+        });
+    }
+    for h in &done {
+        e.emit(DeviceEvent::Started {
+            device: device_ref(&h.taken.plan),
+            pod_netns: runtime.netns.clone(),
+            pod_ifname: h.side.name.clone(),
+            datapath: h.taken.datapath.clone(),
+            dhcp: h.lease.clone(),
+        });
+    }
+    let held_at = Instant::now();
+    e.hold(pod_uid, &pod);
+    tracing::debug!(
+        before_devices_us = before_devices.as_micros() as u64,
+        devices_us = devices_took.as_micros() as u64,
+        record_and_events_us = (held_at - record_started).as_micros() as u64,
+        hold_us = held_at.elapsed().as_micros() as u64,
+        "start timing"
+    );
+    Ok(outcomes)
+}
+
+fn pod_action(plans: &[(String, Plan)], event: PodEvent) -> PodAction {
+    decide::pod_action(plans.iter().map(|(_, p)| &p.placement), event)
+}
+
+fn configure_reason(err: &ConfigureError) -> &'static str {
+    match err.step() {
+        None => "DeviceNotFound",
+        Some(Step::Capture) => "CaptureFailed",
+        Some(Step::Validate) => "InvalidForDevice",
+        Some(Step::Move) => "MoveFailed",
+        Some(Step::LinkSettings) => "LinkSettingsFailed",
+        Some(Step::Addresses) => "AddressesFailed",
+        Some(Step::LinkUp) => "LinkUpFailed",
+        Some(Step::Routes) => "RoutesFailed",
+        Some(Step::Ethtool) => "EthtoolFailed",
+        Some(Step::ReadBack) => "ReadBackFailed",
+    }
+}
+
+/// Hands one device over. On failure, what failed and how far it got (for [`unwind`];
+/// nothing is undone here).
+fn hand_over<E: Effects>(
+    e: &E,
+    claim_uid: &str,
+    plan: &Plan,
+    pod: &E::Pod,
+    guard: Option<&Path>,
+    lease_until: Instant,
+) -> Result<Handed, Box<(Failure, Taken)>> {
+    let mut taken = Taken {
+        claim_uid: claim_uid.to_string(),
+        plan: plan.clone(),
+        moved: None,
+        datapath: None,
+        lease: false,
+        recorded: false,
+        record: None,
+    };
+    macro_rules! fail {
+        ($failure:expr) => {
+            return Err(Box::new(($failure, taken)))
+        };
+    }
+    let one_started = Instant::now();
+    // Validated at prepare; older checkpoints carry only the JSON.
+    let cfg = match &plan.valid {
+        Some(valid) => valid.clone(),
+        None => match crate::config::parse_parameters(&plan.config, "parameters") {
+            Ok(cfg) => cfg,
+            Err(err) => fail!(Failure::new(
+                LifecycleStep::Config,
+                FailedPart::Network,
+                "InvalidConfig",
+                err.to_string()
+            )),
+        },
+    };
+    let Some(ifname) = e.resolve(plan) else {
+        fail!(Failure::new(
+            LifecycleStep::Resolve,
+            FailedPart::Network,
+            "DeviceNotFound",
+            format!(
+                "device {} of pool {} is not in the node's inventory",
+                plan.device, plan.pool
+            ),
+        ))
+    };
+    if cfg.disable_ebpf_programs {
+        match e.remove_foreign(&ifname) {
+            Ok(removed) => {
+                for program in removed {
+                    tracing::info!(interface = %ifname, "removed foreign program {program}");
+                }
+            }
+            Err(message) => fail!(Failure::new(
+                LifecycleStep::ForeignPrograms,
+                FailedPart::Network,
+                "ForeignProgramsNotRemoved",
+                message
+            )),
+        }
+    }
+    tracing::debug!(
+        config_and_resolve_us = one_started.elapsed().as_micros() as u64,
+        "device resolved"
+    );
+    let settings = settings::interface_settings(&cfg);
+    let dataplane = e.dataplane();
+    let intent = Intent {
+        pod_netns: e.pod_path(pod),
+        pod_ifname: settings.name.clone().unwrap_or_else(|| ifname.clone()),
+        pod_mac: settings.mac,
+        datapath: dataplane,
+    };
+    let configured = match e.move_in(claim_uid, plan, intent, pod, &ifname, &settings) {
+        Ok(c) => c,
+        Err(err) => {
+            // Anything past the intent (a capture or validation failure comes before
+            // it) has a record to clear; a touched device is where `left` says.
+            let before_intent = matches!(
+                err.step(),
+                None | Some(Step::Capture) | Some(Step::Validate)
+            );
+            taken.recorded = !before_intent;
+            if let ConfigureError::Failed {
+                left: Some(left), ..
+            } = &err
+            {
+                taken.moved = Some((left.side.clone(), left.originals.clone()));
+            }
+            fail!(Failure::new(
+                LifecycleStep::Configure(err.step()),
+                FailedPart::Network,
+                configure_reason(&err),
+                err.detail(),
+            ))
+        }
+    };
+    taken.recorded = true;
+    let side = configured.pod_side();
+    taken.moved = Some((side.clone(), Some(configured.originals.clone())));
+    let configured_at = Instant::now();
+
+    let mut base_policy = None;
+    if dataplane {
+        let policy = settings::datapath_policy(&cfg, &configured);
+        let key = match DatapathKey::new(
+            plan.claim.namespace.clone(),
+            plan.claim.name.clone(),
+            plan.device.clone(),
+        ) {
+            Ok(key) => key,
+            Err(err) => fail!(Failure::new(
+                LifecycleStep::Datapath,
+                FailedPart::DataPath,
+                "DataPathAttachFailed",
+                err.to_string()
+            )),
+        };
+        // Pinned in part even when attaching fails: the undo removes what is there.
+        taken.datapath = Some(key.clone());
+        if let Err(err) = e.attach(&key, pod, &configured.pod_ifname, &policy, guard) {
+            fail!(Failure::new(
+                LifecycleStep::Datapath,
+                FailedPart::DataPath,
+                "DataPathAttachFailed",
+                err.to_string()
+            ))
+        }
+        base_policy = Some(policy);
+    }
+
+    let mut lease = None;
+    let mut waited = Duration::ZERO;
+    if cfg.interface.dhcp {
+        let asked = Instant::now();
+        let acquired = e.acquire_lease(
+            claim_uid,
+            plan,
+            pod,
+            &side,
+            taken.datapath.as_ref().zip(base_policy.clone()),
+            lease_until,
+        );
+        waited = asked.elapsed();
+        match acquired {
+            Ok(l) => {
+                taken.lease = true;
+                lease = Some(l);
+            }
+            Err(failure) => fail!(failure),
+        }
+    }
+
+    let record = Attachment {
+        pod_netns: e.pod_path(pod),
+        pod_ifname: side.name.clone(),
+        pod_ifindex: side.ifindex,
+        pod_mac: side.mac,
+        originals: configured.originals.clone(),
+        datapath: taken.datapath.is_some(),
+        attached_at: crate::unix_now(),
+        dhcp: lease.clone().map(|l| {
+            // A renewal may already have come: record the newest.
+            let newest = e.current_lease(claim_uid, plan).unwrap_or(l);
+            super::leases::new_record(newest, base_policy.clone())
+        }),
+    };
+    taken.record = Some(record.clone());
+    tracing::debug!(
+        after_configure_us = configured_at.elapsed().as_micros() as u64,
+        "data path attached (and lease, if any)"
+    );
+    Ok(Handed {
+        taken,
+        side,
+        lease,
+        record,
+        waited,
+    })
+}
+
+/// Takes back the devices handed over in this call when a later one failed.
+fn undo<E: Effects>(
+    e: &E,
+    ledger: &Ledger<'_>,
+    done: Vec<Handed>,
+    pod: &E::Pod,
+    cause: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for h in done.into_iter().rev() {
+        let plan = &h.taken.plan;
+        let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+        let _entered = span.enter();
+        let undo_started = Instant::now();
+        let mine = unwind(e, &h.taken, Some(pod));
+        ledger.costs().undone(undo_started.elapsed());
+        ledger.keep_if_uncleared(&mine, &h.taken);
+        if mine.problems.is_empty() {
+            tracing::info!("device returned because {cause}");
+        }
+        e.emit(DeviceEvent::Failed {
+            device: device_ref(plan),
+            part: FailedPart::Sibling,
+            reason: "PodStartFailed".into(),
+            message: format!("returned to the host because {cause}"),
+        });
+        problems.extend(
+            mine.problems
+                .into_iter()
+                .map(|p| format!("claim {}, device {}: {p}", plan.claim, plan.device)),
+        );
+    }
+    problems
+}
+
+/// Gives back every device of the pod that is not home. Every device in the pod is
+/// recorded `Leaving` (one transaction) before any is touched.
+pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+    let plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
+    let pod_label = plans
+        .first()
+        .map(|(_, p)| p.pod.to_string())
+        .unwrap_or_else(|| pod_uid.to_string());
+    let leaving: Vec<Placing<'_>> = plans
+        .iter()
+        .filter_map(|(claim_uid, plan)| match &plan.placement {
+            Placement::InPod { attachment } => Some(Placing {
+                claim_uid,
+                plan,
+                placement: Placement::Leaving {
+                    attachment: attachment.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .collect();
+    if !leaving.is_empty() {
+        e.place(leaving)
+            .map_err(|(_, source)| LifecycleError::Checkpoint {
+                pod: pod_label.clone(),
+                source,
+            })?;
+    }
+    let mut outcomes = Vec::new();
+    let mut problems = Vec::new();
+    for (claim_uid, plan) in plans {
+        let Some(att) = plan.attachment().cloned() else {
+            continue;
+        };
+        let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+        let _entered = span.enter();
+        // The held namespace first: the runtime's path may be gone or name another.
+        let pod = e.find_pod(pod_uid, &att.pod_netns);
+        let taken = Taken::from_record(&claim_uid, &plan, &att);
+        let unwound = unwind(e, &taken, pod.as_ref());
+        match &unwound.outcome {
+            Some(RestoreOutcome::Gone) => {
+                tracing::warn!(interface = %att.originals.name, "device lost: destroyed with the pod's network namespace");
+                e.emit(DeviceEvent::Failed {
+                    device: device_ref(&plan),
+                    part: FailedPart::Network,
+                    reason: "DeviceLost".into(),
+                    message: format!(
+                        "interface {} was destroyed with the network namespace of pod {} before it could be returned",
+                        att.originals.name, plan.pod
+                    ),
+                });
+            }
+            Some(_) => {
+                tracing::info!(interface = %att.originals.name, "device restored on the host");
+                e.emit(DeviceEvent::Stopped {
+                    device: device_ref(&plan),
+                });
+            }
+            None => tracing::warn!("restoring the device failed; will retry"),
+        }
+        if let Some(outcome) = unwound.outcome {
+            outcomes.push(DeviceOutcome {
+                claim: plan.claim.to_string(),
+                pool: plan.pool.clone(),
+                device: plan.device.clone(),
+                action: Action::Returned(outcome),
+            });
+        }
+        problems.extend(
+            unwound
+                .problems
+                .into_iter()
+                .map(|p| format!("claim {}, device {}: {p}", plan.claim, plan.device)),
+        );
+    }
+    if problems.is_empty() {
+        e.let_go(pod_uid);
+        Ok(outcomes)
+    } else {
+        Err(LifecycleError::Incomplete {
+            pod: pod_label,
+            problems,
+        })
+    }
+}
+
+/// What to do with a pod found in the checkpoint when the driver starts.
+pub fn adopt_action(plans: &[(String, Plan)], alive: bool) -> PodAction {
+    pod_action(plans, PodEvent::Adopting { alive })
+}
+
+/// Whether synchronize must give back the pod's devices (it no longer runs) or start
+/// it (it runs without all of them).
+pub fn sync_action(plans: &[(String, Plan)], live: bool) -> PodAction {
+    pod_action(
+        plans,
+        if live {
+            PodEvent::Starting
+        } else {
+            PodEvent::Ended
+        },
+    )
+}
