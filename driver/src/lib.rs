@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod dhcp;
+pub mod failpoints;
 pub mod inventory;
 pub mod kubelet;
 pub mod lifecycle;

@@ -36,6 +36,7 @@ fn init_logging(cli: &Cli) {
 fn main() {
     let cli = Cli::parse();
     init_logging(&cli);
+    netclaim::failpoints::setup();
     let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -395,10 +395,18 @@ fn test(extra: &[String]) -> Result<()> {
     setup()?;
     build_ebpf(false)?;
     // The end-to-end tests start the real `netclaim` binary.
-    println!("[test] cargo build -p netclaim --bins");
-    run(Command::new(host_cargo())
-        .current_dir(root())
-        .args(["build", "--locked", "-p", "netclaim", "--bins"]))?;
+    // With the fail points the chaos test arms (the tests crate turns them on too, so
+    // the workspace test build makes the same binary; the image has none).
+    println!("[test] cargo build -p netclaim --bins --features failpoints");
+    run(Command::new(host_cargo()).current_dir(root()).args([
+        "build",
+        "--locked",
+        "-p",
+        "netclaim",
+        "--bins",
+        "--features",
+        "failpoints",
+    ]))?;
     // The DaemonSet test (tests/tests/daemonset.rs) runs the driver's image.
     image::build(&root(), None, None)?;
     // --no-fail-fast: every test binary runs even when an earlier one fails, so one
@@ -474,9 +482,17 @@ fn chaos(faults: usize, seed: Option<u64>, pods: usize) -> Result<()> {
     }
     setup()?;
     build_ebpf(false)?;
-    run(Command::new(host_cargo())
-        .current_dir(root())
-        .args(["build", "--locked", "-p", "netclaim", "--bin", "netclaim"]))?;
+    // Fail points compiled in: chaos arms them (driver/src/failpoints.rs).
+    run(Command::new(host_cargo()).current_dir(root()).args([
+        "build",
+        "--locked",
+        "-p",
+        "netclaim",
+        "--bin",
+        "netclaim",
+        "--features",
+        "failpoints",
+    ]))?;
     let mut cmd = Command::new(host_cargo());
     cmd.current_dir(root())
         .env("NETCLAIM_BIN", root().join("target/debug/netclaim"))

@@ -156,11 +156,17 @@ pub(super) fn attach_in_netns(
         .map_err(|e| prog_err(key, "nc_egress", e))?;
     let mut egress_link = None;
     if matches!(options.egress, None | Some(EgressMode::Tcx)) {
-        match egress.attach_with_options(
-            ifname,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        ) {
+        let attempt = match crate::failpoints::fires(crate::failpoints::BPF) {
+            Some(injected) => Err(injected),
+            None => egress
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| e.to_string()),
+        };
+        match attempt {
             Ok(id) => {
                 let link = egress
                     .take_link(id)
@@ -224,7 +230,13 @@ pub(super) fn attach_in_netns(
             ],
         };
         for (mode, ingress_mode) in modes {
-            match xdp.attach_to_if_index(idx, *mode) {
+            let attempt = match crate::failpoints::fires(crate::failpoints::BPF) {
+                Some(injected) => Err(injected),
+                None => xdp
+                    .attach_to_if_index(idx, *mode)
+                    .map_err(|e| e.to_string()),
+            };
+            match attempt {
                 Ok(id) => {
                     let link = xdp
                         .take_link(id)
@@ -269,11 +281,17 @@ pub(super) fn attach_in_netns(
             .try_into()
             .map_err(|e| prog_err(key, "nc_ingress_tc", e))?;
         if want != Some(IngressMode::Clsact) {
-            match tc_in.attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            ) {
+            let attempt = match crate::failpoints::fires(crate::failpoints::BPF) {
+                Some(injected) => Err(injected),
+                None => tc_in
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| e.to_string()),
+            };
+            match attempt {
                 Ok(id) => {
                     let link = tc_in
                         .take_link(id)
@@ -335,6 +353,9 @@ fn attach_clsact(
     attach_type: TcAttachType,
     meta: &mut DatapathMeta,
 ) -> Result<(u32, u32), String> {
+    if let Some(injected) = crate::failpoints::fires(crate::failpoints::BPF) {
+        return Err(injected);
+    }
     match tc::qdisc_add_clsact(ifname) {
         // Ours: removed again when the last filter of ours goes (detach).
         Ok(()) => meta.owned |= netclaim_common::owned::CLSACT_QDISC,

@@ -226,6 +226,7 @@ impl PolicyMaps {
         compiled: &CompiledPolicy,
         generation: u32,
     ) -> Result<(), DatapathError> {
+        injected(key, MAP_SLOTS)?;
         self.slots
             .set(slot as u32, slot_config(compiled, generation), 0)
             .map_err(|e| map_err(key, MAP_SLOTS, e))
@@ -233,9 +234,18 @@ impl PolicyMaps {
 
     /// Makes `slot` the active one: one u32 store.
     pub(super) fn flip(&mut self, key: &DatapathKey, slot: usize) -> Result<(), DatapathError> {
+        injected(key, MAP_ACTIVE)?;
         self.active
             .set(0, slot as u32, 0)
             .map_err(|e| map_err(key, MAP_ACTIVE, e))
+    }
+}
+
+/// Test builds: the bpf fail point in front of a map update (`crate::failpoints`).
+fn injected(key: &DatapathKey, map: &'static str) -> Result<(), DatapathError> {
+    match crate::failpoints::fires(crate::failpoints::BPF) {
+        Some(text) => Err(map_err(key, map, text)),
+        None => Ok(()),
     }
 }
 
@@ -275,6 +285,7 @@ pub(super) fn write_initial_policy(
     key: &DatapathKey,
     compiled: &CompiledPolicy,
 ) -> Result<(), DatapathError> {
+    injected(key, MAP_ROUTES_V4[0])?;
     let [rt4, rt6, loc4, loc6] = ebpf.maps_disjoint_mut([
         MAP_ROUTES_V4[0],
         MAP_ROUTES_V6[0],

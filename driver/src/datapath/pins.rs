@@ -219,6 +219,12 @@ pub(super) fn pin_all(
         return Err(pin_err(dir, &"already holds a data path (detach it first)"));
     }
     std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, &e))?;
+    // Test builds: a fail point in front of the meta update and of every pin.
+    let injected = |path: &Path| match crate::failpoints::fires(crate::failpoints::BPF) {
+        Some(text) => Err(pin_err(path, &text)),
+        None => Ok(()),
+    };
+    injected(dir)?;
     {
         let mut meta: Array<&mut MapData, DatapathMeta> = typed_mut(ebpf, key, MAP_META)?;
         meta.set(0, attached.meta, 0)
@@ -227,6 +233,7 @@ pub(super) fn pin_all(
     for (name, map) in ebpf.maps() {
         if name.starts_with("NC_") {
             let path = dir.join(name);
+            injected(&path)?;
             map.pin(&path).map_err(|e| pin_err(&path, &e))?;
         }
     }
@@ -240,6 +247,7 @@ pub(super) fn pin_all(
     ] {
         let path = dir.join(file);
         if let Some(p) = ebpf.program_mut(prog) {
+            injected(&path)?;
             p.pin(&path).map_err(|e| pin_err(&path, &e))?;
         }
     }
@@ -249,6 +257,7 @@ pub(super) fn pin_all(
     ] {
         if let Some(link) = link {
             let path = dir.join(file);
+            injected(&path)?;
             // Dropping the PinnedLink closes our fd; the pin keeps the link alive.
             link.pin(&path).map_err(|e| pin_err(&path, &e))?;
         }

@@ -115,6 +115,12 @@ impl NlSocket {
         flags: u16,
         payload: &[u8],
     ) -> Result<Vec<RawReply>, NlError> {
+        if let Some(text) = crate::failpoints::fires(crate::failpoints::NETLINK) {
+            return Err(NlError::Kernel {
+                errno: libc::EIO,
+                message: Some(text),
+            });
+        }
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let flags = flags | NLM_F_REQUEST;

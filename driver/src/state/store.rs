@@ -1,12 +1,27 @@
-//! [`StateStore`]: the checkpoint file of prepared claims (redb, one table keyed by
-//! claim UID).
+//! [`StateStore`]: the checkpoint of prepared claims: a redb file (one table keyed by
+//! claim UID) and its mirror, a second copy written independently (one file per claim,
+//! [`mirror`]).
 //!
 //! Every value is `sha256(json) ‖ json` of a [`ClaimPlans`], so a flipped bit is caught
-//! even where redb itself does not notice. Opening scans every entry; a file that redb
-//! refuses, that panics redb, or that holds an entry whose checksum or JSON is wrong is
-//! renamed to `<file>.corrupt-<unix seconds>`, reported with one error line, and the
-//! store starts empty: the caller rebuilds what it can from the cluster. A corrupt
-//! checkpoint never stops the driver.
+//! even where redb itself does not notice. Every change is committed to the redb file
+//! and then written to the mirror before the call returns; a call whose mirror write
+//! fails fails (the caller must not act on a record that has one copy), and the next
+//! write brings the whole mirror in step again. Both copies carry a generation (redb:
+//! a `meta` row in the same transaction; mirror: a `generation` file written after the
+//! record), so opening knows which copy saw the last write.
+//!
+//! Opening scans every entry of both copies:
+//! * the redb file refused by redb, panicking redb, or holding an entry whose checksum
+//!   or JSON is wrong is renamed to `<file>.corrupt-<unix seconds>` and rebuilt from the
+//!   mirror (one error line names both); so is an empty or missing file next to a
+//!   mirror that has records, and a file whose generation is behind the mirror's (redb
+//!   rolled back a commit it found damaged);
+//! * a mirror record that does not decode is renamed aside and rewritten from the redb
+//!   file; records the redb file lacks or holds differently are brought in step;
+//! * with both copies of a claim damaged the claim is gone: the store starts without
+//!   it, [`StateStore::moved_aside`] says where the file went and the caller rebuilds
+//!   what it can from the cluster and the kernel. A corrupt checkpoint never stops the
+//!   driver.
 //!
 //! A second table indexes claims by the pods their plans name, so a pod hook reads its
 //! own claims instead of the whole checkpoint ([`StateStore::plans_of_pod`]).
@@ -17,7 +32,7 @@
 //! restart. The failed call itself still fails: nothing is recorded that was not
 //! written.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -27,6 +42,10 @@ use sha2::{Digest, Sha256};
 
 use super::plan::ClaimPlans;
 
+mod mirror;
+use mirror::Mirror;
+pub use mirror::MIRROR_DIR;
+
 /// File name of the checkpoint inside `--state-dir`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.redb";
 
@@ -35,6 +54,10 @@ const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 /// from `claims` at every open (so a checkpoint written before it existed works) and
 /// kept in the same write transaction as every change to `claims`.
 const POD_CLAIMS: TableDefinition<(&str, &str), ()> = TableDefinition::new("pod_claims");
+/// `generation` → the number of writes this file has committed (both copies count
+/// the same writes; see the module docs).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GENERATION: &str = "generation";
 const DIGEST_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +83,28 @@ pub enum StateError {
     /// An earlier I/O error closed the database for every call until it is reopened.
     #[error("checkpoint {path}: an earlier I/O error left the database closed: {message}")]
     Closed { path: PathBuf, message: String },
+    /// The second copy could not be written: the change is in the redb file only, so
+    /// the call fails (the next write brings the mirror in step).
+    #[error("checkpoint mirror {path}: {source}")]
+    Mirror {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What opening found wrong and repaired (also logged).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Claims written into a new redb file from the mirror.
+    pub from_mirror: usize,
+    /// Claims whose both copies were damaged (their UIDs): lost.
+    pub lost: Vec<String>,
+    /// Mirror records rewritten from the redb file (damaged, missing or behind).
+    pub mirror_rewritten: usize,
+    /// Mirror records removed (claims the redb file no longer has).
+    pub mirror_removed: usize,
+    /// Where damaged mirror records were moved.
+    pub mirror_quarantined: Vec<PathBuf>,
 }
 
 /// The open checkpoint. Cheap to share behind an `Arc`; every call is one redb
@@ -72,6 +117,15 @@ pub struct StateStore {
     reopen: std::sync::atomic::AtomicBool,
     /// Where a corrupt checkpoint found at open was moved, if any.
     moved_aside: Option<PathBuf>,
+    /// The second copy.
+    mirror: Mirror,
+    /// Set when a mirror write failed: the next write rewrites the whole mirror.
+    mirror_stale: std::sync::atomic::AtomicBool,
+    /// Held across a change's redb transaction and its mirror write, so both copies
+    /// see the same changes in the same order.
+    mirror_lock: std::sync::Mutex<()>,
+    /// What opening repaired.
+    recovery: Recovery,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -84,48 +138,216 @@ impl std::fmt::Debug for StateStore {
 }
 
 impl StateStore {
-    /// Opens (or creates) `<state_dir>/checkpoint.redb`. A corrupt file is moved aside
-    /// and an empty store is returned; see the module docs.
+    /// Opens (or creates) `<state_dir>/checkpoint.redb` and its mirror, repairing
+    /// whichever copy is damaged or behind from the other; see the module docs.
     pub fn open(state_dir: &Path) -> Result<Self, StateError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
             path: state_dir.to_owned(),
             source,
         })?;
         let path = state_dir.join(CHECKPOINT_FILE);
-        match open_and_verify(&path) {
-            Ok(db) => Ok(Self {
-                path,
-                db: RwLock::new(Some(db)),
-                reopen: Default::default(),
-                moved_aside: None,
-            }),
-            Err(Problem::Fatal(err)) => Err(err),
-            Err(Problem::Corrupt(reason)) => {
-                let aside = corrupt_name(&path);
-                std::fs::rename(&path, &aside).map_err(|source| StateError::MoveAside {
+        let mirror = Mirror::new(state_dir);
+        let copy = read_mirror(&mirror);
+        // A missing or empty file holds nothing to lose: redb makes a new one.
+        let fresh = std::fs::metadata(&path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
+        let mut recovery = Recovery::default();
+        let (db, moved_aside) = match open_and_verify(&path) {
+            Ok(db) => {
+                let behind = generation_of(&db).map_err(|e| StateError::Database {
                     path: path.clone(),
-                    source,
-                })?;
+                    message: e.to_string(),
+                })? < copy.generation;
+                if (fresh && !copy.good.is_empty()) || behind {
+                    let why = if behind {
+                        format!(
+                            "its generation is behind the mirror's ({})",
+                            copy.generation
+                        )
+                    } else {
+                        "it is missing or empty".to_string()
+                    };
+                    let old = raw_claims(&db).map_err(|e| StateError::Database {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let aside = if fresh {
+                        None
+                    } else {
+                        Some(move_aside(&path)?)
+                    };
+                    drop(db);
+                    let db = reopen_empty(&path)?;
+                    recovery.from_mirror =
+                        import(&db, &copy, Some(&old)).map_err(|e| StateError::Database {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?;
+                    tracing::error!(
+                        checkpoint = %path.display(),
+                        moved_to = ?aside.as_ref().map(|a| a.display().to_string()),
+                        recovered = recovery.from_mirror,
+                        "checkpoint file not usable ({why}); rebuilt it from the mirror"
+                    );
+                    (db, aside)
+                } else {
+                    (db, None)
+                }
+            }
+            Err(Problem::Fatal(err)) => return Err(err),
+            Err(Problem::Corrupt(reason)) => {
+                let aside = move_aside(&path)?;
+                let db = reopen_empty(&path)?;
+                recovery.from_mirror =
+                    import(&db, &copy, None).map_err(|e| StateError::Database {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                recovery.lost = copy.bad.keys().cloned().collect();
                 tracing::error!(
                     checkpoint = %path.display(),
                     moved_to = %aside.display(),
-                    "checkpoint is corrupt ({reason}); moved it aside and starting with no prepared claims"
+                    mirror = %mirror.dir().display(),
+                    recovered = recovery.from_mirror,
+                    lost = ?recovery.lost,
+                    "checkpoint is corrupt ({reason}); moved it aside and rebuilt it from the mirror"
                 );
-                let db = match open_and_verify(&path) {
-                    Ok(db) => db,
-                    Err(Problem::Fatal(err)) => return Err(err),
-                    Err(Problem::Corrupt(message)) => {
-                        return Err(StateError::Database { path, message })
-                    }
-                };
-                Ok(Self {
-                    path,
-                    db: RwLock::new(Some(db)),
-                    reopen: Default::default(),
-                    moved_aside: Some(aside),
-                })
+                (db, Some(aside))
+            }
+        };
+        let store = Self {
+            path,
+            db: RwLock::new(Some(db)),
+            reopen: Default::default(),
+            moved_aside,
+            mirror,
+            mirror_stale: Default::default(),
+            mirror_lock: Default::default(),
+            recovery,
+        };
+        let mut store = store;
+        match store.sync_mirror() {
+            Ok(synced) => {
+                if !synced.mirror_quarantined.is_empty() {
+                    tracing::error!(
+                        mirror = %store.mirror.dir().display(),
+                        moved_to = ?synced.mirror_quarantined,
+                        "checkpoint mirror records damaged; moved them aside and rewrote them from the checkpoint"
+                    );
+                } else if synced.mirror_rewritten + synced.mirror_removed > 0 {
+                    tracing::warn!(
+                        mirror = %store.mirror.dir().display(),
+                        rewritten = synced.mirror_rewritten,
+                        removed = synced.mirror_removed,
+                        "checkpoint mirror brought in step (a write was cut off)"
+                    );
+                }
+                store.recovery.mirror_rewritten = synced.mirror_rewritten;
+                store.recovery.mirror_removed = synced.mirror_removed;
+                store.recovery.mirror_quarantined = synced.mirror_quarantined;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint mirror not brought in step; retried at the next write");
+                store
+                    .mirror_stale
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
         }
+        Ok(store)
+    }
+
+    /// What opening found damaged or behind and repaired.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Rewrites the mirror from the redb file: records that differ or are missing
+    /// are written (a damaged one is moved aside first), records of claims the redb
+    /// file lacks are removed, then the generation. Clears the stale mark.
+    fn sync_mirror(&self) -> Result<Recovery, StateError> {
+        let _held = self.mirror_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_mirror_locked()
+    }
+
+    /// [`Self::sync_mirror`] with `mirror_lock` held by the caller.
+    fn sync_mirror_locked(&self) -> Result<Recovery, StateError> {
+        let (primary, generation) = self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.db_err(e))?;
+            let mut out = BTreeMap::new();
+            match txn.open_table(CLAIMS) {
+                Ok(table) => {
+                    for entry in table.iter().map_err(|e| self.db_err(e))? {
+                        let (k, v) = entry.map_err(|e| self.db_err(e))?;
+                        out.insert(k.value().to_string(), v.value().to_vec());
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(self.db_err(e)),
+            }
+            let generation = read_generation(&txn).map_err(|e| self.db_err(e))?;
+            Ok((out, generation))
+        })?;
+        let mirror_err = |source: std::io::Error| StateError::Mirror {
+            path: self.mirror.dir().to_owned(),
+            source,
+        };
+        let have = self.mirror.read_all().map_err(mirror_err)?;
+        let mut done = Recovery::default();
+        for (uid, value) in &have.records {
+            if primary.get(uid) == Some(value) {
+                continue;
+            }
+            if decode(uid, value).is_err() {
+                done.mirror_quarantined
+                    .push(self.mirror.quarantine(uid).map_err(mirror_err)?);
+            } else if !primary.contains_key(uid) {
+                self.mirror.remove(uid).map_err(mirror_err)?;
+                done.mirror_removed += 1;
+            }
+        }
+        for (uid, value) in &primary {
+            if have.records.get(uid) != Some(value) {
+                self.mirror.write(uid, value).map_err(mirror_err)?;
+                done.mirror_rewritten += 1;
+            }
+        }
+        if self.mirror.generation() != generation {
+            self.mirror
+                .write_generation(generation)
+                .map_err(mirror_err)?;
+        }
+        self.mirror_stale
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(done)
+    }
+
+    /// Writes the mirror's copy of a change the redb file has committed (`value`
+    /// `None`: removed) and the generation. After an earlier failure the whole mirror
+    /// is rewritten instead. The caller holds `mirror_lock` from before its redb
+    /// transaction, so the mirror sees changes in the order the redb file did.
+    fn mirror_change(
+        &self,
+        uid: &str,
+        value: Option<&[u8]>,
+        generation: u64,
+    ) -> Result<(), StateError> {
+        use std::sync::atomic::Ordering;
+        if self.mirror_stale.load(Ordering::Acquire) {
+            return self.sync_mirror_locked().map(|_| ());
+        }
+        let written = match value {
+            Some(v) => self.mirror.write(uid, v),
+            None => self.mirror.remove(uid),
+        }
+        .and_then(|()| self.mirror.write_generation(generation));
+        written.map_err(|source| {
+            self.mirror_stale.store(true, Ordering::Release);
+            StateError::Mirror {
+                path: self.mirror.file_of(uid),
+                source,
+            }
+        })
     }
 
     /// Where a corrupt checkpoint was moved when this store was opened.
@@ -136,10 +358,12 @@ impl StateStore {
     /// Stores (replaces) the plans of one claim, keyed by `plans.claim.uid`.
     pub fn put(&self, plans: &ClaimPlans) -> Result<(), StateError> {
         let value = encode(plans)?;
-        self.with_db(|db| self.put_in(db, plans, &value))
+        let _held = self.mirror_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.with_db(|db| self.put_in(db, plans, &value))?;
+        self.mirror_change(&plans.claim.uid, Some(&value), generation)
     }
 
-    fn put_in(&self, db: &Database, plans: &ClaimPlans, value: &[u8]) -> Result<(), StateError> {
+    fn put_in(&self, db: &Database, plans: &ClaimPlans, value: &[u8]) -> Result<u64, StateError> {
         let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
@@ -151,7 +375,9 @@ impl StateStore {
             let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
             self.reindex(&mut index, &plans.claim.uid, old.as_ref(), Some(plans))?;
         }
-        txn.commit().map_err(|e| self.db_err(e))
+        let generation = bump_generation(&txn).map_err(|e| self.db_err(e))?;
+        txn.commit().map_err(|e| self.db_err(e))?;
+        Ok(generation)
     }
 
     /// Changes the plans of one claim in a single write transaction (so two threads
@@ -163,7 +389,14 @@ impl StateStore {
         uid: &str,
         change: impl FnOnce(&mut ClaimPlans) -> bool,
     ) -> Result<bool, StateError> {
-        self.with_db(|db| self.update_in(db, uid, change))
+        let _held = self.mirror_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.with_db(|db| self.update_in(db, uid, change))? {
+            Some((value, generation)) => {
+                self.mirror_change(uid, Some(&value), generation)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn update_in(
@@ -171,7 +404,7 @@ impl StateStore {
         db: &Database,
         uid: &str,
         change: impl FnOnce(&mut ClaimPlans) -> bool,
-    ) -> Result<bool, StateError> {
+    ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
         let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         let written = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
@@ -193,14 +426,19 @@ impl StateStore {
                 let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
                 self.reindex(&mut index, uid, Some(before), Some(after))?;
             }
-            changed.is_some()
+            changed.map(|(value, _, _)| value)
         };
-        if written {
-            txn.commit().map_err(|e| self.db_err(e))?;
-        } else {
-            txn.abort().map_err(|e| self.db_err(e))?;
+        match written {
+            Some(value) => {
+                let generation = bump_generation(&txn).map_err(|e| self.db_err(e))?;
+                txn.commit().map_err(|e| self.db_err(e))?;
+                Ok(Some((value, generation)))
+            }
+            None => {
+                txn.abort().map_err(|e| self.db_err(e))?;
+                Ok(None)
+            }
         }
-        Ok(written)
     }
 
     /// The plans of the claim with this UID.
@@ -223,10 +461,18 @@ impl StateStore {
 
     /// Removes the claim's plans; returns what was stored.
     pub fn remove(&self, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
-        self.with_db(|db| self.remove_in(db, uid))
+        let _held = self.mirror_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (removed, generation) = self.with_db(|db| self.remove_in(db, uid))?;
+        self.mirror_change(uid, None, generation)?;
+        removed.transpose()
     }
 
-    fn remove_in(&self, db: &Database, uid: &str) -> Result<Option<ClaimPlans>, StateError> {
+    #[allow(clippy::type_complexity)]
+    fn remove_in(
+        &self,
+        db: &Database,
+        uid: &str,
+    ) -> Result<(Option<Result<ClaimPlans, StateError>>, u64), StateError> {
         let txn = db.begin_write().map_err(|e| self.db_err(e))?;
         let removed = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
@@ -254,8 +500,9 @@ impl StateStore {
                 }
             }
         }
+        let generation = bump_generation(&txn).map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))?;
-        removed.transpose()
+        Ok((removed, generation))
     }
 
     /// The plans that name pod `pod_uid`, with their claim UIDs, read through the pod
@@ -421,6 +668,140 @@ impl StateStore {
     }
 }
 
+/// The mirror as read at open: decodable records, damaged ones, its generation.
+struct MirrorCopy {
+    good: BTreeMap<String, Vec<u8>>,
+    bad: BTreeMap<String, Vec<u8>>,
+    generation: u64,
+}
+
+/// Reads and checks every mirror record; an unreadable mirror is an empty one
+/// (logged): the redb file is then the only copy and the mirror is rewritten from it.
+fn read_mirror(mirror: &Mirror) -> MirrorCopy {
+    let mut copy = MirrorCopy {
+        good: BTreeMap::new(),
+        bad: BTreeMap::new(),
+        generation: mirror.generation(),
+    };
+    match mirror.read_all() {
+        Ok(contents) => {
+            for (uid, value) in contents.records {
+                if decode(&uid, &value).is_ok() {
+                    copy.good.insert(uid, value);
+                } else {
+                    copy.bad.insert(uid, value);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(mirror = %mirror.dir().display(), error = %e, "checkpoint mirror unreadable");
+            copy.generation = 0;
+        }
+    }
+    copy
+}
+
+/// Renames a damaged checkpoint file aside; returns where it went.
+fn move_aside(path: &Path) -> Result<PathBuf, StateError> {
+    let aside = corrupt_name(path);
+    std::fs::rename(path, &aside).map_err(|source| StateError::MoveAside {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(aside)
+}
+
+/// A new, empty redb file at `path` (the old one is gone or moved aside).
+fn reopen_empty(path: &Path) -> Result<Database, StateError> {
+    if std::fs::metadata(path).is_ok() {
+        // An empty file redb made or found: start it over.
+        std::fs::remove_file(path).map_err(|source| StateError::MoveAside {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    match open_and_verify(path) {
+        Ok(db) => Ok(db),
+        Err(Problem::Fatal(err)) => Err(err),
+        Err(Problem::Corrupt(message)) => Err(StateError::Database {
+            path: path.to_owned(),
+            message,
+        }),
+    }
+}
+
+/// Writes the mirror's good records into an empty redb file, with the mirror's
+/// generation and the pod index; `old` adds records the mirror has damaged. Returns
+/// how many claims were written.
+fn import(
+    db: &Database,
+    copy: &MirrorCopy,
+    old: Option<&BTreeMap<String, Vec<u8>>>,
+) -> Result<usize, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut n = 0;
+    {
+        let mut claims = txn.open_table(CLAIMS)?;
+        for (uid, value) in &copy.good {
+            claims.insert(uid.as_str(), value.as_slice())?;
+            n += 1;
+        }
+        for (uid, value) in old.into_iter().flatten() {
+            if copy.bad.contains_key(uid) {
+                claims.insert(uid.as_str(), value.as_slice())?;
+                n += 1;
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(GENERATION, copy.generation)?;
+    }
+    txn.commit()?;
+    rebuild_pod_index(db)?;
+    Ok(n)
+}
+
+/// Every claim's stored value, undecoded.
+fn raw_claims(db: &Database) -> Result<BTreeMap<String, Vec<u8>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut out = BTreeMap::new();
+    match txn.open_table(CLAIMS) {
+        Ok(table) => {
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                out.insert(k.value().to_string(), v.value().to_vec());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(out)
+}
+
+fn read_generation(txn: &redb::ReadTransaction) -> Result<u64, redb::Error> {
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta.get(GENERATION)?.map(|g| g.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The redb file's generation (0 for a file written before generations existed).
+fn generation_of(db: &Database) -> Result<u64, redb::Error> {
+    read_generation(&db.begin_read()?)
+}
+
+/// Counts one more write in `txn`; returns the new generation.
+fn bump_generation(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    let next = meta
+        .get(GENERATION)?
+        .map(|g| g.value())
+        .unwrap_or(0)
+        .wrapping_add(1);
+    meta.insert(GENERATION, next)?;
+    Ok(next)
+}
+
 enum Problem {
     /// The file is damaged: move it aside and start over.
     Corrupt(String),
@@ -512,6 +893,18 @@ fn verify(db: &Database) -> Result<(), VerifyError> {
         decode(key.value(), value.value()).map_err(|err| VerifyError::Entry(err.to_string()))?;
     }
     Ok(())
+}
+
+/// The value the store writes for `plans`: `sha256(json) ‖ json`.
+pub fn encode_entry(plans: &ClaimPlans) -> Result<Vec<u8>, StateError> {
+    encode(plans)
+}
+
+/// What the store does with every value it reads under claim UID `uid`: checks the
+/// digest, parses the JSON and the UID it names. Public for the hostile-input tests
+/// (tests/tests/hostile_input.rs), which feed it corrupt values directly.
+pub fn decode_entry(uid: &str, value: &[u8]) -> Result<ClaimPlans, StateError> {
+    decode(uid, value)
 }
 
 /// `sha256(json) ‖ json` of `plans`.
@@ -820,8 +1213,153 @@ mod tests {
         }
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len().min(700)]).unwrap();
+        // Without its mirror (see the mirror tests for what it saves).
+        std::fs::remove_dir_all(dir.path().join(MIRROR_DIR)).unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         assert!(store.moved_aside().is_some());
         assert!(store.list().unwrap().is_empty());
+    }
+
+    // ---- the mirror (second copy) ----
+
+    fn mirror_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        Mirror::new(dir).read_all().unwrap().records
+    }
+
+    fn raw(store: &StateStore) -> BTreeMap<String, Vec<u8>> {
+        store.with_db(|db| Ok(raw_claims(db).unwrap())).unwrap()
+    }
+
+    fn two_claims(dir: &Path) -> (ClaimPlans, ClaimPlans) {
+        let store = StateStore::open(dir).unwrap();
+        store.put(&sample("a")).unwrap();
+        store.put(&sample("b")).unwrap();
+        assert!(store
+            .update("a", |c| {
+                c.plans[0].prepared_at = 7;
+                true
+            })
+            .unwrap());
+        // Every write reached both copies, byte for byte.
+        assert_eq!(mirror_files(dir), raw(&store));
+        let a = store.get("a").unwrap().unwrap();
+        (a, sample("b"))
+    }
+
+    #[test]
+    fn a_corrupt_truncated_or_emptied_file_is_rebuilt_from_the_mirror() {
+        for damage in ["garbage", "truncate", "empty", "deleted"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b) = two_claims(dir.path());
+            let path = dir.path().join(CHECKPOINT_FILE);
+            let bytes = std::fs::read(&path).unwrap();
+            match damage {
+                "garbage" => std::fs::write(&path, b"not a database").unwrap(),
+                "truncate" => std::fs::write(&path, &bytes[..bytes.len().min(700)]).unwrap(),
+                "empty" => std::fs::write(&path, b"").unwrap(),
+                _ => std::fs::remove_file(&path).unwrap(),
+            }
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.list().unwrap(), vec![a.clone(), b], "{damage}");
+            assert_eq!(store.recovery().from_mirror, 2, "{damage}");
+            assert!(store.recovery().lost.is_empty(), "{damage}");
+            // The pod index came back with the claims.
+            assert_eq!(pod_claims(&store, "pod-uid"), ["a", "b"], "{damage}");
+            // A damaged file is kept aside for a post-mortem; nothing was to keep of
+            // an empty or missing one.
+            let kept = matches!(damage, "garbage" | "truncate");
+            assert_eq!(store.moved_aside().is_some(), kept, "{damage}");
+            // And it works on.
+            store.remove("a").unwrap();
+            assert_eq!(mirror_files(dir.path()), raw(&store), "{damage}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_mirror_record_is_moved_aside_and_rewritten_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_claims(dir.path());
+        let file = Mirror::new(dir.path()).file_of("a");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[40] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![a, b]);
+        assert!(store.moved_aside().is_none());
+        assert_eq!(store.recovery().mirror_quarantined.len(), 1);
+        assert_eq!(
+            std::fs::read(&store.recovery().mirror_quarantined[0]).unwrap(),
+            bytes
+        );
+        assert_eq!(mirror_files(dir.path()), raw(&store));
+    }
+
+    #[test]
+    fn with_both_copies_of_a_claim_damaged_only_that_claim_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, b) = two_claims(dir.path());
+        std::fs::write(dir.path().join(CHECKPOINT_FILE), b"garbage").unwrap();
+        std::fs::write(Mirror::new(dir.path()).file_of("a"), b"also garbage").unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![b]);
+        assert_eq!(store.recovery().lost, vec!["a".to_string()]);
+        assert!(store.moved_aside().is_some());
+        assert_eq!(mirror_files(dir.path()), raw(&store));
+    }
+
+    #[test]
+    fn a_write_cut_off_before_its_mirror_copy_is_completed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_claims(dir.path());
+        let m = Mirror::new(dir.path());
+        // The redb file committed "a" and a removal of "c", the mirror did not follow.
+        std::fs::remove_file(m.file_of("a")).unwrap();
+        m.write("c", &encode(&sample("c")).unwrap()).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![a, b]);
+        assert_eq!(store.recovery().mirror_rewritten, 1);
+        assert_eq!(store.recovery().mirror_removed, 1);
+        assert_eq!(mirror_files(dir.path()), raw(&store));
+    }
+
+    #[test]
+    fn a_file_rolled_back_behind_the_mirror_is_rebuilt_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let older = {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.put(&sample("a")).unwrap();
+            drop(store);
+            std::fs::read(&path).unwrap()
+        };
+        let (a, b) = two_claims(dir.path());
+        // The file goes back to an earlier commit (as redb does with a commit it
+        // finds damaged): the mirror saw more writes and wins.
+        std::fs::write(&path, &older).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![a, b]);
+        assert_eq!(store.recovery().from_mirror, 2);
+        assert!(store.moved_aside().is_some());
+    }
+
+    #[test]
+    fn a_failed_mirror_write_fails_the_call_and_the_next_write_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.put(&sample("a")).unwrap();
+        let m = Mirror::new(dir.path());
+        std::fs::remove_dir_all(m.dir()).unwrap();
+        // A file where the directory should be: every mirror write fails.
+        std::fs::write(m.dir(), b"in the way").unwrap();
+        let err = store.put(&sample("b")).unwrap_err();
+        assert!(matches!(err, StateError::Mirror { .. }), "{err}");
+        assert!(err.to_string().contains("checkpoint mirror"), "{err}");
+        std::fs::remove_file(m.dir()).unwrap();
+        store.put(&sample("c")).unwrap();
+        assert_eq!(
+            mirror_files(dir.path()).keys().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(mirror_files(dir.path()), raw(&store));
     }
 }
