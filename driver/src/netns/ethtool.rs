@@ -479,6 +479,42 @@ const LEGACY_NAMES: &[(&str, &[&str])] = &[
     ("rxhash", &["rx-hashing"]),
 ];
 
+/// Legacy groups whose members `ethtool -K` (6.1) finds by pattern rather than by a
+/// fixed list, so a kernel that adds a member (6.18: `tx-tcp-accecn-segmentation`)
+/// has it switched with the group: `ethtool -K dev tso off` turns every
+/// `tx-tcp*-segmentation` off, and `ethtool -k` shows the group on while any is on.
+const LEGACY_PATTERNS: &[(&str, &str, &str)] = &[
+    ("tcp-segmentation-offload", "tx-tcp", "-segmentation"),
+    ("tso", "tx-tcp", "-segmentation"),
+    ("tx-checksumming", "tx-checksum-", ""),
+    ("tx", "tx-checksum-", ""),
+    ("scatter-gather", "tx-scatter-gather", ""),
+    ("sg", "tx-scatter-gather", ""),
+];
+
+/// The members of legacy group `name` on `device`: the listed ones it has plus every
+/// feature matching the group's pattern.
+fn legacy_members<'a>(name: &str, group: &[&'a str], device: &'a DeviceFeatures) -> Vec<&'a str> {
+    let mut members: Vec<&str> = group
+        .iter()
+        .copied()
+        .filter(|m| device.active.contains_key(*m))
+        .collect();
+    for (_, prefix, suffix) in LEGACY_PATTERNS.iter().filter(|(l, _, _)| *l == name) {
+        for feature in device.active.keys() {
+            let f = feature.as_str();
+            if f.len() >= prefix.len() + suffix.len()
+                && f.starts_with(prefix)
+                && f.ends_with(suffix)
+                && !members.contains(&f)
+            {
+                members.push(f);
+            }
+        }
+    }
+    members
+}
+
 /// Why a requested feature cannot be applied to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeatureProblem {
@@ -501,11 +537,7 @@ pub fn resolve_features(
         let members: Vec<&str> = if device.active.contains_key(name) {
             vec![name.as_str()]
         } else if let Some((_, group)) = LEGACY_NAMES.iter().find(|(l, _)| l == name) {
-            group
-                .iter()
-                .copied()
-                .filter(|m| device.active.contains_key(*m))
-                .collect()
+            legacy_members(name, group, device)
         } else {
             Vec::new()
         };
@@ -569,6 +601,37 @@ mod resolve_tests {
             Some(&(false, "tso".to_string()))
         );
         assert!(!got.contains_key("tx-tcp-ecn-segmentation"));
+    }
+
+    /// Kernel 6.18 has `tx-tcp-accecn-segmentation`, which no list names: `tso off`
+    /// must switch it too (as `ethtool -K tso off` does), or `ethtool -k` still shows
+    /// TSO on. Found by `cargo xtask chaos` (seed 11) on a veth.
+    #[test]
+    fn legacy_groups_take_members_by_pattern_like_ethtool() {
+        let mut d = device();
+        for f in [
+            "tx-tcp-accecn-segmentation",
+            "tx-checksum-sctp",
+            "tx-udp-segmentation",
+        ] {
+            d.active.insert(f.into(), true);
+            d.changeable.insert(f.into());
+        }
+        let req = BTreeMap::from([("tcp-segmentation-offload".to_string(), false)]);
+        let got = resolve_features(&req, &d).unwrap();
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "tx-tcp-accecn-segmentation",
+                "tx-tcp-segmentation",
+                "tx-tcp6-segmentation"
+            ]
+        );
+        let req = BTreeMap::from([("tx".to_string(), false)]);
+        let got = resolve_features(&req, &d).unwrap();
+        assert!(got.contains_key("tx-checksum-sctp"));
+        assert!(!got.contains_key("tx-udp-segmentation"));
     }
 
     #[test]
