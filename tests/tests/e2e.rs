@@ -32,6 +32,25 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
         ))?;
         let err = prepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "prepare failed: {err}");
+        // Prepare staged the data path on the NIC at home: programs attached (XDP and
+        // TCX; this bpftool lists only the XDP one), counting only, pinned.
+        let staged = programs_on(topo.node.path(), NIC);
+        ensure!(
+            !staged.is_empty(),
+            "no data path staged on {NIC} at prepare: {staged:?} {}\n{}",
+            String::from_utf8_lossy(
+                &std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", topo.node.path().display()))
+                    .args(["bpftool", "-j", "net", "show", "dev", NIC])
+                    .output()?
+                    .stdout
+            ),
+            c.driver.log_text()
+        );
+        ensure!(
+            !topo.bpf.leftovers().is_empty(),
+            "staged data path not pinned"
+        );
 
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(
@@ -60,6 +79,13 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
         ensure!(
             topo.node.ip(&["link", "show", NIC]).is_err(),
             "{NIC} still on the node"
+        );
+        // The staged programs came along with the device: the same program IDs, not
+        // a fresh attach.
+        let in_pod = programs_on(topo.pod.path(), POD_IF);
+        ensure!(
+            in_pod == staged,
+            "programs in the pod {in_pod:?}, staged {staged:?}"
         );
 
         let (allowed, forbidden) = tokio::task::block_in_place(|| traffic(&topo, N))?;
@@ -152,14 +178,32 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
             mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
             "restored: mtu {mtu} {addrs:?}"
         );
+        // Home again with the staged programs, counting only, until unprepare; the
+        // pod's socket guard went with the pod.
+        let home = programs_on(topo.node.path(), NIC);
         ensure!(
-            topo.bpf.leftovers().is_empty(),
-            "pins left: {:?}",
+            home == staged,
+            "programs at home {home:?}, staged {staged:?}"
+        );
+        ensure!(
+            !topo
+                .bpf
+                .leftovers()
+                .iter()
+                .any(|p| p.to_string_lossy().contains("link_guard")),
+            "socket guard left after the pod: {:?}",
             topo.bpf.leftovers()
         );
 
         let err = unprepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "unprepare: {err}");
+        ensure!(
+            topo.bpf.leftovers().is_empty(),
+            "pins left after unprepare: {:?}",
+            topo.bpf.leftovers()
+        );
+        let left = programs_on(topo.node.path(), NIC);
+        ensure!(left.is_empty(), "programs left on {NIC}: {left:?}");
         let code = c.driver.stop()?;
         ensure!(
             code == Some(0),
@@ -170,6 +214,28 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
         ensure!(sockets.is_empty(), "sockets left: {sockets:?}");
         Ok(())
     })
+}
+
+/// The IDs of the eBPF programs attached to `dev` in namespace `ns` (XDP, tc, TCX),
+/// as `bpftool net show` reports them.
+fn programs_on(ns: &std::path::Path, dev: &str) -> Vec<u64> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["bpftool", "-j", "net", "show", "dev", dev])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| ["xdp", "tc", "tcx"].map(|k| e[k].clone()))
+        .filter_map(|a| a.as_array().cloned())
+        .flatten()
+        .filter_map(|p| p["id"].as_u64().or_else(|| p["prog_id"].as_u64()))
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 #[test]
@@ -231,7 +297,25 @@ fn configure_failure_sends_device_home_and_reports_false() {
             "{entry}"
         );
         ensure!(entry["data"]["state"] == "Error", "{entry}");
-        ensure!(topo.bpf.leftovers().is_empty());
+        // Only the data path staged at prepare is left, counting only on the NIC at
+        // home, until the claim is unprepared.
+        ensure!(
+            !topo
+                .bpf
+                .leftovers()
+                .iter()
+                .any(|p| p.to_string_lossy().contains("link_guard")),
+            "socket guard left: {:?}",
+            topo.bpf.leftovers()
+        );
+        let err = unprepare(&c, "bad", "uid-bad").await?;
+        ensure!(err.is_empty(), "unprepare: {err}");
+        ensure!(
+            topo.bpf.leftovers().is_empty(),
+            "pins left after unprepare: {:?}",
+            topo.bpf.leftovers()
+        );
+        ensure!(programs_on(topo.node.path(), NIC).is_empty());
         Ok(())
     })
     .unwrap();
@@ -254,6 +338,25 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
         ))?;
         let err = prepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "prepare failed: {err}");
+        // Prepare staged the data path on the NIC at home: programs attached (XDP and
+        // TCX; this bpftool lists only the XDP one), counting only, pinned.
+        let staged = programs_on(topo.node.path(), NIC);
+        ensure!(
+            !staged.is_empty(),
+            "no data path staged on {NIC} at prepare: {staged:?} {}\n{}",
+            String::from_utf8_lossy(
+                &std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", topo.node.path().display()))
+                    .args(["bpftool", "-j", "net", "show", "dev", NIC])
+                    .output()?
+                    .stdout
+            ),
+            c.driver.log_text()
+        );
+        ensure!(
+            !topo.bpf.leftovers().is_empty(),
+            "staged data path not pinned"
+        );
         let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
 
         // The driver stops; its checkpoint is damaged while it is down.

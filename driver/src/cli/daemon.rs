@@ -32,7 +32,10 @@ use crate::{
     kubelet::{
         self, ClaimPreparer, KubeletPluginConfig, NotifyingPreparer, Preparer, RegistrationState,
     },
-    lifecycle::{DeviceOutcome, InventoryResolver, LifecycleConfig, LifecycleError, Pods},
+    lifecycle::{
+        staging::StagingPreparer, DeviceOutcome, InventoryResolver, LifecycleConfig,
+        LifecycleError, Pods,
+    },
     metrics::{MeteredPods, MeteredPreparer, Metrics, Readiness},
     netns::Netns,
     nri::NriPlugin,
@@ -266,8 +269,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         store.clone(),
         kubelet::prepare::network_config_parser(),
     );
+    // Data paths are staged at prepare once the lifecycle exists (step 6).
+    let staging = Arc::new(std::sync::OnceLock::new());
     let preparer: Arc<dyn ClaimPreparer> = Arc::new(NotifyingPreparer::new(
-        Arc::new(MeteredPreparer::new(Arc::new(preparer), metrics.clone())),
+        Arc::new(MeteredPreparer::new(
+            Arc::new(StagingPreparer::new(Arc::new(preparer), staging.clone())),
+            metrics.clone(),
+        )),
         pin_claimed,
     ));
     if let Some(aside) = store.moved_aside() {
@@ -319,6 +327,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     );
     let mut lifecycle = LifecycleConfig::new(&args.bpf_root);
     lifecycle.dataplane = args.dataplane == Dataplane::On;
+    let dataplane = lifecycle.dataplane;
     let pods = Pods::new(
         store.clone(),
         host.try_clone().context("the node's network namespace")?,
@@ -326,6 +335,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         lifecycle,
         Some(status_tx),
     );
+    if dataplane {
+        let _ = staging.set(pods.clone());
+    }
     // Pods that ended while the driver was away, then pods that end without a stop.
     for (uid, result) in tokio::task::spawn_blocking({
         let pods = pods.clone();

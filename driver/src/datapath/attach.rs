@@ -98,6 +98,9 @@ pub struct AttachOptions {
     /// The pod's cgroup directory: when set, the socket guard ([`super::guard`]) is
     /// attached there, and the data path is not attached without it.
     pub guard_cgroup: Option<PathBuf>,
+    /// Staged before its pod exists (count only, on the host): the guard program is
+    /// pinned too, so the pod start attaches it without the object.
+    pub stage: bool,
 }
 
 /// The result of attaching inside the namespace: modes and clsact handles.

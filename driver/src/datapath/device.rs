@@ -152,6 +152,7 @@ impl AttachedDatapath {
         let loaded = started.elapsed();
 
         let guard_cgroup = options.guard_cgroup.clone();
+        let stage = options.stage;
         let thread_key = key.clone();
         let ifname = interface.to_string();
         let netns_name = netns.path().display().to_string();
@@ -165,17 +166,24 @@ impl AttachedDatapath {
         attached.meta.netns_inode = netns_inode;
         let hooked = started.elapsed();
 
-        let pinned = pin_all(&mut ebpf, &key, &dir, &mut attached).and_then(|()| {
-            let Some(cgroup) = &guard_cgroup else {
-                return Ok(());
-            };
-            super::guard::attach(&mut ebpf, cgroup, &dir.join(super::guard::LINK_GUARD)).map_err(
-                |source| DatapathError::Guard {
-                    key: key.to_string(),
-                    source,
-                },
-            )
-        });
+        let pinned =
+            pin_all(&mut ebpf, &key, &dir, &mut attached).and_then(|()| {
+                if stage {
+                    super::guard::pin_program(&mut ebpf, &dir.join(super::guard::PROG_GUARD))
+                        .map_err(|source| DatapathError::Guard {
+                            key: key.to_string(),
+                            source,
+                        })?;
+                }
+                let Some(cgroup) = &guard_cgroup else {
+                    return Ok(());
+                };
+                super::guard::attach(&mut ebpf, cgroup, &dir.join(super::guard::LINK_GUARD))
+                    .map_err(|source| DatapathError::Guard {
+                        key: key.to_string(),
+                        source,
+                    })
+            });
         if let Err(e) = pinned {
             remove_pins(&dir);
             // Dropping `ebpf` and the unpinned links detaches what was attached;
@@ -310,6 +318,14 @@ impl AttachedDatapath {
     /// cleared only after an RCU grace period (every tc/XDP program run that began
     /// before the flip has finished), so no reader ever sees a slot change under it.
     pub fn update_policy(&mut self, policy: &DatapathPolicy) -> Result<(), DatapathError> {
+        self.replace_policy(policy, true)
+    }
+
+    fn replace_policy(
+        &mut self,
+        policy: &DatapathPolicy,
+        clear_old: bool,
+    ) -> Result<(), DatapathError> {
         let previous: BTreeMap<IpNet, u32> = self
             .current
             .prefixes
@@ -374,10 +390,66 @@ impl AttachedDatapath {
         );
         self.current = compiled;
         self.generation = generation;
+        if !clear_old {
+            return Ok(());
+        }
         // Leave the old slot empty so a later reader cannot mistake it for live policy,
         // once no program run that may have chosen it is still going.
         super::grace::wait_for_readers().map_err(|e| map_err(&self.key, MAP_ACTIVE, e))?;
         self.maps.clear_slot(&self.key, active)
+    }
+
+    /// Takes over a data path staged before its pod existed ([`AttachOptions::stage`])
+    /// once its device is in the pod as `ifindex`: checks that both links came along
+    /// with the device (XDP and TCX links survive a namespace move; clsact filters do
+    /// not, and a staged path that fell back to them is refused), puts `policy` in
+    /// force ([`Self::enforce`]) and attaches the socket guard to `guard_cgroup`.
+    pub fn take_staged(
+        &mut self,
+        ifindex: u32,
+        policy: &DatapathPolicy,
+        guard_cgroup: Option<&Path>,
+    ) -> Result<(), DatapathError> {
+        for link in [pins::LINK_EGRESS, pins::LINK_INGRESS] {
+            let path = self.dir.join(link);
+            let at = super::guard::link_ifindex(&path).map_err(|e| DatapathError::Pin {
+                key: self.key.to_string(),
+                path: path.clone(),
+                detail: format!("reading the link's device: {e}"),
+            })?;
+            if at != ifindex {
+                return Err(DatapathError::Attach {
+                    key: self.key.to_string(),
+                    direction: if link == pins::LINK_EGRESS {
+                        "egress"
+                    } else {
+                        "ingress"
+                    },
+                    interface: format!("ifindex {ifindex}"),
+                    detail: format!(
+                        "the staged link is on ifindex {at}, not on the device in the pod"
+                    ),
+                });
+            }
+        }
+        self.enforce(policy)?;
+        if let Some(cgroup) = guard_cgroup {
+            let program = self.dir.join(super::guard::PROG_GUARD);
+            super::guard::attach_pinned(&program, cgroup, &self.dir.join(super::guard::LINK_GUARD))
+                .map_err(|source| DatapathError::Guard {
+                    key: self.key.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Puts `policy` in force without waiting: like [`Self::update_policy`], but the
+    /// old slot is left for the next update to clear after its grace period. Right
+    /// for a path that only counted (staged, or stood down) until now: a program still
+    /// reading the old slot lets its packet through, as it did a moment earlier.
+    pub fn enforce(&mut self, policy: &DatapathPolicy) -> Result<(), DatapathError> {
+        self.replace_policy(policy, false)
     }
 
     /// Stops enforcing without detaching: the active slot's flags become 0 (count
@@ -385,7 +457,8 @@ impl AttachedDatapath {
     /// its packet through or drops it by the old policy, as it would have a moment
     /// earlier). For a device that leaves its pod with the programs still attached
     /// (XDP and TCX links survive a namespace move: `tests/tests/datapath_move.rs`),
-    /// so the node's own traffic is never held to the pod's policy.
+    /// so the node's own traffic is never held to the pod's policy. The socket guard's
+    /// link is removed (it is the pod's).
     pub fn stand_down(&mut self) -> Result<(), DatapathError> {
         let active = self.maps.active_slot(&self.key)?;
         let compiled = CompiledPolicy {
@@ -400,7 +473,17 @@ impl AttachedDatapath {
             .write_slot_config(&self.key, active, &compiled, generation)?;
         self.current = compiled;
         self.generation = generation;
-        Ok(())
+        // The socket guard belongs to the pod's cgroup: it goes with the pod.
+        let guard = self.dir.join(super::guard::LINK_GUARD);
+        match std::fs::remove_file(&guard) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DatapathError::Pin {
+                key: self.key.to_string(),
+                path: guard,
+                detail: e.to_string(),
+            }),
+        }
     }
 
     /// Reads and sums the counters, including packets per allowed prefix.

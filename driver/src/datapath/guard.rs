@@ -23,10 +23,14 @@ use netclaim_common::PROG_GUARD_SOCKOPT;
 
 /// Pin file of the guard link.
 pub const LINK_GUARD: &str = "link_guard_sockopt";
+/// Pin of the guard program itself, for a data path staged before its pod exists.
+pub const PROG_GUARD: &str = "prog_guard_sockopt";
 
 /// `BPF_LINK_CREATE`, `BPF_OBJ_PIN` (uapi `enum bpf_cmd`) and
 /// `BPF_CGROUP_SETSOCKOPT` (`enum bpf_attach_type`).
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 
@@ -48,6 +52,12 @@ pub enum GuardError {
     Program(#[source] ProgramError),
     #[error("guard program {PROG_GUARD_SOCKOPT} is missing from the eBPF object")]
     Missing,
+    #[error("pinning the guard program at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
 }
 
 /// Where the cgroup v2 hierarchy is mounted, from a `/proc/self/mountinfo` text.
@@ -144,16 +154,54 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> 
 /// pin holds the attachment; removing it detaches the guard.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin: &Path) -> Result<(), GuardError> {
     load(ebpf)?;
-    let dir = std::fs::File::open(cgroup).map_err(|source| GuardError::Io {
-        what: "opening cgroup",
-        path: cgroup.to_path_buf(),
-        source,
-    })?;
     let prog_fd = program(ebpf)?
         .fd()
         .map_err(GuardError::Program)?
         .as_fd()
         .as_raw_fd();
+    link_and_pin(prog_fd, cgroup, pin)
+}
+
+/// Pins the guard program of a loaded instance at `pin`, so a later pod start can
+/// attach it ([`attach_pinned`]) without the object (a data path staged at prepare).
+pub fn pin_program(ebpf: &mut Ebpf, pin: &Path) -> Result<(), GuardError> {
+    load(ebpf)?;
+    program(ebpf)?.pin(pin).map_err(|source| GuardError::Pin {
+        path: pin.to_path_buf(),
+        source,
+    })
+}
+
+/// [`attach`] with the program pinned at `program_pin` by [`pin_program`].
+pub fn attach_pinned(program_pin: &Path, cgroup: &Path, pin: &Path) -> Result<(), GuardError> {
+    let path = c_path(program_pin)?;
+    // union bpf_attr, obj_get: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr).map_err(|source| GuardError::Io {
+        what: "opening the pinned guard program",
+        path: program_pin.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the kernel returned a fresh program fd that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    link_and_pin(prog.as_raw_fd(), cgroup, pin)
+}
+
+fn c_path(path: &Path) -> Result<CString, GuardError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| GuardError::Io {
+        what: "pin path",
+        path: path.to_path_buf(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+fn link_and_pin(prog_fd: std::os::fd::RawFd, cgroup: &Path, pin: &Path) -> Result<(), GuardError> {
+    let dir = std::fs::File::open(cgroup).map_err(|source| GuardError::Io {
+        what: "opening cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
     // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags (u32 each).
     let mut attr = [0u64; 8];
     attr[0] = u64::from(prog_fd as u32) | u64::from(dir.as_raw_fd() as u32) << 32;
@@ -165,11 +213,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin: &Path) -> Result<(), GuardErr
     })?;
     // SAFETY: the kernel returned a fresh link fd that nothing else owns.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let path = CString::new(pin.as_os_str().as_bytes()).map_err(|_| GuardError::Io {
-        what: "pin path",
-        path: pin.to_path_buf(),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    })?;
+    let path = c_path(pin)?;
     // union bpf_attr, obj_pin: pathname (u64), bpf_fd (u32), file_flags (u32).
     let mut attr = [0u64; 8];
     attr[0] = path.as_ptr() as u64;
@@ -182,6 +226,25 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin: &Path) -> Result<(), GuardErr
     // Our fd closes here; the pin keeps the link (and the attachment) alive.
     drop(link);
     Ok(())
+}
+
+/// The ifindex of the device the link pinned at `pin` is attached to (XDP and TCX
+/// links; `bpf_link_info`'s union starts at byte 16 and both begin with `ifindex`);
+/// 0 when its device is gone.
+pub fn link_ifindex(pin: &Path) -> std::io::Result<u32> {
+    let path = c_path(pin).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a fresh link fd that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = [0u8; 64];
+    // union bpf_attr, info: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(link.as_raw_fd() as u32) | (info.len() as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }
 
 /// Whether a device's pin directory holds a guard.

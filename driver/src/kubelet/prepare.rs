@@ -385,6 +385,7 @@ pub fn plan_claim(
             config: merged,
             valid,
             placement: Default::default(),
+            staged: false,
             share_id,
             prepared_at: now,
         });

@@ -76,6 +76,9 @@ pub struct Progress {
     pub moved: bool,
     /// A data path is (or may be) pinned for it.
     pub datapath: bool,
+    /// That data path was staged at prepare: it goes home with the device, counting
+    /// only, and stays until unprepare.
+    pub staged: bool,
     /// A DHCP lease may be held for it.
     pub lease: bool,
 }
@@ -92,7 +95,8 @@ pub enum UndoStep {
     Restore,
     /// Remove the data path (after the move: XDP and TCX links survive it, and
     /// detaching first makes the kernel's deferred link release race the move for
-    /// RTNL). Where restoring failed, in the pod.
+    /// RTNL). Where restoring failed, in the pod. Not for a staged data path: that
+    /// one stays, counting only, until unprepare.
     Detach,
     /// Record it home. Only when every step before it succeeded: otherwise the
     /// record stays and the next stop, synchronize or restart tries again.
@@ -111,7 +115,7 @@ pub fn undo_steps(progress: Progress) -> Vec<UndoStep> {
     if progress.moved {
         steps.push(UndoStep::Restore);
     }
-    if progress.datapath {
+    if progress.datapath && !progress.staged {
         steps.push(UndoStep::Detach);
     }
     if progress.recorded {
@@ -190,6 +194,7 @@ mod tests {
             moved: true,
             datapath: true,
             lease: true,
+            staged: false,
         };
         assert_eq!(
             undo_steps(all),
@@ -209,5 +214,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(undo_steps(no_datapath), vec![Restore, ClearRecord]);
+        // A staged data path goes home counting only and stays.
+        let staged = Progress {
+            staged: true,
+            ..all
+        };
+        assert_eq!(
+            undo_steps(staged),
+            vec![ReleaseLease, StandDown, Restore, ClearRecord]
+        );
     }
 }

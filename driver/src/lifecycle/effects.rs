@@ -70,6 +70,18 @@ pub trait Effects {
         policy: &DatapathPolicy,
         guard: Option<&Path>,
     ) -> Result<(), DatapathError>;
+    /// Takes over the data path staged at prepare now that the device is in the pod
+    /// as `ifindex` (see [`AttachedDatapath::take_staged`]). False when there is
+    /// none, or when it did not survive the move (then it is removed): the caller
+    /// attaches a fresh one.
+    fn take_staged(
+        &self,
+        key: &DatapathKey,
+        pod: &Self::Pod,
+        ifindex: u32,
+        policy: &DatapathPolicy,
+        guard: Option<&Path>,
+    ) -> bool;
     /// Acquires the device's DHCP lease in the pod before `until` and keeps it renewed.
     #[allow(clippy::too_many_arguments)]
     fn acquire_lease(
@@ -285,6 +297,35 @@ impl Effects for Kernel {
             },
         )
         .map(|_| ())
+    }
+
+    fn take_staged(
+        &self,
+        key: &DatapathKey,
+        pod: &Netns,
+        ifindex: u32,
+        policy: &DatapathPolicy,
+        guard: Option<&Path>,
+    ) -> bool {
+        let mut dp = match AttachedDatapath::adopt(&self.layout, key.clone()) {
+            Ok(dp) => dp,
+            Err(DatapathError::NotPinned { .. }) => return false,
+            Err(e) => {
+                tracing::warn!(device = %key, "the staged data path cannot be opened ({e}); attaching a fresh one");
+                let _ = self.detach(key, Some(pod));
+                return false;
+            }
+        };
+        match dp.take_staged(ifindex, policy, guard) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(device = %key, "the staged data path is not usable in the pod ({e}); attaching a fresh one");
+                if let Err(d) = dp.detach(&self.layout, Some(pod)) {
+                    tracing::warn!(device = %key, "removing the staged data path: {d}");
+                }
+                false
+            }
+        }
     }
 
     fn acquire_lease(

@@ -280,6 +280,17 @@ impl Effects for Fake {
         Ok(())
     }
 
+    fn take_staged(
+        &self,
+        _key: &DatapathKey,
+        _pod: &String,
+        _ifindex: u32,
+        _policy: &DatapathPolicy,
+        _guard: Option<&Path>,
+    ) -> bool {
+        false
+    }
+
     fn acquire_lease(
         &self,
         _claim_uid: &str,

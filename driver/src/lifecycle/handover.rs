@@ -64,6 +64,8 @@ pub struct Taken {
     pub moved: Option<(PodSide, Option<HostOriginals>)>,
     /// Its data path, when one is (or may be) pinned.
     pub datapath: Option<DatapathKey>,
+    /// That data path was staged at prepare (it stays after the device is home).
+    pub staged: bool,
     /// A DHCP lease may be held for it.
     pub lease: bool,
     /// A write-ahead record stands for it.
@@ -79,6 +81,7 @@ impl Taken {
             moved: self.moved.is_some(),
             datapath: self.datapath.is_some(),
             lease: self.lease,
+            staged: self.staged,
         }
     }
 
@@ -96,6 +99,7 @@ impl Taken {
                 Some(att.originals.clone()),
             )),
             datapath: att.datapath.then(|| datapath_key(plan)).flatten(),
+            staged: plan.staged && att.datapath,
             lease: att.dhcp.is_some(),
             recorded: true,
             record: Some(att.clone()),
@@ -444,6 +448,7 @@ fn hand_over<E: Effects>(
         plan: plan.clone(),
         moved: None,
         datapath: None,
+        staged: false,
         lease: false,
         recorded: false,
         record: None,
@@ -552,13 +557,19 @@ fn hand_over<E: Effects>(
         };
         // Pinned in part even when attaching fails: the undo removes what is there.
         taken.datapath = Some(key.clone());
-        if let Err(err) = e.attach(&key, pod, &configured.pod_ifname, &policy, guard) {
-            fail!(Failure::new(
-                LifecycleStep::Datapath,
-                FailedPart::DataPath,
-                "DataPathAttachFailed",
-                err.to_string()
-            ))
+        // Staged at prepare: the links came with the device; only the policy and the
+        // guard are left (no attach, no RTNL). Otherwise attach now.
+        taken.staged =
+            plan.staged && e.take_staged(&key, pod, configured.ifindex_in_pod, &policy, guard);
+        if !taken.staged {
+            if let Err(err) = e.attach(&key, pod, &configured.pod_ifname, &policy, guard) {
+                fail!(Failure::new(
+                    LifecycleStep::Datapath,
+                    FailedPart::DataPath,
+                    "DataPathAttachFailed",
+                    err.to_string()
+                ))
+            }
         }
         base_policy = Some(policy);
     }

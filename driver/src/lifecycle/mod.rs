@@ -47,6 +47,7 @@ pub mod leases;
 pub mod nri;
 pub mod resolver;
 pub mod settings;
+pub mod staging;
 
 pub use resolver::InventoryResolver;
 

@@ -59,6 +59,11 @@ pub struct Plan {
     /// Where the device is, written ahead of every move (set by the pod hooks).
     #[serde(default)]
     pub placement: Placement,
+    /// A data path may be staged for the device: attached at prepare on the host,
+    /// counting only, carried into the pod by the move (written before it is made,
+    /// cleared after it is removed at unprepare).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
     /// `results[].shareID`, when the device is shared (consumable capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
@@ -155,6 +160,8 @@ struct StoredPlan {
     #[serde(default)]
     placement: Option<Placement>,
     #[serde(default)]
+    staged: bool,
+    #[serde(default)]
     attached: bool,
     #[serde(default)]
     attachment: Option<Attachment>,
@@ -181,6 +188,7 @@ impl From<StoredPlan> for Plan {
             config: s.config,
             valid: s.valid,
             placement,
+            staged: s.staged,
             share_id: s.share_id,
             prepared_at: s.prepared_at,
         }

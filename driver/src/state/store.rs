@@ -1029,6 +1029,7 @@ mod tests {
                 config: serde_json::json!({"interface": {"mtu": 9000}}),
                 valid: None,
                 placement: Default::default(),
+                staged: false,
                 share_id: None,
                 prepared_at: 1,
             }],
