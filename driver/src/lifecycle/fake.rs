@@ -282,13 +282,23 @@ impl Effects for Fake {
 
     fn take_staged(
         &self,
-        _key: &DatapathKey,
+        key: &DatapathKey,
         _pod: &String,
         _ifindex: u32,
         _policy: &DatapathPolicy,
         _guard: Option<&Path>,
     ) -> bool {
-        false
+        // A failure here is "not usable": the caller attaches a fresh one.
+        if self.tick().is_err() {
+            return false;
+        }
+        let mut w = self.world.borrow_mut();
+        let key = key.to_string();
+        if !w.pinned.contains(&key) {
+            return false;
+        }
+        w.enforcing.insert(key);
+        true
     }
 
     fn acquire_lease(
@@ -725,4 +735,68 @@ fn a_failed_start_names_the_device_the_step_and_the_cause() {
     );
     assert!(text.contains("configuring: moving"), "{text}");
     assert_all_home(&f, "move failed");
+}
+
+/// The world after prepare staged both data paths: pinned, counting only.
+fn staged_world() -> Fake {
+    let f = world();
+    {
+        let mut w = f.world.borrow_mut();
+        for c in w.checkpoint.values_mut() {
+            for p in &mut c.plans {
+                p.staged = true;
+            }
+        }
+        for d in DEVICES {
+            let key = DatapathKey::new("ns".to_string(), "claim-a".to_string(), d.to_string())
+                .expect("key");
+            w.pinned.insert(key.to_string());
+        }
+    }
+    f
+}
+
+/// Home as it was, with the staged data paths still pinned and only counting.
+fn assert_home_staged(f: &Fake, what: &str) {
+    {
+        let mut w = f.world.borrow_mut();
+        assert_eq!(
+            w.pinned.len(),
+            DEVICES.len(),
+            "{what}: staged pins {:?}",
+            w.pinned
+        );
+        assert!(w.enforcing.is_empty(), "{what}: still enforcing at home");
+        // What is left to check is what a world without staging must show.
+        w.pinned.clear();
+    }
+    assert_all_home(f, what);
+}
+
+#[test]
+fn a_staged_data_path_is_taken_over_in_the_pod_and_stays_when_the_device_goes_home() {
+    let f = staged_world();
+    start(&f).expect("start");
+    assert_all_in_pod(&f, "staged start");
+    handover::give_back(&f, POD_UID).expect("stop");
+    assert_home_staged(&f, "staged stop");
+}
+
+#[test]
+fn any_failing_call_of_a_staged_start_goes_back_to_the_staged_state() {
+    let n = {
+        let f = staged_world();
+        start(&f).expect("start");
+        let calls = f.world.borrow().calls;
+        calls
+    };
+    for k in 1..=n {
+        let f = staged_world();
+        f.world.borrow_mut().fail_at = Some(k);
+        match start(&f) {
+            Err(err) => assert_home_staged(&f, &format!("staged start failing at call {k}: {err}")),
+            // A failing take-over falls back to a fresh attach: the pod starts.
+            Ok(_) => assert_all_in_pod(&f, &format!("staged start, call {k} failed")),
+        }
+    }
 }
