@@ -304,73 +304,18 @@ impl LeaseKeeper {
         deadline: Instant,
         on_change: impl FnMut(&LeaseEvent) + Send + 'static,
     ) -> Result<(Self, Lease), DhcpError> {
-        let ns = pod.try_clone()?;
-        let (commands, inbox) = mpsc::channel();
-        let (first_tx, first_rx) = mpsc::channel();
-        let current = Arc::new(Mutex::new(None));
-        let shared = current.clone();
-        let name = device.to_string();
-        let thread = std::thread::Builder::new()
-            .name("dhcp".into())
-            .spawn(move || {
-                if let Err(source) = setns(ns.file().as_fd(), CloneFlags::CLONE_NEWNET) {
-                    let _ = first_tx.send(Err(DhcpError::Netns(NetnsError::Enter {
-                        path: ns.path().to_path_buf(),
-                        source,
-                    })));
-                    return;
-                }
-                let Some(ifindex) = ifindex_of(&name) else {
-                    let _ = first_tx.send(Err(DhcpError::NotFound { device: name }));
-                    return;
-                };
-                let mut held = Held {
-                    device: name,
-                    client: ClientId { mac },
-                    lease: None,
-                    granted: Instant::now(),
-                    installed: None,
-                    ifindex,
-                };
-                match held.acquire(deadline) {
-                    Ok(lease) => {
-                        set(&shared, Some(lease.clone()));
-                        if first_tx.send(Ok(lease)).is_err() {
-                            // The caller is gone: nobody owns the lease but us.
-                            let _ = held.give_back(true);
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = first_tx.send(Err(e));
-                        return;
-                    }
-                }
-                keep(held, inbox, shared, on_change);
-            })
-            .map_err(|source| NetnsError::Spawn {
-                path: pod.path().to_path_buf(),
-                source,
-            })?;
-        let keeper = Self {
-            device: device.to_string(),
-            commands,
-            current,
-            thread: Some(thread),
-        };
-        match first_rx.recv() {
-            Ok(Ok(lease)) => Ok((keeper, lease)),
-            Ok(Err(e)) => {
-                keeper.join();
-                Err(e)
-            }
-            Err(_) => {
-                keeper.join();
-                Err(DhcpError::Gone {
-                    device: device.to_string(),
-                })
-            }
-        }
+        Self::spawn(pod, device, None, on_change, move |name, ifindex| {
+            let mut held = Held {
+                device: name,
+                client: ClientId { mac },
+                lease: None,
+                granted: Instant::now(),
+                installed: None,
+                ifindex,
+            };
+            let lease = held.acquire(deadline)?;
+            Ok((held, lease))
+        })
     }
 
     /// Takes over a lease that an earlier run of the driver acquired and installed on
@@ -385,26 +330,9 @@ impl LeaseKeeper {
         lease: Lease,
         on_change: impl FnMut(&LeaseEvent) + Send + 'static,
     ) -> Result<Self, DhcpError> {
-        let ns = pod.try_clone()?;
-        let (commands, inbox) = mpsc::channel();
-        let (first_tx, first_rx) = mpsc::channel();
-        let current = Arc::new(Mutex::new(Some(lease.clone())));
-        let shared = current.clone();
-        let name = device.to_string();
-        let thread = std::thread::Builder::new()
-            .name("dhcp".into())
-            .spawn(move || {
-                if let Err(source) = setns(ns.file().as_fd(), CloneFlags::CLONE_NEWNET) {
-                    let _ = first_tx.send(Err(DhcpError::Netns(NetnsError::Enter {
-                        path: ns.path().to_path_buf(),
-                        source,
-                    })));
-                    return;
-                }
-                let Some(ifindex) = ifindex_of(&name) else {
-                    let _ = first_tx.send(Err(DhcpError::NotFound { device: name }));
-                    return;
-                };
+        let first = lease.clone();
+        let (keeper, ()) =
+            Self::spawn(pod, device, Some(first), on_change, move |name, ifindex| {
                 let installed = Installed {
                     ifindex,
                     address: lease.address,
@@ -423,10 +351,55 @@ impl LeaseKeeper {
                     installed: Some(installed),
                     ifindex,
                 };
-                if first_tx.send(Ok(())).is_err() {
+                Ok((held, ()))
+            })?;
+        Ok(keeper)
+    }
+
+    /// Starts the keeper's thread in `pod`: `first` makes the [`Held`] lease (an
+    /// exchange, or one taken over) and what the caller gets back; then the thread
+    /// keeps the lease until stopped.
+    fn spawn<T: Send + 'static>(
+        pod: &Netns,
+        device: &str,
+        current: Option<Lease>,
+        on_change: impl FnMut(&LeaseEvent) + Send + 'static,
+        first: impl FnOnce(String, u32) -> Result<(Held, T), DhcpError> + Send + 'static,
+    ) -> Result<(Self, T), DhcpError> {
+        let ns = pod.try_clone()?;
+        let (commands, inbox) = mpsc::channel();
+        let (first_tx, first_rx) = mpsc::channel();
+        let current = Arc::new(Mutex::new(current));
+        let shared = current.clone();
+        let name = device.to_string();
+        let thread = std::thread::Builder::new()
+            .name("dhcp".into())
+            .spawn(move || {
+                if let Err(source) = setns(ns.file().as_fd(), CloneFlags::CLONE_NEWNET) {
+                    let _ = first_tx.send(Err(DhcpError::Netns(NetnsError::Enter {
+                        path: ns.path().to_path_buf(),
+                        source,
+                    })));
                     return;
                 }
-                keep(held, inbox, shared, on_change);
+                let Some(ifindex) = ifindex_of(&name) else {
+                    let _ = first_tx.send(Err(DhcpError::NotFound { device: name }));
+                    return;
+                };
+                match first(name, ifindex) {
+                    Ok((mut held, value)) => {
+                        set(&shared, held.lease.clone());
+                        if first_tx.send(Ok(value)).is_err() {
+                            // The caller is gone: nobody owns the lease but us.
+                            let _ = held.give_back(true);
+                            return;
+                        }
+                        keep(held, inbox, shared, on_change);
+                    }
+                    Err(e) => {
+                        let _ = first_tx.send(Err(e));
+                    }
+                }
             })
             .map_err(|source| NetnsError::Spawn {
                 path: pod.path().to_path_buf(),
@@ -439,7 +412,7 @@ impl LeaseKeeper {
             thread: Some(thread),
         };
         match first_rx.recv() {
-            Ok(Ok(())) => Ok(keeper),
+            Ok(Ok(value)) => Ok((keeper, value)),
             Ok(Err(e)) => {
                 keeper.join();
                 Err(e)
