@@ -730,3 +730,14 @@ impl RealCluster {
         Ok(())
     }
 }
+
+/// `n` datagrams from a pod the runtime made, through its claimed device:
+/// (arrived allowed, arrived forbidden). The claim's route around goes to
+/// 203.0.113.0/25, the half of the range the pods' CNI network does not use.
+pub fn pod_traffic(
+    topo: &crate::scenario::Topology,
+    pod_netns: &Path,
+    n: u32,
+) -> anyhow::Result<(u64, u64)> {
+    crate::scenario::traffic_from(topo, pod_netns, "203.0.113.0/25", n)
+}

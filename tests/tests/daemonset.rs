@@ -371,16 +371,6 @@ impl Drop for SharedMounts {
     }
 }
 
-fn link_in(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
-    netclaim_tests::scenario::link_facts_at(netns, link)
-}
-
-/// `n` datagrams from the pod (route around the claim to the CNI half of
-/// 203.0.113.0/24): (arrived allowed, arrived forbidden).
-fn pod_traffic(topo: &Topology, pod_netns: &Path, n: u32) -> Result<(u64, u64)> {
-    netclaim_tests::scenario::traffic_from(topo, pod_netns, "203.0.113.0/25", n)
-}
-
 /// Pin files below `dir` with their inode numbers (same inode = the same pin).
 fn pins(dir: &Path) -> BTreeMap<PathBuf, u64> {
     netclaim_tests::netenv::files_below(dir)
@@ -403,10 +393,6 @@ impl DriverContainer {
     }
 }
 
-fn crictl_ok(rt: &Containerd, args: &[&str]) -> Result<String> {
-    rt.crictl_ok(args)
-}
-
 /// Creates and starts attempt `attempt` of the driver container.
 fn start_driver_container(
     rt: &Containerd,
@@ -418,7 +404,7 @@ fn start_driver_container(
     let (_, container, _) =
         translate(&pod_template(), node, attempt).map_err(anyhow::Error::msg)?;
     let id = rt.create_container_config(sandbox_id, sandbox, &container)?;
-    crictl_ok(rt, &["start", &id])?;
+    rt.crictl_ok(&["start", &id])?;
     Ok(DriverContainer {
         sandbox_id: sandbox_id.to_string(),
         sandbox: sandbox.clone(),
@@ -446,8 +432,7 @@ fn cap_bit(name: &str) -> Option<u32> {
 /// The driver process as the kernel sees it: it runs with exactly the capabilities
 /// the template grants (when it drops ALL) and the seccomp mode it asks for.
 fn assert_privileges(rt: &Containerd, driver: &DriverContainer) -> Result<()> {
-    let info: Value =
-        serde_json::from_str(&crictl_ok(rt, &["inspect", "-o", "json", &driver.id])?)?;
+    let info: Value = serde_json::from_str(&rt.crictl_ok(&["inspect", "-o", "json", &driver.id])?)?;
     let pid = info["info"]["pid"].as_u64().context("container pid")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |k: &str| {
@@ -638,11 +623,11 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         assert_eq!(err, "", "prepare; container log:\n{}", driver.log_text());
         let (pod, _) = rt.run_pod("web-0", "pod-uid-ds")?;
         let netns = rt.pod_netns(&pod)?;
-        let facts = link_in(&netns, POD_IF)?
+        let facts = netclaim_tests::scenario::link_facts_at(&netns, POD_IF)?
             .with_context(|| format!("{POD_IF} is not in the pod; container log:\n{}", driver.log_text()))?;
         assert_eq!(facts, (1500, vec!["192.0.2.10/24".to_string()]));
-        assert!(link_in(topo.node.path(), NIC)?.is_none(), "{NIC} still on the node");
-        let (allowed, forbidden) = pod_traffic(&topo, &netns, 200)?;
+        assert!(netclaim_tests::scenario::link_facts_at(topo.node.path(), NIC)?.is_none(), "{NIC} still on the node");
+        let (allowed, forbidden) = netclaim_tests::containerd::pod_traffic(&topo, &netns, 200)?;
         assert_eq!((allowed, forbidden), (200, 0), "data path enforcing");
         scenario::wait_for(&scenario::Quiet, "Ready status", Duration::from_secs(10), || {
             status_entry(&api, "web").filter(|e| {
@@ -655,10 +640,10 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         // Restart the container the way kubelet does: stop, remove, create attempt 1.
         let before = pins(topo.bpf.path());
         assert!(!before.is_empty(), "no pins on the host's bpffs");
-        crictl_ok(&rt, &["stop", "--timeout", "10", &driver.id])?;
+        rt.crictl_ok(&["stop", "--timeout", "10", &driver.id])?;
         let first_log = driver.log_text();
         assert!(first_log.contains("SIGTERM"), "the driver did not see SIGTERM:\n{first_log}");
-        crictl_ok(&rt, &["rm", &driver.id])?;
+        rt.crictl_ok(&["rm", &driver.id])?;
         let log_from = rt.log_len();
         let t = Instant::now();
         let driver = start_driver_container(&rt, &node, &driver.sandbox_id, &driver.sandbox, 1)?;
@@ -671,7 +656,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
             log.contains("forwarding eBPF logs of adopted data paths"),
             "the restarted driver did not adopt the pinned data path:\n{log}"
         );
-        let (allowed, forbidden) = pod_traffic(&topo, &netns, 200)?;
+        let (allowed, forbidden) = netclaim_tests::containerd::pod_traffic(&topo, &netns, 200)?;
         assert_eq!((allowed, forbidden), (200, 0), "data path enforcing after the restart");
 
         // The pod stops: the device comes home with its host configuration.
@@ -683,7 +668,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         let left = topo.bpf.leftovers();
         assert!(left.is_empty(), "pins left after the pod stopped: {left:?}");
 
-        crictl_ok(&rt, &["stop", "--timeout", "10", &driver.id])?;
+        rt.crictl_ok(&["stop", "--timeout", "10", &driver.id])?;
         println!("[daemonset] whole lifecycle in {:?}", started.elapsed());
         drop(rt);
         drop(shared);

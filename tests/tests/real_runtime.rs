@@ -25,16 +25,6 @@ use netclaim_tests::{
 
 const BUDGET: Duration = Duration::from_secs(2);
 
-/// `n` datagrams from a pod the runtime made: (arrived allowed, arrived forbidden).
-/// The route around the claim goes to the pods' CNI half of 203.0.113.0/24.
-fn pod_traffic(topo: &Topology, pod_netns: &Path, n: u32) -> Result<(u64, u64)> {
-    scenario::traffic_from(topo, pod_netns, "203.0.113.0/25", n)
-}
-
-fn link_in(netns: &Path, link: &str) -> Result<Option<(u64, Vec<String>)>> {
-    scenario::link_facts_at(netns, link)
-}
-
 /// The node's NIC is home with its host configuration.
 fn assert_home(topo: &Topology) -> Result<()> {
     let (mtu, addrs) = scenario::link_facts(&topo.node, NIC)?;
@@ -80,15 +70,16 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         let (pod, took) = c.runtime.run_pod("web-0", "pod-uid-rrl")?;
         println!("[real] crictl runp with a claimed device: {took:?}");
         let netns = c.runtime.pod_netns(&pod)?;
-        let (mtu, addrs) = link_in(&netns, POD_IF)?.with_context(|| {
-            format!(
-                "{POD_IF} is not in the pod; driver log:\n{}",
-                c.side.driver.log_text()
-            )
-        })?;
+        let (mtu, addrs) =
+            netclaim_tests::scenario::link_facts_at(&netns, POD_IF)?.with_context(|| {
+                format!(
+                    "{POD_IF} is not in the pod; driver log:\n{}",
+                    c.side.driver.log_text()
+                )
+            })?;
         assert_eq!((mtu, addrs), (1500, vec!["192.0.2.10/24".to_string()]));
         assert!(
-            link_in(topo.node.path(), NIC)?.is_none(),
+            netclaim_tests::scenario::link_facts_at(topo.node.path(), NIC)?.is_none(),
             "{NIC} still on the node"
         );
 
@@ -96,7 +87,7 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         let ctr = c.runtime.run_container(&pod, "pod-uid-rrl", "app")?;
         assert_eq!(c.runtime.container_state(&ctr)?, "CONTAINER_RUNNING");
 
-        let (allowed, forbidden) = pod_traffic(&topo, &netns, 200)?;
+        let (allowed, forbidden) = netclaim_tests::containerd::pod_traffic(&topo, &netns, 200)?;
         assert_eq!(
             (allowed, forbidden),
             (200, 0),
@@ -182,7 +173,7 @@ fn after_a_containerd_restart_the_forgotten_stop_still_brings_the_device_home() 
         let late_netns = c.runtime.pod_netns(&late_pod)?;
         c.runtime.wait_plugin("netclaim", from).await?;
         until("the late pod's device", Duration::from_secs(15), || {
-            link_in(&late_netns, POD_IF).ok().flatten().is_some()
+            netclaim_tests::scenario::link_facts_at(&late_netns, POD_IF).ok().flatten().is_some()
         })
         .await
         .with_context(|| c.side.driver.log_text())?;
@@ -277,7 +268,7 @@ fn a_pod_removed_while_netclaim_is_down_is_reported_and_released() {
 
 /// The claim's interface is in the pod with its configured address.
 fn ensure_in_pod(c: &RealCluster, netns: &Path) -> Result<()> {
-    match link_in(netns, POD_IF)? {
+    match netclaim_tests::scenario::link_facts_at(netns, POD_IF)? {
         Some((1500, addrs)) if !addrs.is_empty() => Ok(()),
         other => bail!(
             "{POD_IF} in the pod: {other:?}\ndriver log:\n{}",
@@ -365,7 +356,7 @@ fn a_hook_that_would_exceed_the_runtime_budget_fails_cleanly_in_time() {
         let (pod, took) = c.runtime.run_pod("one-0", "pod-uid-one")?;
         println!("[real] one-device pod started in {took:?} with a {budget:?} budget");
         let netns = c.runtime.pod_netns(&pod)?;
-        assert!(link_in(&netns, POD_IF)?.is_some(), "the one-device pod has no device");
+        assert!(netclaim_tests::scenario::link_facts_at(&netns, POD_IF)?.is_some(), "the one-device pod has no device");
         c.runtime.stop_pod(&pod)?;
         c.runtime.remove_pod(&pod)?;
         Ok(())
@@ -438,7 +429,7 @@ fn thirty_two_pods_at_once_all_start_with_their_devices() {
         assert_eq!(hooks.len(), PODS, "hooks logged");
         for id in &ids {
             let netns = c.runtime.pod_netns(id)?;
-            assert!(link_in(&netns, POD_IF)?.is_some(), "pod {id} has no device");
+            assert!(netclaim_tests::scenario::link_facts_at(&netns, POD_IF)?.is_some(), "pod {id} has no device");
         }
         for id in ids {
             c.runtime.stop_pod(&id)?;
