@@ -172,6 +172,17 @@ pub struct Driver {
 impl Driver {
     /// Starts `netclaim run` in the calling thread's namespace.
     pub fn start(topo: &Topology, kubeconfig: &Path, status_interval: &str) -> Result<Self> {
+        Self::start_with_env(topo, kubeconfig, status_interval, &[])
+    }
+
+    /// [`Driver::start`] with extra environment variables (e.g. the fail point
+    /// control file of `cargo xtask chaos`).
+    pub fn start_with_env(
+        topo: &Topology,
+        kubeconfig: &Path,
+        status_interval: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let log = topo.dir.path().join("netclaim.log");
         // Appended to, so a restarted driver's log follows the earlier one.
         let out = std::fs::OpenOptions::new()
@@ -179,6 +190,7 @@ impl Driver {
             .append(true)
             .open(&log)?;
         let mut cmd = Command::new(netclaim_binary()?);
+        cmd.envs(env.iter().copied());
         die_with_parent(&mut cmd);
         let child = cmd
             .args([

@@ -1,11 +1,13 @@
 //! The short variant of `cargo xtask chaos`: `kill -9` of the real `netclaim run` at
-//! random points of prepare, pod start, pod stop, unprepare and synchronize, with two
-//! devices per pod, checked from the kernel after every restart (see
-//! `netclaim_tests::chaos`). `NETCLAIM_CHAOS_FAULTS` and `NETCLAIM_CHAOS_SEED` change
-//! the schedule; a failure prints the seed so it can be replayed.
+//! random points of prepare, pod start, pod stop, unprepare and synchronize with up to
+//! three pods stepping at once, failed Nth netlink requests and bpf operations, a full
+//! disk and a damaged checkpoint, with two devices per pod, checked from the kernel
+//! after every restart (see `netclaim_tests::chaos`). `NETCLAIM_CHAOS_FAULTS`,
+//! `NETCLAIM_CHAOS_SEED` and `NETCLAIM_CHAOS_MIX` change the schedule; a failure prints
+//! the seed so it can be replayed with `cargo xtask chaos --seed S`.
 
 use netclaim_tests::{
-    chaos::{run, ChaosConfig},
+    chaos::{run, ChaosConfig, FaultMix, SmallFs},
     netenv::require_root,
 };
 
@@ -25,13 +27,16 @@ fn kill_9_anywhere_loses_leaks_and_mismatches_nothing() {
                 .map(|d| d.as_secs())
                 .unwrap_or(1)
         });
+    let mix = FaultMix::parse(&std::env::var("NETCLAIM_CHAOS_MIX").unwrap_or_default())
+        .expect("NETCLAIM_CHAOS_MIX");
     let report = run(ChaosConfig {
         seed,
         faults,
-        pods: 2,
+        pods: 3,
+        mix,
     })
     .unwrap_or_else(|e| panic!("chaos run with seed {seed} could not run: {e:#}"));
-    println!("{}\nfault mix: {:?}", report.line(), report.mix);
+    println!("{}\nfault mix: {:#?}", report.line(), report.mix);
     assert_eq!(report.faults, faults);
     assert!(
         report.lost + report.leaked + report.mismatched == 0,
@@ -52,12 +57,12 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
             self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
         },
     };
-    use std::{io::Write, sync::Arc, time::Duration};
+    use std::{sync::Arc, time::Duration};
     require_root();
     let topo = Arc::new(Topology::new("cfd").unwrap());
     let state = topo.dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let tmpfs = SmallFs::mount(&state, "4M");
+    let tmpfs = SmallFs::mount(&state, "4M").unwrap();
     let t = topo.clone();
     let st = state.clone();
     run_in_netns(topo.node.path(), move || async move {
@@ -68,15 +73,7 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
         let before = link_facts(&topo.node, NIC)?;
 
         // Fill the file system to the last byte.
-        let filler = st.join("filler");
-        let mut f = std::fs::File::create(&filler)?;
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let mut byte = [0u8; 1];
-        while f.write_all(&byte).is_ok() {
-            byte[0] = byte[0].wrapping_add(1);
-        }
-        drop(f);
+        let filler = SmallFs::fill(&st, "filler")?;
 
         let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         let refused = match &out.status {
@@ -119,27 +116,4 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
     })
     .unwrap();
     drop(tmpfs);
-}
-
-/// A small tmpfs mounted for one test, unmounted on drop.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(at: &std::path::Path, size: &str) -> Self {
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mounting a tmpfs for the checkpoint");
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }

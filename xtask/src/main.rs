@@ -7,7 +7,8 @@
 //! * `bench <datapath|netns|control-plane|pod-start>` — one benchmark, printed and
 //!   written to `bench/results/<name>.json`;
 //! * `demo` — the end-to-end walkthrough;
-//! * `chaos [--faults N] [--seed S]` — kill -9 fault injection against the real binary;
+//! * `chaos [--faults N] [--seed S] [--pods P] [--mix M]` — fault injection against the
+//!   real binary (kill -9, fail points, full disk, corrupt checkpoint);
 //! * `image [--out PATH] [--tag NAME]` — the driver's OCI image archive (no engine,
 //!   no base image), by default `target/image/netclaim-oci.tar`.
 //!
@@ -109,9 +110,14 @@ enum Task {
         /// Seed of the schedule (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
-        /// Pods, each with a claim of two devices.
-        #[arg(long, default_value_t = 3)]
+        /// Pods, each with a claim of two devices (1–3 take their steps at once).
+        #[arg(long, default_value_t = 4)]
         pods: usize,
+        /// Weights of the fault kinds (default
+        /// `kill=50,failpoint=30,full-disk=10,corrupt=10`; `corrupt-both=N` adds rounds
+        /// that damage both copies of the checkpoint).
+        #[arg(long)]
+        mix: Option<String>,
     },
     /// Build the driver's OCI image archive (no container engine, no base image).
     Image {
@@ -132,7 +138,12 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { name } => bench(&name),
         Task::Demo => demo(),
-        Task::Chaos { faults, seed, pods } => chaos(faults, seed, pods),
+        Task::Chaos {
+            faults,
+            seed,
+            pods,
+            mix,
+        } => chaos(faults, seed, pods, mix),
         Task::Image { out, tag } => image::build(&root(), out, tag.as_deref()),
     }
 }
@@ -476,7 +487,7 @@ fn bench(name: &str) -> Result<()> {
         ]))
 }
 
-fn chaos(faults: usize, seed: Option<u64>, pods: usize) -> Result<()> {
+fn chaos(faults: usize, seed: Option<u64>, pods: usize, mix: Option<String>) -> Result<()> {
     if !is_root() {
         bail!("chaos kills and restarts the driver in network namespaces: run it as root");
     }
@@ -509,6 +520,9 @@ fn chaos(faults: usize, seed: Option<u64>, pods: usize) -> Result<()> {
         .args(["--faults", &faults.to_string(), "--pods", &pods.to_string()]);
     if let Some(seed) = seed {
         cmd.args(["--seed", &seed.to_string()]);
+    }
+    if let Some(mix) = mix {
+        cmd.args(["--mix", &mix]);
     }
     run(&mut cmd)
 }

@@ -64,6 +64,13 @@ pub enum RestoreError {
     },
     #[error("device {device}: not found in the host after moving it back")]
     Lost { device: String },
+    /// Looking for it at home failed (not the same as not finding it).
+    #[error("device {device}: looking it up in the host after moving it back: {source}")]
+    Lookup {
+        device: String,
+        #[source]
+        source: NlError,
+    },
     #[error("device {device}: restored only partly: {}", problems.join("; "))]
     Incomplete {
         device: String,
@@ -228,8 +235,14 @@ pub fn restore_device(
     let job_pending = pending;
     let combined_at_home = from.is_none();
     let result = host.run(move || home_job(&o, &job_pending, combined_at_home))?;
-    let (ifindex, mut problems) = result.map_err(|()| RestoreError::Lost {
-        device: device.clone(),
+    let (ifindex, mut problems) = result.map_err(|missing| match missing {
+        Missing::NotFound => RestoreError::Lost {
+            device: device.clone(),
+        },
+        Missing::Lookup(source) => RestoreError::Lookup {
+            device: device.clone(),
+            source,
+        },
     })?;
     problems.splice(0..0, pod_problems);
     if !problems.is_empty() {
@@ -307,19 +320,24 @@ fn locate(
     Ok(Location::Gone)
 }
 
+/// Why [`home_job`] found no device to restore.
+enum Missing {
+    /// Not under its original name.
+    NotFound,
+    /// The netlink socket or the lookup failed: whether it is there is not known.
+    Lookup(NlError),
+}
+
 /// At home: link settings still pending, addresses, admin state, routes, ethtool.
-/// `Err(())` when the device cannot be found under its original name.
 fn home_job(
     o: &HostOriginals,
     pending: &LinkChange,
     combined_first: bool,
-) -> Result<(u32, Vec<String>), ()> {
+) -> Result<(u32, Vec<String>), Missing> {
     let mut problems = Vec::new();
-    let Ok(mut sock) = NlSocket::route() else {
-        return Err(());
-    };
-    let Some(l) = link::link_by_name(&mut sock, &o.name).ok().flatten() else {
-        return Err(());
+    let mut sock = NlSocket::route().map_err(Missing::Lookup)?;
+    let Some(l) = link::link_by_name(&mut sock, &o.name).map_err(Missing::Lookup)? else {
+        return Err(Missing::NotFound);
     };
     let idx = l.ifindex;
 

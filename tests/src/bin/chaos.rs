@@ -1,10 +1,10 @@
 //! `cargo xtask chaos`: seeded fault injection against the real `netclaim run` (see
-//! `netclaim_tests::chaos`). Prints every problem found and ends with
+//! `netclaim_tests::chaos`). Prints every problem found, the fault mix, and ends with
 //! `chaos: seed=S faults=N lost=L leaked=K mismatched=M`; exits 1 unless all three are 0.
 
 use anyhow::Result;
 use clap::Parser;
-use netclaim_tests::chaos::{run, ChaosConfig};
+use netclaim_tests::chaos::{run, ChaosConfig, FaultMix};
 
 #[derive(Parser)]
 struct Args {
@@ -14,9 +14,13 @@ struct Args {
     /// Faults to inject.
     #[arg(long, default_value_t = 200)]
     faults: usize,
-    /// Pods, each with a claim of two devices.
-    #[arg(long, default_value_t = 3)]
+    /// Pods, each with a claim of two devices (1–3 of them take their steps at once).
+    #[arg(long, default_value_t = 4)]
     pods: usize,
+    /// Weights of the fault kinds, e.g. `kill=50,failpoint=30,full-disk=10,corrupt=10`;
+    /// `corrupt-both=N` adds rounds that damage both copies of the checkpoint.
+    #[arg(long, default_value = "")]
+    mix: String,
 }
 
 fn main() -> Result<()> {
@@ -28,8 +32,9 @@ fn main() -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(1)
     });
+    let mix = FaultMix::parse(&args.mix)?;
     println!(
-        "[chaos] seed {seed}: {} faults, {} pods × 2 devices",
+        "[chaos] seed {seed}: {} faults, {} pods × 2 devices, mix {mix:?}",
         args.faults, args.pods
     );
     let started = std::time::Instant::now();
@@ -37,13 +42,18 @@ fn main() -> Result<()> {
         seed,
         faults: args.faults,
         pods: args.pods,
+        mix,
     })?;
     for p in &report.problems {
         println!("  {p}");
     }
+    println!("[chaos] fault mix:");
+    for (what, n) in &report.mix {
+        println!("[chaos]   {n:4}  {what}");
+    }
     println!(
-        "[chaos] fault mix: {:?}; {:.0} s",
-        report.mix,
+        "[chaos] {} faults in {:.0} s",
+        report.faults,
         started.elapsed().as_secs_f64()
     );
     println!("{}", report.line());
