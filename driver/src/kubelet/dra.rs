@@ -4,7 +4,11 @@
 //!
 //! Both versions translate to [`ClaimRef`]s and back and delegate to one
 //! [`ClaimPreparer`]. A claim that fails only fills that claim's `error`; the call
-//! itself always succeeds.
+//! itself succeeds, unless the request is one kubelet never sends ([`check_claims`]:
+//! more than [`MAX_CLAIMS_PER_CALL`] claims, a namespace, name or UID no API object
+//! can have): then it fails with `INVALID_ARGUMENT` naming the field, and the preparer
+//! is not called. (Undecodable or oversized messages never get here: tonic answers
+//! them with `INTERNAL` or `OUT_OF_RANGE`.)
 
 use std::sync::Arc;
 
@@ -70,12 +74,13 @@ macro_rules! dra_version {
                 &self,
                 request: Request<$version::NodePrepareResourcesRequest>,
             ) -> Result<Response<$version::NodePrepareResourcesResponse>, Status> {
-                let claims = request
+                let claims: Vec<ClaimRef> = request
                     .into_inner()
                     .claims
                     .into_iter()
                     .map(claim_ref)
                     .collect();
+                check_claims(&claims).map_err(refused)?;
                 tracing::debug!(version = stringify!($version), "NodePrepareResources");
                 let results = self.preparer.prepare(claims).await;
                 let claims = results
@@ -103,12 +108,13 @@ macro_rules! dra_version {
                 &self,
                 request: Request<$version::NodeUnprepareResourcesRequest>,
             ) -> Result<Response<$version::NodeUnprepareResourcesResponse>, Status> {
-                let claims = request
+                let claims: Vec<ClaimRef> = request
                     .into_inner()
                     .claims
                     .into_iter()
                     .map(claim_ref)
                     .collect();
+                check_claims(&claims).map_err(refused)?;
                 tracing::debug!(version = stringify!($version), "NodeUnprepareResources");
                 let results = self.preparer.unprepare(claims).await;
                 let claims = results
@@ -175,4 +181,199 @@ impl WireClaim for dra_v1beta1::Claim {
 
 fn claim_ref(claim: impl WireClaim) -> ClaimRef {
     claim.into_ref()
+}
+
+/// The most claims one call may name. Kubelet sends the claims of one pod that hold
+/// devices of this driver on this node, and each holds at least one of the node's
+/// network devices: a thousand is far past any node, and the bound keeps a caller
+/// from making the preparer read 100,000 claims from the API server in one call.
+pub const MAX_CLAIMS_PER_CALL: usize = 1024;
+/// Longest claim UID taken (the API server's are 36-character UUIDs).
+pub const MAX_UID_LEN: usize = 128;
+
+/// Why a prepare or unprepare request was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimListError {
+    #[error("claims: {count} in one call; at most {MAX_CLAIMS_PER_CALL}")]
+    TooMany { count: usize },
+    #[error("claims[{index}].{field}: {problem}")]
+    Field {
+        index: usize,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Checks what kubelet names in a call against what an API object can have: at most
+/// [`MAX_CLAIMS_PER_CALL`] claims, each with a namespace that is a DNS label, a name
+/// that is a DNS subdomain (the API server's rules for both) and a UID of printable
+/// ASCII, 1 to [`MAX_UID_LEN`] bytes. The first problem is reported.
+pub fn check_claims(claims: &[ClaimRef]) -> Result<(), ClaimListError> {
+    if claims.len() > MAX_CLAIMS_PER_CALL {
+        return Err(ClaimListError::TooMany {
+            count: claims.len(),
+        });
+    }
+    for (index, claim) in claims.iter().enumerate() {
+        let field = |field, problem: Option<String>| match problem {
+            Some(problem) => Err(ClaimListError::Field {
+                index,
+                field,
+                problem,
+            }),
+            None => Ok(()),
+        };
+        field("namespace", dns_label_problem(&claim.namespace, 63))?;
+        field("name", dns_subdomain_problem(&claim.name))?;
+        field("uid", uid_problem(&claim.uid))?;
+    }
+    Ok(())
+}
+
+fn length_problem(value: &str, max: usize) -> Option<String> {
+    (value.is_empty() || value.len() > max)
+        .then(|| format!("must be 1 to {max} characters, not {}", value.len()))
+}
+
+/// RFC 1123 label as Kubernetes checks it: lowercase letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn dns_label_problem(value: &str, max: usize) -> Option<String> {
+    length_problem(value, max).or_else(|| {
+        let b = value.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let ok = b.iter().all(|c| alnum(c) || *c == b'-')
+            && b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum);
+        (!ok).then(|| {
+            "must be a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)".to_string()
+        })
+    })
+}
+
+/// RFC 1123 subdomain as Kubernetes checks it: at most 253 characters, labels joined
+/// by `.`.
+fn dns_subdomain_problem(value: &str) -> Option<String> {
+    length_problem(value, 253).or_else(|| {
+        value
+            .split('.')
+            .any(|label| dns_label_problem(label, 253).is_some())
+            .then(|| {
+                "must be a DNS subdomain (lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit)".to_string()
+            })
+    })
+}
+
+fn uid_problem(value: &str) -> Option<String> {
+    length_problem(value, MAX_UID_LEN).or_else(|| {
+        (!value.bytes().all(|c| c.is_ascii_graphic()))
+            .then(|| "must be printable ASCII without spaces".to_string())
+    })
+}
+
+fn refused(err: ClaimListError) -> Status {
+    tracing::warn!("refused a DRA call: {err}");
+    Status::invalid_argument(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(namespace: &str, name: &str, uid: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    #[test]
+    fn claims_kubelet_sends_pass() {
+        let claims = [
+            claim("default", "web", "uid-1"),
+            claim(
+                "kube-system",
+                "pod-0-nic.v2",
+                "6f1c2a9e-0000-4000-8000-00000000000a",
+            ),
+            claim(&"a".repeat(63), &"b".repeat(253), &"c".repeat(128)),
+        ];
+        assert_eq!(check_claims(&claims), Ok(()));
+        assert_eq!(check_claims(&[]), Ok(()));
+        let many = vec![claim("default", "web", "uid-1"); MAX_CLAIMS_PER_CALL];
+        assert_eq!(check_claims(&many), Ok(()));
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let many = vec![claim("default", "web", "uid-1"); MAX_CLAIMS_PER_CALL + 1];
+        assert_eq!(
+            check_claims(&many).unwrap_err().to_string(),
+            "claims: 1025 in one call; at most 1024"
+        );
+        let cases = [
+            (
+                claim("", "web", "u"),
+                "claims[1].namespace: must be 1 to 63 characters, not 0",
+            ),
+            (
+                claim(&"a".repeat(64), "web", "u"),
+                "claims[1].namespace: must be 1 to 63",
+            ),
+            (
+                claim("Default", "web", "u"),
+                "claims[1].namespace: must be a DNS label",
+            ),
+            (
+                claim("-x", "web", "u"),
+                "claims[1].namespace: must be a DNS label",
+            ),
+            (
+                claim("a.b", "web", "u"),
+                "claims[1].namespace: must be a DNS label",
+            ),
+            (
+                claim("default", "", "u"),
+                "claims[1].name: must be 1 to 253",
+            ),
+            (
+                claim("default", &"x".repeat(3 << 20), "u"),
+                "claims[1].name: must be 1 to 253 characters, not 3145728",
+            ),
+            (
+                claim("default", "a..b", "u"),
+                "claims[1].name: must be a DNS subdomain",
+            ),
+            (
+                claim("default", "web.", "u"),
+                "claims[1].name: must be a DNS subdomain",
+            ),
+            (
+                claim("default", "wéb", "u"),
+                "claims[1].name: must be a DNS subdomain",
+            ),
+            (
+                claim("default", "web", ""),
+                "claims[1].uid: must be 1 to 128",
+            ),
+            (
+                claim("default", "web", &"u".repeat(129)),
+                "claims[1].uid: must be 1 to 128",
+            ),
+            (
+                claim("default", "web", "a b"),
+                "claims[1].uid: must be printable ASCII",
+            ),
+            (
+                claim("default", "web", "a\nb"),
+                "claims[1].uid: must be printable ASCII",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let got = check_claims(&[claim("default", "web", "uid-1"), bad.clone()])
+                .expect_err(expected)
+                .to_string();
+            assert!(got.starts_with(expected), "{bad:?}: {got}");
+        }
+    }
 }
