@@ -9,6 +9,8 @@
 //! * `demo` — the end-to-end walkthrough;
 //! * `chaos [--faults N] [--seed S] [--pods P] [--mix M]` — fault injection against the
 //!   real binary (kill -9, fail points, full disk, corrupt checkpoint);
+//! * `fuzz [--inputs N]` — the hostile-input targets in release mode (default
+//!   1,000,000 inputs each), written to `bench/results/fuzz.json`;
 //! * `image [--out PATH] [--tag NAME]` — the driver's OCI image archive (no engine,
 //!   no base image), by default `target/image/netclaim-oci.tar`.
 //!
@@ -25,6 +27,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod image;
 mod oci;
 mod peers;
@@ -119,6 +122,12 @@ enum Task {
         #[arg(long)]
         mix: Option<String>,
     },
+    /// Hostile-input targets in release mode; ends with bench/results/fuzz.json.
+    Fuzz {
+        /// Inputs per target (the checkpoint-file target takes one file per 100).
+        #[arg(long, default_value_t = 1_000_000)]
+        inputs: u64,
+    },
     /// Build the driver's OCI image archive (no container engine, no base image).
     Image {
         /// Where the archive goes (default target/image/netclaim-oci.tar).
@@ -144,6 +153,11 @@ fn main() -> Result<()> {
             pods,
             mix,
         } => chaos(faults, seed, pods, mix),
+        Task::Fuzz { inputs } => {
+            // The driver embeds the eBPF object.
+            build_ebpf(false)?;
+            fuzz::run(&root(), &host_cargo(), inputs)
+        }
         Task::Image { out, tag } => image::build(&root(), out, tag.as_deref()),
     }
 }
