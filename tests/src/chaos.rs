@@ -424,7 +424,31 @@ fn features_of(ns: &Path, link: &str) -> Result<BTreeMap<String, bool>> {
 
 /// Programs attached to `link` in `ns`: (egress, ingress), counting XDP, TCX and
 /// clsact (bpftool 7.1 does not list TCX: it is asked of the kernel through aya).
+/// Programs on a link by attach point.
+#[derive(Clone, Copy, Debug, Default)]
+struct Programs {
+    tcx_egress: usize,
+    tcx_ingress: usize,
+    clsact_egress: usize,
+    clsact_ingress: usize,
+    xdp: usize,
+}
+
+impl Programs {
+    fn egress(&self) -> usize {
+        self.tcx_egress + self.clsact_egress
+    }
+    fn ingress(&self) -> usize {
+        self.tcx_ingress + self.clsact_ingress + self.xdp
+    }
+}
+
 fn programs_on(ns: &Path, link: &str, xdp: usize) -> Result<(usize, usize)> {
+    let p = programs_detail(ns, link, xdp)?;
+    Ok((p.egress(), p.ingress()))
+}
+
+fn programs_detail(ns: &Path, link: &str, xdp: usize) -> Result<Programs> {
     use aya::programs::{tc::TcAttachType, SchedClassifier};
     let netns = netclaim::netns::Netns::open(ns)?;
     let name = link.to_string();
@@ -444,7 +468,13 @@ fn programs_on(ns: &Path, link: &str, xdp: usize) -> Result<(usize, usize)> {
             }
         }
     }
-    Ok((tcx_egress + cls_egress, tcx_ingress + cls_ingress + xdp))
+    Ok(Programs {
+        tcx_egress,
+        tcx_ingress,
+        clsact_egress: cls_egress,
+        clsact_ingress: cls_ingress,
+        xdp,
+    })
 }
 
 /// What a NIC at home must look like again: its link facts, routes and features.
@@ -602,26 +632,40 @@ fn inspect(
                     if &now != want {
                         push("mismatched", describe_difference(want, &now));
                     }
-                    // A prepared claim's device may carry its staged data path (one
-                    // counting program per direction, owned by its pins); nothing else
-                    // may be attached or pinned at home.
-                    let (egress, ingress) = programs_on(topo.node.path(), &l.name, l.xdp)?;
+                    // A prepared claim's device may carry its data path at home (staged
+                    // at prepare, or come home from its pod counting only) until
+                    // unprepare: at most one program per direction, each link owned by
+                    // its pin. An unprepared claim's device has neither programs nor pins.
+                    let programs = programs_detail(topo.node.path(), &l.name, l.xdp)?;
                     let pins = pins_of(topo, &p.claim, nic);
-                    let staged = egress == 1 && ingress == 1 && !pins.is_empty();
-                    let prepared = phase != Phase::Unprepared;
-                    if egress + ingress > 0 && !(prepared && staged) {
+                    let pinned = |name: &str| pins.iter().any(|f| f.ends_with(name));
+                    let unowned = (programs.tcx_egress > 0 && !pinned("link_egress"))
+                        || (programs.tcx_ingress + programs.xdp > 0 && !pinned("link_ingress"))
+                        || (programs.clsact_egress + programs.clsact_ingress > 0
+                            && pins.is_empty());
+                    let names = || {
+                        pins.iter()
+                            .filter_map(|p| p.file_name())
+                            .map(|n| n.to_string_lossy().to_string())
+                            .collect::<Vec<_>>()
+                    };
+                    if phase == Phase::Unprepared {
+                        if programs.egress() + programs.ingress() > 0 || !pins.is_empty() {
+                            push(
+                                "leaked",
+                                format!(
+                                    "the claim is unprepared but at home there are programs {programs:?} and pins {:?}",
+                                    names()
+                                ),
+                            );
+                        }
+                    } else if programs.egress() > 1 || programs.ingress() > 1 || unowned {
                         push(
                             "leaked",
                             format!(
-                                "programs attached at home: egress={egress} ingress={ingress}, {} pins, claim {}",
-                                pins.len(),
-                                if prepared { "prepared" } else { "unprepared" }
+                                "programs at home {programs:?} that its pins {:?} do not own",
+                                names()
                             ),
-                        );
-                    } else if !pins.is_empty() && !staged {
-                        push(
-                            "leaked",
-                            format!("pins of a device with no data path attached: {pins:?}"),
                         );
                     }
                 }
@@ -657,6 +701,25 @@ fn pins_of(topo: &Topology, claim: &str, nic: &str) -> Vec<PathBuf> {
         .into_iter()
         .filter(|f| f.to_string_lossy().contains(&format!("/{claim}/{nic}/")))
         .collect()
+}
+
+/// [`inspect`] until it finds nothing or 2 s have passed: the kernel releases a link
+/// whose last reference went (an unpinned XDP or TCX link) a moment later, from a work
+/// queue, so a program still attached right after its pin went is not yet a leak.
+async fn inspect_settled(
+    topo: &Topology,
+    pods: &[PodModel],
+    expect: &[Phase],
+    home: &BTreeMap<String, HomeFacts>,
+) -> Result<Vec<Finding>> {
+    let t = Instant::now();
+    loop {
+        let found = inspect(topo, pods, expect, home)?;
+        if found.is_empty() || t.elapsed() > Duration::from_secs(2) {
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The fields in which a NIC at home differs from before the run.
@@ -871,8 +934,8 @@ impl World {
         self.pods.iter().map(|p| p.phase).collect()
     }
 
-    fn check_kernel(&self, report: &mut ChaosReport, round: usize) -> Result<()> {
-        let found = inspect(&self.topo, &self.pods, &self.phases(), &self.home)?;
+    async fn check_kernel(&self, report: &mut ChaosReport, round: usize) -> Result<()> {
+        let found = inspect_settled(&self.topo, &self.pods, &self.phases(), &self.home).await?;
         report.add(found, round);
         Ok(())
     }
@@ -881,7 +944,7 @@ impl World {
     /// a step that succeeded left its pod in the next phase; one that failed left it
     /// as before (a failed start: devices home and restored), except that a failed
     /// stop may leave the devices home or in the pod as they were, but not between.
-    fn check_steps_without_restart(
+    async fn check_steps_without_restart(
         &self,
         steps: &[(usize, Step)],
         answers: &[Answer],
@@ -898,7 +961,7 @@ impl World {
                 stops.push(*i);
             }
         }
-        let home = inspect(&self.topo, &self.pods, &expect, &self.home)?;
+        let home = inspect_settled(&self.topo, &self.pods, &expect, &self.home).await?;
         if home.is_empty() || stops.is_empty() {
             report.add(home, round);
             return Ok(());
@@ -907,7 +970,7 @@ impl World {
         for i in &stops {
             as_before[*i] = Phase::Running;
         }
-        let before = inspect(&self.topo, &self.pods, &as_before, &self.home)?;
+        let before = inspect_settled(&self.topo, &self.pods, &as_before, &self.home).await?;
         if !before.is_empty() {
             report.add(home, round);
         }
@@ -1011,6 +1074,7 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
     };
 
     for round in 0..cfg.faults {
+        mark_log(&c, &format!("chaos round {round}"));
         let kind = cfg.mix.draw(&mut rng);
         let resync = match kind {
             Kind::Kill => kill_round(&mut c, &mut w, &mut rng, &mut report).await?,
@@ -1030,10 +1094,14 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
                 false
             }
         };
+        mark_log(
+            &c,
+            &format!("chaos round {round}: {}; restart", report.doing),
+        );
         restart(&mut c, &w, resync, &mut rng).await?;
         // kubelet repeats prepare and unprepare until they succeed.
         converge(&mut c, &mut w.pods, &mut report, round).await?;
-        w.check_kernel(&mut report, round)?;
+        w.check_kernel(&mut report, round).await?;
         check_status(&c, &w.pods, round, &mut report).await;
         // The checkpoint is read with the driver stopped cleanly (it holds the file).
         if c.driver.stop()? != Some(0) {
@@ -1067,10 +1135,23 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
             p.phase = Phase::Unprepared;
         }
     }
-    w.check_kernel(&mut report, cfg.faults)?;
+    w.check_kernel(&mut report, cfg.faults).await?;
     let _ = c.driver.stop();
     check_checkpoint(&w, cfg.faults, &mut report)?;
+    // The driver's log, with the rounds marked in it, for a post-mortem.
+    if let Some(dest) = std::env::var_os("NETCLAIM_CHAOS_LOG") {
+        std::fs::copy(&c.driver.log, &dest)
+            .with_context(|| format!("copying the driver log to {dest:?}"))?;
+    }
     Ok(report)
+}
+
+/// Appends a marker line to the driver's log (which every restarted driver appends to).
+fn mark_log(c: &Cluster, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&c.driver.log) {
+        let _ = writeln!(f, "===== {text}");
+    }
 }
 
 async fn start_cluster(topo: &Topology, failpoints: &FailPoints) -> Result<Cluster> {
@@ -1291,7 +1372,8 @@ async fn failpoint_round(
         }
     }
     let steps = [(i, step)];
-    w.check_steps_without_restart(&steps, std::slice::from_ref(&answer), report, round)?;
+    w.check_steps_without_restart(&steps, std::slice::from_ref(&answer), report, round)
+        .await?;
     apply_answers(w, &steps, std::slice::from_ref(&answer));
     // Then a restart without faults.
     c.driver.kill9()?;
@@ -1333,7 +1415,8 @@ async fn full_disk_round(
             );
         }
     }
-    w.check_steps_without_restart(&steps, &answers, report, round)?;
+    w.check_steps_without_restart(&steps, &answers, report, round)
+        .await?;
     apply_answers(w, &steps, &answers);
     // Half the time the driver lives on (it must recover without a restart).
     if rng.bool() {
