@@ -38,6 +38,15 @@
 //!   NIC at home, or more than one program per direction on a NIC in a pod.
 //!
 //! The run ends with `chaos: seed=S faults=N lost=L leaked=K mismatched=M`.
+//!
+//! [`run_real`] is the real-runtime variant: containerd (`crate::containerd`) makes
+//! the pods, `crictl` plays kubelet's CRI side, and `kill -9` lands during `crictl
+//! runp`, `crictl rmp`, prepare, unprepare or the restart's Synchronize (containerd
+//! reconnects the new plugin and synchronizes its real pods); the same kernel checks
+//! follow. A stop hook is not cut there: containerd removes the pod's namespace at stop
+//! and a veth dies with it (a physical NIC would fall back to the root namespace,
+//! which netclaim handles), so the check could not tell netclaim's fault from the test
+//! device's; the stand-in campaign cuts stop hooks.
 
 use std::{
     collections::BTreeMap,
@@ -276,7 +285,25 @@ struct PodModel {
     phase: Phase,
 }
 
+/// What [`inspect`] needs to know of a pod: its claim, NICs and namespace (none when
+/// the runtime has no sandbox for it).
+struct PodView<'a> {
+    name: &'a str,
+    claim: &'a str,
+    nics: &'a [String],
+    netns: Option<&'a Path>,
+}
+
 impl PodModel {
+    fn view(&self) -> PodView<'_> {
+        PodView {
+            name: &self.name,
+            claim: &self.claim,
+            nics: &self.nics,
+            netns: Some(self.netns.path()),
+        }
+    }
+
     fn sandbox(&self) -> netclaim::nri::api::PodSandbox {
         pod(
             &format!("sandbox-{}", self.uid),
@@ -560,7 +587,7 @@ fn furnish_home(node: &TestNetns, i: usize) -> Result<()> {
 /// What the kernel shows for the pods' NICs against what `expect` says of each pod.
 fn inspect(
     topo: &Topology,
-    pods: &[PodModel],
+    pods: &[PodView],
     expect: &[Phase],
     home: &BTreeMap<String, HomeFacts>,
 ) -> Result<Vec<Finding>> {
@@ -568,7 +595,11 @@ fn inspect(
     let node_routes = routes_in(topo.node.path())?;
     let mut found = Vec::new();
     for (p, &phase) in pods.iter().zip(expect) {
-        let inside = links_in(p.netns.path())?;
+        let pod_ns = p.netns.filter(|ns| ns.exists());
+        let inside = match pod_ns {
+            Some(ns) => links_in(ns)?,
+            None => Vec::new(),
+        };
         for (j, nic) in p.nics.iter().enumerate() {
             let want = &home[nic];
             let at_home = node.iter().find(|l| l.mac == want.link.mac);
@@ -576,7 +607,7 @@ fn inspect(
             let mut push = |kind: &'static str, what: String| {
                 found.push(Finding {
                     kind,
-                    pod: p.name.clone(),
+                    pod: p.name.to_string(),
                     nic: nic.clone(),
                     what,
                 })
@@ -585,16 +616,13 @@ fn inspect(
                 (_, None, None) => push("lost", "neither at home nor in the pod".into()),
                 (true, _, Some(l)) => {
                     let want_if = format!("net{}", j + 1);
-                    let (egress, ingress) = programs_on(p.netns.path(), &l.name, l.xdp)?;
-                    let features = features_of(p.netns.path(), &l.name).unwrap_or_default();
+                    let ns = pod_ns.context("a link in a pod without a namespace")?;
+                    let (egress, ingress) = programs_on(ns, &l.name, l.xdp)?;
+                    let features = features_of(ns, &l.name).unwrap_or_default();
                     let route = pod_route(j + 1);
-                    let routed = nsenter(
-                        p.netns.path(),
-                        "ip",
-                        &["-j", "route", "show", "dev", &l.name],
-                    )
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains(&route))
-                    .unwrap_or(false);
+                    let routed = nsenter(ns, "ip", &["-j", "route", "show", "dev", &l.name])
+                        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&route))
+                        .unwrap_or(false);
                     let configured = l.name == want_if
                         && l.addrs.len() == 1
                         && l.mtu == 1500
@@ -637,7 +665,7 @@ fn inspect(
                     // unprepare: at most one program per direction, each link owned by
                     // its pin. An unprepared claim's device has neither programs nor pins.
                     let programs = programs_detail(topo.node.path(), &l.name, l.xdp)?;
-                    let pins = pins_of(topo, &p.claim, nic);
+                    let pins = pins_of(topo, p.claim, nic);
                     let pinned = |name: &str| pins.iter().any(|f| f.ends_with(name));
                     let unowned = (programs.tcx_egress > 0 && !pinned("link_egress"))
                         || (programs.tcx_ingress + programs.xdp > 0 && !pinned("link_ingress"))
@@ -686,7 +714,7 @@ fn inspect(
         if !strays.is_empty() {
             found.push(Finding {
                 kind: "leaked",
-                pod: p.name.clone(),
+                pod: p.name.to_string(),
                 nic: "pins".into(),
                 what: format!("pins of no device of the claim: {strays:?}"),
             });
@@ -708,7 +736,7 @@ fn pins_of(topo: &Topology, claim: &str, nic: &str) -> Vec<PathBuf> {
 /// queue, so a program still attached right after its pin went is not yet a leak.
 async fn inspect_settled(
     topo: &Topology,
-    pods: &[PodModel],
+    pods: &[PodView<'_>],
     expect: &[Phase],
     home: &BTreeMap<String, HomeFacts>,
 ) -> Result<Vec<Finding>> {
@@ -934,8 +962,12 @@ impl World {
         self.pods.iter().map(|p| p.phase).collect()
     }
 
+    fn views(&self) -> Vec<PodView<'_>> {
+        self.pods.iter().map(PodModel::view).collect()
+    }
+
     async fn check_kernel(&self, report: &mut ChaosReport, round: usize) -> Result<()> {
-        let found = inspect_settled(&self.topo, &self.pods, &self.phases(), &self.home).await?;
+        let found = inspect_settled(&self.topo, &self.views(), &self.phases(), &self.home).await?;
         report.add(found, round);
         Ok(())
     }
@@ -961,7 +993,7 @@ impl World {
                 stops.push(*i);
             }
         }
-        let home = inspect_settled(&self.topo, &self.pods, &expect, &self.home).await?;
+        let home = inspect_settled(&self.topo, &self.views(), &expect, &self.home).await?;
         if home.is_empty() || stops.is_empty() {
             report.add(home, round);
             return Ok(());
@@ -970,7 +1002,7 @@ impl World {
         for i in &stops {
             as_before[*i] = Phase::Running;
         }
-        let before = inspect_settled(&self.topo, &self.pods, &as_before, &self.home).await?;
+        let before = inspect_settled(&self.topo, &self.views(), &as_before, &self.home).await?;
         if !before.is_empty() {
             report.add(home, round);
         }
@@ -1542,6 +1574,17 @@ async fn restart(c: &mut Cluster, w: &World, twice: bool, rng: &mut fastrand::Rn
 /// sockets are still there until the new one replaces them; kubelet retries on a
 /// refused connection, and so does this.
 async fn reconnect(c: &mut Cluster, topo: &Topology) -> Result<()> {
+    let (registered, dra) = register_again(topo, &c.driver).await?;
+    c.dra = dra;
+    c.registered = registered;
+    Ok(())
+}
+
+/// [`reconnect`]'s registration: (the registration, its DRA client).
+async fn register_again(
+    topo: &Topology,
+    driver: &scenario::Driver,
+) -> Result<(crate::kubelet::Registered, DraClient)> {
     let t = Instant::now();
     let (registered, dra) = loop {
         let attempt = async {
@@ -1556,14 +1599,28 @@ async fn reconnect(c: &mut Cluster, topo: &Topology) -> Result<()> {
             Err(e) if t.elapsed() > Duration::from_secs(20) => {
                 return Err(e.context(format!(
                     "kubelet registration after a restart; driver log:\n{}",
-                    c.driver.log_text()
+                    driver.log_text()
                 )))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    c.dra = dra;
-    c.registered = registered;
+    Ok((registered, dra))
+}
+
+/// Starts `netclaim run` again beside real containerd: kubelet registration (retried
+/// while the killed driver's socket lingers), then containerd's plugin registration.
+async fn restart_real(c: &mut crate::containerd::RealCluster, topo: &Topology) -> Result<()> {
+    c.side.driver.kill9()?;
+    let from = c.runtime.log_len();
+    c.side.driver = scenario::Driver::start(topo, c.side.api.kubeconfig_path(), "1s")?;
+    let (registered, dra) = register_again(topo, &c.side.driver).await?;
+    c.side.dra = dra;
+    c.side.registered = registered;
+    c.runtime
+        .wait_plugin("netclaim", from)
+        .await
+        .with_context(|| c.side.driver.log_text())?;
     Ok(())
 }
 
@@ -1613,7 +1670,23 @@ async fn converge(
 
 /// The claim status converges: every device of a live pod is reported Ready.
 async fn check_status(c: &Cluster, pods: &[PodModel], round: usize, report: &mut ChaosReport) {
-    for p in pods.iter().filter(|p| p.phase == Phase::Running) {
+    let views: Vec<PodView> = pods.iter().map(PodModel::view).collect();
+    let phases: Vec<Phase> = pods.iter().map(|p| p.phase).collect();
+    check_status_in(&c.api, &views, &phases, round, report).await
+}
+
+async fn check_status_in(
+    api: &crate::apiserver::FakeApiServer,
+    pods: &[PodView<'_>],
+    phases: &[Phase],
+    round: usize,
+    report: &mut ChaosReport,
+) {
+    for (p, _) in pods
+        .iter()
+        .zip(phases)
+        .filter(|(_, phase)| **phase == Phase::Running)
+    {
         let ready = |claim: &Value| {
             claim["status"]["devices"].as_array().is_some_and(|ds| {
                 let ready: usize = ds
@@ -1630,16 +1703,15 @@ async fn check_status(c: &Cluster, pods: &[PodModel], round: usize, report: &mut
         };
         let converged =
             scenario::wait_for(&scenario::Quiet, "status", Duration::from_secs(5), || {
-                c.api
-                    .get("ResourceClaim", "default", &p.claim)
+                api.get("ResourceClaim", "default", p.claim)
                     .filter(|cl| ready(cl))
             })
             .await;
         if converged.is_err() {
-            let now = c.api.get("ResourceClaim", "default", &p.claim);
+            let now = api.get("ResourceClaim", "default", p.claim);
             report.found(
                 "mismatched",
-                &p.name,
+                p.name,
                 "status",
                 round,
                 format!(
@@ -1753,4 +1825,282 @@ pub fn run(cfg: ChaosConfig) -> Result<ChaosReport> {
     let node = topo.node.path().to_path_buf();
     let t = topo.clone();
     scenario::run_in_netns(&node, move || campaign(t, cfg))
+}
+
+// ---------------------------------------------------------------------------------
+// The real containerd tier: `kill -9` during crictl runp, rmp, kubelet's prepare and
+// unprepare, and the restart's Synchronize.
+// ---------------------------------------------------------------------------------
+
+/// A pod as the real runtime has it: its sandbox and namespace while it runs.
+struct RealPod {
+    name: String,
+    uid: String,
+    claim: String,
+    claim_uid: String,
+    nics: Vec<String>,
+    sandbox: Option<String>,
+    netns: Option<PathBuf>,
+    phase: Phase,
+}
+
+impl RealPod {
+    fn view(&self) -> PodView<'_> {
+        PodView {
+            name: &self.name,
+            claim: &self.claim,
+            nics: &self.nics,
+            netns: self.netns.as_deref(),
+        }
+    }
+}
+
+/// Sends SIGKILL to the driver after `delay`, from a thread of its own, so the kill
+/// lands while the caller blocks in `crictl`.
+fn kill_later(driver: &scenario::Driver, delay: Duration) -> std::thread::JoinHandle<()> {
+    let pid = driver.pid();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    })
+}
+
+/// Removes every sandbox of pod `name` (a start that failed can leave one NotReady).
+fn remove_sandboxes(rt: &crate::containerd::Containerd, name: &str) {
+    if let Ok(ids) = rt.crictl_ok(&["pods", "--name", name, "-q"]) {
+        for id in ids.split_whitespace() {
+            let _ = rt.remove_pod(id);
+        }
+    }
+}
+
+/// Runs a kill-only campaign against real containerd (see the module docs; the mix
+/// does not apply). Call on a thread in `topo.node`.
+async fn campaign_real(
+    topo: Arc<Topology>,
+    cfg: ChaosConfig,
+    peers: crate::containerd::Peers,
+) -> Result<ChaosReport> {
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let mut report = ChaosReport {
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let nics: Vec<String> = (1..=cfg.pods * 2).map(nic_name).collect();
+    for conf in ["all", "default"] {
+        topo.node.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{conf}.accept_dad=0")],
+        )?;
+    }
+    for i in 1..=nics.len() {
+        topo.node.exec(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv6.conf.{}.accept_dad=0", nic_name(i)),
+            ],
+        )?;
+        furnish_home(&topo.node, i)?;
+    }
+    settle_ipv6(topo.node.path()).await?;
+    let mut c = crate::containerd::bring_up(&topo, peers, "chr", Duration::from_secs(2)).await?;
+    let devices = scenario::wait_devices_of(&c.side.api, &nics, Duration::from_secs(30)).await?;
+    let routes = routes_in(topo.node.path())?;
+    let mut home = BTreeMap::new();
+    for l in links_in(topo.node.path())? {
+        if nics.contains(&l.name) {
+            home.insert(l.name.clone(), home_facts(topo.node.path(), &l, &routes)?);
+        }
+    }
+    let mut pods = Vec::new();
+    for p in 0..cfg.pods {
+        let pod = RealPod {
+            name: format!("chaos-real-{p}"),
+            uid: format!("pod-uid-chaos-real-{p}"),
+            claim: format!("chaos-real-{p}"),
+            claim_uid: format!("claim-uid-chaos-real-{p}"),
+            nics: vec![nic_name(2 * p + 1), nic_name(2 * p + 2)],
+            sandbox: None,
+            netns: None,
+            phase: Phase::Unprepared,
+        };
+        let claimed: Vec<ClaimDevice> = pod
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(j, nic)| ClaimDevice {
+                request: format!("nic{}", j + 1),
+                device: devices[nic].clone(),
+                parameters: chaos_parameters(j + 1),
+            })
+            .collect();
+        c.side.api.put(claim_with_devices(
+            &pod.claim,
+            &pod.claim_uid,
+            &claimed,
+            &pod.name,
+            &pod.uid,
+        ))?;
+        pods.push(pod);
+    }
+
+    for round in 0..cfg.faults {
+        let i = rng.usize(..pods.len());
+        let step = Step::next(pods[i].phase, &mut rng, true);
+        let delay = Duration::from_millis(rng.u64(0..80));
+        report.count(format!("containerd: kill during {}", step.name()));
+        report.doing(format!(
+            "containerd: kill -9 after {} ms during {} {}",
+            delay.as_millis(),
+            step.name(),
+            pods[i].name
+        ));
+        let p = &mut pods[i];
+        match step {
+            Step::Prepare | Step::Unprepare => {
+                let dra = &c.side.dra;
+                let call = async {
+                    if step == Step::Prepare {
+                        prepare_with(dra, &p.claim, &p.claim_uid).await
+                    } else {
+                        unprepare_with(dra, &p.claim, &p.claim_uid).await
+                    }
+                };
+                let killer = kill_later(&c.side.driver, delay);
+                let _ = call.await;
+                let _ = killer.join();
+                p.phase = p_after(step, p.phase);
+            }
+            Step::Run => {
+                let killer = kill_later(&c.side.driver, delay);
+                let started = tokio::task::block_in_place(|| c.runtime.runp(&p.name, &p.uid))?;
+                let _ = killer.join();
+                match started {
+                    Ok((id, _)) => {
+                        p.netns = Some(c.runtime.pod_netns(&id)?);
+                        p.sandbox = Some(id);
+                        p.phase = Phase::Running;
+                    }
+                    Err(e) => {
+                        report.doing.push_str(&format!("; runp failed: {e}"));
+                        tokio::task::block_in_place(|| remove_sandboxes(&c.runtime, &p.name));
+                    }
+                }
+            }
+            Step::Stop => {
+                // A veth dies with the namespace containerd removes at stop, so the
+                // kill lands once crictl stopp has answered (during rmp): see the
+                // report for why stop hooks are cut only in the stand-in campaign.
+                if let Some(id) = p.sandbox.take() {
+                    tokio::task::block_in_place(|| c.runtime.stop_pod(&id))?;
+                    let killer = kill_later(&c.side.driver, delay);
+                    tokio::task::block_in_place(|| c.runtime.remove_pod(&id))?;
+                    let _ = killer.join();
+                }
+                p.netns = None;
+                p.phase = Phase::Stopped;
+            }
+            Step::Synchronize => {
+                restart_real(&mut c, &topo).await?;
+                let killer = kill_later(&c.side.driver, delay);
+                let _ = killer.join();
+            }
+        }
+        restart_real(&mut c, &topo).await?;
+        // kubelet repeats prepare and unprepare until they succeed.
+        for p in pods.iter_mut() {
+            let t = Instant::now();
+            loop {
+                let err = match p.phase {
+                    Phase::Unprepared => {
+                        unprepare_with(&c.side.dra, &p.claim, &p.claim_uid).await?
+                    }
+                    Phase::Stopped => {
+                        let _ = prepare_with(&c.side.dra, &p.claim, &p.claim_uid).await?;
+                        String::new()
+                    }
+                    _ => prepare_with(&c.side.dra, &p.claim, &p.claim_uid).await?,
+                };
+                if err.is_empty() {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(5) {
+                    report.found(
+                        "mismatched",
+                        &p.name,
+                        "kubelet",
+                        round,
+                        format!("{:?} refused for 5 s: {err}", p.phase),
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let views: Vec<PodView> = pods.iter().map(RealPod::view).collect();
+        let phases: Vec<Phase> = pods.iter().map(|p| p.phase).collect();
+        let found = inspect_settled(&topo, &views, &phases, &home).await?;
+        report.add(found, round);
+        check_status_in(&c.side.api, &views, &phases, round, &mut report).await;
+        report.faults += 1;
+    }
+    // Clean end: every pod stopped and removed, every claim unprepared, NICs home.
+    report.doing("containerd: clean end".into());
+    for p in pods.iter_mut() {
+        if let Some(id) = p.sandbox.take() {
+            tokio::task::block_in_place(|| c.runtime.stop_pod(&id))?;
+            tokio::task::block_in_place(|| c.runtime.remove_pod(&id))?;
+        }
+        p.netns = None;
+        let t = Instant::now();
+        loop {
+            let err = unprepare_with(&c.side.dra, &p.claim, &p.claim_uid).await?;
+            if err.is_empty() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                report.found("mismatched", &p.name, "unprepare", cfg.faults, err);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p.phase = Phase::Unprepared;
+    }
+    let views: Vec<PodView> = pods.iter().map(RealPod::view).collect();
+    let phases: Vec<Phase> = pods.iter().map(|p| p.phase).collect();
+    let found = inspect_settled(&topo, &views, &phases, &home).await?;
+    report.add(found, cfg.faults);
+    if let Some(dest) = std::env::var_os("NETCLAIM_CHAOS_LOG") {
+        let _ = std::fs::copy(&c.side.driver.log, &dest);
+    }
+    c.stop_driver()?;
+    Ok(report)
+}
+
+/// What kubelet believes after it asked for `step` (it repeats until it succeeds).
+fn p_after(step: Step, phase: Phase) -> Phase {
+    match step {
+        Step::Prepare => Phase::Prepared,
+        Step::Unprepare => Phase::Unprepared,
+        _ => phase,
+    }
+}
+
+/// Runs a kill-only campaign against the real containerd (`crate::containerd`), in a
+/// topology of its own; `cfg.mix` does not apply.
+pub fn run_real(cfg: ChaosConfig, peers: crate::containerd::Peers) -> Result<ChaosReport> {
+    if cfg.pods == 0 || cfg.pods > 15 {
+        bail!("pods: 1 to 15 (each has two NICs of the 31 the addressing plan allows)");
+    }
+    let topo = Arc::new(Topology::with_nics("chr", cfg.pods * 2)?);
+    let node = topo.node.path().to_path_buf();
+    let t = topo.clone();
+    scenario::run_in_netns(&node, move || campaign_real(t, cfg, peers))
 }

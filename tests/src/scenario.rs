@@ -227,6 +227,11 @@ impl Driver {
         })
     }
 
+    /// The driver's process id while it runs (to signal it from another thread).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL (`kill -9`) and reap: the driver gets no chance to clean up.
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

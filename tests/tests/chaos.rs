@@ -117,3 +117,49 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
     .unwrap();
     drop(tmpfs);
 }
+
+/// The real-runtime variant: `kill -9` of `netclaim run` during `crictl runp`, `crictl
+/// rmp`, kubelet's prepare and unprepare and the restart's Synchronize against real
+/// containerd (which reconnects the restarted plugin and synchronizes its real pods),
+/// two devices per pod, checked from the kernel as above. `NETCLAIM_CHAOS_REAL_FAULTS`
+/// sets the count (default 20).
+#[test]
+fn kill_9_under_real_containerd_loses_leaks_and_mismatches_nothing() {
+    require_root();
+    let Some(peers) = netclaim_tests::containerd::peers_or_skip(
+        "kill_9_under_real_containerd_loses_leaks_and_mismatches_nothing",
+    ) else {
+        return;
+    };
+    let faults = std::env::var("NETCLAIM_CHAOS_REAL_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed = std::env::var("NETCLAIM_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1)
+        });
+    let report = netclaim_tests::chaos::run_real(
+        ChaosConfig {
+            seed,
+            faults,
+            pods: 2,
+            mix: FaultMix::default(),
+        },
+        peers,
+    )
+    .unwrap_or_else(|e| panic!("containerd chaos run with seed {seed} could not run: {e:#}"));
+    println!("{}\nfault mix: {:#?}", report.line(), report.mix);
+    assert_eq!(report.faults, faults);
+    assert!(
+        report.lost + report.leaked + report.mismatched == 0,
+        "{}\n{}",
+        report.line(),
+        report.problems.join("\n")
+    );
+}
