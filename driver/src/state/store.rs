@@ -211,7 +211,9 @@ impl StateStore {
                     mirror = %mirror.dir().display(),
                     recovered = recovery.from_mirror,
                     lost = ?recovery.lost,
-                    "checkpoint is corrupt ({reason}); moved it aside and rebuilt it from the mirror"
+                    "checkpoint is corrupt ({reason}); moved it aside and rebuilt it from the mirror: {} claim(s) recovered, {} lost (both copies damaged)",
+                    recovery.from_mirror,
+                    recovery.lost.len()
                 );
                 (db, Some(aside))
             }
