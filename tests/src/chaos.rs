@@ -1108,6 +1108,8 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
     for round in 0..cfg.faults {
         mark_log(&c, &format!("chaos round {round}"));
         let kind = cfg.mix.draw(&mut rng);
+        // What the restarted driver must log at error level (a damaged checkpoint).
+        let mut must_log: Option<&'static str> = None;
         let resync = match kind {
             Kind::Kill => kill_round(&mut c, &mut w, &mut rng, &mut report).await?,
             Kind::FailPoint => {
@@ -1115,7 +1117,7 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
             }
             Kind::FullDisk => full_disk_round(&mut c, &mut w, &mut rng, &mut report, round).await?,
             Kind::Corrupt | Kind::CorruptBoth => {
-                corrupt_round(
+                must_log = corrupt_round(
                     &mut c,
                     &mut w,
                     &mut rng,
@@ -1130,9 +1132,27 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
             &c,
             &format!("chaos round {round}: {}; restart", report.doing),
         );
+        let log_from = c.driver.log_text().len();
         restart(&mut c, &w, resync, &mut rng).await?;
         // kubelet repeats prepare and unprepare until they succeed.
         converge(&mut c, &mut w.pods, &mut report, round).await?;
+        if let Some(needle) = must_log {
+            let text = c.driver.log_text();
+            let logged = text
+                .get(log_from..)
+                .unwrap_or("")
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains(needle));
+            if !logged {
+                report.found(
+                    "mismatched",
+                    "checkpoint",
+                    "log",
+                    round,
+                    format!("the restarted driver did not log an error saying {needle:?}"),
+                );
+            }
+        }
         w.check_kernel(&mut report, round).await?;
         check_status(&c, &w.pods, round, &mut report).await;
         // The checkpoint is read with the driver stopped cleanly (it holds the file).
@@ -1466,7 +1486,7 @@ async fn corrupt_round(
     rng: &mut fastrand::Rng,
     report: &mut ChaosReport,
     both: bool,
-) -> Result<()> {
+) -> Result<Option<&'static str>> {
     if rng.bool() {
         c.driver.kill9()?;
     } else {
@@ -1474,12 +1494,13 @@ async fn corrupt_round(
     }
     let file = w.state.join(netclaim::state::CHECKPOINT_FILE);
     let mirror = w.state.join(netclaim::state::store::MIRROR_DIR);
+    // Damage the driver must notice and report (the others may hit unused bytes).
+    let mut must_log = None;
     let how = if both {
+        must_log = Some("lost (both copies damaged)");
         damage(&file, rng, "garbage")?;
-        for f in std::fs::read_dir(&mirror)?.flatten() {
-            if f.path().extension().is_some_and(|e| e == "claim") {
-                damage(&f.path(), rng, "flip")?;
-            }
+        for f in mirror_records(&mirror) {
+            damage(&f, rng, "flip")?;
         }
         "both: the file and every mirror record".to_string()
     } else {
@@ -1487,16 +1508,16 @@ async fn corrupt_round(
             0 => damage(&file, rng, "flip")?,
             1 => damage(&file, rng, "zero")?,
             2 => damage(&file, rng, "truncate")?,
-            3 => damage(&file, rng, "garbage")?,
+            3 => {
+                must_log = Some("rebuilt it from the mirror");
+                damage(&file, rng, "garbage")?
+            }
             _ => {
-                let records: Vec<PathBuf> = std::fs::read_dir(&mirror)?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "claim"))
-                    .collect();
+                let records = mirror_records(&mirror);
                 match records.len() {
                     0 => damage(&file, rng, "flip")?,
                     n => {
+                        must_log = Some("mirror records damaged");
                         let how = if rng.bool() { "flip" } else { "truncate" };
                         let done = damage(&records[rng.usize(..n)], rng, how)?;
                         format!("mirror record {}", done.split(':').next().unwrap_or(how))
@@ -1510,7 +1531,20 @@ async fn corrupt_round(
         how.split(':').next().unwrap_or("checkpoint")
     ));
     report.doing(format!("corrupt checkpoint ({how})"));
-    Ok(())
+    Ok(must_log)
+}
+
+/// The record files of the checkpoint's mirror (none before the first write).
+fn mirror_records(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "claim"))
+        .collect();
+    out.sort();
+    out
 }
 
 /// Damages `file` one way; returns what was done.
@@ -1730,7 +1764,12 @@ fn check_checkpoint(w: &World, round: usize, report: &mut ChaosReport) -> Result
     use netclaim::state::{decode_entry, store::MIRROR_DIR};
     // The mirror as the driver left it, before opening the store repairs anything.
     let mut mirror = BTreeMap::new();
-    for e in std::fs::read_dir(w.state.join(MIRROR_DIR))?.flatten() {
+    // No directory yet: nothing was ever written.
+    let entries = std::fs::read_dir(w.state.join(MIRROR_DIR))
+        .into_iter()
+        .flatten()
+        .flatten();
+    for e in entries {
         let name = e.file_name().to_string_lossy().to_string();
         if let Some(uid) = name.strip_suffix(".claim") {
             match decode_entry(uid, &std::fs::read(e.path())?) {
@@ -1807,7 +1846,7 @@ fn check_checkpoint(w: &World, round: usize, report: &mut ChaosReport) -> Result
     }
     // Damaged copies moved aside: kept only for the round's post-mortem.
     for dir in [w.state.clone(), w.state.join(MIRROR_DIR)] {
-        for e in std::fs::read_dir(&dir)?.flatten() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().contains(".corrupt-") {
                 let _ = std::fs::remove_file(e.path());
             }
