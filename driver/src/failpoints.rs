@@ -59,6 +59,20 @@ pub fn setup() {
     imp::setup();
 }
 
+/// Replaces every fail point of this process with `spec` (`name=actions;…`), for
+/// tests that call the library directly; `Err` without the feature or on a bad spec.
+pub fn configure(spec: &str) -> Result<(), String> {
+    #[cfg(feature = "failpoints")]
+    {
+        imp::apply(spec)
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = spec;
+        Err("built without the failpoints feature".into())
+    }
+}
+
 /// Parses `name=actions;name=actions` into pairs; `Err` names the bad entry.
 pub fn parse_spec(spec: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
@@ -119,7 +133,7 @@ mod imp {
     }
 
     /// Replaces every configured fail point with `spec`.
-    fn apply(spec: &str) -> Result<(), String> {
+    pub(super) fn apply(spec: &str) -> Result<(), String> {
         let pairs = super::parse_spec(spec)?;
         for (name, _) in fail::list() {
             fail::remove(name);

@@ -353,6 +353,8 @@ fn pod_route(j: usize) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LinkFacts {
     name: String,
+    /// Administratively up (`UP` in the link's flags).
+    up: bool,
     mtu: u64,
     mac: String,
     addrs: Vec<String>,
@@ -384,6 +386,9 @@ fn links_in(ns: &Path) -> Result<Vec<LinkFacts>> {
         .flatten()
         .map(|l| LinkFacts {
             name: l["ifname"].as_str().unwrap_or("").to_string(),
+            up: l["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "UP")),
             mtu: l["mtu"].as_u64().unwrap_or(0),
             mac: l["address"].as_str().unwrap_or("").to_string(),
             addrs: {
@@ -1410,7 +1415,10 @@ async fn failpoint_round(
                     answer.error
                 ),
             );
-        } else if !answer.error.contains("injected by fail point") {
+        } else if !answer.error.contains("injected by fail point")
+            // On a starved machine the runtime's hook budget may end the step first.
+            && !answer.error.contains("hook budget")
+        {
             report.found(
                 "mismatched",
                 &pod,

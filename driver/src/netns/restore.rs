@@ -262,20 +262,29 @@ fn locate(
     originals: &HostOriginals,
     root: Option<&Netns>,
 ) -> Result<Location, RestoreError> {
+    let lookup = |source: NlError| RestoreError::Lookup {
+        device: originals.name.clone(),
+        source,
+    };
     if let Some(pod) = pod {
         let side = side.clone();
         let o = originals.clone();
-        let found = pod.run(move || -> Option<u32> {
-            let mut sock = NlSocket::route().ok()?;
-            link::links(&mut sock)
-                .ok()?
+        let found = pod.run(move || -> Result<Option<u32>, NlError> {
+            let mut sock = NlSocket::route()?;
+            Ok(link::links(&mut sock)?
                 .into_iter()
                 .find(|l| is_ours_in_pod(l, &side, &o))
-                .map(|l| l.ifindex)
+                .map(|l| l.ifindex))
         });
-        // A namespace that cannot be entered any more counts as gone.
-        if let Ok(Some(idx)) = found {
-            return Ok(Location::Pod(idx));
+        match found {
+            Ok(Ok(Some(idx))) => return Ok(Location::Pod(idx)),
+            Ok(Ok(None)) => {}
+            // The pod's namespace answered with an error: the device may well be in
+            // it, so it is not declared gone (chaos: a failed link dump during a stop
+            // had a device in a live pod reported gone and its record cleared).
+            Ok(Err(source)) => return Err(lookup(source)),
+            // A namespace that cannot be entered any more counts as gone.
+            Err(_) => {}
         }
     }
     let (o_name, o_idx, o_mac) = (originals.name.clone(), originals.ifindex, originals.mac);
@@ -305,15 +314,14 @@ fn locate(
     if let Some(root) = root {
         let side = side.clone();
         let o = originals.clone();
-        let found = root.run(move || -> Option<u32> {
-            let mut sock = NlSocket::route().ok()?;
-            link::links(&mut sock)
-                .ok()?
+        let found = root.run(move || -> Result<Option<u32>, NlError> {
+            let mut sock = NlSocket::route()?;
+            Ok(link::links(&mut sock)?
                 .into_iter()
                 .find(|l| matches_fallen_device(l, &side, &o))
-                .map(|l| l.ifindex)
+                .map(|l| l.ifindex))
         })?;
-        if let Some(idx) = found {
+        if let Some(idx) = found.map_err(lookup)? {
             return Ok(Location::Root(idx));
         }
     }
