@@ -18,7 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 use super::Pods;
 use crate::datapath::{
-    device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy,
+    attach::{EgressMode, IngressMode},
+    device::AttachOptions,
+    AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy,
 };
 use crate::kubelet::{ClaimPreparer, ClaimRef, PrepareResults, UnprepareResults};
 use crate::state::{Placement, Plan, StateError};
@@ -130,6 +132,30 @@ impl Pods {
                 ..Default::default()
             },
         );
+        let travels = |dp: &AttachedDatapath| {
+            dp.info().is_ok_and(|info| {
+                info.egress_mode == Some(EgressMode::Tcx)
+                    && info.ingress_mode.is_some_and(|m| m != IngressMode::Clsact)
+            })
+        };
+        let attached = attached.and_then(|dp| {
+            if travels(&dp) {
+                return Ok(dp);
+            }
+            // clsact filters die with a move: staging them would only leave a filter
+            // on the host. Removed here (in the node's namespace, where they are).
+            let info = dp.info();
+            dp.detach(&k.layout, Some(&k.host))?;
+            Err(DatapathError::Attach {
+                key: key.to_string(),
+                direction: "egress or ingress",
+                interface: ifname.clone(),
+                detail: format!(
+                    "only a clsact attachment was possible ({:?}), and it would not survive the move",
+                    info.map(|i| (i.egress_mode, i.ingress_mode))
+                ),
+            })
+        });
         match attached {
             Ok(dp) => {
                 let info = dp.info().map_err(|e| e.to_string())?;
@@ -189,8 +215,9 @@ impl Pods {
                 source: Box::new(source),
             };
             let key = key_of(plan).map_err(detach_err)?;
+            // At home: any clsact filter of it is in the node's namespace.
             match AttachedDatapath::adopt(&k.layout, key) {
-                Ok(dp) => dp.detach(&k.layout, None).map_err(detach_err)?,
+                Ok(dp) => dp.detach(&k.layout, Some(&k.host)).map_err(detach_err)?,
                 Err(DatapathError::NotPinned { .. }) => {}
                 Err(e) => return Err(detach_err(e)),
             }
