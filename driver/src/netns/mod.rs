@@ -19,8 +19,8 @@ pub mod thread;
 pub mod vrf;
 
 pub use configure::{
-    move_and_configure, ClaimRule, ConfigureError, Configured, InterfaceSettings, Left, NeighbourSpec,
-    RouteSpec, Step, VrfSpec,
+    move_and_configure, ClaimRule, ConfigureError, Configured, InterfaceSettings, Left,
+    NeighbourSpec, RouteSpec, Step, VrfSpec,
 };
 pub use foreign::{remove_foreign_programs, ForeignProgramError, RemovedProgram};
 pub use host::HostOriginals;
