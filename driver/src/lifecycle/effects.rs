@@ -33,6 +33,23 @@ pub struct Intent {
     pub datapath: bool,
 }
 
+impl Intent {
+    /// The write-ahead record of the device: where it goes, and the host state it
+    /// leaves (`originals`, captured just before the move).
+    pub fn attachment(self, originals: HostOriginals) -> Attachment {
+        Attachment {
+            pod_netns: self.pod_netns,
+            pod_ifname: self.pod_ifname,
+            pod_ifindex: None,
+            pod_mac: self.pod_mac,
+            originals,
+            datapath: self.datapath,
+            attached_at: 0,
+            dhcp: None,
+        }
+    }
+}
+
 /// What the lifecycle does to the world.
 pub trait Effects {
     /// A pod's network namespace, held open.
@@ -248,16 +265,7 @@ impl Effects for Kernel {
     ) -> Result<Configured, ConfigureError> {
         let (store, uid, plan) = (self.store.clone(), claim_uid.to_string(), plan.clone());
         let before_move: crate::netns::configure::BeforeMove = Box::new(move |originals| {
-            let attachment = Attachment {
-                pod_netns: intent.pod_netns,
-                pod_ifname: intent.pod_ifname,
-                pod_ifindex: None,
-                pod_mac: intent.pod_mac,
-                originals: originals.clone(),
-                datapath: intent.datapath,
-                attached_at: 0,
-                dhcp: None,
-            };
+            let attachment = intent.attachment(originals.clone());
             place_in(
                 &store,
                 vec![Placing {

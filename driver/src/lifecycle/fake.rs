@@ -205,16 +205,8 @@ impl Effects for Fake {
         }
         let originals = Self::originals(ifname);
         // Write-ahead.
-        let attachment = Attachment {
-            pod_netns: intent.pod_netns,
-            pod_ifname: intent.pod_ifname.clone(),
-            pod_ifindex: None,
-            pod_mac: intent.pod_mac,
-            originals: originals.clone(),
-            datapath: intent.datapath,
-            attached_at: 0,
-            dhcp: None,
-        };
+        let pod_ifname = intent.pod_ifname.clone();
+        let attachment = intent.attachment(originals.clone());
         self.place(vec![Placing {
             claim_uid,
             plan,
@@ -230,10 +222,10 @@ impl Effects for Fake {
             let mut w = self.world.borrow_mut();
             let d = w.devices.get_mut(ifname).expect("checked above");
             d.pod = Some(pod.clone());
-            d.name = intent.pod_ifname.clone();
+            d.name = pod_ifname.clone();
         }
         let side = PodSide {
-            name: intent.pod_ifname.clone(),
+            name: pod_ifname.clone(),
             ifindex: Some(3),
             mac: originals.mac,
         };

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use super::decide::{self, PodAction, PodEvent, Progress, UndoStep};
 use super::effects::{Effects, Intent, Placing};
 use super::{
-    budget, device_ref, settings, Action, DeviceOutcome, Failure, LifecycleError, LifecycleStep,
-    PodRuntime,
+    budget, datapath_key, device_ref, settings, Action, DeviceOutcome, Failure, LifecycleError,
+    LifecycleStep, PodRuntime,
 };
 use crate::datapath::DatapathKey;
 use crate::netns::{ConfigureError, HostOriginals, PodSide, RestoreOutcome, Step};
@@ -98,22 +98,13 @@ impl Taken {
                 },
                 Some(att.originals.clone()),
             )),
-            datapath: att.datapath.then(|| datapath_key(plan)).flatten(),
+            datapath: att.datapath.then(|| datapath_key(plan).ok()).flatten(),
             staged: plan.staged && att.datapath,
             lease: att.dhcp.is_some(),
             recorded: true,
             record: Some(att.clone()),
         }
     }
-}
-
-fn datapath_key(plan: &Plan) -> Option<DatapathKey> {
-    DatapathKey::new(
-        plan.claim.namespace.clone(),
-        plan.claim.name.clone(),
-        plan.device.clone(),
-    )
-    .ok()
 }
 
 /// What [`unwind`] did with one device.
@@ -542,11 +533,7 @@ fn hand_over<E: Effects>(
     let mut base_policy = None;
     if dataplane {
         let policy = settings::datapath_policy(&cfg, &configured);
-        let key = match DatapathKey::new(
-            plan.claim.namespace.clone(),
-            plan.claim.name.clone(),
-            plan.device.clone(),
-        ) {
+        let key = match datapath_key(plan) {
             Ok(key) => key,
             Err(err) => fail!(Failure::new(
                 LifecycleStep::Datapath,

@@ -348,13 +348,7 @@ pub fn resume(ctx: &Context<'_>, plans: Vec<(String, Plan)>, pod: &Netns) -> Vec
             continue;
         }
         let datapath = if att.datapath {
-            DatapathKey::new(
-                plan.claim.namespace.clone(),
-                plan.claim.name.clone(),
-                plan.device.clone(),
-            )
-            .ok()
-            .zip(record.policy.clone())
+            super::datapath_key(&plan).ok().zip(record.policy.clone())
         } else {
             None
         };

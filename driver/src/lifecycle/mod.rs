@@ -56,7 +56,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::datapath::PinLayout;
+use crate::datapath::{DatapathError, DatapathKey, PinLayout};
 use crate::netns::{Netns, NetnsError, RestoreOutcome, Step};
 use crate::state::{Placement, Plan, StateError, StateStore};
 use crate::status::{DeviceRef, FailedPart, StatusSender};
@@ -266,6 +266,16 @@ impl Failure {
             message: message.into(),
         }
     }
+}
+
+/// The key of a planned device's data path (its pins: claim namespace/name, device).
+pub(crate) fn datapath_key(plan: &Plan) -> Result<DatapathKey, DatapathError> {
+    DatapathKey::new(
+        plan.claim.namespace.clone(),
+        plan.claim.name.clone(),
+        plan.device.clone(),
+    )
+    .map_err(DatapathError::from)
 }
 
 pub(crate) fn device_ref(plan: &Plan) -> DeviceRef {

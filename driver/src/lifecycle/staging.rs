@@ -16,11 +16,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::Pods;
+use super::{datapath_key, Pods};
 use crate::datapath::{
     attach::{EgressMode, IngressMode},
     device::AttachOptions,
-    AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy,
+    AttachedDatapath, DatapathError, DatapathPolicy,
 };
 use crate::kubelet::{ClaimPreparer, ClaimRef, PrepareResults, UnprepareResults};
 use crate::state::{Placement, Plan, StateError};
@@ -47,15 +47,6 @@ pub enum UnstageError {
 fn wants_stage(plan: &Plan, dataplane: bool) -> bool {
     let disabled = plan.valid.as_ref().is_none_or(|c| c.disable_ebpf_programs);
     dataplane && !plan.staged && plan.placement == Placement::Home && !disabled
-}
-
-fn key_of(plan: &Plan) -> Result<DatapathKey, DatapathError> {
-    DatapathKey::new(
-        plan.claim.namespace.clone(),
-        plan.claim.name.clone(),
-        plan.device.clone(),
-    )
-    .map_err(DatapathError::from)
 }
 
 impl Pods {
@@ -98,7 +89,7 @@ impl Pods {
         let Some(ifname) = k.resolver.host_ifname(&plan.pool, &plan.device) else {
             return Err("the device is not in the node's inventory".into());
         };
-        let key = key_of(plan).map_err(|e| e.to_string())?;
+        let key = datapath_key(plan).map_err(|e| e.to_string())?;
         // Write-ahead: recorded before anything is pinned; re-checked under the pod's
         // lock (a start may have come first).
         let recorded = k
@@ -169,15 +160,7 @@ impl Pods {
                 Ok(true)
             }
             Err(e) => {
-                let cleared = k.store.update(claim_uid, |stored| {
-                    stored
-                        .plans
-                        .iter_mut()
-                        .find(|p| p.pool == plan.pool && p.device == plan.device)
-                        .map(|p| p.staged = false)
-                        .is_some()
-                });
-                if let Err(c) = cleared {
+                if let Err(c) = self.unmark_staged(claim_uid, plan) {
                     tracing::warn!(
                         "the staged mark stays in the checkpoint ({c}); unprepare clears it"
                     );
@@ -185,6 +168,18 @@ impl Pods {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// Records that no data path is staged for `plan`'s device (any more).
+    fn unmark_staged(&self, claim_uid: &str, plan: &Plan) -> Result<bool, StateError> {
+        self.inner.kernel.store.update(claim_uid, |stored| {
+            stored
+                .plans
+                .iter_mut()
+                .find(|p| p.pool == plan.pool && p.device == plan.device)
+                .map(|p| p.staged = false)
+                .is_some()
+        })
     }
 
     /// Removes the data paths staged for claim `claim_uid` on devices that are home
@@ -214,22 +209,14 @@ impl Pods {
                 device: plan.device.clone(),
                 source: Box::new(source),
             };
-            let key = key_of(plan).map_err(detach_err)?;
+            let key = datapath_key(plan).map_err(detach_err)?;
             // At home: any clsact filter of it is in the node's namespace.
             match AttachedDatapath::adopt(&k.layout, key) {
                 Ok(dp) => dp.detach(&k.layout, Some(&k.host)).map_err(detach_err)?,
                 Err(DatapathError::NotPinned { .. }) => {}
                 Err(e) => return Err(detach_err(e)),
             }
-            k.store
-                .update(claim_uid, |stored| {
-                    stored
-                        .plans
-                        .iter_mut()
-                        .find(|p| p.pool == plan.pool && p.device == plan.device)
-                        .map(|p| p.staged = false)
-                        .is_some()
-                })
+            self.unmark_staged(claim_uid, plan)
                 .map_err(|source| UnstageError::Checkpoint {
                     claim: plan.claim.to_string(),
                     source,
