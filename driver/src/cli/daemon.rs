@@ -165,6 +165,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         StateStore::open(&args.state_dir)
             .with_context(|| format!("opening the checkpoint in {}", args.state_dir.display()))?,
     );
+    // Pod hooks record placements in the checkpoint's journal; the redb file and the
+    // mirror catch up once writes pause.
+    StateStore::spawn_flusher(&store, CHECKPOINT_CATCH_UP)
+        .context("starting the checkpoint flusher")?;
 
     // 3. Metrics and health.
     let metrics = Metrics::new((args.dataplane == Dataplane::On).then(|| layout.clone()));
@@ -377,9 +381,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let _ = tokio::time::timeout(Duration::from_secs(5), status_task).await;
     drop(publisher);
     drop(inventory);
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "checkpoint not caught up at shutdown; its journal is replayed at the next start");
+    }
     tracing::info!("netclaim stopped; devices in pods and their data paths stay in place");
     Ok(0)
 }
+
+/// How long checkpoint writes must pause before the redb file and the mirror catch up
+/// with the journal (a catch-up holds the writers for a few milliseconds).
+const CHECKPOINT_CATCH_UP: Duration = Duration::from_millis(200);
 
 /// How often the pods' held namespaces are compared with the runtime's mounts.
 const ENDED_POD_CHECK: Duration = Duration::from_millis(500);

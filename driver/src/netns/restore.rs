@@ -167,7 +167,9 @@ pub fn restore_device(
     root: Option<&Netns>,
 ) -> Result<RestoreOutcome, RestoreError> {
     let device = originals.name.clone();
+    let started = std::time::Instant::now();
     let location = locate(host, pod, side, originals, root)?;
+    let located = started.elapsed();
     let settings = original_settings(originals);
 
     // Move home in one message when the device is elsewhere.
@@ -200,6 +202,7 @@ pub fn restore_device(
         let o_name = originals.name.clone();
         let moved = ns.run(move || -> Result<bool, NlError> {
             let mut sock = NlSocket::route()?;
+
             let with_fd = |c: LinkChange| LinkChange {
                 netns_fd: Some(host_fd.as_raw_fd()),
                 ..c
@@ -231,10 +234,18 @@ pub fn restore_device(
         }
     }
 
+    let moved_at = started.elapsed();
     let o = originals.clone();
     let job_pending = pending;
     let combined_at_home = from.is_none();
     let result = host.run(move || home_job(&o, &job_pending, combined_at_home))?;
+    tracing::debug!(
+        device = %device,
+        locate_us = located.as_micros() as u64,
+        move_us = (moved_at - located).as_micros() as u64,
+        home_us = (started.elapsed() - moved_at).as_micros() as u64,
+        "restore timing"
+    );
     let (ifindex, mut problems) = result.map_err(|missing| match missing {
         Missing::NotFound => RestoreError::Lost {
             device: device.clone(),

@@ -60,6 +60,10 @@ struct Args {
     /// Keep a copy of the driver's log (debug level) here, to see where a hook's time goes.
     #[arg(long)]
     driver_log: Option<PathBuf>,
+    /// Leave out the real-containerd part (for quick experiments; its keys are then
+    /// missing from the JSON).
+    #[arg(long)]
+    skip_real: bool,
 }
 
 const CONCURRENT: usize = 32;
@@ -301,7 +305,12 @@ fn main() -> Result<()> {
     require_root();
     println!("[bench] netclaim binary: {}", bin.display());
     let out = args.out.clone();
-    let (runs_1, runs_8, driver_log) = (args.runs_1, args.runs_8, args.driver_log.clone());
+    let (runs_1, runs_8, driver_log, skip_real) = (
+        args.runs_1,
+        args.runs_8,
+        args.driver_log.clone(),
+        args.skip_real,
+    );
 
     let load_before = loadavg();
     let topo = Arc::new(Topology::with_nics("ps", CONCURRENT)?);
@@ -339,7 +348,11 @@ fn main() -> Result<()> {
     println!(
         "[bench] real containerd: crictl runp with and without netclaim, {CONCURRENT} pods at once"
     );
-    let real = netclaim_tests::runp::measure_here(runs_1.clamp(5, 25), CONCURRENT)?;
+    let real = if skip_real {
+        None
+    } else {
+        netclaim_tests::runp::measure_here(runs_1.clamp(5, 25), CONCURRENT)?
+    };
     let load_after = loadavg();
 
     let rows = [
@@ -468,7 +481,9 @@ fn main() -> Result<()> {
     for (k, v) in real_rows {
         result[k] = json!((v * 1000.0).round() / 1000.0);
     }
-    result["real_runtime"] = json!(if real.is_some() {
+    result["real_runtime"] = json!(if skip_real {
+        "skipped: --skip-real"
+    } else if real.is_some() {
         "containerd 2.3.4 (../shared/real-peers), crictl runp medians of the same run; without = no NRI plugin connected, with = one claimed device"
     } else {
         "skipped: containerd is not installed (cargo xtask setup)"
