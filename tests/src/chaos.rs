@@ -18,7 +18,8 @@
 //! * **full disk**: the checkpoint's file system is filled to the last byte while 1–3
 //!   pods take their steps, then freed; the same outcome rule;
 //! * **corrupt**: with the driver stopped, bytes of the checkpoint file are flipped or
-//!   a page zeroed, or it is truncated, or a record of its mirror is damaged; with
+//!   a page zeroed, or it is truncated, or a record of its mirror or one copy of its
+//!   journal is damaged; with
 //!   `corrupt-both` (not in the default mix) the file and every mirror record at once.
 //!
 //! After each fault the driver restarts with the runtime's view of which pods live
@@ -1512,13 +1513,19 @@ async fn corrupt_round(
         }
         "both: the file and every mirror record".to_string()
     } else {
-        match rng.u32(..5) {
+        match rng.u32(..6) {
             0 => damage(&file, rng, "flip")?,
             1 => damage(&file, rng, "zero")?,
             2 => damage(&file, rng, "truncate")?,
             3 => {
                 must_log = Some("rebuilt it from the mirror");
                 damage(&file, rng, "garbage")?
+            }
+            4 => {
+                // One copy of the journal: the other still has every record.
+                let copy = netclaim::state::store::JOURNAL_FILES[rng.usize(..2)];
+                let done = damage_records(&w.state.join(copy), rng)?;
+                format!("journal {copy}: {done}")
             }
             _ => {
                 let records = mirror_records(&mirror);
@@ -1553,6 +1560,23 @@ fn mirror_records(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// Flips bits inside the records of a journal copy (the zeros after them are not
+/// worth damaging); returns what was done.
+fn damage_records(file: &Path, rng: &mut fastrand::Rng) -> Result<String> {
+    let mut bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let end = netclaim::state::store::journal::read_records(&bytes).end;
+    if end == 0 {
+        return Ok("empty (nothing to damage)".into());
+    }
+    let n = 1 + rng.usize(..8);
+    for _ in 0..n {
+        let at = rng.usize(..end);
+        bytes[at] ^= 1 << rng.u32(..8);
+    }
+    std::fs::write(file, &bytes)?;
+    Ok(format!("flip: {n} bits in {end} bytes of records"))
 }
 
 /// Damages `file` one way; returns what was done.

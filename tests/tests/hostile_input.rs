@@ -1,6 +1,7 @@
 //! Hostile input never crashes the daemon: the claim config parser and validator, the
 //! NRI mux and the ttrpc reader and server, and the checkpoint (each entry's decoder,
-//! and whole checkpoint files damaged on disk), fed generated and mutated input.
+//! its journal's reader, and whole checkpoint files damaged on disk), fed generated
+//! and mutated input.
 //!
 //! Each target is driven by a seeded xorshift generator and runs as one [`Campaign`]:
 //! the targets take turns (so each one's peak RSS is its own), a process-wide panic
@@ -775,6 +776,101 @@ fn the_checkpoint_entry_decoder_survives_corrupt_entries() {
             "the generator reaches {kind:?}"
         );
     }
+}
+
+/// The checkpoint journal's reader against journals of real records that were cut,
+/// bit-flipped, spliced or overwritten with garbage, and against records whose
+/// checksum is right but whose body is not (a UID length past the end, a UID that is
+/// not UTF-8, a value that does not decode). The reader must return only records that
+/// were written (a forged checksum aside), in order, stop at the first bad one, and
+/// never allocate what a length field says before it is checked.
+#[test]
+fn the_checkpoint_journal_reader_survives_damaged_journals() {
+    use netclaim::state::store::journal::{encode, read_records, Entry};
+    let campaign = Campaign::start("checkpoint-journal");
+    let n = inputs();
+    let mut r = Rng(0x5eed_c4ec_0000_0004);
+    let entries: Vec<Entry> = checkpoint_seeds()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            generation: 100 + i as u64,
+            uid: c.claim.uid.clone(),
+            value: encode_entry(c).expect("seed encodes"),
+        })
+        .collect();
+    let journal: Vec<u8> = entries.iter().flat_map(encode).collect();
+    assert_eq!(read_records(&journal).entries, entries);
+    let (mut read_some, mut read_none, mut forged) = (0u64, 0u64, 0u64);
+    for _ in 0..n {
+        let mut bytes = journal.clone();
+        let mut forging = false;
+        match r.below(6) {
+            0 => bytes.truncate(r.below(bytes.len())),
+            1 => {
+                for _ in 0..1 + r.below(4) {
+                    let at = r.below(bytes.len());
+                    bytes[at] ^= 1 << r.below(8);
+                }
+            }
+            2 => {
+                let at = r.below(bytes.len());
+                let junk = r.some_bytes(300);
+                bytes.splice(at..at, junk);
+            }
+            3 => bytes = r.some_bytes(2000),
+            4 => {
+                // A record whose checksum is right over a body that is not.
+                forging = true;
+                let mut body = r.bytes(8);
+                let uid = r.some_bytes(40);
+                let uid_len = match r.below(3) {
+                    0 => u16::MAX,
+                    _ => uid.len() as u16,
+                };
+                body.extend_from_slice(&uid_len.to_le_bytes());
+                body.extend_from_slice(&uid);
+                body.extend(r.some_bytes(200));
+                let mut rec = b"NCJ1".to_vec();
+                rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                rec.extend_from_slice(&Sha256::digest(&body)[..16]);
+                rec.extend_from_slice(&body);
+                let at = [0, journal.len()][r.below(2)];
+                bytes.splice(at..at, rec);
+            }
+            _ => {
+                // A length field that says 4 GiB.
+                let at = r.below(bytes.len().saturating_sub(8));
+                bytes[at..at + 4].copy_from_slice(b"NCJ1");
+                bytes[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+            }
+        }
+        let Some(read) = guarded(|| read_records(&bytes)) else {
+            continue;
+        };
+        if read.entries.is_empty() {
+            read_none += 1;
+        } else {
+            read_some += 1;
+        }
+        for e in &read.entries {
+            if entries.contains(e) {
+                // A written record still decodes as the claim it was.
+                let _ = guarded(|| decode_entry(&e.uid, &e.value));
+            } else {
+                assert!(forging, "a record that was never written read back: {e:?}");
+                forged += 1;
+                let _ = guarded(|| decode_entry(&e.uid, &e.value));
+            }
+        }
+        assert!(read.end <= bytes.len());
+    }
+    println!("checkpoint journal reader: {n} inputs, {read_some} with records, {read_none} without, {forged} forged records read");
+    campaign.finish(n);
+    assert!(
+        read_some > 0 && read_none > 0 && forged > 0,
+        "the generator reaches every case"
+    );
 }
 
 /// A copy of `seed` for another claim and pod.

@@ -25,6 +25,7 @@ pub const TARGETS: &[&str] = &[
     "ttrpc-reader",
     "nri-mux-ttrpc-server",
     "checkpoint-entry",
+    "checkpoint-journal",
     "checkpoint-file",
 ];
 
