@@ -390,7 +390,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// How long checkpoint writes must pause before the redb file and the mirror catch up
 /// with the journal (a catch-up holds the writers for a few milliseconds).
-const CHECKPOINT_CATCH_UP: Duration = Duration::from_millis(200);
+const CHECKPOINT_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// How often the pods' held namespaces are compared with the runtime's mounts.
 const ENDED_POD_CHECK: Duration = Duration::from_millis(500);

@@ -146,19 +146,27 @@ impl Journal {
         self.lens == [0, 0]
     }
 
+    /// How many bytes of the larger copy may be other than zeros.
+    pub fn used(&self) -> u64 {
+        self.used[0].max(self.used[1])
+    }
+
     /// Empties both copies (their records are in both checkpoint copies now): every
-    /// byte written is zeroed again, so no old record can read back after a new one.
+    /// byte written is zeroed again, so no old record can read back after a new one,
+    /// and each copy is written ahead with zeros to [`PREWRITTEN`].
     pub fn clear(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         for i in 0..2 {
-            let len = self.used[i].max(PREWRITTEN);
-            if self.files[i].metadata()?.len() > len {
-                self.files[i].set_len(len)?;
-            }
+            let file_len = self.files[i].metadata()?.len();
+            let to = if file_len < PREWRITTEN {
+                PREWRITTEN
+            } else {
+                self.used[i].min(file_len)
+            };
             let zeros = vec![0u8; 64 << 10];
             let mut at = 0;
-            while at < len {
-                let n = (len - at).min(zeros.len() as u64) as usize;
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64) as usize;
                 self.files[i].write_all_at(&zeros[..n], at)?;
                 at += n as u64;
             }
