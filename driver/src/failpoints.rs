@@ -7,13 +7,16 @@
 //! is not linked and no environment variable or file is read. The image is built
 //! without it.
 //!
-//! Two fail points exist:
+//! Three fail points exist:
 //! * [`NETLINK`] (`netlink-request`): every request through
 //!   [`crate::netns::netlink::NlSocket::request_raw`], the one choke point of the
 //!   driver's own netlink traffic (moves, configuration, restore, ethtool);
 //! * [`BPF`] (`bpf-op`): every program attach, link creation, map update and pin of
 //!   the data path (`datapath::attach`, `datapath::maps`, `datapath::pins`,
-//!   `datapath::device`).
+//!   `datapath::device`);
+//! * [`JOURNAL`] (`journal-write`): every record of the checkpoint's write-ahead
+//!   journal (`state::store::journal`), so a test can see what happens when only the
+//!   slow path (both checkpoint copies) is left.
 //!
 //! They are configured with the `fail` crate's action syntax: `FAILPOINTS` in the
 //! environment at start (`netlink-request=5*off->1*return->off` fails the 6th request),
@@ -31,6 +34,8 @@
 pub const NETLINK: &str = "netlink-request";
 /// The fail point in front of every bpf attach, link, map update and pin.
 pub const BPF: &str = "bpf-op";
+/// The fail point in front of every record of the checkpoint's journal.
+pub const JOURNAL: &str = "journal-write";
 
 /// Whether fail point `name` fails this call; `Some(text)` names the fail point, for
 /// the caller's error. Counts the call (test builds only).

@@ -372,12 +372,23 @@ pub async fn bring_up_with(
     config: RuntimeConfig,
     narrator: &dyn Narrator,
 ) -> Result<Cluster> {
+    bring_up_env(topo, config, narrator, &[]).await
+}
+
+/// [`bring_up_with`] with extra environment variables for the driver (e.g.
+/// `FAILPOINTS` for a driver built with fail points).
+pub async fn bring_up_env(
+    topo: &Topology,
+    config: RuntimeConfig,
+    narrator: &dyn Narrator,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Cluster> {
     narrator.step(
         1,
         "start the fake API server, the fake NRI runtime and `netclaim run` in the node namespace",
     );
     let runtime = FakeRuntime::start(topo.nri_socket(), config).await?;
-    let side = driver_side(topo, narrator, || async {
+    let side = driver_side_env(topo, narrator, env, || async {
         runtime.wait_registered(Duration::from_secs(20)).await
     })
     .await?;
@@ -414,6 +425,21 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<R>>,
 {
+    driver_side_env(topo, narrator, &[], nri_registered).await
+}
+
+/// [`driver_side`] with extra environment variables for the driver.
+pub async fn driver_side_env<R, F, Fut>(
+    topo: &Topology,
+    narrator: &dyn Narrator,
+    env: &[(&str, &std::ffi::OsStr)],
+    nri_registered: F,
+) -> Result<DriverSide>
+where
+    R: std::fmt::Debug,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<R>>,
+{
     let api = FakeApiServer::start().await?;
     api.put(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": "node-uid-1"}}))?;
     api.put(json!({
@@ -421,7 +447,7 @@ where
         "metadata": {"name": DRIVER},
         "spec": {"selectors": [{"cel": {"expression": format!("device.driver == \"{DRIVER}\"")}}]}
     }))?;
-    let driver = Driver::start(topo, api.kubeconfig_path(), "1s")?;
+    let driver = Driver::start_with_env(topo, api.kubeconfig_path(), "1s", env)?;
     let kubelet = FakeKubelet::new(topo.kubelet_dir());
     let registered = kubelet
         .wait_and_register(DRIVER, Verdict::Accept, Duration::from_secs(20))

@@ -46,13 +46,104 @@ fn kill_9_anywhere_loses_leaks_and_mismatches_nothing() {
     );
 }
 
-/// The checkpoint's file system is full: the write-ahead record of a pod start cannot
-/// be made, so the device must not be touched. The hook fails naming the checkpoint,
-/// the NIC stays at home exactly as it was, and once there is room the pod starts.
+/// The checkpoint's file system is full. The journal's space is written ahead, so a pod
+/// start's records still become durable there and the pod starts; the catch-up of the
+/// redb file and mirror fails until there is room. The driver is then killed with the
+/// disk still full: the restarted driver finds the device in its pod from the journal,
+/// and the stop brings it home exactly as it was.
 #[test]
-fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
+fn a_full_disk_under_the_checkpoint_keeps_placements_in_the_journal() {
+    use anyhow::Context;
     use netclaim_tests::{
         runtime::Mode,
+        scenario::{
+            self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
+        },
+    };
+    use std::{sync::Arc, time::Duration};
+    require_root();
+    let topo = Arc::new(Topology::new("cfj").unwrap());
+    let state = topo.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let tmpfs = SmallFs::mount(&state, "8M").unwrap();
+    let t = topo.clone();
+    let st = state.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let mut c = scenario::bring_up(&topo, Mode::Current, &scenario::Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let before = link_facts(&topo.node, NIC)?;
+
+        let filler = SmallFs::fill(&st, "filler")?;
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            out.is_clean(),
+            "start with a full disk: {:?}\n{}",
+            out.status,
+            c.driver.log_text()
+        );
+        topo.pod
+            .ip(&["link", "show", "net1"])
+            .context("net1 in the pod")?;
+        // The catch-up (after 1 s of quiet) fails for want of room and says so.
+        let t0 = std::time::Instant::now();
+        while !c.driver.log_text().contains("checkpoint catch-up failed") {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(5),
+                "no failed catch-up logged:\n{}",
+                c.driver.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Killed with the disk still full; the room comes back before the restart.
+        let registered = c.runtime.wait_registered(Duration::from_secs(5)).await?;
+        c.driver.kill9()?;
+        std::fs::remove_file(&filler)?;
+        c.driver = scenario::Driver::start(&topo, c.api.kubeconfig_path(), "1s")?;
+        c.runtime
+            .wait_registration_after(registered.generation, Duration::from_secs(20))
+            .await
+            .with_context(|| c.driver.log_text())?;
+        anyhow::ensure!(
+            c.driver.log_text().contains("checkpoint journal replayed"),
+            "the restarted driver did not replay the journal:\n{}",
+            c.driver.log_text()
+        );
+        let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            stop.is_clean(),
+            "stop: {:?}\n{}",
+            stop.status,
+            c.driver.log_text()
+        );
+        anyhow::ensure!(
+            link_facts(&topo.node, NIC)? == before,
+            "not restored exactly"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    })
+    .unwrap();
+    drop(tmpfs);
+}
+
+/// The checkpoint's file system is full and the journal refuses its record (a fail
+/// point): the write-ahead record of a pod start cannot be made, so the device must not
+/// be touched. The hook fails naming the checkpoint, the NIC stays at home exactly as
+/// it was, and once there is room the pod starts.
+#[test]
+fn a_full_disk_without_the_journal_fails_the_start_before_the_device_moves() {
+    use netclaim_tests::{
+        runtime::{Mode, RuntimeConfig},
         scenario::{
             self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
         },
@@ -62,12 +153,13 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
     let topo = Arc::new(Topology::new("cfd").unwrap());
     let state = topo.dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let tmpfs = SmallFs::mount(&state, "4M").unwrap();
+    let tmpfs = SmallFs::mount(&state, "8M").unwrap();
     let t = topo.clone();
     let st = state.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        let c = scenario::bring_up(&topo, Mode::Current, &scenario::Quiet).await?;
+        let env = [("FAILPOINTS", std::ffi::OsStr::new("journal-write=return"))];
+        let c = scenario::bring_up_env(&topo, RuntimeConfig::new(Mode::Current), &scenario::Quiet, &env).await?;
         c.api.put(claim("web", "uid-web", &c.device, "web-0", "pod-uid-web", good_parameters()))?;
         anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
         let before = link_facts(&topo.node, NIC)?;
@@ -79,13 +171,18 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
         let refused = match &out.status {
             Err(status) => status.message.clone(),
             Ok(()) => anyhow::bail!(
-                "the pod started with a full checkpoint file system (closed: {:?});\ndriver log:\n{}",
+                "the pod started with a full checkpoint file system and no journal (closed: {:?});\ndriver log:\n{}",
                 out.closed,
                 c.driver.log_text()
             ),
         };
         println!("[chaos] refused with a full disk: {refused}");
         anyhow::ensure!(refused.contains("checkpoint"), "the error does not name the checkpoint: {refused}");
+        anyhow::ensure!(
+            c.driver.log_text().contains("fail point fired"),
+            "the journal fail point did not fire:\n{}",
+            c.driver.log_text()
+        );
         anyhow::ensure!(
             link_facts(&topo.node, NIC)? == before,
             "the NIC changed although its record could not be written"
@@ -118,11 +215,6 @@ fn a_full_disk_under_the_checkpoint_fails_the_start_before_the_device_moves() {
     drop(tmpfs);
 }
 
-/// The real-runtime variant: `kill -9` of `netclaim run` during `crictl runp`, `crictl
-/// rmp`, kubelet's prepare and unprepare and the restart's Synchronize against real
-/// containerd (which reconnects the restarted plugin and synchronizes its real pods),
-/// two devices per pod, checked from the kernel as above. `NETCLAIM_CHAOS_REAL_FAULTS`
-/// sets the count (default 20).
 #[test]
 fn kill_9_under_real_containerd_loses_leaks_and_mismatches_nothing() {
     require_root();

@@ -111,6 +111,9 @@ impl Journal {
     /// returned: the caller must then make the change durable another way.
     pub fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        if let Some(text) = crate::failpoints::fires(crate::failpoints::JOURNAL) {
+            return Err(std::io::Error::other(text));
+        }
         let record = encode(entry);
         // Both copies are written and synced at the same time: the file system
         // commits the two together, close to the cost of one.
