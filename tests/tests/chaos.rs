@@ -46,6 +46,23 @@ fn kill_9_anywhere_loses_leaks_and_mismatches_nothing() {
     );
 }
 
+/// A test topology whose state dir is an 8 MiB file system of its own (to be filled):
+/// the topology, the state dir, and the mount (unmounted when dropped).
+fn checkpoint_on_small_fs(
+    prefix: &str,
+) -> (
+    std::sync::Arc<netclaim_tests::scenario::Topology>,
+    std::path::PathBuf,
+    SmallFs,
+) {
+    require_root();
+    let topo = std::sync::Arc::new(netclaim_tests::scenario::Topology::new(prefix).unwrap());
+    let state = topo.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let tmpfs = SmallFs::mount(&state, "8M").unwrap();
+    (topo, state, tmpfs)
+}
+
 /// The checkpoint's file system is full. The journal's space is written ahead, so a pod
 /// start's records still become durable there and the pod starts; the catch-up of the
 /// redb file and mirror fails until there is room. The driver is then killed with the
@@ -56,18 +73,11 @@ fn a_full_disk_under_the_checkpoint_keeps_placements_in_the_journal() {
     use anyhow::Context;
     use netclaim_tests::{
         runtime::Mode,
-        scenario::{
-            self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
-        },
+        scenario::{self, claim, good_parameters, link_facts, prepare, run_in_netns, NIC},
     };
-    use std::{sync::Arc, time::Duration};
-    require_root();
-    let topo = Arc::new(Topology::new("cfj").unwrap());
-    let state = topo.dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let tmpfs = SmallFs::mount(&state, "8M").unwrap();
+    use std::time::Duration;
+    let (topo, st, tmpfs) = checkpoint_on_small_fs("cfj");
     let t = topo.clone();
-    let st = state.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let mut c = scenario::bring_up(&topo, Mode::Current, &scenario::Quiet).await?;
@@ -144,18 +154,11 @@ fn a_full_disk_under_the_checkpoint_keeps_placements_in_the_journal() {
 fn a_full_disk_without_the_journal_fails_the_start_before_the_device_moves() {
     use netclaim_tests::{
         runtime::{Mode, RuntimeConfig},
-        scenario::{
-            self, claim, good_parameters, link_facts, prepare, run_in_netns, Topology, NIC,
-        },
+        scenario::{self, claim, good_parameters, link_facts, prepare, run_in_netns, NIC},
     };
-    use std::{sync::Arc, time::Duration};
-    require_root();
-    let topo = Arc::new(Topology::new("cfd").unwrap());
-    let state = topo.dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let tmpfs = SmallFs::mount(&state, "8M").unwrap();
+    use std::time::Duration;
+    let (topo, st, tmpfs) = checkpoint_on_small_fs("cfd");
     let t = topo.clone();
-    let st = state.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let env = [("FAILPOINTS", std::ffi::OsStr::new("journal-write=return"))];

@@ -1707,21 +1707,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_process_killed_before_the_catch_up_loses_no_journaled_change() {
+    /// What a kill leaves after `puts` (durable) and then `stamps` (journaled only): the
+    /// file and mirror of the last durable write, and the journal of everything after.
+    fn crash_image(puts: &[&str], stamps: &[(&str, u64)]) -> tempfile::TempDir {
         let live = tempfile::tempdir().unwrap();
         let store = StateStore::open(live.path()).unwrap();
-        store.put(&sample("a")).unwrap();
-        store.put(&sample("b")).unwrap();
-        // What a kill leaves: the file and mirror of the last durable write ...
+        for uid in puts {
+            store.put(&sample(uid)).unwrap();
+        }
         let crashed = tempfile::tempdir().unwrap();
         durable_image(live.path(), crashed.path());
-        stamp(&store, "a", 10);
-        stamp(&store, "b", 20);
-        stamp(&store, "a", 11);
-        // ... and the journal of everything after it.
+        for (uid, at) in stamps {
+            stamp(&store, uid, *at);
+        }
         copy_journal(live.path(), crashed.path());
-        drop(store);
+        crashed
+    }
+
+    #[test]
+    fn a_process_killed_before_the_catch_up_loses_no_journaled_change() {
+        let crashed = crash_image(&["a", "b"], &[("a", 10), ("b", 20), ("a", 11)]);
 
         let reopened = StateStore::open(crashed.path()).unwrap();
         assert_eq!(reopened.recovery().from_journal, 2);
@@ -1739,15 +1744,7 @@ mod tests {
 
     #[test]
     fn a_journal_record_cut_off_by_the_crash_is_the_only_change_lost() {
-        let live = tempfile::tempdir().unwrap();
-        let store = StateStore::open(live.path()).unwrap();
-        store.put(&sample("a")).unwrap();
-        let crashed = tempfile::tempdir().unwrap();
-        durable_image(live.path(), crashed.path());
-        stamp(&store, "a", 10);
-        stamp(&store, "a", 11);
-        copy_journal(live.path(), crashed.path());
-        drop(store);
+        let crashed = crash_image(&["a"], &[("a", 10), ("a", 11)]);
         // The last record's write was cut off in both copies (its call never returned).
         for name in JOURNAL_FILES {
             let path = crashed.path().join(name);
@@ -1761,14 +1758,7 @@ mod tests {
 
     #[test]
     fn a_damaged_file_is_rebuilt_from_the_mirror_and_then_the_journal() {
-        let live = tempfile::tempdir().unwrap();
-        let store = StateStore::open(live.path()).unwrap();
-        store.put(&sample("a")).unwrap();
-        let crashed = tempfile::tempdir().unwrap();
-        durable_image(live.path(), crashed.path());
-        stamp(&store, "a", 10);
-        copy_journal(live.path(), crashed.path());
-        drop(store);
+        let crashed = crash_image(&["a"], &[("a", 10)]);
         std::fs::write(crashed.path().join(CHECKPOINT_FILE), b"not a redb file").unwrap();
         // And one journal copy damaged as well: the other still has the record.
         let a = crashed.path().join(JOURNAL_FILES[0]);

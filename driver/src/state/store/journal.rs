@@ -22,7 +22,7 @@
 use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use sha2::{Digest, Sha256};
@@ -57,7 +57,6 @@ pub struct Read {
 /// The two open journal files.
 #[derive(Debug)]
 pub struct Journal {
-    paths: [PathBuf; 2],
     files: [File; 2],
     /// Where the next record of each copy goes: the end of its last intact record.
     lens: [u64; 2],
@@ -90,7 +89,6 @@ impl Journal {
         };
         let (a, b) = (open(&paths[0])?, open(&paths[1])?);
         let mut journal = Self {
-            paths,
             files: [a.0, b.0],
             lens: [a.1, b.1],
             used: [a.2, b.2],
@@ -99,10 +97,6 @@ impl Journal {
             journal.clear()?;
         }
         Ok(journal)
-    }
-
-    pub fn paths(&self) -> &[PathBuf; 2] {
-        &self.paths
     }
 
     /// Writes `entry` after the last record of both copies and waits until both are on
