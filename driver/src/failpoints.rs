@@ -7,7 +7,7 @@
 //! is not linked and no environment variable or file is read. The image is built
 //! without it.
 //!
-//! Three fail points exist:
+//! Four fail points exist:
 //! * [`NETLINK`] (`netlink-request`): every request through
 //!   [`crate::netns::netlink::NlSocket::request_raw`], the one choke point of the
 //!   driver's own netlink traffic (moves, configuration, restore, ethtool);
@@ -16,7 +16,11 @@
 //!   `datapath::device`);
 //! * [`JOURNAL`] (`journal-write`): every record of the checkpoint's write-ahead
 //!   journal (`state::store::journal`), so a test can see what happens when only the
-//!   slow path (both checkpoint copies) is left.
+//!   slow path (both checkpoint copies) is left;
+//! * [`SETTLE`] (`checkpoint-settle`): the flusher writing the journal records that
+//!   settled placements (`InPod`, `Home`) owe; when it fires they stay owed, so a test
+//!   can kill the driver after a hook answered and before its settling record is
+//!   durable.
 //!
 //! They are configured with the `fail` crate's action syntax: `FAILPOINTS` in the
 //! environment at start (`netlink-request=5*off->1*return->off` fails the 6th request),
@@ -36,6 +40,8 @@ pub const NETLINK: &str = "netlink-request";
 pub const BPF: &str = "bpf-op";
 /// The fail point in front of every record of the checkpoint's journal.
 pub const JOURNAL: &str = "journal-write";
+/// The fail point in front of the flusher's write of owed settling records.
+pub const SETTLE: &str = "checkpoint-settle";
 
 /// Whether fail point `name` fails this call; `Some(text)` names the fail point, for
 /// the caller's error. Counts the call (test builds only).

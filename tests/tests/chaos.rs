@@ -258,3 +258,199 @@ fn kill_9_under_real_containerd_loses_leaks_and_mismatches_nothing() {
         report.problems.join("\n")
     );
 }
+
+/// The driver with the `checkpoint-settle` fail point armed (the flusher never writes
+/// the records settled placements owe; the 1 s catch-up still does), a prepared claim
+/// for the NIC, the NIC's facts at home; `listed`: the runtime lists the pod in every
+/// Synchronize (it runs).
+async fn settle_held(
+    topo: &netclaim_tests::scenario::Topology,
+    listed: bool,
+) -> anyhow::Result<(netclaim_tests::scenario::Cluster, (u64, Vec<String>))> {
+    use netclaim_tests::{
+        runtime::{pod, Mode, RuntimeConfig},
+        scenario::{self, claim, good_parameters, link_facts, prepare, NIC},
+    };
+    let mut config = RuntimeConfig::new(Mode::Current);
+    if listed {
+        let netns = topo.pod.path().to_string_lossy().to_string();
+        config.pods = vec![pod(
+            "sandbox-web",
+            "default",
+            "web-0",
+            "pod-uid-web",
+            &netns,
+        )];
+    }
+    let c = scenario::bring_up_env(topo, config, &scenario::Quiet, &settle_held_env()).await?;
+    c.api.put(claim(
+        "web",
+        "uid-web",
+        &c.device,
+        "web-0",
+        "pod-uid-web",
+        good_parameters(),
+    ))?;
+    anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+    let home = link_facts(&topo.node, NIC)?;
+    Ok((c, home))
+}
+
+/// The environment that arms the `checkpoint-settle` fail point.
+fn settle_held_env() -> [(&'static str, &'static std::ffi::OsStr); 1] {
+    [(
+        "FAILPOINTS",
+        std::ffi::OsStr::new("checkpoint-settle=return"),
+    )]
+}
+
+/// Kills the driver and starts it again with [`settle_held_env`]; waits until it is
+/// registered with the runtime again.
+async fn kill_and_restart(
+    c: &mut netclaim_tests::scenario::Cluster,
+    topo: &netclaim_tests::scenario::Topology,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let registered = c
+        .runtime
+        .wait_registered(std::time::Duration::from_secs(5))
+        .await?;
+    c.driver.kill9()?;
+    c.driver = netclaim_tests::scenario::Driver::start_with_env(
+        topo,
+        c.api.kubeconfig_path(),
+        "1s",
+        &settle_held_env(),
+    )?;
+    c.runtime
+        .wait_registration_after(registered.generation, std::time::Duration::from_secs(20))
+        .await
+        .with_context(|| c.driver.log_text())?;
+    Ok(())
+}
+
+/// A pod start answers before the journal record of its `InPod` placement is written
+/// (the flusher writes it right after). Killed in that window (a fail point holds the
+/// flusher), the restarted driver finds only the durable `Entering` record: it takes
+/// the device back, and synchronize, which lists the running pod, hands it over again
+/// configured exactly as before. Then the pod stops and the NIC is home as it was.
+#[test]
+fn a_kill_before_the_start_settles_hands_the_device_over_again() {
+    use netclaim_tests::scenario::{self, link_facts, run_in_netns, NIC, POD_IF};
+    use std::time::Duration;
+    require_root();
+    let topo = std::sync::Arc::new(scenario::Topology::new("css").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let (mut c, home) = settle_held(&topo, true).await?;
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            out.is_clean(),
+            "start: {:?}\n{}",
+            out.status,
+            c.driver.log_text()
+        );
+        let in_pod = link_facts(&topo.pod, POD_IF)?;
+        kill_and_restart(&mut c, &topo).await?;
+        let log = c.driver.log_text();
+        anyhow::ensure!(
+            log.contains("fail point fired") && log.contains("was cut off; returning its devices"),
+            "the restarted driver did not find the cut-off start:\n{log}"
+        );
+        // The log goes on across restarts: the second hand-over is synchronize's.
+        let t0 = std::time::Instant::now();
+        while c
+            .driver
+            .log_text()
+            .matches("device handed to the pod")
+            .count()
+            < 2
+        {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "synchronize did not hand the device over again:\n{}",
+                c.driver.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            link_facts(&topo.pod, POD_IF)? == in_pod,
+            "the device is not configured in the pod as before the kill"
+        );
+        let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            stop.is_clean(),
+            "stop: {:?}\n{}",
+            stop.status,
+            c.driver.log_text()
+        );
+        anyhow::ensure!(link_facts(&topo.node, NIC)? == home, "not restored exactly");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A pod stop answers before the journal record of its `Home` placement is written.
+/// Killed in that window, the restarted driver finds the durable `Leaving` record,
+/// finds the device home and records it home without changing it; unprepare is not
+/// refused and the NIC is exactly as the host had it.
+#[test]
+fn a_kill_before_the_stop_settles_leaves_the_device_home() {
+    use netclaim_tests::scenario::{
+        self, link_facts, link_facts_at, run_in_netns, unprepare, NIC, POD_IF,
+    };
+    use std::time::Duration;
+    require_root();
+    let topo = std::sync::Arc::new(scenario::Topology::new("csh").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let (mut c, home) = settle_held(&topo, false).await?;
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            out.is_clean(),
+            "start: {:?}\n{}",
+            out.status,
+            c.driver.log_text()
+        );
+        // The start's own `InPod` record is made durable by the catch-up (1 s quiet).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            stop.is_clean(),
+            "stop: {:?}\n{}",
+            stop.status,
+            c.driver.log_text()
+        );
+        anyhow::ensure!(
+            link_facts(&topo.node, NIC)? == home,
+            "not restored exactly by the stop"
+        );
+        kill_and_restart(&mut c, &topo).await?;
+        let log = c.driver.log_text();
+        anyhow::ensure!(
+            log.matches("fail point fired").count() >= 2
+                && log.contains("was cut off; returning its devices"),
+            "the restarted driver did not find the unsettled stop:\n{log}"
+        );
+        let err = unprepare(&c, "web", "uid-web").await?;
+        anyhow::ensure!(
+            err.is_empty(),
+            "unprepare after the restart: {err}\n{}",
+            c.driver.log_text()
+        );
+        anyhow::ensure!(
+            link_facts(&topo.node, NIC)? == home,
+            "the NIC changed after the restart"
+        );
+        anyhow::ensure!(
+            link_facts_at(topo.pod.path(), POD_IF)?.is_none(),
+            "the device is back in the pod"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    })
+    .unwrap();
+}

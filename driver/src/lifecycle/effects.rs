@@ -193,6 +193,18 @@ fn set_placements(
     Ok(())
 }
 
+/// Whether recording `placement` only settles what the device's durable write-ahead
+/// record already allows for, so its journal record may follow the hook's answer:
+/// `InPod` comes after a durable `Entering`, `Home` after a durable `Entering` or
+/// `Leaving` (or after `Home`). Should a crash lose it, the restarted driver finds that
+/// earlier record and takes the device back from wherever it is, the same as for a
+/// hook cut off just before it: home exactly as before (restoring a device that is
+/// already home changes nothing), a live pod's devices then handed over again by
+/// synchronize. `Entering` and `Leaving` come before a kernel step: durable first.
+pub(crate) fn settles(placement: &Placement) -> bool {
+    matches!(placement, Placement::InPod { .. } | Placement::Home)
+}
+
 /// [`Effects::place`] over a store (also what the write-ahead hook of `move_in` uses).
 fn place_in(store: &StateStore, entries: Vec<Placing<'_>>) -> Result<(), (usize, StateError)> {
     let mut by_claim: std::collections::BTreeMap<&str, Vec<(usize, &Plan, Placement)>> =
@@ -206,17 +218,21 @@ fn place_in(store: &StateStore, entries: Vec<Placing<'_>>) -> Result<(), (usize,
     for (claim_uid, mut entries) in by_claim {
         let first = entries.first().map(|(i, _, _)| *i).unwrap_or(0);
         let mut missing = None;
-        let written = store
-            .update(claim_uid, |stored| {
-                match set_placements(stored, &mut entries) {
-                    Ok(()) => true,
-                    Err(i) => {
-                        missing = Some(i);
-                        false
-                    }
+        let settled = entries.iter().all(|(_, _, p)| settles(p));
+        let change =
+            |stored: &mut crate::state::ClaimPlans| match set_placements(stored, &mut entries) {
+                Ok(()) => true,
+                Err(i) => {
+                    missing = Some(i);
+                    false
                 }
-            })
-            .map_err(|e| (first, e))?;
+            };
+        let written = if settled {
+            store.update_settled(claim_uid, change)
+        } else {
+            store.update(claim_uid, change)
+        }
+        .map_err(|e| (first, e))?;
         if !written {
             return Err((
                 missing.unwrap_or(first),
@@ -453,5 +469,43 @@ impl Effects for Kernel {
 
     fn dataplane(&self) -> bool {
         self.config.dataplane
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_records_after_a_durable_write_ahead_record_follow_the_answer() {
+        let attachment = Attachment {
+            pod_netns: "/run/netns/p".into(),
+            pod_ifname: "net1".into(),
+            pod_ifindex: None,
+            pod_mac: None,
+            originals: super::super::fake::originals("eth1"),
+            datapath: true,
+            attached_at: 0,
+            dhcp: None,
+        };
+        let cases = [
+            (Placement::Home, true),
+            (
+                Placement::InPod {
+                    attachment: attachment.clone(),
+                },
+                true,
+            ),
+            (
+                Placement::Entering {
+                    attachment: attachment.clone(),
+                },
+                false,
+            ),
+            (Placement::Leaving { attachment }, false),
+        ];
+        for (placement, settled) in cases {
+            assert_eq!(settles(&placement), settled, "{placement:?}");
+        }
     }
 }

@@ -50,6 +50,31 @@ struct World {
     crashed: bool,
 }
 
+/// A device's host state as the fake world has it before any move.
+pub(super) fn originals(name: &str) -> HostOriginals {
+    HostOriginals {
+        name: name.to_string(),
+        ifindex: 10,
+        kind: None,
+        mtu: HOST_MTU,
+        mac: Some([2, 0, 0, 0, 0, 1]),
+        perm_mac: None,
+        up: true,
+        addresses: Vec::new(),
+        routes: Vec::new(),
+        gso_max_size: None,
+        gro_max_size: None,
+        gso_ipv4_max_size: None,
+        gro_ipv4_max_size: None,
+        ethtool_features: Default::default(),
+        ethtool_changeable: Default::default(),
+        private_flags: Default::default(),
+        sysctls: None,
+        pod_rules: Vec::new(),
+        pod_vrf: None,
+    }
+}
+
 #[derive(Debug)]
 struct Injected;
 
@@ -88,30 +113,6 @@ impl Fake {
             direction: "ingress",
             interface: "fake".into(),
             detail: "injected".into(),
-        }
-    }
-
-    fn originals(name: &str) -> HostOriginals {
-        HostOriginals {
-            name: name.to_string(),
-            ifindex: 10,
-            kind: None,
-            mtu: HOST_MTU,
-            mac: Some([2, 0, 0, 0, 0, 1]),
-            perm_mac: None,
-            up: true,
-            addresses: Vec::new(),
-            routes: Vec::new(),
-            gso_max_size: None,
-            gro_max_size: None,
-            gso_ipv4_max_size: None,
-            gro_ipv4_max_size: None,
-            ethtool_features: Default::default(),
-            ethtool_changeable: Default::default(),
-            private_flags: Default::default(),
-            sysctls: None,
-            pod_rules: Vec::new(),
-            pod_vrf: None,
         }
     }
 
@@ -203,7 +204,7 @@ impl Effects for Fake {
                 })
             }
         }
-        let originals = Self::originals(ifname);
+        let originals = originals(ifname);
         // Write-ahead.
         let pod_ifname = intent.pod_ifname.clone();
         let attachment = intent.attachment(originals.clone());

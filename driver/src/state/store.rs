@@ -140,6 +140,34 @@ struct Writer {
     dirty: BTreeSet<String>,
     /// When the last journaled change was made.
     last_change: Option<std::time::Instant>,
+    /// Changes committed by [`StateStore::update_settled`] whose journal records are
+    /// not written yet: the flusher writes them at once, and any journal write or
+    /// durable commit before that carries them first.
+    owed: Vec<journal::Entry>,
+}
+
+/// Wakes the flusher when a settled change owes its journal record.
+#[derive(Default)]
+struct OwedSignal {
+    pending: std::sync::Mutex<bool>,
+    ready: std::sync::Condvar,
+}
+
+impl OwedSignal {
+    fn raise(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits up to `timeout` for [`Self::raise`]; whether it was raised.
+    fn wait(&self, timeout: std::time::Duration) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut pending, _) = self
+            .ready
+            .wait_timeout_while(pending, timeout, |raised| !*raised)
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *pending)
+    }
 }
 
 /// The open checkpoint. Cheap to share behind an `Arc`; every call is one redb
@@ -159,6 +187,7 @@ pub struct StateStore {
     /// Held across a change's redb transaction, its journal record and its mirror
     /// write, so every copy sees the same changes in the same order.
     writer: std::sync::Mutex<Writer>,
+    owed_signal: std::sync::Arc<OwedSignal>,
     /// What opening repaired.
     recovery: Recovery,
 }
@@ -279,7 +308,9 @@ impl StateStore {
                 journal,
                 dirty: BTreeSet::new(),
                 last_change: None,
+                owed: Vec::new(),
             }),
+            owed_signal: Default::default(),
             recovery,
         };
         let mut store = store;
@@ -458,6 +489,8 @@ impl StateStore {
     /// grown past [`JOURNAL_KEEP`]. Until then its records stay (replay skips records
     /// older than the checkpoint), so a catch-up costs no rewrite of the journal.
     fn caught_up_and(&self, w: &mut Writer, empty_journal: bool) {
+        // A durable commit persisted every change committed before it.
+        w.owed.clear();
         w.dirty.clear();
         w.last_change = None;
         if let Some(j) = w.journal.as_mut() {
@@ -504,13 +537,17 @@ impl StateStore {
         idle: std::time::Duration,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak = std::sync::Arc::downgrade(store);
+        let signal = store.owed_signal.clone();
         std::thread::Builder::new()
             .name("checkpoint-flush".into())
             .spawn(move || loop {
-                std::thread::sleep(idle / 2);
+                let owed = signal.wait(idle / 2);
                 let Some(store) = weak.upgrade() else {
                     return;
                 };
+                if owed {
+                    store.pay_owed();
+                }
                 store.flush_if_idle(idle);
             })
     }
@@ -576,31 +613,88 @@ impl StateStore {
         else {
             return Ok(false);
         };
-        if let Some(journal) = w.journal.as_mut() {
-            let entry = journal::Entry {
+        if w.journal.is_some() {
+            let mut entries = std::mem::take(&mut w.owed);
+            entries.push(journal::Entry {
                 generation,
                 uid: uid.to_string(),
                 value,
-            };
-            match journal.append(&entry) {
-                Ok(()) => {
-                    w.dirty.insert(uid.to_string());
+            });
+            w.dirty.insert(uid.to_string());
+            match w.journal.as_mut().map(|j| j.append_all(&entries)) {
+                Some(Ok(())) => {
                     w.last_change = Some(std::time::Instant::now());
                     return Ok(true);
                 }
-                Err(e) => {
+                None => {}
+                Some(Err(e)) => {
                     tracing::warn!(claim_uid = uid, error = %e,
                         "checkpoint journal did not take a record; writing it to both copies instead");
                 }
             }
             // Not in the journal: a durable commit persists it (and every earlier
             // commit without a sync), then the mirror.
-            w.dirty.insert(uid.to_string());
             self.flush_locked(&mut w)?;
             return Ok(true);
         }
         self.after_durable(&mut w, Some((uid, Some(&value))), generation)?;
         Ok(true)
+    }
+
+    /// [`Self::update`] for a change that only settles what an earlier, durable record
+    /// already allows for (a device found where its write-ahead record said it might
+    /// be). It is committed and visible to every reader on return; its journal record
+    /// follows off the caller's path (the flusher writes it at once), so a crash just
+    /// after the call may bring back the record before it. Without a journal it is
+    /// durable on return, like [`Self::update`].
+    pub fn update_settled(
+        &self,
+        uid: &str,
+        change: impl FnOnce(&mut ClaimPlans) -> bool,
+    ) -> Result<bool, StateError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.journal.is_none() {
+            drop(w);
+            return self.update(uid, change);
+        }
+        let Some((value, generation)) =
+            self.with_db(|db| self.update_in(db, uid, change, false))?
+        else {
+            return Ok(false);
+        };
+        w.owed.push(journal::Entry {
+            generation,
+            uid: uid.to_string(),
+            value,
+        });
+        w.dirty.insert(uid.to_string());
+        w.last_change = Some(std::time::Instant::now());
+        drop(w);
+        self.owed_signal.raise();
+        Ok(true)
+    }
+
+    /// Writes the journal records [`Self::update_settled`] owes; if the journal
+    /// refuses them, makes the changes durable in both copies instead.
+    pub fn pay_owed(&self) {
+        if crate::failpoints::fires(crate::failpoints::SETTLE).is_some() {
+            return;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.owed.is_empty() {
+            return;
+        }
+        let owed = std::mem::take(&mut w.owed);
+        match w.journal.as_mut().map(|j| j.append_all(&owed)) {
+            Some(Ok(())) => return,
+            Some(Err(e)) => tracing::warn!(error = %e,
+                "checkpoint journal did not take settled records; writing them to both copies instead"),
+            None => {}
+        }
+        if let Err(e) = self.flush_locked(&mut w) {
+            tracing::warn!(error = %e, "settled checkpoint records are not durable yet; retried at the next write or catch-up");
+            w.owed = owed;
+        }
     }
 
     /// [`Self::flush`] with `writer` held.
@@ -903,6 +997,8 @@ impl Drop for StateStore {
         if let Err(e) = self.flush() {
             tracing::warn!(error = %e, "checkpoint not caught up at close; its journal is replayed at the next open");
         }
+        // The flusher wakes, finds the store gone and ends.
+        self.owed_signal.raise();
     }
 }
 
@@ -1803,6 +1899,83 @@ mod tests {
             decode("a", &mirror_files(dir.path())["a"]).unwrap().plans[0].prepared_at,
             10
         );
+    }
+
+    fn settle(store: &StateStore, uid: &str, at: u64) {
+        assert!(store
+            .update_settled(uid, |c| {
+                c.plans[0].prepared_at = at;
+                true
+            })
+            .unwrap());
+    }
+
+    #[test]
+    fn a_settled_change_is_read_at_once_and_its_record_follows_before_any_later_one() {
+        let live = tempfile::tempdir().unwrap();
+        let store = StateStore::open(live.path()).unwrap();
+        store.put(&sample("a")).unwrap();
+        store.put(&sample("b")).unwrap();
+        let (killed_early, killed_late, killed_paid) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        for image in [&killed_early, &killed_late, &killed_paid] {
+            durable_image(live.path(), image.path());
+        }
+        stamp(&store, "a", 10);
+        settle(&store, "a", 11);
+        assert_eq!(store.get("a").unwrap().unwrap().plans[0].prepared_at, 11);
+        // Killed before its record was written: the record before it comes back.
+        copy_journal(live.path(), killed_early.path());
+        assert_eq!(prepared_at(killed_early.path(), "a"), Some(10));
+        // The next journaled change writes the owed record first, in order.
+        stamp(&store, "b", 20);
+        copy_journal(live.path(), killed_late.path());
+        assert_eq!(prepared_at(killed_late.path(), "a"), Some(11));
+        assert_eq!(prepared_at(killed_late.path(), "b"), Some(20));
+        let (records, _) = journal::read_both(live.path()).unwrap();
+        let generations: Vec<u64> = records.iter().map(|r| r.generation).collect();
+        assert!(
+            generations.windows(2).all(|w| w[0] < w[1]),
+            "{generations:?}"
+        );
+        // Paid on its own (what the flusher does).
+        settle(&store, "b", 21);
+        store.pay_owed();
+        copy_journal(live.path(), killed_paid.path());
+        assert_eq!(prepared_at(killed_paid.path(), "b"), Some(21));
+        // A durable catch-up covers what is still owed.
+        settle(&store, "a", 12);
+        drop(store);
+        assert_eq!(prepared_at(live.path(), "a"), Some(12));
+    }
+
+    #[test]
+    fn the_flusher_writes_owed_records_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(StateStore::open(dir.path()).unwrap());
+        // Catch-up only after a minute: what reaches the journal here is the flusher
+        // paying what the settled change owes.
+        let flusher =
+            StateStore::spawn_flusher(&store, std::time::Duration::from_secs(60)).unwrap();
+        store.put(&sample("a")).unwrap();
+        settle(&store, "a", 30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (records, _) = journal::read_both(dir.path()).unwrap();
+            if records.iter().any(|r| r.uid == "a") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the owed record never reached the journal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(store);
+        flusher.join().unwrap();
     }
 
     #[test]

@@ -104,11 +104,17 @@ impl Journal {
     /// record (the next record overwrites what was cut off) and the error is
     /// returned: the caller must then make the change durable another way.
     pub fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// [`Self::append`] for several records, in order, with one write and one sync
+    /// per copy.
+    pub fn append_all(&mut self, entries: &[Entry]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if let Some(text) = crate::failpoints::fires(crate::failpoints::JOURNAL) {
             return Err(std::io::Error::other(text));
         }
-        let record = encode(entry);
+        let record: Vec<u8> = entries.iter().flat_map(encode).collect();
         // Both copies are written and synced at the same time: the file system
         // commits the two together, close to the cost of one.
         let [a, b] = &self.files;
