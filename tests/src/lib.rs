@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod dhcp_server;
 pub mod fake_sysfs;
 pub mod floor;
+pub mod hook_steps;
 pub mod kubelet;
 pub mod netenv;
 pub mod nri_wire;

@@ -649,6 +649,7 @@ fn undo<E: Effects>(
 /// Gives back every device of the pod that is not home. Every device in the pod is
 /// recorded `Leaving` (one transaction) before any is touched.
 pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+    let started = Instant::now();
     let plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
     let pod_label = plans
         .first()
@@ -667,6 +668,7 @@ pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>,
             _ => None,
         })
         .collect();
+    let recording = Instant::now();
     if !leaving.is_empty() {
         e.place(leaving)
             .map_err(|(_, source)| LifecycleError::Checkpoint {
@@ -674,6 +676,7 @@ pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>,
                 source,
             })?;
     }
+    let recorded = Instant::now();
     let mut outcomes = Vec::new();
     let mut problems = Vec::new();
     for (claim_uid, plan) in plans {
@@ -722,6 +725,12 @@ pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>,
                 .map(|p| format!("claim {}, device {}: {p}", plan.claim, plan.device)),
         );
     }
+    tracing::debug!(
+        before_record_us = (recording - started).as_micros() as u64,
+        leaving_record_us = (recorded - recording).as_micros() as u64,
+        devices_us = recorded.elapsed().as_micros() as u64,
+        "stop timing"
+    );
     if problems.is_empty() {
         e.let_go(pod_uid);
         Ok(outcomes)

@@ -20,6 +20,11 @@
 //! a returned interface only after its netlink debounce (50 ms) and a rescan; a
 //! RunPodSandbox inside that window fails with "not in the node's inventory".
 //!
+//! Where the one-NIC hooks spent their time is read back from the driver's debug log
+//! ([`hook_steps`]): the median of every step (`run_1_steps_p50_ms`,
+//! `stop_1_steps_p50_ms`), of the namespace move inside the hook (`*_move_p50_ms`) and
+//! of the hook without that move (`*_without_move_p50_ms`), each also over the floor.
+//!
 //! One uncounted warm-up pod goes first (`run_1_first_ms`). The hook budget is raised
 //! to 30 s so the concurrent burst measures queueing instead of failing at the usual
 //! 2 s; `concurrent_32_max_hook_ms` says what a runtime with 2 s would have seen.
@@ -35,6 +40,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use netclaim_tests::{
+    hook_steps,
     netenv::{require_root, TestNetns},
     runtime::{HookOutcome, Mode, RuntimeConfig},
     scenario::{
@@ -322,6 +328,10 @@ fn main() -> Result<()> {
     let (t, p) = (topo.clone(), pods.clone());
     let node = topo.node.path().to_path_buf();
     let result = run_in_netns(&node, move || measure(t, p, args));
+    // Where the one-NIC pods' hooks spent their time, from the driver's debug log.
+    let steps = std::fs::read_to_string(topo.dir.path().join("netclaim.log"))
+        .map(|log| hook_steps::parse(&log, |pod| pod.starts_with("default/pod-a")))
+        .unwrap_or_default();
     if let Some(keep) = &driver_log {
         std::fs::copy(topo.dir.path().join("netclaim.log"), keep)
             .with_context(|| format!("copying the driver log to {}", keep.display()))?;
@@ -474,6 +484,35 @@ fn main() -> Result<()> {
     });
     for (k, v) in rows {
         result[k] = json!((v * 1000.0).round() / 1000.0);
+    }
+    for (key, hooks) in [("run_1", &steps.start), ("stop_1", &steps.stop)] {
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        let mut table = serde_json::Map::new();
+        if let Some(first) = hooks.first() {
+            for step in first.keys() {
+                if let Some(v) = hook_steps::median_ms(hooks, step) {
+                    table.insert((*step).to_string(), json!(round(v)));
+                }
+            }
+        }
+        println!(
+            "{key}: steps from the driver's log, medians of {} hooks (ms)",
+            hooks.len()
+        );
+        for (step, v) in &table {
+            println!("    {step:<26} {v:>10}");
+        }
+        result[format!("{key}_steps_p50_ms")] = serde_json::Value::Object(table);
+        if let (Some(moved), Some(rest)) = (
+            hook_steps::median_ms(hooks, "move"),
+            hook_steps::median_without_move_ms(hooks),
+        ) {
+            println!("    {:<26} {:>10.3}", "hook without its move", rest);
+            result[format!("{key}_move_p50_ms")] = json!(round(moved));
+            result[format!("{key}_move_over_floor")] = json!(round(over(moved)));
+            result[format!("{key}_without_move_p50_ms")] = json!(round(rest));
+            result[format!("{key}_without_move_over_floor")] = json!(round(over(rest)));
+        }
     }
     for (k, v, _) in ratios {
         result[k] = json!((v * 1000.0).round() / 1000.0);
