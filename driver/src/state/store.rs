@@ -140,10 +140,6 @@ struct Writer {
     dirty: BTreeSet<String>,
     /// When the last journaled change was made.
     last_change: Option<std::time::Instant>,
-    /// Changes committed by [`StateStore::update_settled`] whose journal records are
-    /// not written yet: the flusher writes them at once, and any journal write or
-    /// durable commit before that carries them first.
-    owed: Vec<journal::Entry>,
 }
 
 /// Wakes the flusher when a settled change owes its journal record.
@@ -187,6 +183,11 @@ pub struct StateStore {
     /// Held across a change's redb transaction, its journal record and its mirror
     /// write, so every copy sees the same changes in the same order.
     writer: std::sync::Mutex<Writer>,
+    /// Changes committed by [`Self::update_settled`] whose journal records are not
+    /// written yet: the flusher writes them at once, any journal write or durable
+    /// commit before that carries them, and reopening after an I/O error applies them
+    /// again. Changed only with `writer` held; read without it by the reopen.
+    owed: std::sync::Mutex<Vec<journal::Entry>>,
     owed_signal: std::sync::Arc<OwedSignal>,
     /// What opening repaired.
     recovery: Recovery,
@@ -285,7 +286,7 @@ impl StateStore {
         // Changes made after the last catch-up are in the journal only.
         let state_dir = path.parent().unwrap_or(Path::new(".")).to_owned();
         recovery.from_journal =
-            replay_journal(&db, &state_dir).map_err(|e| StateError::Database {
+            replay_journal(&db, &state_dir, &[]).map_err(|e| StateError::Database {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
@@ -308,8 +309,8 @@ impl StateStore {
                 journal,
                 dirty: BTreeSet::new(),
                 last_change: None,
-                owed: Vec::new(),
             }),
+            owed: Default::default(),
             owed_signal: Default::default(),
             recovery,
         };
@@ -490,7 +491,7 @@ impl StateStore {
     /// older than the checkpoint), so a catch-up costs no rewrite of the journal.
     fn caught_up_and(&self, w: &mut Writer, empty_journal: bool) {
         // A durable commit persisted every change committed before it.
-        w.owed.clear();
+        self.owed_now().clear();
         w.dirty.clear();
         w.last_change = None;
         if let Some(j) = w.journal.as_mut() {
@@ -614,7 +615,7 @@ impl StateStore {
             return Ok(false);
         };
         if w.journal.is_some() {
-            let mut entries = std::mem::take(&mut w.owed);
+            let mut entries = self.owed_now().clone();
             entries.push(journal::Entry {
                 generation,
                 uid: uid.to_string(),
@@ -623,6 +624,7 @@ impl StateStore {
             w.dirty.insert(uid.to_string());
             match w.journal.as_mut().map(|j| j.append_all(&entries)) {
                 Some(Ok(())) => {
+                    self.owed_now().clear();
                     w.last_change = Some(std::time::Instant::now());
                     return Ok(true);
                 }
@@ -662,7 +664,7 @@ impl StateStore {
         else {
             return Ok(false);
         };
-        w.owed.push(journal::Entry {
+        self.owed_now().push(journal::Entry {
             generation,
             uid: uid.to_string(),
             value,
@@ -681,20 +683,27 @@ impl StateStore {
             return;
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if w.owed.is_empty() {
+        let owed = self.owed_now().clone();
+        if owed.is_empty() {
             return;
         }
-        let owed = std::mem::take(&mut w.owed);
         match w.journal.as_mut().map(|j| j.append_all(&owed)) {
-            Some(Ok(())) => return,
+            Some(Ok(())) => {
+                self.owed_now().clear();
+                return;
+            }
             Some(Err(e)) => tracing::warn!(error = %e,
                 "checkpoint journal did not take settled records; writing them to both copies instead"),
             None => {}
         }
+        // A durable commit clears them (see `caught_up_and`); failing, they stay owed.
         if let Err(e) = self.flush_locked(&mut w) {
             tracing::warn!(error = %e, "settled checkpoint records are not durable yet; retried at the next write or catch-up");
-            w.owed = owed;
         }
+    }
+
+    fn owed_now(&self) -> std::sync::MutexGuard<'_, Vec<journal::Entry>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`Self::flush`] with `writer` held.
@@ -931,8 +940,10 @@ impl StateStore {
             match Database::create(&self.path) {
                 Ok(db) => {
                     tracing::info!(checkpoint = %self.path.display(), "checkpoint reopened after an I/O error");
-                    // Commits made without a sync before the error are in the journal.
-                    if let Err(e) = replay_journal(&db, self.state_dir()) {
+                    // Commits made without a sync before the error are in the journal,
+                    // or still owe their record to it.
+                    let owed = self.owed_now().clone();
+                    if let Err(e) = replay_journal(&db, self.state_dir(), &owed) {
                         tracing::error!(error = %e, "checkpoint journal not replayed after reopening");
                     }
                     *slot = Some(db);
@@ -1002,11 +1013,16 @@ impl Drop for StateStore {
     }
 }
 
-/// Writes the journal's records newer than `db`'s generation into `db` (durably) and
-/// returns how many claims they changed. Bytes of the journal that do not read back
+/// Writes the journal's records, and the `owed` ones not written to it yet (a reopen
+/// after an I/O error), newer than `db`'s generation into `db` (durably) and returns
+/// how many claims they changed. Bytes of the journal that do not read back
 /// (a write cut off by a crash, or damage) are logged and skipped.
-fn replay_journal(db: &Database, state_dir: &Path) -> Result<usize, redb::Error> {
-    let (entries, trailing) = match journal::read_both(state_dir) {
+fn replay_journal(
+    db: &Database,
+    state_dir: &Path,
+    owed: &[journal::Entry],
+) -> Result<usize, redb::Error> {
+    let (mut entries, trailing) = match journal::read_both(state_dir) {
         Ok(read) => read,
         Err(e) => {
             tracing::error!(state_dir = %state_dir.display(), error = %e,
@@ -1021,6 +1037,9 @@ fn replay_journal(db: &Database, state_dir: &Path) -> Result<usize, redb::Error>
             "checkpoint journal ends in bytes that do not read back (a write cut off, or damage); the records before them count"
         );
     }
+    entries.extend(owed.iter().cloned());
+    entries.sort_by_key(|e| e.generation);
+    entries.dedup_by_key(|e| e.generation);
     let base = generation_of(db)?;
     let newer: Vec<journal::Entry> = entries
         .into_iter()
@@ -1950,6 +1969,31 @@ mod tests {
         settle(&store, "a", 12);
         drop(store);
         assert_eq!(prepared_at(live.path(), "a"), Some(12));
+    }
+
+    #[test]
+    fn a_reopen_applies_what_is_still_owed_after_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.put(&sample("a")).unwrap();
+        store.put(&sample("b")).unwrap();
+        stamp(&store, "a", 10);
+        let base = store.with_db(|db| Ok(generation_of(db).unwrap())).unwrap();
+        // What a settled change left owed when the database had to be reopened: its
+        // redb commit is gone, its record never reached the journal.
+        let mut b = sample("b");
+        b.plans[0].prepared_at = 40;
+        let owed = vec![journal::Entry {
+            generation: base + 1,
+            uid: "b".into(),
+            value: encode(&b).unwrap(),
+        }];
+        let changed = store
+            .with_db(|db| Ok(replay_journal(db, dir.path(), &owed).unwrap()))
+            .unwrap();
+        assert_eq!(changed, 1, "only the owed record is newer than the file");
+        assert_eq!(store.get("b").unwrap().unwrap().plans[0].prepared_at, 40);
+        assert_eq!(store.get("a").unwrap().unwrap().plans[0].prepared_at, 10);
     }
 
     #[test]
