@@ -1,5 +1,5 @@
 //! [`crate::nri::PodHandler`] for [`Pods`]: NRI pod events run the blocking lifecycle
-//! on `spawn_blocking`, so the ttrpc server's tasks never block. A pod without a
+//! through [`blocking`], so no other task of the ttrpc server waits for it. A pod without a
 //! network namespace (host network) has nothing to receive devices; that is an error
 //! only when devices were claimed for it.
 
@@ -10,9 +10,21 @@ use std::time::Duration;
 use super::{budget::Deadline, PodRuntime, Pods};
 use crate::nri::{PodHandler, PodSandbox};
 
+/// Runs a hook's blocking work. On the daemon's multi-threaded runtime it runs right
+/// here (`block_in_place`: this worker hands its other tasks to another thread), so the
+/// hook does not wait for a thread of the blocking pool to wake up: measured in
+/// `bench-pod-start`, `spawn_blocking` started the work 0.1 ms after the request at the
+/// median and 2 ms at the 75th percentile, `block_in_place` 13 and 28 µs. Each request
+/// is a task of its own (`nri::ttrpc`), so nothing else waits behind it. A
+/// current-thread runtime (some tests) uses the blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(work);
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| format!("netclaim pod hook task failed: {e}"))?
