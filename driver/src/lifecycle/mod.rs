@@ -31,8 +31,9 @@
 //! whose namespace the runtime removed; at start [`Pods::adopt`] does the same for pods
 //! that ended while the driver was away.
 //!
-//! All work is blocking (netlink on namespace threads, bpf syscalls): call it from
-//! `spawn_blocking` (the NRI adapter in [`nri`] does). Hooks of one pod are
+//! All work is blocking (netlink on namespace threads, bpf syscalls): call it off the
+//! async runtime's tasks (`block_in_place` or `spawn_blocking`; the NRI adapter in
+//! [`nri`] does). Hooks of one pod are
 //! serialised; different pods proceed in parallel (their claims, and so their devices
 //! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
