@@ -50,24 +50,6 @@ const STOP_FIELDS: &[(&str, &str, &str)] = &[
 /// Undo steps logged as `(Name, duration)` in the `undo timing` line.
 const UNDO_STEPS: &[(&str, &str)] = &[("StandDown", "stand_down"), ("ClearRecord", "home_record")];
 
-/// Drops ANSI colour sequences (the driver's log may be coloured).
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The value of `key=` in `line`, up to the next space or quote.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
@@ -107,7 +89,7 @@ pub fn parse(log: &str, wanted: impl Fn(&str) -> bool) -> HookSteps {
     let mut found = HookSteps::default();
     let (mut start, mut stop) = (Steps::new(), Steps::new());
     for raw in log.lines() {
-        let line = plain(raw);
+        let line = crate::runp::strip_ansi(raw);
         take(&line, START_FIELDS, &mut start);
         take(&line, STOP_FIELDS, &mut stop);
         if line.contains("undo timing") {
@@ -146,9 +128,8 @@ pub fn parse(log: &str, wanted: impl Fn(&str) -> bool) -> HookSteps {
     found
 }
 
-/// The median of `step` over `hooks`, in milliseconds (`None` when no hook has it).
-pub fn median_ms(hooks: &[Steps], step: &str) -> Option<f64> {
-    let mut v: Vec<f64> = hooks.iter().filter_map(|h| h.get(step).copied()).collect();
+/// The median of `values` (microseconds) in milliseconds; `None` when empty.
+fn median_of(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -156,16 +137,19 @@ pub fn median_ms(hooks: &[Steps], step: &str) -> Option<f64> {
     Some(v[v.len() / 2] / 1000.0)
 }
 
+/// The median of `step` over `hooks`, in milliseconds (`None` when no hook has it).
+pub fn median_ms(hooks: &[Steps], step: &str) -> Option<f64> {
+    median_of(hooks.iter().filter_map(|h| h.get(step).copied()).collect())
+}
+
 /// The median over `hooks` of the hook minus its move, in milliseconds.
 pub fn median_without_move_ms(hooks: &[Steps]) -> Option<f64> {
-    let rest: Vec<Steps> = hooks
-        .iter()
-        .filter_map(|h| {
-            let rest = h.get("hook")? - h.get("move")?;
-            Some(Steps::from([("rest", rest)]))
-        })
-        .collect();
-    median_ms(&rest, "rest")
+    median_of(
+        hooks
+            .iter()
+            .filter_map(|h| Some(h.get("hook")? - h.get("move")?))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -247,6 +231,9 @@ mod tests {
     #[test]
     fn colour_codes_are_ignored() {
         let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[34mDEBUG\u{1b}[0m restore timing \u{1b}[3mlocate_us\u{1b}[0m\u{1b}[2m=\u{1b}[0m182";
-        assert_eq!(plain(coloured), "2026 DEBUG restore timing locate_us=182");
+        assert_eq!(
+            crate::runp::strip_ansi(coloured),
+            "2026 DEBUG restore timing locate_us=182"
+        );
     }
 }

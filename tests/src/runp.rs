@@ -53,7 +53,7 @@ pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
 
 /// The line without terminal colour sequences (`ESC [ ... m`), which the driver's
 /// log writer puts between a field's name and its `=`.
-fn strip_ansi(line: &str) -> String {
+pub fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -261,8 +261,8 @@ fn kill_9_under_real_containerd_loses_leaks_and_mismatches_nothing() {
 
 /// The driver with the `checkpoint-settle` fail point armed (the flusher never writes
 /// the records settled placements owe; the 1 s catch-up still does), a prepared claim
-/// for the NIC, the NIC's facts at home; `listed`: the runtime lists the pod in every
-/// Synchronize (it runs).
+/// for the NIC and its pod started; returns the NIC's facts at home from before the
+/// start. `listed`: the runtime lists the pod in every Synchronize (it runs).
 async fn settle_held(
     topo: &netclaim_tests::scenario::Topology,
     listed: bool,
@@ -293,6 +293,13 @@ async fn settle_held(
     ))?;
     anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
     let home = link_facts(&topo.node, NIC)?;
+    let out = scenario::run_pod(&c, topo, "pod-uid-web", "web-0").await;
+    anyhow::ensure!(
+        out.is_clean(),
+        "start: {:?}\n{}",
+        out.status,
+        c.driver.log_text()
+    );
     Ok((c, home))
 }
 
@@ -344,13 +351,6 @@ fn a_kill_before_the_start_settles_hands_the_device_over_again() {
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let (mut c, home) = settle_held(&topo, true).await?;
-        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        anyhow::ensure!(
-            out.is_clean(),
-            "start: {:?}\n{}",
-            out.status,
-            c.driver.log_text()
-        );
         let in_pod = link_facts(&topo.pod, POD_IF)?;
         kill_and_restart(&mut c, &topo).await?;
         let log = c.driver.log_text();
@@ -408,13 +408,6 @@ fn a_kill_before_the_stop_settles_leaves_the_device_home() {
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let (mut c, home) = settle_held(&topo, false).await?;
-        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
-        anyhow::ensure!(
-            out.is_clean(),
-            "start: {:?}\n{}",
-            out.status,
-            c.driver.log_text()
-        );
         // The start's own `InPod` record is made durable by the catch-up (1 s quiet).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
