@@ -615,16 +615,14 @@ impl StateStore {
             return Ok(false);
         };
         if w.journal.is_some() {
-            let mut entries = self.owed_now().clone();
-            entries.push(journal::Entry {
+            let entry = journal::Entry {
                 generation,
                 uid: uid.to_string(),
                 value,
-            });
+            };
             w.dirty.insert(uid.to_string());
-            match w.journal.as_mut().map(|j| j.append_all(&entries)) {
+            match self.journal_with_owed(&mut w, Some(entry)) {
                 Some(Ok(())) => {
-                    self.owed_now().clear();
                     w.last_change = Some(std::time::Instant::now());
                     return Ok(true);
                 }
@@ -683,15 +681,11 @@ impl StateStore {
             return;
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let owed = self.owed_now().clone();
-        if owed.is_empty() {
+        if self.owed_now().is_empty() {
             return;
         }
-        match w.journal.as_mut().map(|j| j.append_all(&owed)) {
-            Some(Ok(())) => {
-                self.owed_now().clear();
-                return;
-            }
+        match self.journal_with_owed(&mut w, None) {
+            Some(Ok(())) => return,
             Some(Err(e)) => tracing::warn!(error = %e,
                 "checkpoint journal did not take settled records; writing them to both copies instead"),
             None => {}
@@ -700,6 +694,23 @@ impl StateStore {
         if let Err(e) = self.flush_locked(&mut w) {
             tracing::warn!(error = %e, "settled checkpoint records are not durable yet; retried at the next write or catch-up");
         }
+    }
+
+    /// Writes the owed records and then `next` to the journal (one write and sync) and
+    /// clears the owed ones once they are in. `None` without a journal.
+    fn journal_with_owed(
+        &self,
+        w: &mut Writer,
+        next: Option<journal::Entry>,
+    ) -> Option<std::io::Result<()>> {
+        let journal = w.journal.as_mut()?;
+        let mut entries = self.owed_now().clone();
+        entries.extend(next);
+        let written = journal.append_all(&entries);
+        if written.is_ok() {
+            self.owed_now().clear();
+        }
+        Some(written)
     }
 
     fn owed_now(&self) -> std::sync::MutexGuard<'_, Vec<journal::Entry>> {
