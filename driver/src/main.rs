@@ -40,6 +40,11 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            // Blocking threads (and those a hook's `block_in_place` hands a worker's
+            // place to) are kept instead of ending after 10 s idle: a thread that ends
+            // makes a namespace move starting soon after wait for its RCU grace period
+            // (see `netns::thread`'s workers).
+            .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(cli::daemon::run(args))),

@@ -386,6 +386,7 @@ pub fn plan_claim(
             valid,
             placement: Default::default(),
             staged: false,
+            parked: false,
             share_id,
             prepared_at: now,
         });

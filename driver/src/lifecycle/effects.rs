@@ -281,6 +281,7 @@ impl Effects for Kernel {
     ) -> Result<Configured, ConfigureError> {
         let (store, uid, plan) = (self.store.clone(), claim_uid.to_string(), plan.clone());
         let before_move: crate::netns::configure::BeforeMove = Box::new(move |originals| {
+            super::parking::complete(&plan, originals);
             let attachment = intent.attachment(originals.clone());
             place_in(
                 &store,

@@ -46,6 +46,7 @@ pub mod handover;
 pub mod keeper;
 pub mod leases;
 pub mod nri;
+pub mod parking;
 pub mod resolver;
 pub mod settings;
 pub mod staging;

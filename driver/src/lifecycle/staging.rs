@@ -227,8 +227,9 @@ impl Pods {
     }
 }
 
-/// A [`ClaimPreparer`] that stages data paths after each claim is prepared and removes
-/// them before it is unprepared. `pods` is filled once the lifecycle exists (claims
+/// A [`ClaimPreparer`] that parks devices ([`super::parking`]) and stages data paths
+/// after each claim is prepared, and removes them and brings the devices up again
+/// before it is unprepared. `pods` is filled once the lifecycle exists (claims
 /// prepared before that are staged by their pod start instead).
 pub struct StagingPreparer {
     inner: Arc<dyn ClaimPreparer>,
@@ -252,12 +253,16 @@ impl ClaimPreparer for StagingPreparer {
                 .map(|(uid, _)| uid.clone())
                 .collect();
             let pods = pods.clone();
+            // Parked first: the staged programs then go onto a down device.
             let staged = tokio::task::spawn_blocking(move || {
-                prepared.iter().map(|uid| pods.stage(uid)).sum::<usize>()
+                for uid in &prepared {
+                    pods.park(uid);
+                    pods.stage(uid);
+                }
             })
             .await;
             if let Err(e) = staged {
-                tracing::warn!("staging data paths: {e}");
+                tracing::warn!("parking devices and staging data paths: {e}");
             }
         }
         results
@@ -271,7 +276,10 @@ impl ClaimPreparer for StagingPreparer {
         let unstaged = tokio::task::spawn_blocking(move || {
             uids.into_iter()
                 .map(|uid| {
-                    let r = pods.unstage(&uid);
+                    let r = pods
+                        .unstage(&uid)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| pods.unpark(&uid).map_err(|e| e.to_string()));
                     (uid, r)
                 })
                 .collect::<Vec<_>>()
@@ -281,12 +289,12 @@ impl ClaimPreparer for StagingPreparer {
         let mut rest = Vec::new();
         match unstaged {
             Ok(outcomes) => {
-                let outcomes: std::collections::BTreeMap<String, Result<(), UnstageError>> =
+                let outcomes: std::collections::BTreeMap<String, Result<(), String>> =
                     outcomes.into_iter().collect();
                 for c in claims {
                     match outcomes.get(&c.uid) {
                         Some(Err(e)) => {
-                            failed.insert(c.uid.clone(), Err(e.to_string()));
+                            failed.insert(c.uid.clone(), Err(e.clone()));
                         }
                         _ => rest.push(c),
                     }

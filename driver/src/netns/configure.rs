@@ -497,9 +497,10 @@ fn put_back(host: &Netns, pod: &Netns, err: ConfigureError) -> ConfigureError {
 
 /// Called with the device's captured host state after validation and before the first
 /// change to the device (the move): the caller makes it durable (write-ahead), so a
-/// process killed at any later point leaves a record of what to restore. An error
-/// stops everything before the device is touched.
-pub type BeforeMove = Box<dyn FnOnce(&HostOriginals) -> Result<(), String> + Send>;
+/// process killed at any later point leaves a record of what to restore. It may
+/// complete the state from what it knows (a device prepare took down was up); what it
+/// leaves is what is restored. An error stops everything before the device is touched.
+pub type BeforeMove = Box<dyn FnOnce(&mut HostOriginals) -> Result<(), String> + Send>;
 
 /// [`move_and_configure`] with a write-ahead hook.
 pub fn move_and_configure_with(
@@ -670,12 +671,12 @@ fn host_job(
     };
     let started = std::time::Instant::now();
     let opened = started - opening;
-    let originals = host::capture(&mut sock, &mut eth, &link)
+    let mut originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
     let captured = started.elapsed();
     if let Some(record) = before_move {
-        record(&originals)
+        record(&mut originals)
             .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
     }
     let recorded = started.elapsed();

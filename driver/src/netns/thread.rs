@@ -1,9 +1,10 @@
 //! Running code inside a network namespace on a dedicated OS thread.
 //!
-//! `setns(CLONE_NEWNET)` changes only the calling thread, so every piece of netns work
-//! runs on a fresh thread that enters the target namespace, does its job and exits.
-//! Tokio workers and the caller's thread are never moved. This module owns no kernel
-//! objects; it only opens the namespace file for the duration of the call.
+//! `setns(CLONE_NEWNET)` changes only the calling thread, so netns work runs on a
+//! thread of its own ([`workers`]): it enters the target namespace, does the job and
+//! goes back to the driver's namespace before it takes the next. Tokio workers and the
+//! caller's thread are never moved. This module owns no kernel objects; it only holds
+//! the namespace file for the duration of the call.
 
 use std::{
     fs::File,
@@ -12,6 +13,8 @@ use std::{
 };
 
 use nix::sched::{setns, CloneFlags};
+
+mod workers;
 
 /// Why work could not be run inside a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,8 @@ pub enum NetnsError {
     },
     #[error("network namespace {path}: worker thread panicked")]
     Panicked { path: PathBuf },
+    #[error("network namespace {path}: the worker thread is gone")]
+    WorkerGone { path: PathBuf },
 }
 
 /// The index of interface `name` in the calling thread's namespace.
@@ -111,9 +116,10 @@ impl Netns {
         &self.file
     }
 
-    /// Runs `work` on a new OS thread that has entered this namespace, and returns its
-    /// result. The thread exits afterwards, so nothing else ever runs in the namespace
-    /// by accident.
+    /// Runs `work` on a worker thread that has entered this namespace, and returns its
+    /// result. The worker goes back to the driver's namespace before its next job, so
+    /// nothing else ever runs in this namespace by accident; a worker that cannot go
+    /// back ends instead.
     pub fn run<T, F>(&self, work: F) -> Result<T, NetnsError>
     where
         T: Send + 'static,
@@ -123,24 +129,31 @@ impl Netns {
             path: self.path.clone(),
             source,
         })?;
-        let path = self.path.clone();
-        let thread_path = path.clone();
-        let handle = std::thread::Builder::new()
-            .name("netns".into())
-            .spawn(move || -> Result<T, NetnsError> {
-                setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetnsError::Enter {
-                        path: thread_path,
-                        source,
-                    }
-                })?;
-                Ok(work())
-            })
-            .map_err(|source| NetnsError::Spawn {
-                path: path.clone(),
-                source,
-            })?;
-        handle.join().map_err(|_| NetnsError::Panicked { path })?
+        let thread_path = self.path.clone();
+        let (answer, result) = std::sync::mpsc::sync_channel(1);
+        let job: workers::Job = Box::new(move || {
+            let outcome = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|source| NetnsError::Enter {
+                    path: thread_path.clone(),
+                    source,
+                })
+                .and_then(|()| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                        .map_err(|_| NetnsError::Panicked { path: thread_path })
+                });
+            let deliver: workers::Deliver = Box::new(move || {
+                // The caller may have given up (it panicked); nobody to tell then.
+                let _ = answer.send(outcome);
+            });
+            deliver
+        });
+        workers::run(job).map_err(|source| NetnsError::Spawn {
+            path: self.path.clone(),
+            source,
+        })?;
+        result.recv().map_err(|_| NetnsError::WorkerGone {
+            path: self.path.clone(),
+        })?
     }
 
     /// Like [`Netns::run`], for async work: the thread builds a current-thread tokio

@@ -64,6 +64,11 @@ pub struct Plan {
     /// cleared after it is removed at unprepare).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub staged: bool,
+    /// Prepare took the device down at home, where it was up (written before it is
+    /// taken down, cleared after unprepare brought it up again): a pod start records
+    /// it as up in the host state it restores (see [`crate::lifecycle::parking`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
     /// `results[].shareID`, when the device is shared (consumable capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
@@ -162,6 +167,8 @@ struct StoredPlan {
     #[serde(default)]
     staged: bool,
     #[serde(default)]
+    parked: bool,
+    #[serde(default)]
     attached: bool,
     #[serde(default)]
     attachment: Option<Attachment>,
@@ -189,6 +196,7 @@ impl From<StoredPlan> for Plan {
             valid: s.valid,
             placement,
             staged: s.staged,
+            parked: s.parked,
             share_id: s.share_id,
             prepared_at: s.prepared_at,
         }
@@ -303,15 +311,19 @@ mod tests {
             },
             Placement::Leaving { attachment: a },
         ] {
-            let plan = Plan {
-                placement: placement.clone(),
-                valid: Some(crate::config::ValidConfig::default()),
-                ..Default::default()
-            };
-            let json = serde_json::to_vec(&plan).expect("to JSON");
-            let back: Plan = serde_json::from_slice(&json).expect("from JSON");
-            assert_eq!(back, plan, "{}", String::from_utf8_lossy(&json));
-            assert!(!String::from_utf8_lossy(&json).contains("\"attached\""));
+            for marks in [false, true] {
+                let plan = Plan {
+                    placement: placement.clone(),
+                    valid: Some(crate::config::ValidConfig::default()),
+                    staged: marks,
+                    parked: marks,
+                    ..Default::default()
+                };
+                let json = serde_json::to_vec(&plan).expect("to JSON");
+                let back: Plan = serde_json::from_slice(&json).expect("from JSON");
+                assert_eq!(back, plan, "{}", String::from_utf8_lossy(&json));
+                assert!(!String::from_utf8_lossy(&json).contains("\"attached\""));
+            }
         }
     }
 }

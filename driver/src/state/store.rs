@@ -1464,6 +1464,7 @@ mod tests {
                 valid: None,
                 placement: Default::default(),
                 staged: false,
+                parked: false,
                 share_id: None,
                 prepared_at: 1,
             }],

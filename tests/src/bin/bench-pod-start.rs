@@ -70,6 +70,12 @@ struct Args {
     /// missing from the JSON).
     #[arg(long)]
     skip_real: bool,
+    /// How long the fake runtime takes between prepare and RunPodSandbox, as a real
+    /// one builds the sandbox in between (containerd here: `crictl runp` without
+    /// netclaim takes about 128 ms, `runp_without_netclaim_p50_ms`, and its NRI
+    /// RunPodSandbox comes at the end of that). 0 sends the hook right after prepare.
+    #[arg(long, default_value_t = 100)]
+    sandbox_setup_ms: u64,
 }
 
 const CONCURRENT: usize = 32;
@@ -162,6 +168,7 @@ async fn one_pod(
     netns: &Path,
     tag: &str,
     devices: &[ClaimDevice],
+    sandbox_setup: Duration,
 ) -> Result<(Duration, Duration)> {
     let (name, uid) = (format!("claim-{tag}"), format!("uid-claim-{tag}"));
     let (pod_name, pod_uid) = (format!("pod-{tag}"), format!("pod-uid-{tag}"));
@@ -170,6 +177,7 @@ async fn one_pod(
     ))?;
     let err = prepare(c, &name, &uid).await?;
     ensure!(err.is_empty(), "prepare {name}: {err}");
+    tokio::time::sleep(sandbox_setup).await;
     let run = run_pod_in(c, netns, &pod_uid, &pod_name).await;
     check(&format!("RunPodSandbox {pod_name}"), &run)?;
     let (stop, remove) = stop_pod_in(c, netns, &pod_uid, &pod_name).await;
@@ -200,6 +208,7 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
     let devices = wait_devices(&c, &Silent, &ifnames, Duration::from_secs(30)).await?;
     let mut m = Measured::default();
     let slot = topo.pod.path();
+    let setup = Duration::from_millis(args.sandbox_setup_ms);
 
     let mut released = Released::default();
 
@@ -215,7 +224,7 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
         } else {
             format!("a{i}")
         };
-        let (run, stop) = one_pod(&c, slot, &tag, &[device(&devices, nic, 1)?]).await?;
+        let (run, stop) = one_pod(&c, slot, &tag, &[device(&devices, nic, 1)?], setup).await?;
         released.mark(&[nic]);
         if i == 0 {
             m.run_1_first_ms = ms(run);
@@ -233,7 +242,7 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
         let wide: Vec<ClaimDevice> = (1..=WIDE)
             .map(|j| device(&devices, first + j, j))
             .collect::<Result<_>>()?;
-        let (run, stop) = one_pod(&c, slot, &format!("b{i}"), &wide).await?;
+        let (run, stop) = one_pod(&c, slot, &format!("b{i}"), &wide, setup).await?;
         released.mark(&nics);
         m.run_8.push(ms(run));
         m.stop_8.push(ms(stop));
@@ -311,11 +320,12 @@ fn main() -> Result<()> {
     require_root();
     println!("[bench] netclaim binary: {}", bin.display());
     let out = args.out.clone();
-    let (runs_1, runs_8, driver_log, skip_real) = (
+    let (runs_1, runs_8, driver_log, skip_real, sandbox_setup_ms) = (
         args.runs_1,
         args.runs_8,
         args.driver_log.clone(),
         args.skip_real,
+        args.sandbox_setup_ms,
     );
 
     let load_before = loadavg();
@@ -473,6 +483,7 @@ fn main() -> Result<()> {
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "runs_1": runs_1,
         "runs_8": runs_8,
+        "sandbox_setup_ms": sandbox_setup_ms,
         "concurrent": CONCURRENT,
         "hook_budget_s": 30,
         "loadavg_1m_before": load_before,

@@ -23,6 +23,7 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     path::Path,
+    sync::{mpsc, Arc},
 };
 
 use sha2::{Digest, Sha256};
@@ -57,7 +58,9 @@ pub struct Read {
 /// The two open journal files.
 #[derive(Debug)]
 pub struct Journal {
-    files: [File; 2],
+    files: [Arc<File>; 2],
+    /// Writes and syncs the second copy while the caller does the first.
+    mirror: Mirror,
     /// Where the next record of each copy goes: the end of its last intact record.
     lens: [u64; 2],
     /// How far each copy may hold bytes other than zeros (what [`Self::clear`] zeroes).
@@ -88,8 +91,10 @@ impl Journal {
             Ok((file, read.end as u64, bytes.len() as u64))
         };
         let (a, b) = (open(&paths[0])?, open(&paths[1])?);
+        let b_file = Arc::new(b.0);
         let mut journal = Self {
-            files: [a.0, b.0],
+            mirror: Mirror::start(b_file.clone())?,
+            files: [Arc::new(a.0), b_file],
             lens: [a.1, b.1],
             used: [a.2, b.2],
         };
@@ -117,15 +122,16 @@ impl Journal {
         let record: Vec<u8> = entries.iter().flat_map(encode).collect();
         // Both copies are written and synced at the same time: the file system
         // commits the two together, close to the cost of one.
-        let [a, b] = &self.files;
+        let record = Arc::new(record);
         let [at_a, at_b] = self.lens;
-        let (ra, rb) = std::thread::scope(|s| {
-            let other = s.spawn(|| b.write_all_at(&record, at_b).and_then(|()| b.sync_data()));
-            let here = a.write_all_at(&record, at_a).and_then(|()| a.sync_data());
-            let there = other
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("journal writer panicked")));
-            (here, there)
+        let there = self.mirror.write(record.clone(), at_b);
+        let ra = self.files[0]
+            .write_all_at(&record, at_a)
+            .and_then(|()| self.files[0].sync_data());
+        let rb = there.and_then(|answer| {
+            answer
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the journal's mirror thread ended")))
         });
         let mut first_err = None;
         for (i, r) in [ra, rb].into_iter().enumerate() {
@@ -178,6 +184,49 @@ impl Journal {
             self.used[i] = 0;
         }
         Ok(())
+    }
+}
+
+/// The thread that writes the second copy. It is kept for the journal's life: a
+/// thread started and ended per record would end right before the kernel step the
+/// record is written ahead of, and a thread's end makes the next namespace move wait
+/// for its RCU grace period (see `crate::netns::thread`'s workers).
+#[derive(Debug)]
+struct Mirror {
+    jobs: mpsc::Sender<MirrorJob>,
+}
+
+type MirrorJob = (Arc<Vec<u8>>, u64, mpsc::SyncSender<std::io::Result<()>>);
+
+impl Mirror {
+    fn start(file: Arc<File>) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let (jobs, inbox) = mpsc::channel::<MirrorJob>();
+        // Ends when the journal (the only sender) is dropped.
+        std::thread::Builder::new()
+            .name("journal-mirror".into())
+            .spawn(move || {
+                for (record, at, answer) in inbox {
+                    let written = file
+                        .write_all_at(&record, at)
+                        .and_then(|()| file.sync_data());
+                    let _ = answer.send(written);
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Starts writing `record` at `at`; the answer comes on the returned channel.
+    fn write(
+        &self,
+        record: Arc<Vec<u8>>,
+        at: u64,
+    ) -> std::io::Result<mpsc::Receiver<std::io::Result<()>>> {
+        let (answer, done) = mpsc::sync_channel(1);
+        self.jobs
+            .send((record, at, answer))
+            .map_err(|_| std::io::Error::other("the journal's mirror thread ended"))?;
+        Ok(done)
     }
 }
 
