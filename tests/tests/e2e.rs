@@ -30,8 +30,18 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
             "pod-uid-web",
             good_parameters(),
         ))?;
+        ensure!(
+            admin_up(topo.node.path(), NIC)?,
+            "{NIC} not up before prepare"
+        );
         let err = prepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "prepare failed: {err}");
+        // Parked: down at home until the pod starts (it has only an IPv4 address).
+        ensure!(
+            !admin_up(topo.node.path(), NIC)?,
+            "{NIC} not parked at prepare\n{}",
+            c.driver.log_text()
+        );
         // Prepare staged the data path on the NIC at home: programs attached (XDP and
         // TCX; this bpftool lists only the XDP one), counting only, pinned.
         let staged = programs_on(topo.node.path(), NIC);
@@ -178,6 +188,10 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
             mtu == 1400 && addrs == vec!["192.0.2.50/24".to_string()],
             "restored: mtu {mtu} {addrs:?}"
         );
+        ensure!(
+            admin_up(topo.node.path(), NIC)?,
+            "{NIC} restored down, though it was up before prepare parked it"
+        );
         // Home again with the staged programs, counting only, until unprepare; the
         // pod's socket guard went with the pod.
         let home = programs_on(topo.node.path(), NIC);
@@ -197,6 +211,10 @@ fn happy_path(mode: Mode, tag: &'static str) -> Result<()> {
 
         let err = unprepare(&c, "web", "uid-web").await?;
         ensure!(err.is_empty(), "unprepare: {err}");
+        ensure!(
+            admin_up(topo.node.path(), NIC)?,
+            "{NIC} down after unprepare"
+        );
         ensure!(
             topo.bpf.leftovers().is_empty(),
             "pins left after unprepare: {:?}",
@@ -236,6 +254,97 @@ fn programs_on(ns: &std::path::Path, dev: &str) -> Vec<u64> {
         .collect();
     ids.sort_unstable();
     ids
+}
+
+/// Whether `dev` in namespace `ns` is administratively up.
+fn admin_up(ns: &std::path::Path, dev: &str) -> Result<bool> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-j", "link", "show", "dev", dev])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip link show {dev}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "UP")))
+}
+
+/// A claim prepared and unprepared without a pod: the device waits down (parked) and
+/// comes back up as it was, also when the driver was killed while it waited. A device
+/// with an IPv6 address would lose it by going down: it is not parked.
+#[test]
+fn a_parked_device_comes_back_up_at_unprepare_even_after_a_kill() {
+    let topo = Arc::new(Topology::new("e2p").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        let before = link_facts(&topo.node, NIC)?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        let err = prepare(&c, "web", "uid-web").await?;
+        ensure!(err.is_empty(), "prepare failed: {err}");
+        ensure!(!admin_up(topo.node.path(), NIC)?, "{NIC} not parked");
+
+        // Killed while the device waits down: the checkpoint's mark is all the new
+        // driver has to know it was up.
+        let registered = c.runtime.wait_registered(Duration::from_secs(5)).await?;
+        c.driver.kill9()?;
+        c.driver = scenario::Driver::start(&topo, c.api.kubeconfig_path(), "1s")?;
+        c.runtime
+            .wait_registration_after(registered.generation, Duration::from_secs(20))
+            .await
+            .with_context(|| c.driver.log_text())?;
+        ensure!(
+            !admin_up(topo.node.path(), NIC)?,
+            "a restart alone brought {NIC} up"
+        );
+        let err = unprepare(&c, "web", "uid-web").await?;
+        ensure!(err.is_empty(), "unprepare: {err}\n{}", c.driver.log_text());
+        ensure!(
+            admin_up(topo.node.path(), NIC)?,
+            "{NIC} still down after unprepare\n{}",
+            c.driver.log_text()
+        );
+        ensure!(
+            link_facts(&topo.node, NIC)? == before,
+            "{NIC} not as before prepare"
+        );
+
+        // With an IPv6 address the device is left up (and keeps the address).
+        topo.node
+            .ip(&["addr", "add", "2001:db8::50/64", "dev", NIC, "nodad"])?;
+        let with_v6 = link_facts(&topo.node, NIC)?;
+        let err = prepare(&c, "web", "uid-web").await?;
+        ensure!(err.is_empty(), "prepare again: {err}");
+        ensure!(
+            admin_up(topo.node.path(), NIC)?,
+            "{NIC} parked though going down drops its IPv6 address"
+        );
+        ensure!(
+            link_facts(&topo.node, NIC)? == with_v6,
+            "{NIC} changed at prepare"
+        );
+        let err = unprepare(&c, "web", "uid-web").await?;
+        ensure!(err.is_empty(), "unprepare again: {err}");
+        ensure!(
+            c.driver.stop()? == Some(0),
+            "driver exit\n{}",
+            c.driver.log_text()
+        );
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]

@@ -13,6 +13,10 @@
 //! A parked device is out of the host's service from prepare on (it is the pod's from
 //! then anyway). The pod start records it as up in the host state it restores
 //! ([`complete`]), so a stop or any undo brings it back up as it was before prepare.
+//! Only a device that loses nothing by going down is parked ([`parkable`]): the
+//! kernel keeps IPv4 addresses on a down device and brings back the routes it derives
+//! from them, but deletes its other routes and its IPv6 addresses, which a start could
+//! then no longer capture to restore.
 //!
 //! Write-ahead: the checkpoint says `parked` before the device is taken down and stops
 //! saying it only after unprepare brought it up again, so a driver killed in between
@@ -21,6 +25,8 @@
 
 use super::Pods;
 use crate::netns::{
+    ethtool::{Ethtool, EthtoolError},
+    host::{self, CaptureError},
     link::{self, LinkChange},
     netlink::{NlError, NlSocket},
     HostOriginals, Netns, NetnsError,
@@ -55,6 +61,10 @@ pub enum LinkStateError {
     Netns(#[from] NetnsError),
     #[error("netlink: {0}")]
     Netlink(#[from] NlError),
+    #[error("ethtool: {0}")]
+    Ethtool(#[from] EthtoolError),
+    #[error("reading its state: {0}")]
+    Capture(#[from] CaptureError),
 }
 
 /// Whether prepare parks `plan`'s device (when it is up): it is home and not parked.
@@ -69,14 +79,29 @@ pub fn complete(plan: &Plan, originals: &mut HostOriginals) {
     }
 }
 
-/// Whether interface `ifname` is up in `host`; `None` when there is no such interface.
-fn is_up(host: &Netns, ifname: &str) -> Result<Option<bool>, LinkStateError> {
+/// Whether a device in state `at_home` is parked: it is up, and going down loses
+/// nothing a start captures (no routes but those the kernel derives, no IPv6 address).
+pub fn parkable(at_home: &HostOriginals) -> bool {
+    at_home.up
+        && at_home.routes.is_empty()
+        && at_home
+            .addresses
+            .iter()
+            .all(|a| matches!(a, ipnet::IpNet::V4(_)))
+}
+
+/// The state of interface `ifname` in `host`, as a pod start captures it; `None` when
+/// there is no such interface.
+fn at_home(host: &Netns, ifname: &str) -> Result<Option<HostOriginals>, LinkStateError> {
     let name = ifname.to_string();
-    let facts = host.run(move || -> Result<_, NlError> {
+    host.run(move || -> Result<_, LinkStateError> {
         let mut sock = NlSocket::route()?;
-        link::link_by_name(&mut sock, &name)
-    })??;
-    Ok(facts.map(|f| f.up))
+        let mut eth = Ethtool::open()?;
+        match link::link_by_name(&mut sock, &name)? {
+            Some(link) => Ok(Some(host::capture(&mut sock, &mut eth, &link)?)),
+            None => Ok(None),
+        }
+    })?
 }
 
 /// Sets interface `ifname` in `host` up or down; false when there is no such interface.
@@ -131,8 +156,13 @@ impl Pods {
         let Some(ifname) = k.resolver.host_ifname(&plan.pool, &plan.device) else {
             return Err("the device is not in the node's inventory".into());
         };
-        if is_up(&k.host, &ifname).map_err(|e| e.to_string())? != Some(true) {
-            return Ok(false);
+        match at_home(&k.host, &ifname).map_err(|e| e.to_string())? {
+            Some(state) if parkable(&state) => {}
+            Some(state) if state.up => {
+                tracing::debug!(interface = %ifname, "not parked: going down would drop its routes or IPv6 addresses");
+                return Ok(false);
+            }
+            _ => return Ok(false),
         }
         // Write-ahead, re-checked under the pod's lock (a start may have come first).
         let recorded = self
@@ -244,6 +274,34 @@ mod tests {
             },
         };
         assert!(!wants_park(&plan), "on its way into a pod");
+    }
+
+    #[test]
+    fn only_a_device_that_loses_nothing_by_going_down_is_parked() {
+        let mut state = super::super::fake::originals("eth1");
+        state.up = true;
+        state.routes.clear();
+        state.addresses = vec!["192.0.2.50/24".parse().expect("net")];
+        assert!(parkable(&state), "IPv4 addresses stay on a down device");
+        state.up = false;
+        assert!(!parkable(&state), "down already");
+        state.up = true;
+        state
+            .addresses
+            .push("2001:db8::50/64".parse().expect("net"));
+        assert!(!parkable(&state), "IPv6 addresses go with the down");
+        state.addresses.truncate(1);
+        state.routes = vec![crate::netns::link::RouteRecord {
+            destination: "198.51.100.0/24".parse().expect("net"),
+            gateway: Some("192.0.2.1".parse().expect("ip")),
+            source: None,
+            scope: 0,
+            table: 254,
+            priority: None,
+            protocol: 4,
+            kind: 1,
+        }];
+        assert!(!parkable(&state), "routes through it go with the down");
     }
 
     #[test]
