@@ -360,6 +360,25 @@ pub struct Cluster {
     pub registered: Registered,
 }
 
+impl Cluster {
+    /// SIGKILL (`kill -9`) of the driver, then a new one with `env` (status every
+    /// second), registered with the runtime again.
+    pub async fn kill_and_restart(
+        &mut self,
+        topo: &Topology,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<()> {
+        let registered = self.runtime.wait_registered(Duration::from_secs(5)).await?;
+        self.driver.kill9()?;
+        self.driver = Driver::start_with_env(topo, self.api.kubeconfig_path(), "1s", env)?;
+        self.runtime
+            .wait_registration_after(registered.generation, Duration::from_secs(20))
+            .await
+            .with_context(|| self.driver.log_text())?;
+        Ok(())
+    }
+}
+
 /// Steps 1–2: stand-ins and driver up, registered, devices published.
 pub async fn bring_up(topo: &Topology, mode: Mode, narrator: &dyn Narrator) -> Result<Cluster> {
     bring_up_with(topo, RuntimeConfig::new(mode), narrator).await

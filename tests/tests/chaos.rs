@@ -317,23 +317,7 @@ async fn kill_and_restart(
     c: &mut netclaim_tests::scenario::Cluster,
     topo: &netclaim_tests::scenario::Topology,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let registered = c
-        .runtime
-        .wait_registered(std::time::Duration::from_secs(5))
-        .await?;
-    c.driver.kill9()?;
-    c.driver = netclaim_tests::scenario::Driver::start_with_env(
-        topo,
-        c.api.kubeconfig_path(),
-        "1s",
-        &settle_held_env(),
-    )?;
-    c.runtime
-        .wait_registration_after(registered.generation, std::time::Duration::from_secs(20))
-        .await
-        .with_context(|| c.driver.log_text())?;
-    Ok(())
+    c.kill_and_restart(topo, &settle_held_env()).await
 }
 
 /// A pod start answers before the journal record of its `InPod` placement is written

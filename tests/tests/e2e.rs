@@ -298,13 +298,7 @@ fn a_parked_device_comes_back_up_at_unprepare_even_after_a_kill() {
 
         // Killed while the device waits down: the checkpoint's mark is all the new
         // driver has to know it was up.
-        let registered = c.runtime.wait_registered(Duration::from_secs(5)).await?;
-        c.driver.kill9()?;
-        c.driver = scenario::Driver::start(&topo, c.api.kubeconfig_path(), "1s")?;
-        c.runtime
-            .wait_registration_after(registered.generation, Duration::from_secs(20))
-            .await
-            .with_context(|| c.driver.log_text())?;
+        c.kill_and_restart(&topo, &[]).await?;
         ensure!(
             !admin_up(topo.node.path(), NIC)?,
             "a restart alone brought {NIC} up"

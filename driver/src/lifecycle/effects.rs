@@ -181,11 +181,7 @@ fn set_placements(
     entries: &mut Vec<(usize, &Plan, Placement)>,
 ) -> Result<(), usize> {
     for (i, plan, placement) in entries.drain(..) {
-        match stored
-            .plans
-            .iter_mut()
-            .find(|p| p.pool == plan.pool && p.device == plan.device)
-        {
+        match stored.plan_mut(plan) {
             Some(p) => p.placement = placement,
             None => return Err(i),
         }

@@ -330,18 +330,12 @@ impl Pods {
         pod_name: &str,
         pod: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        let _shared = self.shared();
-        let lock = self.pod_lock(pod_uid);
-        let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.start(pod_uid, pod_name, pod)
+        self.locked(pod_uid, || self.inner.start(pod_uid, pod_name, pod))
     }
 
     /// Gives back every device of pod `pod_uid` (pod stopping).
     pub fn stop_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        let _shared = self.shared();
-        let pod = self.pod_lock(pod_uid);
-        let _pod = pod.lock().unwrap_or_else(|p| p.into_inner());
-        handover::give_back(&self.inner.kernel, pod_uid)
+        self.locked(pod_uid, || handover::give_back(&self.inner.kernel, pod_uid))
     }
 
     /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
@@ -506,6 +500,15 @@ impl Pods {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `work` as one of pod `pod_uid`'s hooks: beside other pods' hooks (not
+    /// beside `synchronize`), after and before this pod's others.
+    fn locked<T>(&self, pod_uid: &str, work: impl FnOnce() -> T) -> T {
+        let _shared = self.shared();
+        let lock = self.pod_lock(pod_uid);
+        let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
+        work()
+    }
+
     fn pod_lock(&self, pod_uid: &str) -> Arc<Mutex<()>> {
         self.inner
             .pod_locks
@@ -547,19 +550,15 @@ impl Inner {
     /// Records home a device that went home after a failed start (its `Entering`
     /// record; anything else is left alone).
     fn clear_intent(&self, claim_uid: &str, plan: &Plan) -> Result<(), StateError> {
-        self.kernel.store.update(claim_uid, |stored| {
-            match stored
-                .plans
-                .iter_mut()
-                .find(|p| p.pool == plan.pool && p.device == plan.device)
-            {
+        self.kernel
+            .store
+            .update(claim_uid, |stored| match stored.plan_mut(plan) {
                 Some(p) if matches!(p.placement, Placement::Entering { .. }) => {
                     p.placement = Placement::Home;
                     true
                 }
                 _ => false,
-            }
-        })?;
+            })?;
         Ok(())
     }
 

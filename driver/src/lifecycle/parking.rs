@@ -137,12 +137,9 @@ impl Pods {
         };
         let mut parked = 0;
         for plan in plans.iter().filter(|p| wants_park(p)) {
-            let _shared = self.shared();
-            let lock = self.pod_lock(&plan.pod.uid);
-            let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
             let span = tracing::info_span!("park", claim = %plan.claim, device = %plan.device);
             let _entered = span.enter();
-            match self.park_one(claim_uid, plan) {
+            match self.locked(&plan.pod.uid, || self.park_one(claim_uid, plan)) {
                 Ok(true) => parked += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("not parked; it moves up, which is slower: {e}"),
@@ -193,20 +190,15 @@ impl Pods {
     /// Records `parked` for `plan`'s device; setting it needs the device home and not
     /// parked yet. Returns whether the record changed.
     fn mark_parked(&self, claim_uid: &str, plan: &Plan, parked: bool) -> Result<bool, StateError> {
-        self.store().update(claim_uid, |stored| {
-            match stored
-                .plans
-                .iter_mut()
-                .find(|p| p.pool == plan.pool && p.device == plan.device)
-            {
+        self.store()
+            .update(claim_uid, |stored| match stored.plan_mut(plan) {
                 Some(p) if parked && !wants_park(p) => false,
                 Some(p) if p.parked != parked => {
                     p.parked = parked;
                     true
                 }
                 _ => false,
-            }
-        })
+            })
     }
 
     /// Brings up again the parked devices of claim `claim_uid` that are home (called
@@ -228,23 +220,23 @@ impl Pods {
             .iter()
             .filter(|p| p.parked && p.placement == Placement::Home)
         {
-            let _shared = self.shared();
-            let lock = self.pod_lock(&plan.pod.uid);
-            let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(ifname) = k.resolver.host_ifname(&plan.pool, &plan.device) {
-                set_up(&k.host, &ifname, true).map_err(|source| UnparkError::Up {
-                    claim: plan.claim.to_string(),
-                    device: plan.device.clone(),
-                    interface: ifname.clone(),
-                    source,
-                })?;
-                tracing::info!(claim = %plan.claim, interface = %ifname, "parked device up again");
-            }
-            self.mark_parked(claim_uid, plan, false)
-                .map_err(|source| UnparkError::Checkpoint {
-                    claim: plan.claim.to_string(),
-                    source,
-                })?;
+            self.locked(&plan.pod.uid, || -> Result<(), UnparkError> {
+                if let Some(ifname) = k.resolver.host_ifname(&plan.pool, &plan.device) {
+                    set_up(&k.host, &ifname, true).map_err(|source| UnparkError::Up {
+                        claim: plan.claim.to_string(),
+                        device: plan.device.clone(),
+                        interface: ifname.clone(),
+                        source,
+                    })?;
+                    tracing::info!(claim = %plan.claim, interface = %ifname, "parked device up again");
+                }
+                self.mark_parked(claim_uid, plan, false)
+                    .map_err(|source| UnparkError::Checkpoint {
+                        claim: plan.claim.to_string(),
+                        source,
+                    })?;
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -68,12 +68,9 @@ impl Pods {
             if !wants_stage(&plan, k.config.dataplane) {
                 continue;
             }
-            let _shared = self.shared();
-            let lock = self.pod_lock(&plan.pod.uid);
-            let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
             let span = tracing::info_span!("stage", claim = %plan.claim, device = %plan.device);
             let _entered = span.enter();
-            match self.stage_one(claim_uid, &plan) {
+            match self.locked(&plan.pod.uid, || self.stage_one(claim_uid, &plan)) {
                 Ok(true) => staged += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -94,18 +91,12 @@ impl Pods {
         // lock (a start may have come first).
         let recorded = k
             .store
-            .update(claim_uid, |stored| {
-                match stored
-                    .plans
-                    .iter_mut()
-                    .find(|p| p.pool == plan.pool && p.device == plan.device)
-                {
-                    Some(p) if p.placement == Placement::Home && !p.staged => {
-                        p.staged = true;
-                        true
-                    }
-                    _ => false,
+            .update(claim_uid, |stored| match stored.plan_mut(plan) {
+                Some(p) if p.placement == Placement::Home && !p.staged => {
+                    p.staged = true;
+                    true
                 }
+                _ => false,
             })
             .map_err(|e| e.to_string())?;
         if !recorded {
@@ -173,12 +164,7 @@ impl Pods {
     /// Records that no data path is staged for `plan`'s device (any more).
     fn unmark_staged(&self, claim_uid: &str, plan: &Plan) -> Result<bool, StateError> {
         self.inner.kernel.store.update(claim_uid, |stored| {
-            stored
-                .plans
-                .iter_mut()
-                .find(|p| p.pool == plan.pool && p.device == plan.device)
-                .map(|p| p.staged = false)
-                .is_some()
+            stored.plan_mut(plan).map(|p| p.staged = false).is_some()
         })
     }
 
@@ -201,26 +187,26 @@ impl Pods {
             .iter()
             .filter(|p| p.staged && p.placement == Placement::Home)
         {
-            let _shared = self.shared();
-            let lock = self.pod_lock(&plan.pod.uid);
-            let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
-            let detach_err = |source| UnstageError::Detach {
-                claim: plan.claim.to_string(),
-                device: plan.device.clone(),
-                source: Box::new(source),
-            };
-            let key = datapath_key(plan).map_err(detach_err)?;
-            // At home: any clsact filter of it is in the node's namespace.
-            match AttachedDatapath::adopt(&k.layout, key) {
-                Ok(dp) => dp.detach(&k.layout, Some(&k.host)).map_err(detach_err)?,
-                Err(DatapathError::NotPinned { .. }) => {}
-                Err(e) => return Err(detach_err(e)),
-            }
-            self.unmark_staged(claim_uid, plan)
-                .map_err(|source| UnstageError::Checkpoint {
+            self.locked(&plan.pod.uid, || -> Result<(), UnstageError> {
+                let detach_err = |source| UnstageError::Detach {
                     claim: plan.claim.to_string(),
-                    source,
-                })?;
+                    device: plan.device.clone(),
+                    source: Box::new(source),
+                };
+                let key = datapath_key(plan).map_err(detach_err)?;
+                // At home: any clsact filter of it is in the node's namespace.
+                match AttachedDatapath::adopt(&k.layout, key) {
+                    Ok(dp) => dp.detach(&k.layout, Some(&k.host)).map_err(detach_err)?,
+                    Err(DatapathError::NotPinned { .. }) => {}
+                    Err(e) => return Err(detach_err(e)),
+                }
+                self.unmark_staged(claim_uid, plan)
+                    .map_err(|source| UnstageError::Checkpoint {
+                        claim: plan.claim.to_string(),
+                        source,
+                    })?;
+                Ok(())
+            })?;
             tracing::info!(claim = %plan.claim, device = %plan.device, "staged data path removed");
         }
         Ok(())

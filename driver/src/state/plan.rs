@@ -251,6 +251,15 @@ pub struct ClaimPlans {
     pub plans: Vec<Plan>,
 }
 
+impl ClaimPlans {
+    /// The stored plan of the same device as `plan` (same pool and device).
+    pub fn plan_mut(&mut self, plan: &Plan) -> Option<&mut Plan> {
+        self.plans
+            .iter_mut()
+            .find(|p| p.pool == plan.pool && p.device == plan.device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
