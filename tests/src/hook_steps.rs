@@ -30,8 +30,8 @@ const START_FIELDS: &[(&str, &str, &str)] = &[
         "sockets_lookup",
     ),
     ("host side: captured", "capture_us", "capture"),
-    ("host side: captured", "intent_us", "entering_record"),
-    ("host side: captured", "move_us", "move"),
+    ("intent recorded", "intent_us", "entering_record"),
+    ("host side: moved", "move_us", "move"),
     ("pod side: configured", "configure_us", "configure"),
     ("data path attached", "after_configure_us", "take_data_path"),
     (
@@ -157,7 +157,9 @@ mod tests {
     use super::*;
 
     const LOG: &str = r#"2026-11-30T16:12:24.995003Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::lifecycle::handover: device resolved config_and_resolve_us=2
-2026-11-30T16:12:25.013937Z DEBUG netclaim::netns::configure: host side: captured, intent recorded, moved device="eth30" sockets_and_lookup_us=115 capture_us=355 intent_us=647 move_us=17677
+2026-11-30T16:12:24.995503Z DEBUG netclaim::netns::configure: host side: captured device="eth30" sockets_and_lookup_us=115 capture_us=355
+2026-11-30T16:12:24.996203Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::lifecycle::handover: intent recorded devices=1 intent_us=647
+2026-11-30T16:12:25.013937Z DEBUG netclaim::netns::configure: host side: moved device="eth30" move_us=17677
 2026-11-30T16:12:25.014475Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::netns::configure: pod side: configured device="eth30" configure_us=338
 2026-11-30T16:12:25.014693Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::lifecycle::handover: data path attached (and lease, if any) after_configure_us=198
 2026-11-30T16:12:25.015048Z DEBUG netclaim::lifecycle::handover: start timing before_devices_us=76 devices_us=19740 record_and_events_us=313 hold_us=4
@@ -167,7 +169,7 @@ mod tests {
 2026-11-30T16:12:25.035300Z DEBUG netclaim::lifecycle::handover: stop timing before_record_us=90 leaving_record_us=610 devices_us=17600
 2026-11-30T16:12:25.035525Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="STOP_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="StopPodSandbox" ok=true hook_ms=19.643964
 2026-11-30T16:12:25.036690Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="REMOVE_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="RemovePodSandbox" ok=true hook_ms=0.172258
-2026-11-30T16:12:26.013937Z DEBUG netclaim::netns::configure: host side: captured, intent recorded, moved device="eth1" sockets_and_lookup_us=1 capture_us=1 intent_us=1 move_us=99999
+2026-11-30T16:12:26.013937Z DEBUG netclaim::netns::configure: host side: moved device="eth1" move_us=99999
 2026-11-30T16:12:26.015603Z DEBUG nri{pod=default/pod-warm uid=pod-uid-warm event="RUN_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="RunPodSandbox" ok=true hook_ms=120.0
 "#;
 

@@ -104,6 +104,15 @@ impl Deadline {
             .max(self.arrived)
     }
 
+    /// Whether `devices` devices, and then undoing all of them, fit in what is left at
+    /// `now` (a pod start moves its devices back to back, so it asks once for all).
+    pub fn all_fit(&self, now: Instant, devices: usize, costs: &Costs) -> bool {
+        let spent = now.saturating_duration_since(self.arrived);
+        let n = devices as u32;
+        let needed = (costs.attach + costs.undo) * n + margin(self.budget);
+        spent + needed <= self.budget
+    }
+
     /// Whether the next device, and then undoing it and the `done` devices before it,
     /// fit in what is left at `now`.
     pub fn next_fits(&self, now: Instant, done: usize, costs: &Costs) -> bool {

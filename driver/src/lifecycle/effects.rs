@@ -11,6 +11,7 @@ use super::{keeper, leases, DeviceResolver, Failure, LifecycleConfig, LifecycleE
 use crate::datapath::{
     device::AttachOptions, AttachedDatapath, DatapathError, DatapathKey, DatapathPolicy, PinLayout,
 };
+use crate::netns::configure::{Captured, MovedIn};
 use crate::netns::{
     remove_foreign_programs, restore_device, ConfigureError, Configured, HostOriginals,
     InterfaceSettings, Netns, NetnsError, PodSide, RestoreError, RestoreOutcome,
@@ -26,6 +27,7 @@ pub struct Placing<'a> {
 }
 
 /// Where a device is about to go: written with its host state before it moves.
+#[derive(Clone, Debug)]
 pub struct Intent {
     pub pod_netns: PathBuf,
     pub pod_ifname: String,
@@ -50,6 +52,17 @@ impl Intent {
     }
 }
 
+/// A device [`Effects::move_all`] moved into its pod: where it is and what it left,
+/// for an undo, and what configuring it still needs.
+pub struct Moved<M> {
+    pub side: PodSide,
+    pub originals: HostOriginals,
+    pub rest: M,
+}
+
+/// What [`Effects::move_all`] did: one result per device tried, in order.
+pub type MovesTried<M> = Vec<Result<Moved<M>, ConfigureError>>;
+
 /// What the lifecycle does to the world.
 pub trait Effects {
     /// A pod's network namespace, held open.
@@ -65,18 +78,38 @@ pub trait Effects {
     fn resolve(&self, plan: &Plan) -> Option<String>;
     /// Removes eBPF programs other tools attached to the host interface.
     fn remove_foreign(&self, ifname: &str) -> Result<Vec<String>, String>;
-    /// Captures the device's host state, records `intent` with it as
-    /// [`Placement::Entering`] (durable, write-ahead), and only then moves the device
-    /// into `pod` and configures it. A failure after the device was touched says where
-    /// it was left; the caller undoes.
-    fn move_in(
+    /// A device captured at home, not touched yet.
+    type Captured;
+    /// What a device moved into its pod still needs to be configured there.
+    type Moved;
+
+    /// Finds the device at home, captures its host state and checks `settings`
+    /// against it. Touches nothing.
+    fn capture(
         &self,
-        claim_uid: &str,
-        plan: &Plan,
-        intent: Intent,
+        ifname: &str,
+        settings: &InterfaceSettings,
+    ) -> Result<Self::Captured, ConfigureError>;
+    /// The host state a capture found, as a restore would put it back (the caller may
+    /// complete it before recording it).
+    fn captured_originals<'c>(&self, captured: &'c mut Self::Captured) -> &'c mut HostOriginals;
+    /// Moves captured devices into `pod` in order, back to back, and stops at the
+    /// first that fails: one result per device tried. The caller recorded each as
+    /// [`Placement::Entering`] first (durable, write-ahead). An `Err` for the whole
+    /// call means any of them may have moved.
+    fn move_all(
+        &self,
+        pod: &Self::Pod,
+        devices: Vec<Self::Captured>,
+    ) -> Result<MovesTried<Self::Moved>, ConfigureError>;
+    /// Configures in `pod` a device [`Effects::move_all`] moved there. On failure the
+    /// device is still in the pod; the caller undoes.
+    fn configure_in(
+        &self,
         pod: &Self::Pod,
         ifname: &str,
         settings: &InterfaceSettings,
+        moved: Self::Moved,
     ) -> Result<Configured, ConfigureError>;
     /// Attaches (and pins) the device's data path in the pod.
     fn attach(
@@ -243,6 +276,8 @@ fn place_in(store: &StateStore, entries: Vec<Placing<'_>>) -> Result<(), (usize,
 
 impl Effects for Kernel {
     type Pod = Netns;
+    type Captured = Captured;
+    type Moved = MovedIn;
 
     fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, StateError> {
         self.store.plans_of_pod(pod_uid)
@@ -266,36 +301,44 @@ impl Effects for Kernel {
         Ok(removed.into_iter().map(|p| p.to_string()).collect())
     }
 
-    fn move_in(
+    fn capture(
         &self,
-        claim_uid: &str,
-        plan: &Plan,
-        intent: Intent,
+        ifname: &str,
+        settings: &InterfaceSettings,
+    ) -> Result<Captured, ConfigureError> {
+        crate::netns::configure::capture_for_move(&self.host, ifname, settings)
+    }
+
+    fn captured_originals<'c>(&self, captured: &'c mut Captured) -> &'c mut HostOriginals {
+        captured.originals_mut()
+    }
+
+    fn move_all(
+        &self,
+        pod: &Netns,
+        devices: Vec<Captured>,
+    ) -> Result<MovesTried<MovedIn>, ConfigureError> {
+        let tried = crate::netns::configure::move_captured(&self.host, pod, devices)?;
+        Ok(tried
+            .into_iter()
+            .map(|r| {
+                r.map(|m| Moved {
+                    side: m.pod_side(),
+                    originals: m.originals().clone(),
+                    rest: m,
+                })
+            })
+            .collect())
+    }
+
+    fn configure_in(
+        &self,
         pod: &Netns,
         ifname: &str,
         settings: &InterfaceSettings,
+        moved: MovedIn,
     ) -> Result<Configured, ConfigureError> {
-        let (store, uid, plan) = (self.store.clone(), claim_uid.to_string(), plan.clone());
-        let before_move: crate::netns::configure::BeforeMove = Box::new(move |originals| {
-            super::parking::complete(&plan, originals);
-            let attachment = intent.attachment(originals.clone());
-            place_in(
-                &store,
-                vec![Placing {
-                    claim_uid: &uid,
-                    plan: &plan,
-                    placement: Placement::Entering { attachment },
-                }],
-            )
-            .map_err(|(_, e)| e.to_string())
-        });
-        crate::netns::configure::move_and_configure_with(
-            &self.host,
-            pod,
-            ifname,
-            settings,
-            Some(before_move),
-        )
+        crate::netns::configure::configure_moved(pod, ifname, settings, moved)
     }
 
     fn attach(

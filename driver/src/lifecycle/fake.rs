@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::effects::{Effects, Intent, Placing};
+use super::effects::{Effects, Moved, MovesTried, Placing};
 use super::handover::{self, Ledger};
 use super::{budget, decide::PodAction, Failure, LifecycleError, LifecycleStep, PodRuntime};
 use crate::datapath::{DatapathError, DatapathKey, DatapathPolicy};
@@ -147,6 +147,8 @@ impl Fake {
 
 impl Effects for Fake {
     type Pod = String;
+    type Captured = (String, String, HostOriginals);
+    type Moved = (PodSide, HostOriginals);
 
     fn plans_of(&self, pod_uid: &str) -> Result<Vec<(String, Plan)>, StateError> {
         self.tick().map_err(|_| Self::store_err())?;
@@ -175,25 +177,19 @@ impl Effects for Fake {
         Ok(Vec::new())
     }
 
-    fn move_in(
+    fn capture(
         &self,
-        claim_uid: &str,
-        plan: &Plan,
-        intent: Intent,
-        pod: &String,
         ifname: &str,
-        _settings: &InterfaceSettings,
-    ) -> Result<Configured, ConfigureError> {
-        let failed = |step: Step, left: Option<Box<Left>>| ConfigureError::Failed {
+        settings: &InterfaceSettings,
+    ) -> Result<(String, String, HostOriginals), ConfigureError> {
+        self.tick().map_err(|_| ConfigureError::Failed {
             device: ifname.to_string(),
-            step,
+            step: Step::Capture,
             field: "interface".into(),
             source: StepError::Invalid("injected".into()),
             rollback: None,
-            left,
-        };
-        // Capture.
-        self.tick().map_err(|_| failed(Step::Capture, None))?;
+            left: None,
+        })?;
         let home = self.world.borrow().devices.get(ifname).cloned();
         match home {
             Some(d) if d.pod.is_none() => {}
@@ -204,47 +200,83 @@ impl Effects for Fake {
                 })
             }
         }
-        let originals = originals(ifname);
-        // Write-ahead.
-        let pod_ifname = intent.pod_ifname.clone();
-        let attachment = intent.attachment(originals.clone());
-        self.place(vec![Placing {
-            claim_uid,
-            plan,
-            placement: Placement::Entering { attachment },
-        }])
-        .map_err(|_| failed(Step::Capture, None))?;
-        // Move (and rename) in one message.
-        self.tick().map_err(|_| failed(Step::Move, None))?;
-        if !self.world.borrow().pods.contains(pod) {
-            return Err(failed(Step::Move, None));
+        let pod_ifname = settings.name.clone().unwrap_or_else(|| ifname.to_string());
+        Ok((ifname.to_string(), pod_ifname, originals(ifname)))
+    }
+
+    fn captured_originals<'c>(
+        &self,
+        captured: &'c mut (String, String, HostOriginals),
+    ) -> &'c mut HostOriginals {
+        &mut captured.2
+    }
+
+    fn move_all(
+        &self,
+        pod: &String,
+        devices: Vec<(String, String, HostOriginals)>,
+    ) -> Result<MovesTried<(PodSide, HostOriginals)>, ConfigureError> {
+        let mut tried = Vec::new();
+        for (ifname, pod_ifname, originals) in devices {
+            // Move (and rename) in one message.
+            let moved = self
+                .tick()
+                .ok()
+                .filter(|_| self.world.borrow().pods.contains(pod));
+            if moved.is_none() {
+                tried.push(Err(ConfigureError::Failed {
+                    device: ifname.clone(),
+                    step: Step::Move,
+                    field: "interface".into(),
+                    source: StepError::Invalid("injected".into()),
+                    rollback: None,
+                    left: None,
+                }));
+                break;
+            }
+            {
+                let mut w = self.world.borrow_mut();
+                let d = w.devices.get_mut(&ifname).expect("captured at home");
+                d.pod = Some(pod.clone());
+                d.name = pod_ifname.clone();
+            }
+            let side = PodSide {
+                name: pod_ifname,
+                ifindex: Some(3),
+                mac: originals.mac,
+            };
+            tried.push(Ok(Moved {
+                side: side.clone(),
+                originals: originals.clone(),
+                rest: (side, originals),
+            }));
         }
-        {
-            let mut w = self.world.borrow_mut();
-            let d = w.devices.get_mut(ifname).expect("checked above");
-            d.pod = Some(pod.clone());
-            d.name = pod_ifname.clone();
-        }
-        let side = PodSide {
-            name: pod_ifname.clone(),
-            ifindex: Some(3),
-            mac: originals.mac,
-        };
-        // Configure.
-        self.tick().map_err(|_| {
-            failed(
-                Step::LinkSettings,
-                Some(Box::new(Left {
-                    side: side.clone(),
-                    originals: Some(originals.clone()),
-                })),
-            )
+        Ok(tried)
+    }
+
+    fn configure_in(
+        &self,
+        _pod: &String,
+        ifname: &str,
+        _settings: &InterfaceSettings,
+        (side, originals): (PodSide, HostOriginals),
+    ) -> Result<Configured, ConfigureError> {
+        self.tick().map_err(|_| ConfigureError::Failed {
+            device: ifname.to_string(),
+            step: Step::LinkSettings,
+            field: "interface".into(),
+            source: StepError::Invalid("injected".into()),
+            rollback: None,
+            left: Some(Box::new(Left {
+                side: side.clone(),
+                originals: Some(originals.clone()),
+            })),
         })?;
         self.world
             .borrow_mut()
             .devices
             .get_mut(ifname)
-            .expect("moved above")
+            .expect("moved by move_in")
             .mtu = POD_MTU;
         Ok(Configured {
             pod_ifname: side.name,
@@ -718,8 +750,8 @@ fn any_failing_call_of_a_stop_is_reported_and_the_retry_finishes() {
 #[test]
 fn a_failed_start_names_the_device_the_step_and_the_cause() {
     let f = world();
-    // Call 4 is the first device's move (plans, capture, intent, move).
-    f.world.borrow_mut().fail_at = Some(4);
+    // Call 5 is the first device's move (plans, two captures, both intents, move).
+    f.world.borrow_mut().fail_at = Some(5);
     let err = start(&f).expect_err("move fails");
     let text = err.to_string();
     assert!(

@@ -248,65 +248,210 @@ pub fn start<E: Effects>(
         })?;
     let guard = e.socket_guard(&pod_label, runtime)?;
     let before_devices = hook_started.elapsed();
-    let mut done: Vec<Handed> = Vec::new();
-    let mut outcomes = Vec::new();
+    // Each device's outcome, in the order of its plan.
+    let mut outcomes: Vec<Option<DeviceOutcome>> = Vec::new();
+    let to_move = plans
+        .iter()
+        .filter(|(_, p)| !matches!(p.placement, Placement::InPod { .. }))
+        .count();
+    if let (Some(deadline), Some((_, first))) = (
+        runtime.deadline,
+        plans
+            .iter()
+            .find(|(_, p)| !matches!(p.placement, Placement::InPod { .. })),
+    ) {
+        let costs = *ledger.costs();
+        if !deadline.all_fit(Instant::now(), to_move, &costs) {
+            return Err(over_budget(
+                e,
+                ledger,
+                deadline,
+                costs,
+                first,
+                Vec::new(),
+                &pod,
+            ));
+        }
+    }
+    // Every device is captured, then all are recorded `Entering` at once, then they
+    // move back to back, and only then is each configured: a device configured (or a
+    // record synced) between two moves queues kernel work the next move waits for.
+    let mut capturing: Vec<Capturing<E::Captured>> = Vec::new();
     for (claim_uid, plan) in plans {
         let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
         let _entered = span.enter();
         if let Placement::InPod { attachment } = &plan.placement {
             tracing::debug!("already in the pod");
-            outcomes.push(DeviceOutcome {
+            outcomes.push(Some(DeviceOutcome {
                 claim: plan.claim.to_string(),
                 pool: plan.pool.clone(),
                 device: plan.device.clone(),
                 action: Action::AlreadyAttached {
                     pod_ifname: attachment.pod_ifname.clone(),
                 },
-            });
+            }));
             continue;
         }
-        if let Some(deadline) = runtime.deadline {
-            let costs = *ledger.costs();
-            if !deadline.next_fits(Instant::now(), done.len(), &costs) {
-                let spent = deadline.arrived.elapsed();
-                tracing::warn!(budget = ?deadline.budget, ?spent, done = done.len(), "the hook budget would run out; undoing the pod's devices");
-                let message = format!(
-                    "not handed over: the runtime's hook budget of {:?} would run out",
-                    deadline.budget
-                );
-                e.emit(DeviceEvent::Failed {
-                    device: device_ref(&plan),
-                    part: FailedPart::Network,
-                    reason: "HookBudget".into(),
-                    message: message.clone(),
-                });
+        match capture_one(e, &claim_uid, &plan, &pod) {
+            Ok(mut c) => {
+                c.slot = outcomes.len();
+                outcomes.push(None);
+                capturing.push(c);
+            }
+            Err(failed) => {
                 drop(_entered);
-                let n = done.len();
-                let problems = undo(e, ledger, done, &pod, &message);
-                return Err(LifecycleError::Budget(Box::new(budget::Exceeded {
-                    pod: plan.pod.to_string(),
-                    claim: plan.claim.to_string(),
-                    device: plan.device.clone(),
-                    budget: deadline.budget,
-                    spent,
-                    done: n,
-                    costs,
-                    problems,
-                })));
+                let others = capturing.into_iter().map(|c| c.taken).collect();
+                return Err(failed_device(e, ledger, *failed, others, &pod));
             }
         }
-        let attach_started = Instant::now();
-        let lease_until = match runtime.deadline {
-            Some(d) => d.lease_until(done.len(), &ledger.costs()),
-            None => attach_started + budget::LEASE_WAIT,
+    }
+    let captured_at = Instant::now();
+    // Durable before any device moves.
+    let entering: Vec<Placing<'_>> = capturing
+        .iter_mut()
+        .map(|c| {
+            let originals = e.captured_originals(&mut c.captured);
+            super::parking::complete(&c.taken.plan, originals);
+            Placing {
+                claim_uid: &c.taken.claim_uid,
+                plan: &c.taken.plan,
+                placement: Placement::Entering {
+                    attachment: c.intent.clone().attachment(originals.clone()),
+                },
+            }
+        })
+        .collect();
+    let recorded = e.place(entering);
+    // Written in part at worst (one transaction per claim): each may stand.
+    for c in &mut capturing {
+        c.taken.recorded = true;
+    }
+    if let Err((_, err)) = recorded {
+        let mut rest = capturing.into_iter().map(|c| c.taken);
+        let Some(first) = rest.next() else {
+            return Err(checkpoint_error(pod_uid)(err));
         };
-        match hand_over(e, &claim_uid, &plan, &pod, guard.as_deref(), lease_until) {
+        let failure = Failure::new(
+            LifecycleStep::Checkpoint,
+            FailedPart::Network,
+            "CheckpointFailed",
+            err.to_string(),
+        );
+        return Err(failed_device(
+            e,
+            ledger,
+            (failure, first),
+            rest.collect(),
+            &pod,
+        ));
+    }
+    tracing::debug!(
+        devices = capturing.len(),
+        intent_us = captured_at.elapsed().as_micros() as u64,
+        "intent recorded"
+    );
+    if let (Some(deadline), Some(first)) = (runtime.deadline, capturing.first()) {
+        let costs = *ledger.costs();
+        if !deadline.all_fit(Instant::now(), capturing.len(), &costs) {
+            let plan = first.taken.plan.clone();
+            let others = capturing.into_iter().map(|c| c.taken).collect();
+            return Err(over_budget(e, ledger, deadline, costs, &plan, others, &pod));
+        }
+    }
+    let moves_started = Instant::now();
+    let mut rest = Vec::with_capacity(capturing.len());
+    let mut devices = Vec::with_capacity(capturing.len());
+    for mut c in capturing {
+        let side = c.side_before_move(e);
+        devices.push(c.captured);
+        rest.push((c.taken, c.cfg, c.settings, c.ifname, c.slot, side));
+    }
+    let n = devices.len();
+    let tried = match e.move_all(&pod, devices) {
+        Ok(tried) => tried,
+        Err(err) => {
+            // Any of them may have moved: each is looked for in the pod and at home.
+            let mut takens: Vec<Taken> = rest
+                .into_iter()
+                .map(|(mut taken, _, _, _, _, side)| {
+                    taken.moved = Some(side);
+                    taken
+                })
+                .collect();
+            let first = takens.remove(0);
+            let failure = Failure::new(
+                LifecycleStep::Configure(err.step()),
+                FailedPart::Network,
+                configure_reason(&err),
+                err.detail(),
+            );
+            return Err(failed_device(e, ledger, (failure, first), takens, &pod));
+        }
+    };
+    let move_each = moves_started.elapsed() / n.max(1) as u32;
+    let mut moving: Vec<Moving<E::Moved>> = Vec::new();
+    let mut rest = rest.into_iter();
+    for result in tried {
+        let Some((mut taken, cfg, settings, ifname, slot, _)) = rest.next() else {
+            break;
+        };
+        match result {
+            Ok(moved) => {
+                taken.moved = Some((moved.side, Some(moved.originals)));
+                moving.push(Moving {
+                    taken,
+                    moved: moved.rest,
+                    cfg,
+                    settings,
+                    ifname,
+                    slot,
+                    move_took: move_each,
+                });
+            }
+            Err(err) => {
+                if let ConfigureError::Failed {
+                    left: Some(left), ..
+                } = &err
+                {
+                    taken.moved = Some((left.side.clone(), left.originals.clone()));
+                }
+                let failure = Failure::new(
+                    LifecycleStep::Configure(err.step()),
+                    FailedPart::Network,
+                    configure_reason(&err),
+                    err.detail(),
+                );
+                // The ones moved before it, then the ones never tried (recorded only).
+                let others = moving
+                    .into_iter()
+                    .map(|m| m.taken)
+                    .chain(rest.map(|r| r.0))
+                    .collect();
+                return Err(failed_device(e, ledger, (failure, taken), others, &pod));
+            }
+        }
+    }
+    let mut done: Vec<Handed> = Vec::new();
+    let mut pending = moving.into_iter();
+    while let Some(m) = pending.next() {
+        let plan = m.taken.plan.clone();
+        let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+        let _entered = span.enter();
+        // A lease that does not come in time leaves every moved device to undo.
+        let to_undo = done.len() + pending.len();
+        let lease_until = match runtime.deadline {
+            Some(d) => d.lease_until(to_undo, &ledger.costs()),
+            None => Instant::now() + budget::LEASE_WAIT,
+        };
+        let (slot, move_took) = (m.slot, m.move_took);
+        let finish_started = Instant::now();
+        match finish_one(e, m, &pod, guard.as_deref(), lease_until) {
             Ok(h) => {
                 ledger
                     .costs()
-                    .attached(attach_started.elapsed().saturating_sub(h.waited));
+                    .attached((move_took + finish_started.elapsed()).saturating_sub(h.waited));
                 tracing::info!(interface = %h.side.name, datapath = h.taken.datapath.is_some(), "device handed to the pod");
-                outcomes.push(DeviceOutcome {
+                outcomes[slot] = Some(DeviceOutcome {
                     claim: plan.claim.to_string(),
                     pool: plan.pool.clone(),
                     device: plan.device.clone(),
@@ -318,39 +463,17 @@ pub fn start<E: Effects>(
                 done.push(h);
             }
             Err(failed) => {
-                let (f, taken) = *failed;
-                tracing::warn!(step = %f.step, reason = f.reason, "handing the device to the pod failed: {}", f.message);
-                e.emit(DeviceEvent::Failed {
-                    device: device_ref(&plan),
-                    part: f.part,
-                    reason: f.reason.to_string(),
-                    message: f.message.clone(),
-                });
-                // The failed device first (it is the furthest from a clean state),
-                // then the others in reverse order.
-                let mine = unwind(e, &taken, Some(&pod));
-                ledger.keep_if_uncleared(&mine, &taken);
-                let mut message = f.message;
-                if !mine.problems.is_empty() {
-                    message.push_str(&format!(
-                        " (and putting it back: {})",
-                        mine.problems.join("; ")
-                    ));
-                }
                 drop(_entered);
-                let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
-                let undo = undo(e, ledger, done, &pod, &cause);
-                return Err(LifecycleError::Device {
-                    claim: plan.claim.to_string(),
-                    device: plan.device.clone(),
-                    pod: plan.pod.to_string(),
-                    step: f.step,
-                    message,
-                    undo,
-                });
+                let others = done
+                    .into_iter()
+                    .map(|h| h.taken)
+                    .chain(pending.map(|m| m.taken))
+                    .collect();
+                return Err(failed_device(e, ledger, *failed, others, &pod));
             }
         }
     }
+    let outcomes: Vec<DeviceOutcome> = outcomes.into_iter().flatten().collect();
     // Durable before the hook answers: a driver killed earlier finds only the
     // write-ahead `Entering` records, returns the devices and starts the pod over.
     let record_started = Instant::now();
@@ -374,6 +497,7 @@ pub fn start<E: Effects>(
         );
         let message = format!("{}: {err}", LifecycleStep::Checkpoint);
         tracing::warn!(claim = %claim, device = %device, "recording the hand-over failed: {err}");
+        let done = done.into_iter().map(|h| h.taken).collect();
         let undo = undo(e, ledger, done, &pod, &message);
         return Err(LifecycleError::Device {
             claim,
@@ -424,17 +548,137 @@ fn configure_reason(err: &ConfigureError) -> &'static str {
     }
 }
 
-/// Hands one device over. On failure, what failed and how far it got (for [`unwind`];
-/// nothing is undone here).
-fn hand_over<E: Effects>(
+/// A device moved into the pod in this call and not configured yet.
+struct Moving<M> {
+    taken: Taken,
+    moved: M,
+    cfg: crate::config::ValidConfig,
+    settings: crate::netns::InterfaceSettings,
+    ifname: String,
+    /// Where its outcome goes among the pod's.
+    slot: usize,
+    /// What moving it took (its share of the device's cost).
+    move_took: Duration,
+}
+
+/// Reports a device that failed half-way, takes it back, then takes back `others`
+/// (every other device this call moved, in the order they moved), and says why.
+fn failed_device<E: Effects>(
+    e: &E,
+    ledger: &Ledger<'_>,
+    (f, taken): (Failure, Taken),
+    others: Vec<Taken>,
+    pod: &E::Pod,
+) -> LifecycleError {
+    let plan = taken.plan.clone();
+    let span =
+        tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
+    let entered = span.enter();
+    tracing::warn!(step = %f.step, reason = f.reason, "handing the device to the pod failed: {}", f.message);
+    e.emit(DeviceEvent::Failed {
+        device: device_ref(&plan),
+        part: f.part,
+        reason: f.reason.to_string(),
+        message: f.message.clone(),
+    });
+    // The failed device first (it is the furthest from a clean state), then the
+    // others in reverse order.
+    let mine = unwind(e, &taken, Some(pod));
+    ledger.keep_if_uncleared(&mine, &taken);
+    let mut message = f.message;
+    if !mine.problems.is_empty() {
+        message.push_str(&format!(
+            " (and putting it back: {})",
+            mine.problems.join("; ")
+        ));
+    }
+    drop(entered);
+    let cause = format!("device {} of claim {} failed", plan.device, plan.claim);
+    let undo = undo(e, ledger, others, pod, &cause);
+    LifecycleError::Device {
+        claim: plan.claim.to_string(),
+        device: plan.device.clone(),
+        pod: plan.pod.to_string(),
+        step: f.step,
+        message,
+        undo,
+    }
+}
+
+/// A device captured at home in this call, not touched yet.
+struct Capturing<C> {
+    taken: Taken,
+    captured: C,
+    intent: Intent,
+    cfg: crate::config::ValidConfig,
+    settings: crate::netns::InterfaceSettings,
+    ifname: String,
+    slot: usize,
+}
+
+impl<C> Capturing<C> {
+    /// Where the device would be found in the pod should its move be cut off, and what
+    /// a restore puts back.
+    fn side_before_move<E: Effects<Captured = C>>(
+        &mut self,
+        e: &E,
+    ) -> (PodSide, Option<HostOriginals>) {
+        let originals = e.captured_originals(&mut self.captured).clone();
+        let side = PodSide {
+            name: self.intent.pod_ifname.clone(),
+            ifindex: None,
+            mac: self.intent.pod_mac.or(originals.mac),
+        };
+        (side, Some(originals))
+    }
+}
+
+/// Fails a pod start whose devices would not fit in the runtime's hook budget: says
+/// so on `plan`'s device, undoes `others` and returns the error.
+#[allow(clippy::too_many_arguments)]
+fn over_budget<E: Effects>(
+    e: &E,
+    ledger: &Ledger<'_>,
+    deadline: budget::Deadline,
+    costs: budget::Costs,
+    plan: &Plan,
+    others: Vec<Taken>,
+    pod: &E::Pod,
+) -> LifecycleError {
+    let spent = deadline.arrived.elapsed();
+    tracing::warn!(budget = ?deadline.budget, ?spent, devices = others.len(), "the hook budget would run out; undoing the pod's devices");
+    let message = format!(
+        "not handed over: the runtime's hook budget of {:?} would run out",
+        deadline.budget
+    );
+    e.emit(DeviceEvent::Failed {
+        device: device_ref(plan),
+        part: FailedPart::Network,
+        reason: "HookBudget".into(),
+        message: message.clone(),
+    });
+    let problems = undo(e, ledger, others, pod, &message);
+    LifecycleError::Budget(Box::new(budget::Exceeded {
+        pod: plan.pod.to_string(),
+        claim: plan.claim.to_string(),
+        device: plan.device.clone(),
+        budget: deadline.budget,
+        spent,
+        done: 0,
+        costs,
+        problems,
+    }))
+}
+
+/// Resolves one device and captures it at home. On failure, what failed (nothing was
+/// touched or recorded).
+fn capture_one<E: Effects>(
     e: &E,
     claim_uid: &str,
     plan: &Plan,
     pod: &E::Pod,
-    guard: Option<&Path>,
-    lease_until: Instant,
-) -> Result<Handed, Box<(Failure, Taken)>> {
-    let mut taken = Taken {
+) -> Result<Capturing<E::Captured>, Box<(Failure, Taken)>> {
+    let taken = Taken {
         claim_uid: claim_uid.to_string(),
         plan: plan.clone(),
         moved: None,
@@ -494,23 +738,59 @@ fn hand_over<E: Effects>(
         "device resolved"
     );
     let settings = settings::interface_settings(&cfg);
-    let dataplane = e.dataplane();
     let intent = Intent {
         pod_netns: e.pod_path(pod),
         pod_ifname: settings.name.clone().unwrap_or_else(|| ifname.clone()),
         pod_mac: settings.mac,
-        datapath: dataplane,
+        datapath: e.dataplane(),
     };
-    let configured = match e.move_in(claim_uid, plan, intent, pod, &ifname, &settings) {
+    match e.capture(&ifname, &settings) {
+        Ok(captured) => Ok(Capturing {
+            taken,
+            captured,
+            intent,
+            cfg,
+            settings,
+            ifname,
+            slot: 0,
+        }),
+        Err(err) => fail!(Failure::new(
+            LifecycleStep::Configure(err.step()),
+            FailedPart::Network,
+            configure_reason(&err),
+            err.detail(),
+        )),
+    }
+}
+
+/// Configures a moved device in the pod, gives it its data path and, if it asks, its
+/// DHCP lease. On failure, what failed and how far it got (for [`unwind`]).
+fn finish_one<E: Effects>(
+    e: &E,
+    m: Moving<E::Moved>,
+    pod: &E::Pod,
+    guard: Option<&Path>,
+    lease_until: Instant,
+) -> Result<Handed, Box<(Failure, Taken)>> {
+    let Moving {
+        mut taken,
+        moved,
+        cfg,
+        settings,
+        ifname,
+        ..
+    } = m;
+    macro_rules! fail {
+        ($failure:expr) => {
+            return Err(Box::new(($failure, taken)))
+        };
+    }
+    let plan = taken.plan.clone();
+    let dataplane = e.dataplane();
+    let configured = match e.configure_in(pod, &ifname, &settings, moved) {
         Ok(c) => c,
         Err(err) => {
-            // Anything past the intent (a capture or validation failure comes before
-            // it) has a record to clear; a touched device is where `left` says.
-            let before_intent = matches!(
-                err.step(),
-                None | Some(Step::Capture) | Some(Step::Validate)
-            );
-            taken.recorded = !before_intent;
+            // Still in the pod (where the move left it) unless `left` says better.
             if let ConfigureError::Failed {
                 left: Some(left), ..
             } = &err
@@ -525,7 +805,6 @@ fn hand_over<E: Effects>(
             ))
         }
     };
-    taken.recorded = true;
     let side = configured.pod_side();
     taken.moved = Some((side.clone(), Some(configured.originals.clone())));
     let configured_at = Instant::now();
@@ -533,7 +812,7 @@ fn hand_over<E: Effects>(
     let mut base_policy = None;
     if dataplane {
         let policy = settings::datapath_policy(&cfg, &configured);
-        let key = match datapath_key(plan) {
+        let key = match datapath_key(&plan) {
             Ok(key) => key,
             Err(err) => fail!(Failure::new(
                 LifecycleStep::Datapath,
@@ -566,8 +845,8 @@ fn hand_over<E: Effects>(
     if cfg.interface.dhcp {
         let asked = Instant::now();
         let acquired = e.acquire_lease(
-            claim_uid,
-            plan,
+            &taken.claim_uid,
+            &plan,
             pod,
             &side,
             taken.datapath.as_ref().zip(base_policy.clone()),
@@ -593,7 +872,7 @@ fn hand_over<E: Effects>(
         attached_at: crate::unix_now(),
         dhcp: lease.clone().map(|l| {
             // A renewal may already have come: record the newest.
-            let newest = e.current_lease(claim_uid, plan).unwrap_or(l);
+            let newest = e.current_lease(&taken.claim_uid, &plan).unwrap_or(l);
             super::leases::new_record(newest, base_policy.clone())
         }),
     };
@@ -611,23 +890,24 @@ fn hand_over<E: Effects>(
     })
 }
 
-/// Takes back the devices handed over in this call when a later one failed.
+/// Takes back the devices moved in this call when a later one failed (the last moved
+/// first).
 fn undo<E: Effects>(
     e: &E,
     ledger: &Ledger<'_>,
-    done: Vec<Handed>,
+    done: Vec<Taken>,
     pod: &E::Pod,
     cause: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    for h in done.into_iter().rev() {
-        let plan = &h.taken.plan;
+    for taken in done.into_iter().rev() {
+        let plan = &taken.plan;
         let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
         let _entered = span.enter();
         let undo_started = Instant::now();
-        let mine = unwind(e, &h.taken, Some(pod));
+        let mine = unwind(e, &taken, Some(pod));
         ledger.costs().undone(undo_started.elapsed());
-        ledger.keep_if_uncleared(&mine, &h.taken);
+        ledger.keep_if_uncleared(&mine, &taken);
         if mine.problems.is_empty() {
             tracing::info!("device returned because {cause}");
         }

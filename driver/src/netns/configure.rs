@@ -510,6 +510,55 @@ pub fn move_and_configure_with(
     settings: &InterfaceSettings,
     before_move: Option<BeforeMove>,
 ) -> Result<Configured, ConfigureError> {
+    let moved = move_into(host, pod, host_ifname, settings, before_move)?;
+    configure_moved(pod, host_ifname, settings, moved)
+}
+
+/// A device [`move_into`] moved into a pod and [`configure_moved`] has still to
+/// configure there.
+#[derive(Debug)]
+pub struct MovedIn {
+    /// Its name in the pod (the move renamed it).
+    pod_name: String,
+    originals: HostOriginals,
+    /// Link settings still to apply in the pod (empty when the combined message took).
+    pending: LinkChange,
+    link_requests: usize,
+    features: ResolvedFeatures,
+    /// The MAC the claim asks for, if any.
+    mac: Option<[u8; 6]>,
+}
+
+impl MovedIn {
+    /// The host state captured before the move (what a restore puts back).
+    pub fn originals(&self) -> &HostOriginals {
+        &self.originals
+    }
+
+    /// What [`super::restore`] needs to find the moved device in the pod.
+    pub fn pod_side(&self) -> PodSide {
+        PodSide {
+            name: self.pod_name.clone(),
+            ifindex: None,
+            mac: self.mac.or(self.originals.mac),
+        }
+    }
+}
+
+/// The first half of [`move_and_configure_with`]: captures the device's host state,
+/// hands it to `before_move` (write-ahead) and moves the device into `pod` (down,
+/// renamed, with the link settings the kernel takes in the same message). Nothing is
+/// configured in the pod yet: a pod with several devices moves them all back to back
+/// and configures them afterwards, because a configuration queues kernel work that
+/// the next move would wait for. On failure the device is where the error's `left`
+/// says (nothing is undone here).
+pub fn move_into(
+    host: &Netns,
+    pod: &Netns,
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+    before_move: Option<BeforeMove>,
+) -> Result<MovedIn, ConfigureError> {
     let pod_name = settings
         .name
         .clone()
@@ -556,17 +605,42 @@ pub fn move_and_configure_with(
             ));
         }
     };
-
     tracing::debug!(
         device = host_ifname,
         host_job_us = host_started.elapsed().as_micros() as u64,
         "host side done"
     );
+    Ok(MovedIn {
+        pod_name,
+        originals: moved.originals,
+        pending: moved.pending,
+        link_requests: moved.link_requests,
+        features: moved.features,
+        mac: settings.mac,
+    })
+}
+
+/// The second half of [`move_and_configure_with`]: configures in the pod a device
+/// [`move_into`] moved there. On failure the device is left in the pod (the error's
+/// `left` says so, with what to restore).
+pub fn configure_moved(
+    pod: &Netns,
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+    moved: MovedIn,
+) -> Result<Configured, ConfigureError> {
+    let MovedIn {
+        pod_name,
+        originals,
+        pending,
+        link_requests,
+        features,
+        mac: _,
+    } = moved;
     let job_settings = settings.clone();
     let job_pod_name = pod_name.clone();
-    let job_originals = moved.originals.clone();
-    let pending = moved.pending.clone();
-    let features = moved.features.clone();
+    let job_originals = originals.clone();
+    let job_pending = pending.clone();
     let pod_started = std::time::Instant::now();
     let (pod_result, added) = pod.run(move || {
         let mut added = PodAdditions::default();
@@ -574,7 +648,7 @@ pub fn move_and_configure_with(
             &job_pod_name,
             &job_settings,
             &job_originals,
-            &pending,
+            &job_pending,
             &features,
             &mut added,
         );
@@ -586,7 +660,7 @@ pub fn move_and_configure_with(
         "pod side: configured"
     );
     // What was added in the pod is undone by restore, on failure now or at stop.
-    let mut originals = moved.originals;
+    let mut originals = originals;
     originals.pod_rules = added.rules;
     originals.pod_vrf = added.vrf;
     match pod_result {
@@ -597,7 +671,7 @@ pub fn move_and_configure_with(
             addresses,
             link_local,
             originals,
-            link_requests: moved.link_requests + per_field(&moved.pending).len(),
+            link_requests: link_requests + per_field(&pending).len(),
         }),
         Err(failure) => Err(finish_failure(
             host_ifname,
@@ -650,38 +724,107 @@ fn host_job(
     pod_fd: &OwnedFd,
     before_move: Option<BeforeMove>,
 ) -> Result<HostJob, HostFailure> {
-    let untouched = |step, field: &str, e: StepError| {
-        Box::new((
-            Failure {
-                step,
-                field: field.to_string(),
-                source: e,
-                touched: false,
-            },
-            None,
-        ))
+    let started = std::time::Instant::now();
+    let Some(mut at_home) = capture_job(host_ifname, settings)? else {
+        return Ok(HostJob::NotFound);
     };
+    let captured = started.elapsed();
+    if let Some(record) = before_move {
+        record(&mut at_home.parts.originals)
+            .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
+    }
+    let recorded = started.elapsed();
+    let moved = move_job(&mut at_home.sock, at_home.parts, pod_name, settings, pod_fd)?;
+    tracing::debug!(
+        device = host_ifname,
+        intent_us = (recorded - captured).as_micros() as u64,
+        move_us = (started.elapsed() - recorded).as_micros() as u64,
+        "host side: moved (intent recorded first)"
+    );
+    Ok(HostJob::Moved(Box::new(moved)))
+}
+
+fn untouched(step: Step, field: &str, e: StepError) -> HostFailure {
+    Box::new((
+        Failure {
+            step,
+            field: field.to_string(),
+            source: e,
+            touched: false,
+        },
+        None,
+    ))
+}
+
+/// What a move needs of a device captured at home.
+#[derive(Debug)]
+struct AtHomeParts {
+    ifindex: u32,
+    name: String,
+    originals: HostOriginals,
+    features: ResolvedFeatures,
+}
+
+/// A captured device with the host socket that found it.
+struct AtHome {
+    sock: NlSocket,
+    /// Closed only after the moves: a socket closed just before a move makes it wait.
+    _eth: Ethtool,
+    parts: AtHomeParts,
+}
+
+/// Finds the device at home, captures its host state and validates the settings
+/// against it; `None` when there is no such device. Changes nothing.
+fn capture_job(
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+) -> Result<Option<AtHome>, HostFailure> {
     let opening = std::time::Instant::now();
     let mut sock = NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let mut eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
     let Some(link) = link::link_by_name(&mut sock, host_ifname)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?
     else {
-        return Ok(HostJob::NotFound);
+        return Ok(None);
     };
     let started = std::time::Instant::now();
-    let opened = started - opening;
-    let mut originals = host::capture(&mut sock, &mut eth, &link)
+    let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
-    let captured = started.elapsed();
-    if let Some(record) = before_move {
-        record(&mut originals)
-            .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
-    }
-    let recorded = started.elapsed();
+    tracing::debug!(
+        device = host_ifname,
+        sockets_and_lookup_us = (started - opening).as_micros() as u64,
+        capture_us = started.elapsed().as_micros() as u64,
+        "host side: captured"
+    );
+    Ok(Some(AtHome {
+        sock,
+        _eth: eth,
+        parts: AtHomeParts {
+            ifindex: link.ifindex,
+            name: link.name,
+            originals,
+            features,
+        },
+    }))
+}
 
-    // One message: down + move + rename + link settings.
+/// Moves a captured device into the pod: down + move + rename + link settings in one
+/// message, or, when the kernel refuses that, the bare move (the settings are then
+/// left pending for the pod side).
+fn move_job(
+    sock: &mut NlSocket,
+    parts: AtHomeParts,
+    pod_name: &str,
+    settings: &InterfaceSettings,
+    pod_fd: &OwnedFd,
+) -> Result<Moved, HostFailure> {
+    let AtHomeParts {
+        ifindex,
+        name,
+        originals,
+        features,
+    } = parts;
     let settings_change = link_settings(settings);
     let combined = LinkChange {
         up: Some(false),
@@ -689,32 +832,24 @@ fn host_job(
         name: Some(pod_name.to_string()),
         ..settings_change.clone()
     };
-    match link::set_link(&mut sock, link.ifindex, &combined) {
+    match link::set_link(sock, ifindex, &combined) {
         Ok(()) => {
-            tracing::debug!(
-                device = host_ifname,
-                sockets_and_lookup_us = opened.as_micros() as u64,
-                capture_us = captured.as_micros() as u64,
-                intent_us = (recorded - captured).as_micros() as u64,
-                move_us = (started.elapsed() - recorded).as_micros() as u64,
-                "host side: captured, intent recorded, moved"
-            );
-            return Ok(HostJob::Moved(Box::new(Moved {
+            return Ok(Moved {
                 originals,
                 pending: LinkChange::default(),
                 link_requests: 1,
                 features,
-            })));
+            });
         }
         Err(e) => {
-            tracing::debug!(device = host_ifname, error = %e,
+            tracing::debug!(device = %name, error = %e,
                 "combined move + settings refused; retrying step by step");
         }
     }
     // Did the move itself happen before the refusal?
-    let still_home = link::link_by_index(&mut sock, link.ifindex)
+    let still_home = link::link_by_index(sock, ifindex)
         .map_err(|e| Box::new((fail(Step::Move, "device", e), Some(originals.clone()))))?
-        .is_some_and(|l| l.name == link.name);
+        .is_some_and(|l| l.name == name);
     if still_home {
         let bare = LinkChange {
             up: Some(false),
@@ -722,7 +857,7 @@ fn host_job(
             name: Some(pod_name.to_string()),
             ..Default::default()
         };
-        if let Err(e) = link::set_link(&mut sock, link.ifindex, &bare) {
+        if let Err(e) = link::set_link(sock, ifindex, &bare) {
             let field = if settings.name.is_some() {
                 "interface.name"
             } else {
@@ -731,12 +866,155 @@ fn host_job(
             return Err(Box::new((fail(Step::Move, field, e), Some(originals))));
         }
     }
-    Ok(HostJob::Moved(Box::new(Moved {
+    Ok(Moved {
         originals,
         pending: settings_change,
         link_requests: 2,
         features,
-    })))
+    })
+}
+
+/// A device captured at home by [`capture_for_move`], not touched yet.
+pub struct Captured {
+    host_ifname: String,
+    settings: InterfaceSettings,
+    at_home: AtHome,
+}
+
+impl Captured {
+    /// Its host state, as a restore would put it back. A caller may complete it
+    /// before recording it (a device prepare took down was up): what it leaves is
+    /// what [`move_captured`] carries into [`MovedIn`].
+    pub fn originals_mut(&mut self) -> &mut HostOriginals {
+        &mut self.at_home.parts.originals
+    }
+
+    pub fn originals(&self) -> &HostOriginals {
+        &self.at_home.parts.originals
+    }
+}
+
+impl fmt::Debug for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Captured")
+            .field("host_ifname", &self.host_ifname)
+            .field("parts", &self.at_home.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finds `host_ifname` in `host`, captures its host state and checks `settings`
+/// against it, touching nothing: the first part of a move that a pod with several
+/// devices does for all of them before recording their intent at once and moving
+/// them back to back ([`move_captured`]).
+pub fn capture_for_move(
+    host: &Netns,
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+) -> Result<Captured, ConfigureError> {
+    let job_settings = settings.clone();
+    let job_ifname = host_ifname.to_string();
+    let found = host.run(move || capture_job(&job_ifname, &job_settings))?;
+    match found {
+        Ok(Some(at_home)) => Ok(Captured {
+            host_ifname: host_ifname.to_string(),
+            settings: settings.clone(),
+            at_home,
+        }),
+        Ok(None) => Err(ConfigureError::NotFound {
+            device: host_ifname.to_string(),
+            netns: host.path().display().to_string(),
+        }),
+        Err(boxed) => {
+            let (failure, originals) = *boxed;
+            let pod_name = pod_name_of(settings, host_ifname);
+            Err(finish_failure(
+                host_ifname,
+                &pod_name,
+                settings.mac,
+                failure,
+                originals,
+            ))
+        }
+    }
+}
+
+/// Moves captured devices into `pod` in order, back to back in one job on the host's
+/// thread, and stops at the first that fails. One result per device tried: every
+/// device after a failure is untouched (and not in the answer).
+pub fn move_captured(
+    host: &Netns,
+    pod: &Netns,
+    devices: Vec<Captured>,
+) -> Result<Vec<Result<MovedIn, ConfigureError>>, NetnsError> {
+    let pod_fd: OwnedFd = pod
+        .file()
+        .try_clone()
+        .map_err(|source| NetnsError::Open {
+            path: pod.path().to_path_buf(),
+            source,
+        })?
+        .into();
+    let tried = host.run(move || {
+        let mut out = Vec::with_capacity(devices.len());
+        // Every socket stays open until all moves are done.
+        let mut sockets = Vec::with_capacity(devices.len());
+        for d in devices {
+            let Captured {
+                host_ifname,
+                settings,
+                at_home:
+                    AtHome {
+                        mut sock,
+                        _eth,
+                        parts,
+                    },
+            } = d;
+            let pod_name = pod_name_of(&settings, &host_ifname);
+            let started = std::time::Instant::now();
+            let moved = move_job(&mut sock, parts, &pod_name, &settings, &pod_fd);
+            tracing::debug!(device = %host_ifname, move_us = started.elapsed().as_micros() as u64,
+                "host side: moved");
+            sockets.push((sock, _eth));
+            let failed = moved.is_err();
+            out.push((host_ifname, settings, pod_name, moved));
+            if failed {
+                break;
+            }
+        }
+        drop(sockets);
+        out
+    })?;
+    Ok(tried
+        .into_iter()
+        .map(|(host_ifname, settings, pod_name, moved)| match moved {
+            Ok(m) => Ok(MovedIn {
+                pod_name,
+                originals: m.originals,
+                pending: m.pending,
+                link_requests: m.link_requests,
+                features: m.features,
+                mac: settings.mac,
+            }),
+            Err(boxed) => {
+                let (failure, originals) = *boxed;
+                Err(finish_failure(
+                    &host_ifname,
+                    &pod_name,
+                    settings.mac,
+                    failure,
+                    originals,
+                ))
+            }
+        })
+        .collect())
+}
+
+fn pod_name_of(settings: &InterfaceSettings, host_ifname: &str) -> String {
+    settings
+        .name
+        .clone()
+        .unwrap_or_else(|| host_ifname.to_string())
 }
 
 /// Namespace-wide things the pod job created, recorded as it goes.
