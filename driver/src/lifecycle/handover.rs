@@ -7,8 +7,12 @@
 //! and a restart that finds a cut-off start or stop all go home through it, step by
 //! step as [`decide::undo_steps`] lists them. Nothing else restores or detaches.
 //!
+//! A start captures every device of the pod, records them all `Entering` in one write,
+//! moves them back to back and only then configures each: work done between two moves
+//! (a configuration, a socket closed) queues kernel frees the next move waits for.
+//!
 //! The checkpoint is written ahead of the kernel: `Entering` (with the host state)
-//! before a device moves, `InPod` for all of a pod's devices before the hook answers,
+//! before any of the pod's devices moves, `InPod` for all of a pod's devices before the hook answers,
 //! `Leaving` for all of them before a stop touches any, `Home` after each is back.
 
 use std::path::Path;

@@ -168,7 +168,9 @@ pub fn restore_device(
 ) -> Result<RestoreOutcome, RestoreError> {
     let device = originals.name.clone();
     let started = std::time::Instant::now();
-    let location = locate(host, pod, side, originals, root)?;
+    // The socket that found the device in the pod moves it: one closed just before
+    // the move would make the move wait for the kernel's deferred frees.
+    let (location, pod_sock) = locate(host, pod, side, originals, root)?;
     let located = started.elapsed();
     let settings = original_settings(originals);
 
@@ -201,7 +203,10 @@ pub fn restore_device(
         };
         let o_name = originals.name.clone();
         let moved = ns.run(move || -> Result<bool, NlError> {
-            let mut sock = NlSocket::route()?;
+            let mut sock = match pod_sock {
+                Some(sock) => sock,
+                None => NlSocket::route()?,
+            };
 
             let with_fd = |c: LinkChange| LinkChange {
                 netns_fd: Some(host_fd.as_raw_fd()),
@@ -272,7 +277,7 @@ fn locate(
     side: &PodSide,
     originals: &HostOriginals,
     root: Option<&Netns>,
-) -> Result<Location, RestoreError> {
+) -> Result<(Location, Option<NlSocket>), RestoreError> {
     let lookup = |source: NlError| RestoreError::Lookup {
         device: originals.name.clone(),
         source,
@@ -280,16 +285,17 @@ fn locate(
     if let Some(pod) = pod {
         let side = side.clone();
         let o = originals.clone();
-        let found = pod.run(move || -> Result<Option<u32>, NlError> {
+        let found = pod.run(move || -> Result<(Option<u32>, NlSocket), NlError> {
             let mut sock = NlSocket::route()?;
-            Ok(link::links(&mut sock)?
+            let idx = link::links(&mut sock)?
                 .into_iter()
                 .find(|l| is_ours_in_pod(l, &side, &o))
-                .map(|l| l.ifindex))
+                .map(|l| l.ifindex);
+            Ok((idx, sock))
         });
         match found {
-            Ok(Ok(Some(idx))) => return Ok(Location::Pod(idx)),
-            Ok(Ok(None)) => {}
+            Ok(Ok((Some(idx), sock))) => return Ok((Location::Pod(idx), Some(sock))),
+            Ok(Ok((None, _))) => {}
             // The pod's namespace answered with an error: the device may well be in
             // it, so it is not declared gone (chaos: a failed link dump during a stop
             // had a device in a live pod reported gone and its record cleared).
@@ -312,7 +318,7 @@ fn locate(
         Ok(None)
     })?;
     match at_home {
-        Ok(Some(idx)) => return Ok(Location::Host(idx)),
+        Ok(Some(idx)) => return Ok((Location::Host(idx), None)),
         Ok(None) => {}
         Err(source) => {
             return Err(RestoreError::Move {
@@ -333,10 +339,10 @@ fn locate(
                 .map(|l| l.ifindex))
         })?;
         if let Some(idx) = found.map_err(lookup)? {
-            return Ok(Location::Root(idx));
+            return Ok((Location::Root(idx), None));
         }
     }
-    Ok(Location::Gone)
+    Ok((Location::Gone, None))
 }
 
 /// Why [`home_job`] found no device to restore.
