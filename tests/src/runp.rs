@@ -25,6 +25,8 @@ use crate::{
 pub struct RunpMeasured {
     pub without: Vec<f64>,
     pub with: Vec<f64>,
+    /// The driver's own RunPodSandbox hook times during the `with` runs.
+    pub with_hooks: Vec<f64>,
     pub concurrent_hooks: Vec<f64>,
     pub concurrent_wall_ms: f64,
     pub budget_ms: f64,
@@ -106,6 +108,9 @@ pub async fn measure(
         )?));
     }
     c.start_driver(topo).await?;
+    let from = std::fs::metadata(&c.side.driver.log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     for i in 0..runs {
         let (name, uid, pod_uid) = (
             format!("one-{i}"),
@@ -131,6 +136,8 @@ pub async fn measure(
             bail!("unprepare {name}: {err}");
         }
     }
+
+    m.with_hooks = hook_times(&c.side.driver.log_text(), "RunPodSandbox", from);
 
     // `concurrent` pods, one device each, started at once.
     for j in 1..=concurrent {

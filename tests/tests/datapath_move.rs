@@ -522,3 +522,45 @@ fn standing_down_stops_enforcing_then_the_device_moves_with_it() {
     }
     assert!(bpf.leftovers().is_empty());
 }
+
+/// The `ebpf-warm` threads of this process: (thread id, scheduling policy).
+fn refill_threads() -> Vec<(String, u32)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "ebpf-warm")
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis start at field 3; the
+            // policy is field 41.
+            let after = &stat[stat.rfind(')')? + 2..];
+            let policy = after.split(' ').nth(41 - 3)?.parse().ok()?;
+            Some((t.file_name().to_string_lossy().into_owned(), policy))
+        })
+        .collect()
+}
+
+/// Spares are refilled by one kept thread at idle priority: handing out several never
+/// starts another thread (a thread's end makes the next namespace move wait), and the
+/// verifier's CPU time never competes with the runtime (SCHED_IDLE).
+#[test]
+fn spares_are_refilled_by_one_kept_idle_thread() {
+    const SCHED_IDLE: u32 = 5;
+    let pool = netclaim::datapath::pool::WarmPool::global();
+    pool.warm();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let taken = pool.take(netclaim::datapath::object::MapSizes::default());
+        assert!(taken.is_ok(), "taking an instance: {:?}", taken.err());
+        std::thread::sleep(Duration::from_millis(50));
+        let threads = refill_threads();
+        assert_eq!(threads.len(), 1, "refill threads: {threads:?}");
+        assert_eq!(threads[0].1, SCHED_IDLE, "the refill thread's policy");
+        seen.insert(threads[0].0.clone());
+    }
+    assert_eq!(seen.len(), 1, "the refill thread changed: {seen:?}");
+}

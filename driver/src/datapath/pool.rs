@@ -4,10 +4,7 @@
 //! `bpftool prog show` lists them as unattached `nc_*` programs. They belong to this
 //! process and disappear with it.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Mutex, OnceLock,
-};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use aya::{
     programs::{SchedClassifier, Xdp},
@@ -20,53 +17,82 @@ use super::object::{self, MapSizes};
 /// How many spare instances are kept.
 const SPARES: usize = 1;
 
+/// The refill thread's view: the spares, and whether it was asked to refill.
+#[derive(Default)]
+struct Spares {
+    ready: Vec<Ebpf>,
+    /// Set by [`WarmPool::warm`], cleared by the refill thread when it looks.
+    asked: bool,
+    /// The last refill failed: not retried until asked again.
+    failed: bool,
+}
+
 pub struct WarmPool {
-    spares: Mutex<Vec<Ebpf>>,
-    refilling: AtomicBool,
+    spares: Mutex<Spares>,
+    wake: Condvar,
+    /// The refill thread, started once and kept: a thread that ends queues kernel
+    /// work (RCU) that the next namespace move waits for.
+    refiller: OnceLock<bool>,
 }
 
 impl WarmPool {
     pub fn global() -> &'static WarmPool {
         static POOL: OnceLock<WarmPool> = OnceLock::new();
         POOL.get_or_init(|| WarmPool {
-            spares: Mutex::new(Vec::new()),
-            refilling: AtomicBool::new(false),
+            spares: Mutex::new(Spares::default()),
+            wake: Condvar::new(),
+            refiller: OnceLock::new(),
         })
     }
 
-    /// Starts filling the pool in the background (the daemon calls this at start).
+    fn spares(&self) -> std::sync::MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for the pool to be filled in the background (the daemon calls this at
+    /// start; [`WarmPool::take`] after each spare it hands out).
     pub fn warm(&'static self) {
-        if self.refilling.swap(true, Ordering::AcqRel) {
-            return;
+        let running = *self.refiller.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("ebpf-warm".into())
+                .spawn(move || self.refill_forever())
+                .is_ok()
+        });
+        if running {
+            self.spares().asked = true;
+            self.wake.notify_one();
         }
-        let spawned = std::thread::Builder::new()
-            .name("ebpf-warm".into())
-            .spawn(move || {
-                loop {
-                    let need = self
-                        .spares
-                        .lock()
-                        .map(|s| s.len() < SPARES)
-                        .unwrap_or(false);
-                    if !need {
-                        break;
-                    }
-                    match load_verified(MapSizes::default()) {
-                        Ok(e) => {
-                            if let Ok(mut s) = self.spares.lock() {
-                                s.push(e);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "pre-loading a spare eBPF instance failed");
-                            break;
-                        }
+    }
+
+    /// The refill thread: idle priority (the verifier's CPU time never competes with
+    /// the runtime starting a pod), woken by [`WarmPool::warm`].
+    fn refill_forever(&'static self) {
+        idle_priority();
+        loop {
+            {
+                let mut s = self.spares();
+                while !s.asked {
+                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                s.asked = false;
+                s.failed = false;
+            }
+            loop {
+                let need = {
+                    let s = self.spares();
+                    s.ready.len() < SPARES && !s.failed
+                };
+                if !need {
+                    break;
+                }
+                match load_verified(MapSizes::default()) {
+                    Ok(e) => self.spares().ready.push(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pre-loading a spare eBPF instance failed");
+                        self.spares().failed = true;
                     }
                 }
-                self.refilling.store(false, Ordering::Release);
-            });
-        if spawned.is_err() {
-            self.refilling.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -74,7 +100,7 @@ impl WarmPool {
     /// the sizes are the default ones, a fresh one otherwise. Refills in the background.
     pub fn take(&'static self, sizes: MapSizes) -> Result<Ebpf, aya::EbpfError> {
         let spare = if sizes == MapSizes::default() {
-            self.spares.lock().ok().and_then(|mut s| s.pop())
+            self.spares().ready.pop()
         } else {
             None
         };
@@ -86,6 +112,17 @@ impl WarmPool {
             self.warm();
         }
         ebpf
+    }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class: it runs when nothing else wants
+/// the CPU. Best effort (a refused change leaves the normal class).
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "the eBPF refill thread keeps its priority");
     }
 }
 
