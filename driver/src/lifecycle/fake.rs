@@ -78,6 +78,18 @@ pub(super) fn originals(name: &str) -> HostOriginals {
 #[derive(Debug)]
 struct Injected;
 
+/// A configure step's injected failure on `ifname`, leaving it where `left` says.
+fn injected(ifname: &str, step: Step, left: Option<Box<Left>>) -> ConfigureError {
+    ConfigureError::Failed {
+        device: ifname.to_string(),
+        step,
+        field: "interface".into(),
+        source: StepError::Invalid("injected".into()),
+        rollback: None,
+        left,
+    }
+}
+
 struct Fake {
     world: RefCell<World>,
 }
@@ -182,14 +194,8 @@ impl Effects for Fake {
         ifname: &str,
         settings: &InterfaceSettings,
     ) -> Result<(String, String, HostOriginals), ConfigureError> {
-        self.tick().map_err(|_| ConfigureError::Failed {
-            device: ifname.to_string(),
-            step: Step::Capture,
-            field: "interface".into(),
-            source: StepError::Invalid("injected".into()),
-            rollback: None,
-            left: None,
-        })?;
+        self.tick()
+            .map_err(|_| injected(ifname, Step::Capture, None))?;
         let home = self.world.borrow().devices.get(ifname).cloned();
         match home {
             Some(d) if d.pod.is_none() => {}
@@ -224,14 +230,7 @@ impl Effects for Fake {
                 .ok()
                 .filter(|_| self.world.borrow().pods.contains(pod));
             if moved.is_none() {
-                tried.push(Err(ConfigureError::Failed {
-                    device: ifname.clone(),
-                    step: Step::Move,
-                    field: "interface".into(),
-                    source: StepError::Invalid("injected".into()),
-                    rollback: None,
-                    left: None,
-                }));
+                tried.push(Err(injected(&ifname, Step::Move, None)));
                 break;
             }
             {
@@ -261,16 +260,15 @@ impl Effects for Fake {
         _settings: &InterfaceSettings,
         (side, originals): (PodSide, HostOriginals),
     ) -> Result<Configured, ConfigureError> {
-        self.tick().map_err(|_| ConfigureError::Failed {
-            device: ifname.to_string(),
-            step: Step::LinkSettings,
-            field: "interface".into(),
-            source: StepError::Invalid("injected".into()),
-            rollback: None,
-            left: Some(Box::new(Left {
-                side: side.clone(),
-                originals: Some(originals.clone()),
-            })),
+        self.tick().map_err(|_| {
+            injected(
+                ifname,
+                Step::LinkSettings,
+                Some(Box::new(Left {
+                    side: side.clone(),
+                    originals: Some(originals.clone()),
+                })),
+            )
         })?;
         self.world
             .borrow_mut()

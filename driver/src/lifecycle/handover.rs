@@ -383,12 +383,7 @@ pub fn start<E: Effects>(
                 })
                 .collect();
             let first = takens.remove(0);
-            let failure = Failure::new(
-                LifecycleStep::Configure(err.step()),
-                FailedPart::Network,
-                configure_reason(&err),
-                err.detail(),
-            );
+            let failure = configure_failure(&err);
             return Err(failed_device(e, ledger, (failure, first), takens, &pod));
         }
     };
@@ -413,18 +408,10 @@ pub fn start<E: Effects>(
                 });
             }
             Err(err) => {
-                if let ConfigureError::Failed {
-                    left: Some(left), ..
-                } = &err
-                {
-                    taken.moved = Some((left.side.clone(), left.originals.clone()));
+                if let Some(left) = left_by(&err) {
+                    taken.moved = Some(left);
                 }
-                let failure = Failure::new(
-                    LifecycleStep::Configure(err.step()),
-                    FailedPart::Network,
-                    configure_reason(&err),
-                    err.detail(),
-                );
+                let failure = configure_failure(&err);
                 // The ones moved before it, then the ones never tried (recorded only).
                 let others = moving
                     .into_iter()
@@ -535,6 +522,26 @@ pub fn start<E: Effects>(
 
 fn pod_action(plans: &[(String, Plan)], event: PodEvent) -> PodAction {
     decide::pod_action(plans.iter().map(|(_, p)| &p.placement), event)
+}
+
+/// The failure of a configure step, named by its step and reason.
+fn configure_failure(err: &ConfigureError) -> Failure {
+    Failure::new(
+        LifecycleStep::Configure(err.step()),
+        FailedPart::Network,
+        configure_reason(err),
+        err.detail(),
+    )
+}
+
+/// Where a failed configure step left the device, when it touched it.
+fn left_by(err: &ConfigureError) -> Option<(PodSide, Option<HostOriginals>)> {
+    match err {
+        ConfigureError::Failed {
+            left: Some(left), ..
+        } => Some((left.side.clone(), left.originals.clone())),
+        _ => None,
+    }
 }
 
 fn configure_reason(err: &ConfigureError) -> &'static str {
@@ -758,12 +765,7 @@ fn capture_one<E: Effects>(
             ifname,
             slot: 0,
         }),
-        Err(err) => fail!(Failure::new(
-            LifecycleStep::Configure(err.step()),
-            FailedPart::Network,
-            configure_reason(&err),
-            err.detail(),
-        )),
+        Err(err) => fail!(configure_failure(&err)),
     }
 }
 
@@ -795,18 +797,10 @@ fn finish_one<E: Effects>(
         Ok(c) => c,
         Err(err) => {
             // Still in the pod (where the move left it) unless `left` says better.
-            if let ConfigureError::Failed {
-                left: Some(left), ..
-            } = &err
-            {
-                taken.moved = Some((left.side.clone(), left.originals.clone()));
+            if let Some(left) = left_by(&err) {
+                taken.moved = Some(left);
             }
-            fail!(Failure::new(
-                LifecycleStep::Configure(err.step()),
-                FailedPart::Network,
-                configure_reason(&err),
-                err.detail(),
-            ))
+            fail!(configure_failure(&err))
         }
     };
     let side = configured.pod_side();

@@ -437,20 +437,6 @@ pub(crate) fn per_field(change: &LinkChange) -> Vec<(&'static str, LinkChange)> 
     out
 }
 
-/// Outcome of the host-side job.
-struct Moved {
-    originals: HostOriginals,
-    /// Link settings still to apply in the pod (empty when the combined message took).
-    pending: LinkChange,
-    link_requests: usize,
-    features: ResolvedFeatures,
-}
-
-enum HostJob {
-    NotFound,
-    Moved(Box<Moved>),
-}
-
 /// Moves `host_ifname` from `host` into `pod` and configures it there; on failure
 /// the device is back in `host` exactly as it was. Blocks; runs its netlink work on
 /// dedicated namespace threads.
@@ -502,7 +488,8 @@ fn put_back(host: &Netns, pod: &Netns, err: ConfigureError) -> ConfigureError {
 /// leaves is what is restored. An error stops everything before the device is touched.
 pub type BeforeMove = Box<dyn FnOnce(&mut HostOriginals) -> Result<(), String> + Send>;
 
-/// [`move_and_configure`] with a write-ahead hook.
+/// [`move_and_configure`] with a write-ahead hook: [`capture_for_move`], the hook,
+/// [`move_captured`] and [`configure_moved`] for one device.
 pub fn move_and_configure_with(
     host: &Netns,
     pod: &Netns,
@@ -510,11 +497,29 @@ pub fn move_and_configure_with(
     settings: &InterfaceSettings,
     before_move: Option<BeforeMove>,
 ) -> Result<Configured, ConfigureError> {
-    let moved = move_into(host, pod, host_ifname, settings, before_move)?;
+    let mut captured = capture_for_move(host, host_ifname, settings)?;
+    if let Some(record) = before_move {
+        if let Err(e) = record(captured.originals_mut()) {
+            let (failure, _) = *untouched(Step::Capture, "checkpoint", StepError::Intent(e));
+            return Err(finish_failure(
+                host_ifname,
+                &pod_name_of(settings, host_ifname),
+                settings.mac,
+                failure,
+                None,
+            ));
+        }
+    }
+    let moved = move_captured(host, pod, vec![captured])?
+        .pop()
+        .ok_or_else(|| ConfigureError::NotFound {
+            device: host_ifname.to_string(),
+            netns: host.path().display().to_string(),
+        })??;
     configure_moved(pod, host_ifname, settings, moved)
 }
 
-/// A device [`move_into`] moved into a pod and [`configure_moved`] has still to
+/// A device [`move_captured`] moved into a pod and [`configure_moved`] has still to
 /// configure there.
 #[derive(Debug)]
 pub struct MovedIn {
@@ -545,83 +550,8 @@ impl MovedIn {
     }
 }
 
-/// The first half of [`move_and_configure_with`]: captures the device's host state,
-/// hands it to `before_move` (write-ahead) and moves the device into `pod` (down,
-/// renamed, with the link settings the kernel takes in the same message). Nothing is
-/// configured in the pod yet: a pod with several devices moves them all back to back
-/// and configures them afterwards, because a configuration queues kernel work that
-/// the next move would wait for. On failure the device is where the error's `left`
-/// says (nothing is undone here).
-pub fn move_into(
-    host: &Netns,
-    pod: &Netns,
-    host_ifname: &str,
-    settings: &InterfaceSettings,
-    before_move: Option<BeforeMove>,
-) -> Result<MovedIn, ConfigureError> {
-    let pod_name = settings
-        .name
-        .clone()
-        .unwrap_or_else(|| host_ifname.to_string());
-    let pod_fd: OwnedFd = pod
-        .file()
-        .try_clone()
-        .map_err(|source| NetnsError::Open {
-            path: pod.path().to_path_buf(),
-            source,
-        })?
-        .into();
-
-    let job_settings = settings.clone();
-    let job_ifname = host_ifname.to_string();
-    let job_pod_name = pod_name.clone();
-    let host_started = std::time::Instant::now();
-    let host_result = host.run(move || -> Result<HostJob, HostFailure> {
-        host_job(
-            &job_ifname,
-            &job_pod_name,
-            &job_settings,
-            &pod_fd,
-            before_move,
-        )
-    })?;
-
-    let moved = match host_result {
-        Ok(HostJob::NotFound) => {
-            return Err(ConfigureError::NotFound {
-                device: host_ifname.to_string(),
-                netns: host.path().display().to_string(),
-            })
-        }
-        Ok(HostJob::Moved(m)) => *m,
-        Err(boxed) => {
-            let (failure, originals) = *boxed;
-            return Err(finish_failure(
-                host_ifname,
-                &pod_name,
-                settings.mac,
-                failure,
-                originals,
-            ));
-        }
-    };
-    tracing::debug!(
-        device = host_ifname,
-        host_job_us = host_started.elapsed().as_micros() as u64,
-        "host side done"
-    );
-    Ok(MovedIn {
-        pod_name,
-        originals: moved.originals,
-        pending: moved.pending,
-        link_requests: moved.link_requests,
-        features: moved.features,
-        mac: settings.mac,
-    })
-}
-
-/// The second half of [`move_and_configure_with`]: configures in the pod a device
-/// [`move_into`] moved there. On failure the device is left in the pod (the error's
+/// The last step of [`move_and_configure_with`]: configures in the pod a device
+/// [`move_captured`] moved there. On failure the device is left in the pod (the error's
 /// `left` says so, with what to restore).
 pub fn configure_moved(
     pod: &Netns,
@@ -717,33 +647,6 @@ fn finish_failure(
 /// A host-side failure, with the originals when they were captured.
 type HostFailure = Box<(Failure, Option<HostOriginals>)>;
 
-fn host_job(
-    host_ifname: &str,
-    pod_name: &str,
-    settings: &InterfaceSettings,
-    pod_fd: &OwnedFd,
-    before_move: Option<BeforeMove>,
-) -> Result<HostJob, HostFailure> {
-    let started = std::time::Instant::now();
-    let Some(mut at_home) = capture_job(host_ifname, settings)? else {
-        return Ok(HostJob::NotFound);
-    };
-    let captured = started.elapsed();
-    if let Some(record) = before_move {
-        record(&mut at_home.parts.originals)
-            .map_err(|e| untouched(Step::Capture, "checkpoint", StepError::Intent(e)))?;
-    }
-    let recorded = started.elapsed();
-    let moved = move_job(&mut at_home.sock, at_home.parts, pod_name, settings, pod_fd)?;
-    tracing::debug!(
-        device = host_ifname,
-        intent_us = (recorded - captured).as_micros() as u64,
-        move_us = (started.elapsed() - recorded).as_micros() as u64,
-        "host side: moved (intent recorded first)"
-    );
-    Ok(HostJob::Moved(Box::new(moved)))
-}
-
 fn untouched(step: Step, field: &str, e: StepError) -> HostFailure {
     Box::new((
         Failure {
@@ -818,7 +721,7 @@ fn move_job(
     pod_name: &str,
     settings: &InterfaceSettings,
     pod_fd: &OwnedFd,
-) -> Result<Moved, HostFailure> {
+) -> Result<MovedIn, HostFailure> {
     let AtHomeParts {
         ifindex,
         name,
@@ -834,11 +737,13 @@ fn move_job(
     };
     match link::set_link(sock, ifindex, &combined) {
         Ok(()) => {
-            return Ok(Moved {
+            return Ok(MovedIn {
+                pod_name: pod_name.to_string(),
                 originals,
                 pending: LinkChange::default(),
                 link_requests: 1,
                 features,
+                mac: settings.mac,
             });
         }
         Err(e) => {
@@ -866,11 +771,13 @@ fn move_job(
             return Err(Box::new((fail(Step::Move, field, e), Some(originals))));
         }
     }
-    Ok(Moved {
+    Ok(MovedIn {
+        pod_name: pod_name.to_string(),
         originals,
         pending: settings_change,
         link_requests: 2,
         features,
+        mac: settings.mac,
     })
 }
 
@@ -947,14 +854,7 @@ pub fn move_captured(
     pod: &Netns,
     devices: Vec<Captured>,
 ) -> Result<Vec<Result<MovedIn, ConfigureError>>, NetnsError> {
-    let pod_fd: OwnedFd = pod
-        .file()
-        .try_clone()
-        .map_err(|source| NetnsError::Open {
-            path: pod.path().to_path_buf(),
-            source,
-        })?
-        .into();
+    let pod_fd = pod.dup_fd()?;
     let tried = host.run(move || {
         let mut out = Vec::with_capacity(devices.len());
         // Every socket stays open until all moves are done.
@@ -987,25 +887,11 @@ pub fn move_captured(
     })?;
     Ok(tried
         .into_iter()
-        .map(|(host_ifname, settings, pod_name, moved)| match moved {
-            Ok(m) => Ok(MovedIn {
-                pod_name,
-                originals: m.originals,
-                pending: m.pending,
-                link_requests: m.link_requests,
-                features: m.features,
-                mac: settings.mac,
-            }),
-            Err(boxed) => {
+        .map(|(host_ifname, settings, pod_name, moved)| {
+            moved.map_err(|boxed| {
                 let (failure, originals) = *boxed;
-                Err(finish_failure(
-                    &host_ifname,
-                    &pod_name,
-                    settings.mac,
-                    failure,
-                    originals,
-                ))
-            }
+                finish_failure(&host_ifname, &pod_name, settings.mac, failure, originals)
+            })
         })
         .collect())
 }

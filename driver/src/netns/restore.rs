@@ -19,7 +19,7 @@
 //! parameter so tests can hand it a namespace that *plays* root: a test must never
 //! let the kernel drop a device into the machine's real root namespace.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use super::{
     configure::per_field,
@@ -134,16 +134,6 @@ pub fn is_ours_in_pod(link: &LinkFacts, side: &PodSide, originals: &HostOriginal
         || (originals.perm_mac.is_some() && link.perm_mac == originals.perm_mac)
 }
 
-fn dup(ns: &Netns) -> Result<OwnedFd, NetnsError> {
-    ns.file()
-        .try_clone()
-        .map(OwnedFd::from)
-        .map_err(|source| NetnsError::Open {
-            path: ns.path().to_path_buf(),
-            source,
-        })
-}
-
 /// The link settings of the originals, as one change.
 fn original_settings(o: &HostOriginals) -> LinkChange {
     LinkChange {
@@ -194,7 +184,7 @@ pub fn restore_device(
         }
     }
     if let Some(ns) = from {
-        let host_fd = dup(host)?;
+        let host_fd = host.dup_fd()?;
         let combined = LinkChange {
             up: Some(false),
             netns_fd: None,

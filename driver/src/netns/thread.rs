@@ -112,6 +112,17 @@ impl Netns {
     }
 
     /// The open namespace file, e.g. to move a link into it (`IFLA_NET_NS_FD`).
+    /// A descriptor of the namespace of its own (for `IFLA_NET_NS_FD`).
+    pub fn dup_fd(&self) -> Result<std::os::fd::OwnedFd, NetnsError> {
+        self.file()
+            .try_clone()
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|source| NetnsError::Open {
+                path: self.path().to_path_buf(),
+                source,
+            })
+    }
+
     pub fn file(&self) -> &File {
         &self.file
     }
