@@ -12,9 +12,10 @@ use std::{
 use netclaim::{
     datapath::{device::AttachOptions, AttachedDatapath, DatapathKey, DatapathPolicy, PinLayout},
     inventory::{
-        device::attr, AttrValue, Device, DeviceFilter, Inventory, InventoryOptions,
-        InventoryWatcher,
+        device::attr, watcher::QUIET_LONGEST, AttrValue, Device, DeviceFilter, Inventory,
+        InventoryOptions, InventoryWatcher,
     },
+    netns::quiet::Quiet,
 };
 use netclaim_tests::netenv::{veth, TestBpfRoot, TestNetns};
 use tokio::sync::watch;
@@ -353,6 +354,47 @@ fn watcher_sees_bpf_programs_within_250ms() {
     assert!(attached < LIMIT, "attach seen after {attached:?}");
     assert!(detached < LIMIT, "detach seen after {detached:?}");
     watcher.stop();
+}
+
+/// A pod hook in flight (a [`Quiet`] hold) keeps the watcher from scanning: a device
+/// added meanwhile is published only once the hook ends, and at the latest after
+/// [`QUIET_LONGEST`] if hooks keep holding.
+#[test]
+fn scans_wait_while_pod_hooks_move_devices() {
+    let node = TestNetns::new("iqa").unwrap();
+    let peer = TestNetns::new("iqb").unwrap();
+    let quiet: &'static Quiet = Box::leak(Box::default());
+    let watcher =
+        InventoryWatcher::start(Arc::new(node.open()), InventoryOptions { quiet, ..opts() })
+            .unwrap();
+    let rx = watcher.subscribe();
+
+    let hook = quiet.hold();
+    veth(&node, "q0", &peer, "pq0").unwrap();
+    // Eight debounce windows and four program polls pass without a scan.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        by_ifname(&rx.borrow(), "q0").is_none(),
+        "scanned while a pod hook was moving devices"
+    );
+    let released = Instant::now();
+    drop(hook);
+    let took = wait_for(&rx, "q0 after the hook", released, |d| {
+        by_ifname(d, "q0").is_some()
+    });
+    assert!(took < LIMIT, "{took:?}");
+
+    // A hook that never ends delays the scan by the bound, not forever.
+    let _stuck = quiet.hold();
+    let added = Instant::now();
+    veth(&node, "q1", &peer, "pq1").unwrap();
+    let took = wait_for(&rx, "q1 with a hook held", added, |d| {
+        by_ifname(d, "q1").is_some()
+    });
+    assert!(
+        took >= QUIET_LONGEST && took < QUIET_LONGEST + Duration::from_secs(1),
+        "{took:?}"
+    );
 }
 
 #[test]

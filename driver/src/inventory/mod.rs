@@ -77,6 +77,8 @@ pub struct InventoryOptions {
     pub resync: Duration,
     /// How often attached BPF programs are compared (no netlink events for TCX).
     pub program_poll: Duration,
+    /// Pod hooks moving devices: scans and polls wait for them (bounded).
+    pub quiet: &'static crate::netns::quiet::Quiet,
 }
 
 impl Default for InventoryOptions {
@@ -88,6 +90,7 @@ impl Default for InventoryOptions {
             debounce: Duration::from_millis(50),
             resync: Duration::from_secs(60),
             program_poll: Duration::from_millis(100),
+            quiet: crate::netns::quiet::Quiet::global(),
         }
     }
 }

@@ -12,6 +12,10 @@
 //! * every `resync` (60 s), and after the netlink socket fails (it is reopened:
 //!   a multicast overflow ends the socket stream, and the rescan covers the gap).
 //!
+//! Scans and polls wait while pod hooks move devices ([`Quiet`], at most
+//! [`QUIET_LONGEST`]): they take RTNL and queue kernel work that a move in flight would
+//! wait for. A move's own events are then picked up by the scan that follows the hook.
+//!
 //! Each scan's list, merged with the in-use records ([`Inventory::merge_in_use`]), is
 //! published on a `tokio::sync::watch` channel only when it differs from the last one.
 //! Stopping: [`InventoryWatcher::stop`], dropping the watcher, or dropping every receiver.
@@ -35,7 +39,39 @@ use super::{
     links, programs, scan_here, Device, Inventory, InventoryError, InventoryOptions,
     ProgramFingerprint,
 };
-use crate::netns::Netns;
+use crate::netns::{
+    quiet::{Quiet, Settled},
+    Netns,
+};
+
+/// Longest the watcher defers its scans and program polls while pod hooks move devices,
+/// counted from the first deferred one of a busy stretch.
+pub const QUIET_LONGEST: Duration = Duration::from_secs(1);
+
+/// When the watcher started deferring to pod hooks (`None` while none are in flight).
+#[derive(Default)]
+struct Deferral(Option<Instant>);
+
+impl Deferral {
+    /// Waits until no pod hook moves devices, as long as the stretch's
+    /// [`QUIET_LONGEST`] allows.
+    async fn after_pod_hooks(&mut self, quiet: &Quiet) {
+        if quiet.is_quiet() {
+            self.0 = None;
+            return;
+        }
+        let since = *self.0.get_or_insert_with(Instant::now);
+        let left = (since + QUIET_LONGEST).saturating_duration_since(Instant::now());
+        match quiet.settled(left).await {
+            Settled::GaveUp if !left.is_zero() => tracing::debug!(
+                waited = ?QUIET_LONGEST,
+                "inventory: pod hooks are still moving devices; scanning anyway"
+            ),
+            Settled::GaveUp => {}
+            Settled::Already | Settled::After(_) => self.0 = None,
+        }
+    }
+}
 
 enum Control {
     InUse(BTreeSet<String>),
@@ -156,7 +192,33 @@ struct State {
     remembered: BTreeMap<String, Device>,
 }
 
+/// What the loop does after a control message.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Go,
+    Rescan,
+    Stop,
+}
+
 impl State {
+    fn apply(&mut self, control: Option<Control>) -> Next {
+        match control {
+            Some(Control::InUse(names)) => {
+                self.in_use = names;
+                self.publish();
+            }
+            Some(Control::Remember(records)) => {
+                for d in records {
+                    self.remembered.entry(d.name.clone()).or_insert(d);
+                }
+                self.publish();
+            }
+            Some(Control::Resync) => return Next::Rescan,
+            Some(Control::Stop) | None => return Next::Stop,
+        }
+        Next::Go
+    }
+
     async fn rescan(&mut self, handle: &rtnetlink::Handle) -> Result<(), InventoryError> {
         let started = Instant::now();
         let r = scan_here(handle, &self.opts, &mut self.names).await?;
@@ -248,6 +310,7 @@ async fn watch_loop(
     resync.reset();
 
     let mut pending: Option<Instant> = None;
+    let mut deferral = Deferral::default();
     loop {
         let deadline = pending.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut rescan = false;
@@ -276,6 +339,7 @@ async fn watch_loop(
             }
             _ = resync.tick() => rescan = true,
             _ = poll.tick() => {
+                deferral.after_pod_hooks(state.opts.quiet).await;
                 match links::dump_links(&handle).await {
                     Ok(l) => {
                         if programs::fingerprint(&l) != state.fingerprint {
@@ -285,24 +349,25 @@ async fn watch_loop(
                     Err(e) => tracing::debug!(error = %e, "inventory: program poll failed"),
                 }
             }
-            c = control.recv() => match c {
-                Some(Control::InUse(names)) => {
-                    state.in_use = names;
-                    state.publish();
-                }
-                Some(Control::Remember(records)) => {
-                    for d in records {
-                        state.remembered.entry(d.name.clone()).or_insert(d);
-                    }
-                    state.publish();
-                }
-                Some(Control::Resync) => rescan = true,
-                Some(Control::Stop) | None => break,
+            c = control.recv() => match state.apply(c) {
+                Next::Stop => break,
+                Next::Rescan => rescan = true,
+                Next::Go => {}
             },
             _ = state.tx.closed() => break,
         }
         if rescan {
             pending = None;
+            deferral.after_pod_hooks(state.opts.quiet).await;
+            // What prepare and unprepare said while the scan waited counts for it (a
+            // device that left for a pod must already be pinned as in use).
+            let mut stop = false;
+            while let Ok(c) = control.try_recv() {
+                stop |= state.apply(Some(c)) == Next::Stop;
+            }
+            if stop {
+                break;
+            }
             if let Err(e) = state.rescan(&handle).await {
                 tracing::warn!(error = %e, "inventory: scan failed; retrying");
                 pending = Some(Instant::now() + Duration::from_millis(200));

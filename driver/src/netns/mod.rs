@@ -12,6 +12,7 @@ pub mod foreign;
 pub mod host;
 pub mod link;
 pub mod netlink;
+pub mod quiet;
 pub mod restore;
 pub mod rules;
 pub mod sysctl;

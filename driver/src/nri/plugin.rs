@@ -321,6 +321,8 @@ fn required_pod(method: &str, pod: Option<PodSandbox>) -> Result<PodSandbox, Sta
 impl PluginService {
     async fn pod_event(&self, event: Event, pod: &PodSandbox) -> Result<(), Status> {
         let span = tracing::info_span!("nri", pod = %pod.display_name(), uid = %pod.uid, event = event.as_str_name());
+        // Pod hooks move devices: the inventory's scans wait until they are done.
+        let _moving = crate::netns::quiet::Quiet::global().hold();
         let result = match event {
             Event::RunPodSandbox => {
                 let budget = *self
