@@ -3,7 +3,9 @@
 //!
 //! Without netclaim means containerd with no NRI plugin connected (the driver is
 //! stopped); with netclaim means the driver running and the pod holding one claimed
-//! device, so the difference is everything netclaim adds to a pod start. The hook
+//! device, so the difference is everything netclaim adds to a pod start. A third
+//! series runs pods with the driver connected but no claim: what being an NRI plugin at
+//! all costs a pod start, before any device is moved. The hook
 //! times of the concurrent run are the driver's own (`NRI hook finished` in its log,
 //! measured around the whole hook), compared with containerd's request budget.
 
@@ -20,12 +22,22 @@ use crate::{
     scenario::{self, claim, good_parameters, prepare_with, unprepare_with, Topology},
 };
 
+/// How long the `with_prepare_settled` series waits between prepare and `crictl runp`.
+pub const PREPARE_SETTLED: Duration = Duration::from_millis(500);
+
+/// Pods per series in one round of [`measure`].
+const RUNS_PER_ROUND: usize = 5;
+
 /// What the real-runtime run measured (milliseconds).
 #[derive(Debug, Default)]
 pub struct RunpMeasured {
     pub without: Vec<f64>,
     pub with: Vec<f64>,
-    /// The driver's own RunPodSandbox hook times during the `with` runs.
+    /// The driver connected, the pod without claims.
+    pub plugin_only: Vec<f64>,
+    /// One claimed device, the pod started [`PREPARE_SETTLED`] after prepare.
+    pub with_prepare_settled: Vec<f64>,
+    /// The driver's own RunPodSandbox hook times during the runs with a claim.
     pub with_hooks: Vec<f64>,
     pub concurrent_hooks: Vec<f64>,
     pub concurrent_wall_ms: f64,
@@ -99,45 +111,77 @@ pub async fn measure(
     // Warm-up: the first pod of a containerd pays for image and CNI caches.
     cycle(&c, "warm-0", "pod-uid-warm")?;
 
-    c.stop_driver()?;
-    for i in 0..runs {
-        m.without.push(ms(cycle(
+    // Rounds of (without, plugin only, with), so that a machine that drifts (the
+    // `without` median moved by 20 ms between blocks of one run here) weighs on every
+    // series alike. After each driver start, one uncounted pod and a pause let its
+    // start-up work (scan, publish, eBPF spares, checkpoint) finish.
+    let rounds = runs.div_ceil(RUNS_PER_ROUND).max(1);
+    for round in 0..rounds {
+        let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
+        c.stop_driver()?;
+        for i in 0..k {
+            m.without.push(ms(cycle(
+                &c,
+                &format!("bare-{round}-{i}"),
+                &format!("pod-uid-bare-{round}-{i}"),
+            )?));
+        }
+        c.start_driver(topo).await?;
+        cycle(
             &c,
-            &format!("bare-{i}"),
-            &format!("pod-uid-bare-{i}"),
-        )?));
-    }
-    c.start_driver(topo).await?;
-    let from = std::fs::metadata(&c.side.driver.log)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    for i in 0..runs {
-        let (name, uid, pod_uid) = (
-            format!("one-{i}"),
-            format!("claim-uid-one-{i}"),
-            format!("pod-uid-one-{i}"),
-        );
-        c.side.api.put(claim(
-            &name,
-            &uid,
-            &c.side.device,
-            &format!("{name}-pod"),
-            &pod_uid,
-            good_parameters(),
-        ))?;
-        let err = prepare_with(&c.side.dra, &name, &uid).await?;
-        if !err.is_empty() {
-            bail!("prepare {name}: {err}");
+            &format!("warm-{round}"),
+            &format!("pod-uid-warm-{round}"),
+        )?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for i in 0..k {
+            m.plugin_only.push(ms(cycle(
+                &c,
+                &format!("plain-{round}-{i}"),
+                &format!("pod-uid-plain-{round}-{i}"),
+            )?));
         }
-        m.with
-            .push(ms(cycle(&c, &format!("{name}-pod"), &pod_uid)?));
-        let err = unprepare_with(&c.side.dra, &name, &uid).await?;
-        if !err.is_empty() {
-            bail!("unprepare {name}: {err}");
+        let from = std::fs::metadata(&c.side.driver.log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        // With a claim: right after prepare (as kubelet does), and alternately half a
+        // second after it, when prepare's background work (the data path staged on
+        // the host, the inventory's rescan) is over.
+        for i in 0..2 * k {
+            let settled = i % 2 == 1;
+            let (name, uid, pod_uid) = (
+                format!("one-{round}-{i}"),
+                format!("claim-uid-one-{round}-{i}"),
+                format!("pod-uid-one-{round}-{i}"),
+            );
+            c.side.api.put(claim(
+                &name,
+                &uid,
+                &c.side.device,
+                &format!("{name}-pod"),
+                &pod_uid,
+                good_parameters(),
+            ))?;
+            let err = prepare_with(&c.side.dra, &name, &uid).await?;
+            if !err.is_empty() {
+                bail!("prepare {name}: {err}");
+            }
+            if settled {
+                tokio::time::sleep(PREPARE_SETTLED).await;
+            }
+            let took = ms(cycle(&c, &format!("{name}-pod"), &pod_uid)?);
+            if settled {
+                m.with_prepare_settled.push(took);
+            } else {
+                m.with.push(took);
+            }
+            let err = unprepare_with(&c.side.dra, &name, &uid).await?;
+            if !err.is_empty() {
+                bail!("unprepare {name}: {err}");
+            }
         }
+        m.with_hooks
+            .extend(hook_times(&c.side.driver.log_text(), "RunPodSandbox", from));
     }
-
-    m.with_hooks = hook_times(&c.side.driver.log_text(), "RunPodSandbox", from);
 
     // `concurrent` pods, one device each, started at once.
     for j in 1..=concurrent {

@@ -12,10 +12,10 @@ use std::{
 use netclaim::{
     datapath::{device::AttachOptions, AttachedDatapath, DatapathKey, DatapathPolicy, PinLayout},
     inventory::{
-        device::attr, watcher::QUIET_LONGEST, AttrValue, Device, DeviceFilter, Inventory,
-        InventoryOptions, InventoryWatcher,
+        device::attr, AttrValue, Device, DeviceFilter, Inventory, InventoryOptions,
+        InventoryWatcher,
     },
-    netns::quiet::Quiet,
+    netns::quiet::{Quiet, QUIET_LONGEST},
 };
 use netclaim_tests::netenv::{veth, TestBpfRoot, TestNetns};
 use tokio::sync::watch;

@@ -167,8 +167,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     );
     // Pod hooks record placements in the checkpoint's journal; the redb file and the
     // mirror catch up once writes pause.
-    StateStore::spawn_flusher(&store, CHECKPOINT_CATCH_UP)
-        .context("starting the checkpoint flusher")?;
+    StateStore::spawn_flusher(
+        &store,
+        CHECKPOINT_CATCH_UP,
+        crate::netns::quiet::Quiet::global(),
+    )
+    .context("starting the checkpoint flusher")?;
 
     // 3. Metrics and health.
     let metrics = Metrics::new((args.dataplane == Dataplane::On).then(|| layout.clone()));

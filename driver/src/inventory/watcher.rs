@@ -12,9 +12,9 @@
 //! * every `resync` (60 s), and after the netlink socket fails (it is reopened:
 //!   a multicast overflow ends the socket stream, and the rescan covers the gap).
 //!
-//! Scans and polls wait while pod hooks move devices ([`Quiet`], at most
-//! [`QUIET_LONGEST`]): they take RTNL and queue kernel work that a move in flight would
-//! wait for. A move's own events are then picked up by the scan that follows the hook.
+//! Scans and polls wait while pod hooks move devices ([`crate::netns::quiet`], at most
+//! a second per busy stretch): they take RTNL and queue kernel work that a move in
+//! flight would wait for. A move's own events are then picked up by the scan that follows the hook.
 //!
 //! Each scan's list, merged with the in-use records ([`Inventory::merge_in_use`]), is
 //! published on a `tokio::sync::watch` channel only when it differs from the last one.
@@ -39,39 +39,7 @@ use super::{
     links, programs, scan_here, Device, Inventory, InventoryError, InventoryOptions,
     ProgramFingerprint,
 };
-use crate::netns::{
-    quiet::{Quiet, Settled},
-    Netns,
-};
-
-/// Longest the watcher defers its scans and program polls while pod hooks move devices,
-/// counted from the first deferred one of a busy stretch.
-pub const QUIET_LONGEST: Duration = Duration::from_secs(1);
-
-/// When the watcher started deferring to pod hooks (`None` while none are in flight).
-#[derive(Default)]
-struct Deferral(Option<Instant>);
-
-impl Deferral {
-    /// Waits until no pod hook moves devices, as long as the stretch's
-    /// [`QUIET_LONGEST`] allows.
-    async fn after_pod_hooks(&mut self, quiet: &Quiet) {
-        if quiet.is_quiet() {
-            self.0 = None;
-            return;
-        }
-        let since = *self.0.get_or_insert_with(Instant::now);
-        let left = (since + QUIET_LONGEST).saturating_duration_since(Instant::now());
-        match quiet.settled(left).await {
-            Settled::GaveUp if !left.is_zero() => tracing::debug!(
-                waited = ?QUIET_LONGEST,
-                "inventory: pod hooks are still moving devices; scanning anyway"
-            ),
-            Settled::GaveUp => {}
-            Settled::Already | Settled::After(_) => self.0 = None,
-        }
-    }
-}
+use crate::netns::{quiet::Deferral, Netns};
 
 enum Control {
     InUse(BTreeSet<String>),
@@ -339,7 +307,7 @@ async fn watch_loop(
             }
             _ = resync.tick() => rescan = true,
             _ = poll.tick() => {
-                deferral.after_pod_hooks(state.opts.quiet).await;
+                deferral.after_pod_hooks(state.opts.quiet, "inventory").await;
                 match links::dump_links(&handle).await {
                     Ok(l) => {
                         if programs::fingerprint(&l) != state.fingerprint {
@@ -358,7 +326,9 @@ async fn watch_loop(
         }
         if rescan {
             pending = None;
-            deferral.after_pod_hooks(state.opts.quiet).await;
+            deferral
+                .after_pod_hooks(state.opts.quiet, "inventory")
+                .await;
             // What prepare and unprepare said while the scan waited counts for it (a
             // device that left for a pod must already be pinned as in use).
             let mut stop = false;

@@ -532,10 +532,13 @@ impl StateStore {
     }
 
     /// Starts the thread that brings the redb file and the mirror up to the journal
-    /// once writes have paused for `idle`. It ends when the store is dropped.
+    /// once writes have paused for `idle`. It ends when the store is dropped. Owed
+    /// records wait until `quiet` says no pod hook runs (bounded): their fsync would
+    /// compete with the runtime's own writes as it finishes the sandbox.
     pub fn spawn_flusher(
         store: &std::sync::Arc<Self>,
         idle: std::time::Duration,
+        quiet: &'static crate::netns::quiet::Quiet,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak = std::sync::Arc::downgrade(store);
         let signal = store.owed_signal.clone();
@@ -547,6 +550,7 @@ impl StateStore {
                     return;
                 };
                 if owed {
+                    quiet.settled_blocking(crate::netns::quiet::QUIET_LONGEST);
                     store.pay_owed();
                 }
                 store.flush_if_idle(idle);
@@ -2014,8 +2018,12 @@ mod tests {
         let store = std::sync::Arc::new(StateStore::open(dir.path()).unwrap());
         // Catch-up only after a minute: what reaches the journal here is the flusher
         // paying what the settled change owes.
-        let flusher =
-            StateStore::spawn_flusher(&store, std::time::Duration::from_secs(60)).unwrap();
+        let flusher = StateStore::spawn_flusher(
+            &store,
+            std::time::Duration::from_secs(60),
+            crate::netns::quiet::Quiet::global(),
+        )
+        .unwrap();
         store.put(&sample("a")).unwrap();
         settle(&store, "a", 30);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -2038,8 +2046,12 @@ mod tests {
     fn the_flusher_catches_up_once_writes_pause() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(StateStore::open(dir.path()).unwrap());
-        let flusher =
-            StateStore::spawn_flusher(&store, std::time::Duration::from_millis(40)).unwrap();
+        let flusher = StateStore::spawn_flusher(
+            &store,
+            std::time::Duration::from_millis(40),
+            crate::netns::quiet::Quiet::global(),
+        )
+        .unwrap();
         store.put(&sample("a")).unwrap();
         stamp(&store, "a", 10);
         assert_ne!(mirror_files(dir.path()), raw(&store));

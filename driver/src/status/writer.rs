@@ -13,6 +13,7 @@
 //!
 //! It never touches links, namespaces or pins other than by reading them.
 
+use crate::netns::quiet::{Deferral, Quiet};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,6 +64,10 @@ pub struct StatusConfig {
     /// Attempts per write, and the first pause between them (doubled, capped at 5 s).
     pub attempts: u32,
     pub backoff: Duration,
+    /// Pod hooks in flight: observing devices and writing status waits for them
+    /// (bounded), so it does not compete with a namespace move or the runtime
+    /// finishing the sandbox.
+    pub quiet: &'static Quiet,
 }
 
 impl StatusConfig {
@@ -74,6 +79,7 @@ impl StatusConfig {
             drop_spike: DEFAULT_DROP_SPIKE,
             attempts: 5,
             backoff: Duration::from_millis(200),
+            quiet: Quiet::global(),
         }
     }
 }
@@ -238,6 +244,7 @@ impl StatusWriter {
     pub async fn run(mut self, mut events: StatusReceiver, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deferral = Deferral::default();
         loop {
             if *stop.borrow() {
                 break;
@@ -250,10 +257,16 @@ impl StatusWriter {
                     }
                 }
                 event = events.recv() => match event {
-                    Some(event) => self.handle(event).await,
+                    Some(event) => {
+                        deferral.after_pod_hooks(self.config.quiet, "status").await;
+                        self.handle(event).await
+                    }
                     None => break,
                 },
-                _ = tick.tick() => self.refresh().await,
+                _ = tick.tick() => {
+                    deferral.after_pod_hooks(self.config.quiet, "status").await;
+                    self.refresh().await
+                }
             }
         }
         tracing::debug!("status writer stopped");

@@ -371,7 +371,7 @@ fn main() -> Result<()> {
     let real = if skip_real {
         None
     } else {
-        netclaim_tests::runp::measure_here(runs_1.clamp(5, 25), CONCURRENT)?
+        netclaim_tests::runp::measure_here(runs_1.clamp(5, 40), CONCURRENT)?
     };
     let load_after = loadavg();
 
@@ -450,6 +450,27 @@ fn main() -> Result<()> {
             ("runp_with_netclaim_p50_ms", with),
             ("runp_overhead_ms", overhead),
             ("runp_overhead_over_floor", over(overhead)),
+            // Connected but the pod claims nothing: containerd's NRI round trip and
+            // the hook's no-device path; the rest of the overhead is the device's.
+            (
+                "runp_plugin_no_claim_p50_ms",
+                percentile(&r.plugin_only, 0.5),
+            ),
+            (
+                "runp_plugin_no_claim_overhead_ms",
+                percentile(&r.plugin_only, 0.5) - without,
+            ),
+            // The pod started half a second after prepare: what remains when prepare's
+            // background work (staging the data path holds RTNL for two grace
+            // periods) no longer overlaps the runtime's sandbox setup.
+            (
+                "runp_prepare_settled_overhead_ms",
+                percentile(&r.with_prepare_settled, 0.5) - without,
+            ),
+            (
+                "runp_prepare_settled_overhead_over_floor",
+                over(percentile(&r.with_prepare_settled, 0.5) - without),
+            ),
             // The part of the overhead that is netclaim's hook, as the driver timed it.
             ("runp_hook_p50_ms", percentile(&r.with_hooks, 0.5)),
             (
@@ -553,7 +574,7 @@ fn main() -> Result<()> {
     result["real_runtime"] = json!(if skip_real {
         "skipped: --skip-real"
     } else if real.is_some() {
-        "containerd 2.3.4 (../shared/real-peers), crictl runp medians of the same run; without = no NRI plugin connected, with = one claimed device"
+        "containerd 2.3.4 (../shared/real-peers), crictl runp medians of the same run; without = no NRI plugin connected, plugin_no_claim = netclaim connected, the pod claims nothing; with = one claimed device, runp right after prepare; prepare_settled = the same, runp 500 ms after prepare (not the target's measure)"
     } else {
         "skipped: containerd is not installed (cargo xtask setup)"
     });
