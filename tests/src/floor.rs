@@ -60,9 +60,7 @@ pub fn up_netns_move_floor(moves: usize, rest: Duration) -> Result<(Duration, Ve
     )?;
     // Link-local addresses and their routes settle before the first move.
     std::thread::sleep(Duration::from_millis(500));
-    let r = time_moves("fu", &from, &to, moves, rest);
-    drop(wire);
-    r
+    time_moves("fu", &from, &to, moves, rest)
 }
 
 /// Moves `{prefix}{i}` from `from` to `to`, one at a time.

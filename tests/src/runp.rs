@@ -3,9 +3,11 @@
 //!
 //! Without netclaim means containerd with no NRI plugin connected (the driver is
 //! stopped); with netclaim means the driver running and the pod holding one claimed
-//! device, so the difference is everything netclaim adds to a pod start. A third
-//! series runs pods with the driver connected but no claim: what being an NRI plugin at
-//! all costs a pod start, before any device is moved. The hook
+//! device, so the difference is everything netclaim adds to a pod start. Two more
+//! series split it: pods with the driver connected but no claim (what being an NRI
+//! plugin at all costs a pod start), and pods with a claim started
+//! [`PREPARE_SETTLED`] after prepare (what is left once prepare's background work is
+//! over). The series run interleaved, in rounds. The hook
 //! times of the concurrent run are the driver's own (`NRI hook finished` in its log,
 //! measured around the whole hook), compared with containerd's request budget.
 
@@ -92,6 +94,13 @@ fn cycle(c: &RealCluster, name: &str, uid: &str) -> Result<Duration> {
     Ok(took)
 }
 
+/// `n` pods without claims, one after the other (`{tag}-{i}`); their runp times.
+fn unclaimed_pods(c: &RealCluster, tag: &str, n: usize) -> Result<Vec<f64>> {
+    (0..n)
+        .map(|i| cycle(c, &format!("{tag}-{i}"), &format!("pod-uid-{tag}-{i}")).map(ms))
+        .collect()
+}
+
 /// Runs the measurement in `topo` (which needs `concurrent + 1` NICs); call on a thread
 /// in `topo.node`.
 pub async fn measure(
@@ -119,13 +128,8 @@ pub async fn measure(
     for round in 0..rounds {
         let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
         c.stop_driver()?;
-        for i in 0..k {
-            m.without.push(ms(cycle(
-                &c,
-                &format!("bare-{round}-{i}"),
-                &format!("pod-uid-bare-{round}-{i}"),
-            )?));
-        }
+        m.without
+            .extend(unclaimed_pods(&c, &format!("bare-{round}"), k)?);
         c.start_driver(topo).await?;
         cycle(
             &c,
@@ -133,13 +137,8 @@ pub async fn measure(
             &format!("pod-uid-warm-{round}"),
         )?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for i in 0..k {
-            m.plugin_only.push(ms(cycle(
-                &c,
-                &format!("plain-{round}-{i}"),
-                &format!("pod-uid-plain-{round}-{i}"),
-            )?));
-        }
+        m.plugin_only
+            .extend(unclaimed_pods(&c, &format!("plain-{round}"), k)?);
         let from = std::fs::metadata(&c.side.driver.log)
             .map(|m| m.len() as usize)
             .unwrap_or(0);

@@ -321,7 +321,8 @@ fn required_pod(method: &str, pod: Option<PodSandbox>) -> Result<PodSandbox, Sta
 impl PluginService {
     async fn pod_event(&self, event: Event, pod: &PodSandbox) -> Result<(), Status> {
         let span = tracing::info_span!("nri", pod = %pod.display_name(), uid = %pod.uid, event = event.as_str_name());
-        // Pod hooks move devices: the inventory's scans wait until they are done.
+        // Pod hooks move devices: netclaim's background work (inventory, status,
+        // checkpoint catch-up) waits until they are done (`netns::quiet`).
         let _moving = crate::netns::quiet::Quiet::global().hold();
         let result = match event {
             Event::RunPodSandbox => {
