@@ -2066,10 +2066,19 @@ async fn campaign_real(
             }
             Step::Stop => {
                 // A veth dies with the namespace containerd removes at stop, so the
-                // kill lands once crictl stopp has answered (during rmp): see the
-                // report for why stop hooks are cut only in the stand-in campaign.
+                // kill lands once the stop's give-back has the NICs home (during
+                // rmp): see the report for why stop hooks are cut only in the
+                // stand-in campaign. StopPodSandbox answers before the give-back; a
+                // kill before the NICs are home is a kill during the stop.
                 if let Some(id) = p.sandbox.take() {
                     tokio::task::block_in_place(|| c.runtime.stop_pod(&id))?;
+                    let t = Instant::now();
+                    while !p.nics.iter().all(|n| {
+                        scenario::link_facts_at(topo.node.path(), n).is_ok_and(|l| l.is_some())
+                    }) && t.elapsed() < Duration::from_secs(5)
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                     let killer = kill_later(&c.side.driver, delay);
                     tokio::task::block_in_place(|| c.runtime.remove_pod(&id))?;
                     let _ = killer.join();

@@ -4,8 +4,11 @@
 //! benchmark can report every step's median next to the hook's own latency, and the
 //! hook without its namespace move: the part netclaim adds to the kernel's.
 //!
-//! Hooks must not overlap in the log (one pod at a time): a step's fields are taken
-//! for the next `NRI hook finished` line of its kind.
+//! Hooks must not overlap in the log (one pod at a time): a start's fields are taken
+//! for the next `NRI hook finished` line of a RunPodSandbox. A stop answers before its
+//! devices go home: its steps are those of the give-back that follows the answer, taken
+//! for the give-back's closing line (`devices of the stopped pod returned`), whose
+//! `took_us` is the stop's `hook` here.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +106,15 @@ pub fn parse(log: &str, wanted: impl Fn(&str) -> bool) -> HookSteps {
                 }
             }
         }
+        if line.contains("devices of the stopped pod returned") {
+            let took = field(&line, "took_us").and_then(|v| v.parse::<f64>().ok());
+            let pod = field(&line, "nri{pod").unwrap_or_default();
+            let steps = std::mem::take(&mut stop);
+            if let (Some(took), true) = (took, wanted(pod) && steps.contains_key("move")) {
+                found.stop.push(whole(steps, took));
+            }
+            continue;
+        }
         if !line.contains("NRI hook finished") {
             continue;
         }
@@ -110,22 +122,22 @@ pub fn parse(log: &str, wanted: impl Fn(&str) -> bool) -> HookSteps {
             continue;
         };
         let pod = field(&line, "nri{pod").unwrap_or_default();
-        let into = match field(&line, "hook") {
-            Some("RunPodSandbox") => Some((&mut start, &mut found.start)),
-            Some("StopPodSandbox") => Some((&mut stop, &mut found.stop)),
-            _ => None,
-        };
-        if let Some((steps, list)) = into {
-            let mut steps = std::mem::take(steps);
+        if field(&line, "hook") == Some("RunPodSandbox") {
+            let steps = std::mem::take(&mut start);
             if wanted(pod) && steps.contains_key("move") {
-                let named: f64 = steps.values().sum();
-                steps.insert("other", ms * 1000.0 - named);
-                steps.insert("hook", ms * 1000.0);
-                list.push(steps);
+                found.start.push(whole(steps, ms * 1000.0));
             }
         }
     }
     found
+}
+
+/// `steps` with the whole (`hook`, µs) and what no step accounts for (`other`).
+fn whole(mut steps: Steps, hook_us: f64) -> Steps {
+    let named: f64 = steps.values().sum();
+    steps.insert("other", hook_us - named);
+    steps.insert("hook", hook_us);
+    steps
 }
 
 /// The median of `values` (microseconds) in milliseconds; `None` when empty.
@@ -164,10 +176,11 @@ mod tests {
 2026-11-30T16:12:25.014693Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::lifecycle::handover: data path attached (and lease, if any) after_configure_us=198
 2026-11-30T16:12:25.015048Z DEBUG netclaim::lifecycle::handover: start timing before_devices_us=76 devices_us=19740 record_and_events_us=313 hold_us=4
 2026-11-30T16:12:25.015603Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="RUN_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="RunPodSandbox" ok=true hook_ms=20.724574
+2026-11-30T16:12:25.015803Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="STOP_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="StopPodSandbox" ok=true hook_ms=0.312
 2026-11-30T16:12:25.034957Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::netns::restore: restore timing device=eth30 locate_us=182 move_us=16183 home_us=704
 2026-11-30T16:12:25.035225Z DEBUG device{claim=default/claim-a29 pod=default/pod-a29 device=eth30}: netclaim::lifecycle::handover: undo timing steps=[(StandDown, 117.952µs), (Restore, 17.107855ms), (ClearRecord, 244.61µs)]
 2026-11-30T16:12:25.035300Z DEBUG netclaim::lifecycle::handover: stop timing before_record_us=90 leaving_record_us=610 devices_us=17600
-2026-11-30T16:12:25.035525Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="STOP_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="StopPodSandbox" ok=true hook_ms=19.643964
+2026-11-30T16:12:25.035525Z  INFO nri{pod=default/pod-a29 uid=pod-uid-a29 event="STOP_POD_SANDBOX"}: netclaim::lifecycle: devices of the stopped pod returned pod_uid=pod-uid-a29 devices=1 took_us=19643
 2026-11-30T16:12:25.036690Z DEBUG nri{pod=default/pod-a29 uid=pod-uid-a29 event="REMOVE_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="RemovePodSandbox" ok=true hook_ms=0.172258
 2026-11-30T16:12:26.013937Z DEBUG netclaim::netns::configure: host side: moved device="eth1" move_us=99999
 2026-11-30T16:12:26.015603Z DEBUG nri{pod=default/pod-warm uid=pod-uid-warm event="RUN_POD_SANDBOX"}: netclaim::metrics: NRI hook finished hook="RunPodSandbox" ok=true hook_ms=120.0
@@ -209,6 +222,8 @@ mod tests {
         }
         assert!((stop["stand_down"] - 117.952).abs() < 0.001, "{stop:?}");
         assert!((stop["home_record"] - 244.61).abs() < 0.001, "{stop:?}");
+        // The stop's whole is its give-back (after the hook answered in 0.3 ms).
+        assert_eq!(stop["hook"], 19643.0, "{stop:?}");
         assert!((median_without_move_ms(&found.start).unwrap() - 3.047574).abs() < 1e-6);
         assert_eq!(median_ms(&found.stop, "move"), Some(16.183));
     }

@@ -660,10 +660,11 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
         assert_eq!((allowed, forbidden), (200, 0), "data path enforcing after the restart");
 
         // The pod stops: the device comes home with its host configuration.
+        // (RemovePodSandbox waits for the give-back that StopPodSandbox started.)
         rt.stop_pod(&pod)?;
+        rt.remove_pod(&pod)?;
         let (mtu, addrs) = scenario::link_facts(&topo.node, NIC)?;
         assert_eq!((mtu, addrs), (1400, vec!["192.0.2.50/24".to_string()]), "{NIC} home; container log:\n{}", driver.log_text());
-        rt.remove_pod(&pod)?;
         assert_eq!(unprepare_with(&dra, "web", "claim-uid-ds").await?, "");
         let left = topo.bpf.leftovers();
         assert!(left.is_empty(), "pins left after the pod stopped: {left:?}");

@@ -467,6 +467,70 @@ async fn restarted_driver_stops_a_pod_started_before() {
     );
 }
 
+/// StopPodSandbox answers before the device goes home (`stop_pod_behind`). What a
+/// runtime does right after a stop must not cost the device or mix up the pod's
+/// hooks: containerd tears the network down and deletes the namespace at once (done
+/// here before the give-back can have finished; a veth dies with its namespace unless
+/// it is held), kubelet may start a new sandbox of the same pod, and RemovePodSandbox
+/// follows. Each later hook of the pod waits for the give-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answers_first_and_the_pods_next_hooks_wait_for_the_device() {
+    let env = Env::new("lb").await;
+    let store = env.store();
+    env.claim(&store, "c9", good_config());
+    let pods = env.pods(store.clone(), None);
+    pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(env.pod.path()))
+        .expect("start_pod");
+    assert!(link(&env.pod, "net1").is_some());
+
+    let (done, gave_back) = std::sync::mpsc::channel();
+    pods.stop_pod_behind(POD_UID, Some(done));
+    netclaim_tests::netenv::run(std::process::Command::new("ip").args([
+        "netns",
+        "del",
+        env.pod.name(),
+    ]))
+    .expect("the runtime deletes the pod's namespace");
+    // A new sandbox of the same pod: it starts after the give-back, from home.
+    let second = TestNetns::new("lb2").expect("second sandbox");
+    no_ipv6(&second);
+    pods.start_pod(POD_UID, "default/pod1", &PodRuntime::netns(second.path()))
+        .expect("start in the new sandbox");
+    let returned = gave_back
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the give-back ended")
+        .expect("the give-back succeeded");
+    assert!(
+        matches!(
+            returned[..],
+            [netclaim::lifecycle::DeviceOutcome {
+                action: Action::Returned(RestoreOutcome::Restored { .. }),
+                ..
+            }]
+        ),
+        "{returned:?}"
+    );
+    assert!(
+        link(&second, "net1").is_some(),
+        "not handed to the new sandbox"
+    );
+
+    // Stop and remove at once: remove returns with the device home and restored.
+    pods.stop_pod_behind(POD_UID, None);
+    pods.remove_pod(POD_UID).expect("remove_pod");
+    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home after remove");
+    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    assert!(link(&second, "net1").is_none());
+    assert!(
+        env.bpf.leftovers().is_empty(),
+        "pins left: {:?}",
+        env.bpf.leftovers()
+    );
+    let plan = store.get("uid-c9").expect("get").expect("plan");
+    assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronize_returns_devices_of_vanished_pods() {
     let env = Env::new("ls").await;

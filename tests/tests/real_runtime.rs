@@ -108,9 +108,18 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         .await?;
         assert!(entry["networkData"]["interfaceName"] == POD_IF, "{entry}");
 
+        // StopPodSandbox answers before the device goes home, and containerd removes
+        // the pod's namespace right after (CNI DEL, unmount): the held namespace keeps
+        // the veth alive until it is home and restored.
         let stop = c.runtime.stop_pod(&pod)?;
         println!("[real] crictl stopp: {stop:?}");
-        assert_home(&topo)?;
+        let took = until(
+            "eth1 home after crictl stopp",
+            Duration::from_secs(5),
+            || assert_home(&topo).is_ok(),
+        )
+        .await?;
+        println!("[real] home {took:?} after crictl stopp returned");
         c.runtime.remove_pod(&pod)?;
         let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrl").await?;
         assert_eq!(err, "", "unprepare after the pod stopped");
@@ -205,8 +214,8 @@ fn after_a_containerd_restart_the_forgotten_stop_still_brings_the_device_home() 
         }
         // The late pod is stopped normally (the runtime knows it since its restart).
         c.runtime.stop_pod(&late_pod)?;
-        assert_eq!(scenario::link_facts(&topo.node, "eth2")?.1, Vec::<String>::new());
         c.runtime.remove_pod(&late_pod)?;
+        assert_eq!(scenario::link_facts(&topo.node, "eth2")?.1, Vec::<String>::new());
         let _ = c.stop_driver();
         Ok(())
     })
@@ -510,7 +519,12 @@ fn a_hook_answer_longer_than_the_runtime_read_buffer_arrives_whole() {
         let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rrm")?;
         ensure_in_pod(&c, &c.runtime.pod_netns(&pod)?)?;
         c.runtime.stop_pod(&pod)?;
-        assert_home(&topo)?;
+        until(
+            "eth1 home after crictl stopp",
+            Duration::from_secs(5),
+            || assert_home(&topo).is_ok(),
+        )
+        .await?;
         c.runtime.remove_pod(&pod)?;
         Ok(())
     })

@@ -56,7 +56,9 @@ pub use resolver::InventoryResolver;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use parking_lot::RwLock;
 
 use crate::datapath::{DatapathError, DatapathKey, PinLayout};
 use crate::netns::{Netns, NetnsError, RestoreOutcome, Step};
@@ -226,6 +228,16 @@ pub struct SyncReport {
     pub errors: Vec<LifecycleError>,
 }
 
+/// Serialises one pod's hooks.
+type PodLock = parking_lot::Mutex<()>;
+
+/// A pod's turn ([`Pods::turn`]): its lock, and `synchronize` kept out. Sendable.
+struct Turn {
+    // Released in this order: the pod first, then the shared hold.
+    _pod: parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>,
+    _shared: parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()>,
+}
+
 /// The pod lifecycle. Cheap to clone (shared inside).
 #[derive(Clone)]
 pub struct Pods {
@@ -235,9 +247,9 @@ pub struct Pods {
 struct Inner {
     kernel: Kernel,
     /// Pod hooks hold it shared, `synchronize` exclusively.
-    serial: RwLock<()>,
-    /// One lock per pod UID with a hook in flight.
-    pod_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    serial: Arc<RwLock<()>>,
+    /// One lock per pod UID with a hook (or a give-back after a stop) in flight.
+    pod_locks: Mutex<BTreeMap<String, Arc<PodLock>>>,
     /// What a device costs to hand over and take back (for the hook budget).
     costs: Mutex<budget::Costs>,
     /// Write-ahead records of devices that went home after a failed start but could
@@ -310,7 +322,7 @@ impl Pods {
                     keeper: Mutex::new(keeper::Keeper::default()),
                     leases: leases::Leases::default(),
                 },
-                serial: RwLock::new(()),
+                serial: Arc::new(RwLock::new(())),
                 pod_locks: Mutex::new(BTreeMap::new()),
                 costs: Mutex::new(budget::Costs::default()),
                 stale_intents: Mutex::new(Vec::new()),
@@ -338,6 +350,50 @@ impl Pods {
         self.locked(pod_uid, || handover::give_back(&self.inner.kernel, pod_uid))
     }
 
+    /// Gives back every device of pod `pod_uid` after this returns: the pod's turn is
+    /// taken here, so every later hook of this pod, unprepare of its claims and
+    /// `synchronize` run after the give-back, which runs on a thread of the blocking
+    /// pool (or a thread of its own outside a runtime). The devices stay alive
+    /// meanwhile: the keeper holds the pod's namespace until they are home, whatever
+    /// the runtime removes. Outcomes and problems are logged and go to the status as
+    /// a synchronous stop's would; `done` (if given) gets the result.
+    pub fn stop_pod_behind(
+        &self,
+        pod_uid: &str,
+        done: Option<std::sync::mpsc::Sender<Result<Vec<DeviceOutcome>, LifecycleError>>>,
+    ) {
+        let turn = self.turn(pod_uid);
+        let this = self.clone();
+        let uid = pod_uid.to_string();
+        let span = tracing::Span::current();
+        let work = move || {
+            let _entered = span.enter();
+            // A move like a hook's: background scans wait for it (`netns::quiet`).
+            let _moving = crate::netns::quiet::Quiet::global().hold();
+            let started = std::time::Instant::now();
+            let result = handover::give_back(&this.inner.kernel, &uid);
+            drop(turn);
+            match &result {
+                Ok(outcomes) => tracing::info!(
+                    pod_uid = %uid,
+                    devices = outcomes.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "devices of the stopped pod returned"
+                ),
+                Err(e) => {
+                    tracing::warn!(pod_uid = %uid, "returning the devices of the stopped pod: {e}")
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => drop(std::thread::spawn(work)),
+        }
+    }
+
     /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
     pub fn remove_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let result = self.stop_pod(pod_uid);
@@ -359,11 +415,7 @@ impl Pods {
     /// Reconciles with the pods that exist (`uid → network namespace path`): devices
     /// of any other pod go home; live pods without all their devices get them.
     pub fn synchronize(&self, live: &BTreeMap<String, PodRuntime>) -> SyncReport {
-        let _exclusive = self
-            .inner
-            .serial
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _exclusive = self.inner.serial.write();
         let mut report = SyncReport::default();
         let pods = match self.inner.pods_in_checkpoint() {
             Ok(p) => p,
@@ -493,23 +545,24 @@ impl Pods {
         results
     }
 
-    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.inner
-            .serial
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Pod `pod_uid`'s turn: beside other pods' hooks (not beside `synchronize`),
+    /// after and before this pod's others. It may be handed to another thread.
+    fn turn(&self, pod_uid: &str) -> Turn {
+        let shared = self.inner.serial.read_arc();
+        let pod = self.pod_lock(pod_uid).lock_arc();
+        Turn {
+            _pod: pod,
+            _shared: shared,
+        }
     }
 
-    /// Runs `work` as one of pod `pod_uid`'s hooks: beside other pods' hooks (not
-    /// beside `synchronize`), after and before this pod's others.
+    /// Runs `work` as one of pod `pod_uid`'s hooks ([`Self::turn`]).
     fn locked<T>(&self, pod_uid: &str, work: impl FnOnce() -> T) -> T {
-        let _shared = self.shared();
-        let lock = self.pod_lock(pod_uid);
-        let _pod = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _turn = self.turn(pod_uid);
         work()
     }
 
-    fn pod_lock(&self, pod_uid: &str) -> Arc<Mutex<()>> {
+    fn pod_lock(&self, pod_uid: &str) -> Arc<PodLock> {
         self.inner
             .pod_locks
             .lock()

@@ -69,10 +69,21 @@ impl PodHandler for Pods {
         .await
     }
 
+    /// Answers once the pod's turn is taken; its devices go home right after, on a
+    /// thread of their own ([`Pods::stop_pod_behind`]). The runtime tears the pod's
+    /// network down meanwhile; the keeper holds the namespace, so the devices in it
+    /// outlive that, and every later hook of this pod (RemovePodSandbox, a new
+    /// sandbox) and unprepare of its claims wait for them. containerd ignores what a
+    /// plugin answers to this event, so nothing the runtime does depends on the
+    /// devices being home when it returns.
     async fn stop_pod(&self, pod: &PodSandbox) -> Result<(), String> {
         let pods = self.clone();
         let uid = pod.uid.clone();
-        blocking(move || pods.stop_pod(&uid).map(|_| ()).map_err(|e| e.to_string())).await
+        blocking(move || {
+            pods.stop_pod_behind(&uid, None);
+            Ok(())
+        })
+        .await
     }
 
     async fn remove_pod(&self, pod: &PodSandbox) -> Result<(), String> {

@@ -8,7 +8,10 @@
 //!
 //! * 1 interface per pod, `--runs-1` (≥ 50) pods started and stopped one after the
 //!   other, each with a fresh claim (prepared before, unprepared after):
-//!   `run_1_p50_ms`, `run_1_p99_ms`, `stop_1_p50_ms` (StopPodSandbox);
+//!   `run_1_p50_ms`, `run_1_p99_ms`, `stop_1_p50_ms` (StopPodSandbox, which answers
+//!   before the devices go home), `stop_remove_1_p50_ms` (StopPodSandbox sent until
+//!   the RemovePodSandbox right after it answered: RemovePodSandbox waits for the
+//!   devices, so this is the time until they are home and restored);
 //! * 8 interfaces per pod (one claim, 8 requests), `--runs-8` (≥ 15) pods:
 //!   `run_8_p50_ms`, `run_8_p99_ms`;
 //! * 32 pods, one NIC each, 32 claims prepared first, all RunPodSandbox sent at once:
@@ -22,8 +25,9 @@
 //!
 //! Where the one-NIC hooks spent their time is read back from the driver's debug log
 //! ([`hook_steps`]): the median of every step (`run_1_steps_p50_ms`,
-//! `stop_1_steps_p50_ms`), of the namespace move inside the hook (`*_move_p50_ms`) and
-//! of the hook without that move (`*_without_move_p50_ms`), each also over the floor.
+//! `stop_1_steps_p50_ms`: the give-back after the stop's answer), of the namespace
+//! move inside the hook or give-back (`*_move_p50_ms`) and of the rest
+//! (`*_without_move_p50_ms`), each also over the floor.
 //!
 //! One uncounted warm-up pod goes first (`run_1_first_ms`). The hook budget is raised
 //! to 30 s so the concurrent burst measures queueing instead of failing at the usual
@@ -154,6 +158,7 @@ struct Measured {
     run_1_first_ms: f64,
     run_1: Vec<f64>,
     stop_1: Vec<f64>,
+    stop_remove_1: Vec<f64>,
     run_8: Vec<f64>,
     stop_8: Vec<f64>,
     concurrent_total_ms: f64,
@@ -162,14 +167,15 @@ struct Measured {
 }
 
 /// One pod's whole life with a fresh claim: put, prepare, run, stop+remove, unprepare.
-/// Returns (RunPodSandbox, StopPodSandbox) latencies.
+/// Returns the latencies of RunPodSandbox, StopPodSandbox, and StopPodSandbox sent
+/// until RemovePodSandbox answered.
 async fn one_pod(
     c: &Cluster,
     netns: &Path,
     tag: &str,
     devices: &[ClaimDevice],
     sandbox_setup: Duration,
-) -> Result<(Duration, Duration)> {
+) -> Result<(Duration, Duration, Duration)> {
     let (name, uid) = (format!("claim-{tag}"), format!("uid-claim-{tag}"));
     let (pod_name, pod_uid) = (format!("pod-{tag}"), format!("pod-uid-{tag}"));
     c.api.put(claim_with_devices(
@@ -180,12 +186,14 @@ async fn one_pod(
     tokio::time::sleep(sandbox_setup).await;
     let run = run_pod_in(c, netns, &pod_uid, &pod_name).await;
     check(&format!("RunPodSandbox {pod_name}"), &run)?;
+    let stop_sent = Instant::now();
     let (stop, remove) = stop_pod_in(c, netns, &pod_uid, &pod_name).await;
+    let stop_remove = stop_sent.elapsed();
     check(&format!("StopPodSandbox {pod_name}"), &stop)?;
     check(&format!("RemovePodSandbox {pod_name}"), &remove)?;
     let err = unprepare(c, &name, &uid).await?;
     ensure!(err.is_empty(), "unprepare {name}: {err}");
-    Ok((run.latency, stop.latency))
+    Ok((run.latency, stop.latency, stop_remove))
 }
 
 fn device(devices: &BTreeMap<String, String>, i: usize, j: usize) -> Result<ClaimDevice> {
@@ -224,13 +232,15 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
         } else {
             format!("a{i}")
         };
-        let (run, stop) = one_pod(&c, slot, &tag, &[device(&devices, nic, 1)?], setup).await?;
+        let (run, stop, stop_remove) =
+            one_pod(&c, slot, &tag, &[device(&devices, nic, 1)?], setup).await?;
         released.mark(&[nic]);
         if i == 0 {
             m.run_1_first_ms = ms(run);
         } else {
             m.run_1.push(ms(run));
             m.stop_1.push(ms(stop));
+            m.stop_remove_1.push(ms(stop_remove));
         }
     }
 
@@ -242,7 +252,7 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
         let wide: Vec<ClaimDevice> = (1..=WIDE)
             .map(|j| device(&devices, first + j, j))
             .collect::<Result<_>>()?;
-        let (run, stop) = one_pod(&c, slot, &format!("b{i}"), &wide, setup).await?;
+        let (run, stop, _) = one_pod(&c, slot, &format!("b{i}"), &wide, setup).await?;
         released.mark(&nics);
         m.run_8.push(ms(run));
         m.stop_8.push(ms(stop));
@@ -381,6 +391,7 @@ fn main() -> Result<()> {
         ("run_1_p99_ms", percentile(&m.run_1, 0.99)),
         ("stop_1_p50_ms", percentile(&m.stop_1, 0.50)),
         ("stop_1_p99_ms", percentile(&m.stop_1, 0.99)),
+        ("stop_remove_1_p50_ms", percentile(&m.stop_remove_1, 0.50)),
         ("run_8_p50_ms", percentile(&m.run_8, 0.50)),
         ("run_8_p99_ms", percentile(&m.run_8, 0.99)),
         ("stop_8_p50_ms", percentile(&m.stop_8, 0.50)),
@@ -529,14 +540,19 @@ fn main() -> Result<()> {
         "floor_note": "median of 50 single veth moves between two namespaces, one RTM_NEWLINK each from a warm netlink socket, measured in this run",
         "up_floor_ms": (up_floor_ms * 1000.0).round() / 1000.0,
         "up_floor_over_floor": ((up_floor_ms / floor_ms) * 1000.0).round() / 1000.0,
-        "stop_1_over_up_floor": ((percentile(&m.stop_1, 0.50) / up_floor_ms) * 1000.0).round() / 1000.0,
+        "stop_remove_1_over_floor": ((percentile(&m.stop_remove_1, 0.50) / floor_ms) * 1000.0).round() / 1000.0,
+        "stop_remove_1_over_up_floor": ((percentile(&m.stop_remove_1, 0.50) / up_floor_ms) * 1000.0).round() / 1000.0,
+        "stop_note": "StopPodSandbox answers once the pod's turn is taken and gives its devices back after (containerd ignores the answer and tears the network down; netclaim holds the namespace until the devices are home); stop_remove_1 runs from StopPodSandbox sent until the RemovePodSandbox that follows answered, which waits for the devices: the time until they are home and restored",
         "up_floor_note": "median of 30 single moves of up veths (IPv4 address, IPv6 on as the kernel defaults, peer up), 100 ms apart, from a warm netlink socket: a device as a pod leaves it; measured in this run",
         "note": "RunPodSandbox/StopPodSandbox latency measured by the fake NRI runtime; the driver serialises pod hooks, so concurrent_32_total_ms is ~32 sequential starts",
     });
     for (k, v) in rows {
         result[k] = json!((v * 1000.0).round() / 1000.0);
     }
-    for (key, hooks) in [("run_1", &steps.start), ("stop_1", &steps.stop)] {
+    for (key, what, hooks) in [
+        ("run_1", "hooks", &steps.start),
+        ("stop_1", "give-backs after the stop answered", &steps.stop),
+    ] {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         let mut table = serde_json::Map::new();
         if let Some(first) = hooks.first() {
@@ -547,7 +563,7 @@ fn main() -> Result<()> {
             }
         }
         println!(
-            "{key}: steps from the driver's log, medians of {} hooks (ms)",
+            "{key}: steps from the driver's log, medians of {} {what} (ms)",
             hooks.len()
         );
         for (step, v) in &table {
@@ -558,7 +574,7 @@ fn main() -> Result<()> {
             hook_steps::median_ms(hooks, "move"),
             hook_steps::median_without_move_ms(hooks),
         ) {
-            println!("    {:<26} {:>10.3}", "hook without its move", rest);
+            println!("    {:<26} {:>10.3}", "without the move", rest);
             result[format!("{key}_move_p50_ms")] = json!(round(moved));
             result[format!("{key}_move_over_floor")] = json!(round(over(moved)));
             result[format!("{key}_without_move_p50_ms")] = json!(round(rest));
