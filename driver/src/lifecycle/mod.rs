@@ -18,6 +18,11 @@
 //! `stop_pod`/`remove_pod` detach and restore field by field
 //! ([`crate::netns::restore_device`]) and clear the record; a namespace that is
 //! already gone is fine (a veth end dies with it and is reported as `Gone`).
+//! StopPodSandbox uses `stop_pod_behind`: it takes the pod's turn, answers, and the
+//! same give-back runs right after on a thread of the blocking pool (the runtime
+//! ignores the answer and tears the pod's network down meanwhile; the [`keeper`]
+//! holds the namespace, so the devices outlive that). The pod's later hooks, the
+//! unprepare of its claims and `synchronize` take the turn after it.
 //! `synchronize` returns devices of pods that no longer exist and attaches devices of
 //! live pods that started while the driver was away.
 //!
