@@ -412,7 +412,7 @@ impl AttachedDatapath {
     ) -> Result<(), DatapathError> {
         for link in [pins::LINK_EGRESS, pins::LINK_INGRESS] {
             let path = self.dir.join(link);
-            let at = super::guard::link_ifindex(&path).map_err(|e| DatapathError::Pin {
+            let at = super::syscall::link_ifindex(&path).map_err(|e| DatapathError::Pin {
                 key: self.key.to_string(),
                 path: path.clone(),
                 detail: format!("reading the link's device: {e}"),

@@ -12,9 +12,7 @@
 //! aya 0.14 cannot turn a cgroup attachment into a pinnable link, so the link is made
 //! and pinned here with `BPF_LINK_CREATE` and `BPF_OBJ_PIN`.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use aya::programs::{CgroupSockopt, ProgramError};
@@ -26,12 +24,9 @@ pub const LINK_GUARD: &str = "link_guard_sockopt";
 /// Pin of the guard program itself, for a data path staged before its pod exists.
 pub const PROG_GUARD: &str = "prog_guard_sockopt";
 
-/// `BPF_LINK_CREATE`, `BPF_OBJ_PIN` (uapi `enum bpf_cmd`) and
-/// `BPF_CGROUP_SETSOCKOPT` (`enum bpf_attach_type`).
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use super::syscall::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};
+
+/// `BPF_CGROUP_SETSOCKOPT` (uapi `enum bpf_attach_type`).
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 
 /// Why the guard could not be attached.
@@ -139,16 +134,6 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), GuardError> {
     Ok(())
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
-    // SAFETY: attr is a zero-padded bpf_attr prefix valid for the command, and every
-    // pointer in it outlives the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 64usize) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
 /// Attaches the guard to the cgroup directory `cgroup` (alongside whatever else is
 /// attached there: cgroup links are always multi) and pins its link at `pin`. The
 /// pin holds the attachment; removing it detaches the guard.
@@ -174,25 +159,19 @@ pub fn pin_program(ebpf: &mut Ebpf, pin: &Path) -> Result<(), GuardError> {
 
 /// [`attach`] with the program pinned at `program_pin` by [`pin_program`].
 pub fn attach_pinned(program_pin: &Path, cgroup: &Path, pin: &Path) -> Result<(), GuardError> {
-    let path = c_path(program_pin)?;
-    // union bpf_attr, obj_get: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 8];
-    attr[0] = path.as_ptr() as u64;
-    let fd = bpf(BPF_OBJ_GET, &mut attr).map_err(|source| GuardError::Io {
+    let prog = super::syscall::obj_get(program_pin).map_err(|source| GuardError::Io {
         what: "opening the pinned guard program",
         path: program_pin.to_path_buf(),
         source,
     })?;
-    // SAFETY: the kernel returned a fresh program fd that nothing else owns.
-    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     link_and_pin(prog.as_raw_fd(), cgroup, pin)
 }
 
-fn c_path(path: &Path) -> Result<CString, GuardError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| GuardError::Io {
+fn c_path(path: &Path) -> Result<std::ffi::CString, GuardError> {
+    super::syscall::c_path(path).map_err(|source| GuardError::Io {
         what: "pin path",
         path: path.to_path_buf(),
-        source: std::io::ErrorKind::InvalidInput.into(),
+        source,
     })
 }
 
@@ -226,25 +205,6 @@ fn link_and_pin(prog_fd: std::os::fd::RawFd, cgroup: &Path, pin: &Path) -> Resul
     // Our fd closes here; the pin keeps the link (and the attachment) alive.
     drop(link);
     Ok(())
-}
-
-/// The ifindex of the device the link pinned at `pin` is attached to (XDP and TCX
-/// links; `bpf_link_info`'s union starts at byte 16 and both begin with `ifindex`);
-/// 0 when its device is gone.
-pub fn link_ifindex(pin: &Path) -> std::io::Result<u32> {
-    let path = c_path(pin).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut attr = [0u64; 8];
-    attr[0] = path.as_ptr() as u64;
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a fresh link fd that nothing else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut info = [0u8; 64];
-    // union bpf_attr, info: bpf_fd (u32), info_len (u32), info (u64).
-    let mut attr = [0u64; 8];
-    attr[0] = u64::from(link.as_raw_fd() as u32) | (info.len() as u64) << 32;
-    attr[1] = info.as_mut_ptr() as u64;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }
 
 /// Whether a device's pin directory holds a guard.

@@ -19,7 +19,9 @@
 //! * [`device`] — [`AttachedDatapath`]: attach, adopt, update, read, detach;
 //! * [`error`] — [`DatapathError`];
 //! * [`counters`] — per-CPU values summed into [`CounterSnapshot`];
-//! * [`logs`] — forwarding `aya-log` records from the programs to `tracing`.
+//! * [`logs`] — forwarding `aya-log` records from the programs to `tracing`;
+//! * `syscall` — the raw `bpf(2)` commands aya does not offer (cgroup links, link
+//!   detach, a pinned link's device).
 
 pub mod attach;
 pub mod counters;
@@ -33,6 +35,7 @@ pub mod object;
 pub mod pins;
 pub mod policy;
 pub mod pool;
+mod syscall;
 
 pub use attach::{EgressMode, IngressMode};
 pub use counters::CounterSnapshot;

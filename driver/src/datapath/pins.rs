@@ -265,18 +265,30 @@ pub(super) fn pin_all(
     Ok(())
 }
 
-/// Removes a device's pin directory and everything in it. Removing the link pins
-/// releases the links, which detaches the programs.
+/// Whether `pin` is a link's pin file.
+fn is_link(pin: &Path) -> bool {
+    pin.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("link_"))
+}
+
+/// Removes a device's pin directory and everything in it: each link detached from
+/// its hook first, so the programs are off the device when this returns.
 pub(super) fn remove_pins(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
         // Links first, so programs are detached before anything else goes.
-        files.sort_by_key(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("link_"))
-        });
+        files.sort_by_key(|p| !is_link(p));
         for f in files {
+            if is_link(&f) {
+                // Detached now, in this thread, rather than by the kernel's deferred
+                // release of the unpinned link (see `syscall::detach_link`). A link
+                // whose device is gone or that a restart found detached refuses; the
+                // pin goes all the same.
+                if let Err(e) = super::syscall::detach_link(&f) {
+                    tracing::debug!(path = %f.display(), error = %e, "detaching link before unpinning");
+                }
+            }
             if let Err(e) = std::fs::remove_file(&f) {
                 tracing::warn!(path = %f.display(), error = %e, "removing pin");
             }
