@@ -7,7 +7,10 @@
 //! series split it: pods with the driver connected but no claim (what being an NRI
 //! plugin at all costs a pod start), and pods with a claim started
 //! [`PREPARE_SETTLED`] after prepare (what is left once prepare's background work is
-//! over). The series run interleaved, in rounds. The hook
+//! over). The series run interleaved, in rounds. Each series is also timed by
+//! containerd itself ([`containerd_runp_times`]: its log's `RunPodSandbox for …` to
+//! `… returns sandbox id`), which leaves out `crictl`'s process start-up and the
+//! CRI round trip, most of the `crictl` series' spread. The hook
 //! times of the concurrent run are the driver's own (`NRI hook finished` in its log,
 //! measured around the whole hook), compared with containerd's request budget.
 
@@ -41,9 +44,60 @@ pub struct RunpMeasured {
     pub with_prepare_settled: Vec<f64>,
     /// The driver's own RunPodSandbox hook times during the runs with a claim.
     pub with_hooks: Vec<f64>,
+    /// The same four series as containerd timed them in its log.
+    pub containerd: RunpSeries,
     pub concurrent_hooks: Vec<f64>,
     pub concurrent_wall_ms: f64,
     pub budget_ms: f64,
+}
+
+/// One runp time per pod for each series (milliseconds).
+#[derive(Debug, Default)]
+pub struct RunpSeries {
+    pub without: Vec<f64>,
+    pub plugin_only: Vec<f64>,
+    pub with: Vec<f64>,
+    pub with_prepare_settled: Vec<f64>,
+}
+
+/// Seconds since midnight of a containerd log line's `time="…T12:34:56.789…Z"`.
+fn log_seconds(line: &str) -> Option<f64> {
+    let at = line.find("time=\"")? + 6;
+    let clock = line.get(at..)?.split('T').nth(1)?;
+    let clock = clock.split(['Z', '"', '+']).next()?;
+    let mut parts = clock.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// containerd's own time for each RunPodSandbox in `log` (its debug log), by pod name,
+/// in milliseconds: from the `RunPodSandbox for name:"…"` line to the same pod's
+/// `… returns sandbox id` line. A pod started twice keeps its last time.
+pub fn containerd_runp_times(log: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut started = std::collections::BTreeMap::new();
+    let mut took = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let Some(at) = line.find("RunPodSandbox for name:\\\"") else {
+            continue;
+        };
+        let rest = &line[at + "RunPodSandbox for name:\\\"".len()..];
+        let Some(name) = rest.split('\\').next() else {
+            continue;
+        };
+        let Some(t) = log_seconds(line) else {
+            continue;
+        };
+        if line.contains("returns sandbox id") {
+            if let Some(t0) = started.remove(name) {
+                // Across midnight the clock starts over.
+                let d: f64 = if t >= t0 { t - t0 } else { t + 86400.0 - t0 };
+                took.insert(name.to_string(), d * 1000.0);
+            }
+        } else {
+            started.insert(name.to_string(), t);
+        }
+    }
+    took
 }
 
 fn ms(d: Duration) -> f64 {
@@ -182,6 +236,28 @@ pub async fn measure(
             .extend(hook_times(&c.side.driver.log_text(), "RunPodSandbox", from));
     }
 
+    // The same pods as containerd timed them.
+    let timed = containerd_runp_times(&c.runtime.log_text());
+    let of = |names: &mut dyn Iterator<Item = String>| -> Vec<f64> {
+        names.filter_map(|n| timed.get(&n).copied()).collect()
+    };
+    for round in 0..rounds {
+        let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
+        let series = &mut m.containerd;
+        series
+            .without
+            .extend(of(&mut (0..k).map(|i| format!("bare-{round}-{i}"))));
+        series
+            .plugin_only
+            .extend(of(&mut (0..k).map(|i| format!("plain-{round}-{i}"))));
+        series.with.extend(of(&mut (0..2 * k)
+            .filter(|i| i % 2 == 0)
+            .map(|i| format!("one-{round}-{i}-pod"))));
+        series.with_prepare_settled.extend(of(&mut (0..2 * k)
+            .filter(|i| i % 2 == 1)
+            .map(|i| format!("one-{round}-{i}-pod"))));
+    }
+
     // `concurrent` pods, one device each, started at once.
     for j in 1..=concurrent {
         let mut p = scenario::indexed_parameters(j);
@@ -280,5 +356,21 @@ mod tests {
         assert!(hook_times(log, "RunPodSandbox", log.len()).is_empty());
         let coloured = "\u{1b}[2mnetclaim::metrics\u{1b}[0m: NRI hook finished \u{1b}[3mhook\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"RunPodSandbox\" \u{1b}[3mhook_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m12.5\n";
         assert_eq!(hook_times(coloured, "RunPodSandbox", 0), vec![12.5]);
+    }
+
+    #[test]
+    fn containerd_times_each_runp_from_its_own_log() {
+        let log = r#"time="2026-12-01T10:15:11.334743031Z" level=info msg="RunPodSandbox for name:\"one-0-0-pod\" uid:\"pod-uid-one-0-0\" namespace:\"default\""
+time="2026-12-01T10:15:11.337484499Z" level=debug msg="begin cni setup" podsandboxid=93a1
+time="2026-12-01T10:15:11.400000000Z" level=info msg="RunPodSandbox for name:\"bare-0-0\" uid:\"pod-uid-bare-0-0\" namespace:\"default\""
+time="2026-12-01T10:15:11.431845384Z" level=info msg="RunPodSandbox for name:\"one-0-0-pod\" uid:\"pod-uid-one-0-0\" namespace:\"default\" returns sandbox id \"93a1\""
+time="2026-12-01T23:59:59.990000000Z" level=info msg="RunPodSandbox for name:\"late\" uid:\"u\" namespace:\"default\""
+time="2026-12-02T00:00:00.070000000Z" level=info msg="RunPodSandbox for name:\"late\" uid:\"u\" namespace:\"default\" returns sandbox id \"ab\""
+"#;
+        let t = containerd_runp_times(log);
+        assert!((t["one-0-0-pod"] - 97.102353).abs() < 1e-3, "{t:?}");
+        assert!((t["late"] - 80.0).abs() < 1e-3, "{t:?}");
+        assert!(!t.contains_key("bare-0-0"), "never returned: {t:?}");
+        assert_eq!(t.len(), 2);
     }
 }

@@ -456,6 +456,8 @@ fn main() -> Result<()> {
         let (with, without) = (percentile(&r.with, 0.5), percentile(&r.without, 0.5));
         let overhead = with - without;
         let max_real = percentile(&r.concurrent_hooks, 1.0);
+        let containerd_overhead =
+            percentile(&r.containerd.with, 0.5) - percentile(&r.containerd.without, 0.5);
         real_rows = vec![
             ("runp_without_netclaim_p50_ms", without),
             ("runp_with_netclaim_p50_ms", with),
@@ -487,6 +489,32 @@ fn main() -> Result<()> {
             (
                 "runp_overhead_outside_hook_ms",
                 overhead - percentile(&r.with_hooks, 0.5),
+            ),
+            // The same series as containerd timed them in its log (no `crictl`
+            // start-up, no CRI round trip): the steadier reading of the same overhead.
+            (
+                "runp_containerd_without_p50_ms",
+                percentile(&r.containerd.without, 0.5),
+            ),
+            (
+                "runp_containerd_plugin_no_claim_p50_ms",
+                percentile(&r.containerd.plugin_only, 0.5),
+            ),
+            (
+                "runp_containerd_with_p50_ms",
+                percentile(&r.containerd.with, 0.5),
+            ),
+            ("runp_containerd_overhead_ms", containerd_overhead),
+            (
+                "runp_containerd_overhead_over_floor",
+                over(containerd_overhead),
+            ),
+            (
+                "runp_containerd_prepare_settled_overhead_over_floor",
+                over(
+                    percentile(&r.containerd.with_prepare_settled, 0.5)
+                        - percentile(&r.containerd.without, 0.5),
+                ),
             ),
             ("real_concurrent_32_wall_ms", r.concurrent_wall_ms),
             ("real_concurrent_32_max_hook_ms", max_real),
@@ -590,7 +618,7 @@ fn main() -> Result<()> {
     result["real_runtime"] = json!(if skip_real {
         "skipped: --skip-real"
     } else if real.is_some() {
-        "containerd 2.3.4 (../shared/real-peers), crictl runp medians of the same run; without = no NRI plugin connected, plugin_no_claim = netclaim connected, the pod claims nothing; with = one claimed device, runp right after prepare; prepare_settled = the same, runp 500 ms after prepare (not the target's measure)"
+        "containerd 2.3.4 (../shared/real-peers), crictl runp medians of the same run; without = no NRI plugin connected, plugin_no_claim = netclaim connected, the pod claims nothing; with = one claimed device, runp right after prepare; prepare_settled = the same, runp 500 ms after prepare (not the target's measure); runp_containerd_* = the same pods timed by containerd in its debug log, from its RunPodSandbox request line to its answer line"
     } else {
         "skipped: containerd is not installed (cargo xtask setup)"
     });
