@@ -333,9 +333,17 @@ fn watcher_sees_bpf_programs_within_250ms() {
     )
     .unwrap();
     // Measured from attach() returning: load and verification are not the watcher's.
+    // Both programs: a poll between the egress and the ingress attach (about 11 ms
+    // apart) lists only the first, which is right then.
     let t = Instant::now();
     let attached = wait_for(&rx, "programs attached", t, |d| {
         attr_is(d, "b0", attr::EBPF, &AttrValue::Bool(true))
+            && by_ifname(d, "b0")
+                .and_then(|x| get(x, attr::EBPF_PROGRAMS))
+                .is_some_and(|p| {
+                    let p = p.to_string();
+                    p.contains("nc_egress") && p.contains("nc_ingress")
+                })
     });
     let progs = by_ifname(&rx.borrow(), "b0")
         .and_then(|d| get(d, attr::EBPF_PROGRAMS).cloned())
