@@ -36,28 +36,52 @@ const RUNS_PER_ROUND: usize = 5;
 /// What the real-runtime run measured (milliseconds).
 #[derive(Debug, Default)]
 pub struct RunpMeasured {
-    pub without: Vec<f64>,
-    pub with: Vec<f64>,
-    /// The driver connected, the pod without claims.
-    pub plugin_only: Vec<f64>,
-    /// One claimed device, the pod started [`PREPARE_SETTLED`] after prepare.
-    pub with_prepare_settled: Vec<f64>,
+    /// Each pod's `crictl runp` time.
+    pub crictl: Series<f64>,
+    /// The same pods as containerd timed them in its log.
+    pub containerd: Series<f64>,
     /// The driver's own RunPodSandbox hook times during the runs with a claim.
     pub with_hooks: Vec<f64>,
-    /// The same four series as containerd timed them in its log.
-    pub containerd: RunpSeries,
     pub concurrent_hooks: Vec<f64>,
     pub concurrent_wall_ms: f64,
     pub budget_ms: f64,
 }
 
-/// One runp time per pod for each series (milliseconds).
-#[derive(Debug, Default)]
-pub struct RunpSeries {
-    pub without: Vec<f64>,
-    pub plugin_only: Vec<f64>,
-    pub with: Vec<f64>,
-    pub with_prepare_settled: Vec<f64>,
+/// One value per pod for each series, in the order the pods ran.
+#[derive(Debug)]
+pub struct Series<T> {
+    /// No NRI plugin connected.
+    pub without: Vec<T>,
+    /// The driver connected, the pod without claims.
+    pub plugin_only: Vec<T>,
+    /// One claimed device, the pod started right after prepare.
+    pub with: Vec<T>,
+    /// One claimed device, the pod started [`PREPARE_SETTLED`] after prepare.
+    pub with_prepare_settled: Vec<T>,
+}
+
+impl<T> Default for Series<T> {
+    fn default() -> Self {
+        Self {
+            without: Vec::new(),
+            plugin_only: Vec::new(),
+            with: Vec::new(),
+            with_prepare_settled: Vec::new(),
+        }
+    }
+}
+
+impl<T> Series<T> {
+    /// Each series' values through `f`, leaving out those it has none for.
+    fn filter_map<U>(&self, f: impl Fn(&T) -> Option<U>) -> Series<U> {
+        let each = |v: &[T]| v.iter().filter_map(&f).collect();
+        Series {
+            without: each(&self.without),
+            plugin_only: each(&self.plugin_only),
+            with: each(&self.with),
+            with_prepare_settled: each(&self.with_prepare_settled),
+        }
+    }
 }
 
 /// Seconds since midnight of a containerd log line's `time="…T12:34:56.789…Z"`.
@@ -148,11 +172,24 @@ fn cycle(c: &RealCluster, name: &str, uid: &str) -> Result<Duration> {
     Ok(took)
 }
 
-/// `n` pods without claims, one after the other (`{tag}-{i}`); their runp times.
-fn unclaimed_pods(c: &RealCluster, tag: &str, n: usize) -> Result<Vec<f64>> {
+/// `n` pods without claims, one after the other (`{tag}-{i}`); their names and runp
+/// times.
+fn unclaimed_pods(c: &RealCluster, tag: &str, n: usize) -> Result<Vec<(String, f64)>> {
     (0..n)
-        .map(|i| cycle(c, &format!("{tag}-{i}"), &format!("pod-uid-{tag}-{i}")).map(ms))
+        .map(|i| {
+            let name = format!("{tag}-{i}");
+            let took = cycle(c, &name, &format!("pod-uid-{tag}-{i}"))?;
+            Ok((name, ms(took)))
+        })
         .collect()
+}
+
+/// Adds each pod of `runs` (name, runp time) to a series' names and times.
+fn record(names: &mut Vec<String>, times: &mut Vec<f64>, runs: Vec<(String, f64)>) {
+    for (name, took) in runs {
+        names.push(name);
+        times.push(took);
+    }
 }
 
 /// Runs the measurement in `topo` (which needs `concurrent + 1` NICs); call on a thread
@@ -169,6 +206,8 @@ pub async fn measure(
         budget_ms: ms(budget),
         ..Default::default()
     };
+    // Each counted pod's name, for containerd's times of it.
+    let mut pods = Series::<String>::default();
     let names: Vec<String> = (1..=concurrent).map(scenario::nic_name).collect();
     let devices = scenario::wait_devices_of(&c.side.api, &names, Duration::from_secs(30)).await?;
     // Warm-up: the first pod of a containerd pays for image and CNI caches.
@@ -182,8 +221,8 @@ pub async fn measure(
     for round in 0..rounds {
         let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
         c.stop_driver()?;
-        m.without
-            .extend(unclaimed_pods(&c, &format!("bare-{round}"), k)?);
+        let bare = unclaimed_pods(&c, &format!("bare-{round}"), k)?;
+        record(&mut pods.without, &mut m.crictl.without, bare);
         c.start_driver(topo).await?;
         cycle(
             &c,
@@ -191,8 +230,8 @@ pub async fn measure(
             &format!("pod-uid-warm-{round}"),
         )?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        m.plugin_only
-            .extend(unclaimed_pods(&c, &format!("plain-{round}"), k)?);
+        let plain = unclaimed_pods(&c, &format!("plain-{round}"), k)?;
+        record(&mut pods.plugin_only, &mut m.crictl.plugin_only, plain);
         let from = std::fs::metadata(&c.side.driver.log)
             .map(|m| m.len() as usize)
             .unwrap_or(0);
@@ -221,12 +260,17 @@ pub async fn measure(
             if settled {
                 tokio::time::sleep(PREPARE_SETTLED).await;
             }
-            let took = ms(cycle(&c, &format!("{name}-pod"), &pod_uid)?);
-            if settled {
-                m.with_prepare_settled.push(took);
+            let pod = format!("{name}-pod");
+            let took = ms(cycle(&c, &pod, &pod_uid)?);
+            let (names, times) = if settled {
+                (
+                    &mut pods.with_prepare_settled,
+                    &mut m.crictl.with_prepare_settled,
+                )
             } else {
-                m.with.push(took);
-            }
+                (&mut pods.with, &mut m.crictl.with)
+            };
+            record(names, times, vec![(pod, took)]);
             let err = unprepare_with(&c.side.dra, &name, &uid).await?;
             if !err.is_empty() {
                 bail!("unprepare {name}: {err}");
@@ -238,25 +282,7 @@ pub async fn measure(
 
     // The same pods as containerd timed them.
     let timed = containerd_runp_times(&c.runtime.log_text());
-    let of = |names: &mut dyn Iterator<Item = String>| -> Vec<f64> {
-        names.filter_map(|n| timed.get(&n).copied()).collect()
-    };
-    for round in 0..rounds {
-        let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
-        let series = &mut m.containerd;
-        series
-            .without
-            .extend(of(&mut (0..k).map(|i| format!("bare-{round}-{i}"))));
-        series
-            .plugin_only
-            .extend(of(&mut (0..k).map(|i| format!("plain-{round}-{i}"))));
-        series.with.extend(of(&mut (0..2 * k)
-            .filter(|i| i % 2 == 0)
-            .map(|i| format!("one-{round}-{i}-pod"))));
-        series.with_prepare_settled.extend(of(&mut (0..2 * k)
-            .filter(|i| i % 2 == 1)
-            .map(|i| format!("one-{round}-{i}-pod"))));
-    }
+    m.containerd = pods.filter_map(|name| timed.get(name).copied());
 
     // `concurrent` pods, one device each, started at once.
     for j in 1..=concurrent {

@@ -88,6 +88,18 @@ impl Env {
         }
     }
 
+    /// nic0 is home as it was before any pod (name, MTU, address), and no pin is left.
+    fn assert_nic_home(&self) {
+        let (name, mtu, addrs) = link(&self.node, "nic0").expect("nic0 home");
+        assert_eq!((name.as_str(), mtu), ("nic0", 1500));
+        assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+        assert!(
+            self.bpf.leftovers().is_empty(),
+            "pins left: {:?}",
+            self.bpf.leftovers()
+        );
+    }
+
     fn store(&self) -> Arc<StateStore> {
         Arc::new(StateStore::open(self.state.path()).expect("checkpoint"))
     }
@@ -372,15 +384,8 @@ async fn start_traffic_status_stop() {
         stopped[0].action,
         Action::Returned(RestoreOutcome::Restored { .. })
     ));
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    env.assert_nic_home();
     assert!(link(&env.pod, "net1").is_none());
-    assert!(
-        env.bpf.leftovers().is_empty(),
-        "pins left: {:?}",
-        env.bpf.leftovers()
-    );
     let plan = store.get("uid-c1").expect("get").expect("plan");
     assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     drain(&mut rx, &mut writer).await;
@@ -417,11 +422,8 @@ async fn failing_route_goes_home_and_reports_false() {
     assert!(text.contains("device nic-a"), "{text}");
     assert!(text.contains("adding routes"), "{text}");
 
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    env.assert_nic_home();
     assert!(link(&env.pod, "bad1").is_none());
-    assert!(env.bpf.leftovers().is_empty());
     let plan = store.get("uid-c2").expect("get").expect("plan");
     assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
 
@@ -457,14 +459,7 @@ async fn restarted_driver_stops_a_pod_started_before() {
     let pods = env.pods(store.clone(), None);
     let stopped = pods.stop_pod(POD_UID).expect("stop by the new driver");
     assert_eq!(stopped.len(), 1);
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
-    assert!(
-        env.bpf.leftovers().is_empty(),
-        "pins left: {:?}",
-        env.bpf.leftovers()
-    );
+    env.assert_nic_home();
 }
 
 /// StopPodSandbox answers before the device goes home (`stop_pod_behind`). What a
@@ -518,15 +513,8 @@ async fn a_stop_answers_first_and_the_pods_next_hooks_wait_for_the_device() {
     // Stop and remove at once: remove returns with the device home and restored.
     pods.stop_pod_behind(POD_UID, None);
     pods.remove_pod(POD_UID).expect("remove_pod");
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home after remove");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    env.assert_nic_home();
     assert!(link(&second, "net1").is_none());
-    assert!(
-        env.bpf.leftovers().is_empty(),
-        "pins left: {:?}",
-        env.bpf.leftovers()
-    );
     let plan = store.get("uid-c9").expect("get").expect("plan");
     assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
 }
@@ -843,10 +831,7 @@ async fn dhcp_claim_gets_a_lease_enforced_and_released() {
         .wait_for(Duration::from_secs(2), "no lease", |l| l.is_empty())
         .expect("lease released");
     assert!(server.log().contains("DHCPRELEASE"), "{}", server.log());
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
-    assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
+    env.assert_nic_home();
     let plan = store.get("uid-c7").expect("get").expect("plan");
     assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     drain(&mut rx, &mut writer).await;
@@ -885,11 +870,8 @@ async fn dhcp_without_an_answer_fails_within_the_budget_and_leaves_nothing() {
             && text.contains("acquiring a DHCP lease"),
         "{text}"
     );
-    let (name, mtu, addrs) = link(&env.node, "nic0").expect("nic0 home");
-    assert_eq!((name.as_str(), mtu), ("nic0", 1500));
-    assert_eq!(addrs, vec!["203.0.113.77/24".to_string()]);
+    env.assert_nic_home();
     assert!(link(&env.pod, "net1").is_none());
-    assert!(env.bpf.leftovers().is_empty(), "{:?}", env.bpf.leftovers());
     let plan = store.get("uid-c8").expect("get").expect("plan");
     assert_eq!(plan.plans[0].placement, netclaim::state::Placement::Home);
     assert!(server.leases().expect("leases").is_empty());

@@ -113,12 +113,7 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         // the veth alive until it is home and restored.
         let stop = c.runtime.stop_pod(&pod)?;
         println!("[real] crictl stopp: {stop:?}");
-        let took = until(
-            "eth1 home after crictl stopp",
-            Duration::from_secs(5),
-            || assert_home(&topo).is_ok(),
-        )
-        .await?;
+        let took = home_after_stop(&topo).await?;
         println!("[real] home {took:?} after crictl stopp returned");
         c.runtime.remove_pod(&pod)?;
         let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrl").await?;
@@ -129,6 +124,18 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
 }
 
 /// Waits until `check` holds, polling every 20 ms; fails after `timeout` with `what`.
+/// Waits until the device is home as it was after `crictl stopp` returned
+/// (StopPodSandbox answers before the give-back; containerd has removed the pod's
+/// namespace by then); how long that took.
+async fn home_after_stop(topo: &Topology) -> Result<Duration> {
+    until(
+        "eth1 home after crictl stopp",
+        Duration::from_secs(5),
+        || assert_home(topo).is_ok(),
+    )
+    .await
+}
+
 async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
     let t = Instant::now();
     while !check() {
@@ -519,12 +526,7 @@ fn a_hook_answer_longer_than_the_runtime_read_buffer_arrives_whole() {
         let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rrm")?;
         ensure_in_pod(&c, &c.runtime.pod_netns(&pod)?)?;
         c.runtime.stop_pod(&pod)?;
-        until(
-            "eth1 home after crictl stopp",
-            Duration::from_secs(5),
-            || assert_home(&topo).is_ok(),
-        )
-        .await?;
+        home_after_stop(&topo).await?;
         c.runtime.remove_pod(&pod)?;
         Ok(())
     })

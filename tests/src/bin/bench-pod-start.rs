@@ -453,7 +453,10 @@ fn main() -> Result<()> {
     }
     let mut real_rows: Vec<(&str, f64)> = Vec::new();
     if let Some(r) = &real {
-        let (with, without) = (percentile(&r.with, 0.5), percentile(&r.without, 0.5));
+        let (with, without) = (
+            percentile(&r.crictl.with, 0.5),
+            percentile(&r.crictl.without, 0.5),
+        );
         let overhead = with - without;
         let max_real = percentile(&r.concurrent_hooks, 1.0);
         let containerd_overhead =
@@ -467,22 +470,22 @@ fn main() -> Result<()> {
             // the hook's no-device path; the rest of the overhead is the device's.
             (
                 "runp_plugin_no_claim_p50_ms",
-                percentile(&r.plugin_only, 0.5),
+                percentile(&r.crictl.plugin_only, 0.5),
             ),
             (
                 "runp_plugin_no_claim_overhead_ms",
-                percentile(&r.plugin_only, 0.5) - without,
+                percentile(&r.crictl.plugin_only, 0.5) - without,
             ),
             // The pod started half a second after prepare: what remains when prepare's
             // background work (staging the data path holds RTNL for two grace
             // periods) no longer overlaps the runtime's sandbox setup.
             (
                 "runp_prepare_settled_overhead_ms",
-                percentile(&r.with_prepare_settled, 0.5) - without,
+                percentile(&r.crictl.with_prepare_settled, 0.5) - without,
             ),
             (
                 "runp_prepare_settled_overhead_over_floor",
-                over(percentile(&r.with_prepare_settled, 0.5) - without),
+                over(percentile(&r.crictl.with_prepare_settled, 0.5) - without),
             ),
             // The part of the overhead that is netclaim's hook, as the driver timed it.
             ("runp_hook_p50_ms", percentile(&r.with_hooks, 0.5)),
