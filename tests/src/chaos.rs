@@ -68,6 +68,7 @@ use crate::{
         self, claim_with_devices, indexed_parameters, nic_name, prepare_with, unprepare_with,
         ClaimDevice, Cluster, Topology, DRIVER,
     },
+    tmpfs::SmallFs,
 };
 
 /// How a run is set up.
@@ -914,42 +915,6 @@ impl FailPoints {
     }
 }
 
-/// A small tmpfs mounted for a test, unmounted on drop.
-pub struct SmallFs(PathBuf);
-
-impl SmallFs {
-    pub fn mount(at: &Path, size: &str) -> Result<Self> {
-        std::fs::create_dir_all(at)?;
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .with_context(|| format!("mounting a {size} tmpfs at {}", at.display()))?;
-        Ok(SmallFs(at.to_path_buf()))
-    }
-
-    /// Fills the file system holding `dir` to the last byte with a file `name` in it;
-    /// returns its path.
-    pub fn fill(dir: &Path, name: &str) -> Result<PathBuf> {
-        use std::io::Write;
-        let filler = dir.join(name);
-        let mut f = std::fs::File::create(&filler)?;
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&[0u8]).is_ok() {}
-        Ok(filler)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 struct World {
     topo: Arc<Topology>,
     pods: Vec<PodModel>,
@@ -1046,7 +1011,7 @@ async fn campaign(topo: Arc<Topology>, cfg: ChaosConfig) -> Result<ChaosReport> 
     }
     settle_ipv6(topo.node.path()).await?;
     // The checkpoint lives on a small file system of its own (the full-disk faults).
-    let state = topo.dir.path().join("state");
+    let state = topo.state_dir();
     let state_fs = SmallFs::mount(&state, "16M")?;
     let failpoints = FailPoints {
         file: topo.dir.path().join("failpoints"),

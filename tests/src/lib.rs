@@ -19,6 +19,7 @@ pub mod raw;
 pub mod runp;
 pub mod runtime;
 pub mod scenario;
+pub mod tmpfs;
 pub mod topology;
 pub mod traffic;
 pub mod validation;

@@ -7,7 +7,8 @@
 //! series split it: pods with the driver connected but no claim (what being an NRI
 //! plugin at all costs a pod start), and pods with a claim started
 //! [`PREPARE_SETTLED`] after prepare (what is left once prepare's background work is
-//! over). The series run interleaved, in rounds. Each series is also timed by
+//! over). The driver's state directory is a tmpfs, as the DaemonSet's
+//! `/var/run/netclaim` on a node. The series run interleaved, in rounds. Each series is also timed by
 //! containerd itself ([`containerd_runp_times`]: its log's `RunPodSandbox for …` to
 //! `… returns sandbox id`), which leaves out `crictl`'s process start-up and the
 //! CRI round trip, most of the `crictl` series' spread. The hook
@@ -359,13 +360,17 @@ pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasure
         return Ok(None);
     };
     let topo = Arc::new(Topology::with_nics("bp", concurrent)?);
+    // The driver's state directory on a tmpfs, as the DaemonSet's /var/run/netclaim.
+    let state_fs = crate::tmpfs::SmallFs::mount(&topo.state_dir(), "64M")?;
     let node: &Path = topo.node.path();
     let node = node.to_path_buf();
     let t = topo.clone();
     let m = scenario::run_in_netns(&node, move || async move {
         measure(&t, peers, runs, concurrent).await
-    })?;
-    Ok(Some(m))
+    });
+    // Unmounted before the topology's directory goes (the driver has stopped by now).
+    drop(state_fs);
+    Ok(Some(m?))
 }
 
 #[cfg(test)]

@@ -158,6 +158,10 @@ impl Topology {
     pub fn kubelet_dir(&self) -> PathBuf {
         self.dir.path().join("kubelet")
     }
+    /// The driver's `--state-dir` (the checkpoint and its journal).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
     pub fn nri_socket(&self) -> PathBuf {
         self.dir.path().join("nri.sock")
     }
@@ -205,7 +209,7 @@ impl Driver {
             .arg("--kubelet-dir")
             .arg(topo.kubelet_dir())
             .arg("--state-dir")
-            .arg(topo.dir.path().join("state"))
+            .arg(topo.state_dir())
             .arg("--bpf-root")
             .arg(topo.bpf.path())
             .arg("--nri-socket")

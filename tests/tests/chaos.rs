@@ -7,8 +7,9 @@
 //! the seed so it can be replayed with `cargo xtask chaos --seed S`.
 
 use netclaim_tests::{
-    chaos::{run, ChaosConfig, FaultMix, SmallFs},
+    chaos::{run, ChaosConfig, FaultMix},
     netenv::require_root,
+    tmpfs::SmallFs,
 };
 
 #[test]
@@ -57,7 +58,7 @@ fn checkpoint_on_small_fs(
 ) {
     require_root();
     let topo = std::sync::Arc::new(netclaim_tests::scenario::Topology::new(prefix).unwrap());
-    let state = topo.dir.path().join("state");
+    let state = topo.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let tmpfs = SmallFs::mount(&state, "8M").unwrap();
     (topo, state, tmpfs)

@@ -583,7 +583,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
                 ("/var/run/nri".into(), nri_dir.clone(), true),
                 ("/var/run/netns".into(), netns_dir.clone(), true),
                 ("/sys/fs/bpf".into(), topo.bpf.path().to_path_buf(), false),
-                ("/var/run/netclaim".into(), topo.dir.path().join("state"), true),
+                ("/var/run/netclaim".into(), topo.state_dir(), true),
             ],
             kubeconfig: api.kubeconfig_path().to_path_buf(),
             cgroup_parent: rt.cgroup_parent.clone(),

@@ -497,7 +497,7 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
             "{log}"
         );
         ensure!(
-            std::fs::read_dir(topo.dir.path().join("state"))?
+            std::fs::read_dir(topo.state_dir())?
                 .flatten()
                 .any(|e| e.file_name().to_string_lossy().contains(".corrupt-")),
             "the corrupt file was not kept aside"

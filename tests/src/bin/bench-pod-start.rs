@@ -29,6 +29,12 @@
 //! move inside the hook or give-back (`*_move_p50_ms`) and of the rest
 //! (`*_without_move_p50_ms`), each also over the floor.
 //!
+//! The driver's `--state-dir` is a tmpfs, as in the DaemonSet (`/var/run/netclaim`,
+//! a tmpfs on a systemd node). `--disk-runs` more one-NIC pods then run against a
+//! driver whose state directory is on the machine's disk (`run_1_disk_state_*`): the
+//! write-ahead records' `fdatasync` is then on every hook's path, with whatever tail
+//! the disk has.
+//!
 //! One uncounted warm-up pod goes first (`run_1_first_ms`). The hook budget is raised
 //! to 30 s so the concurrent burst measures queueing instead of failing at the usual
 //! 2 s; `concurrent_32_max_hook_ms` says what a runtime with 2 s would have seen.
@@ -52,10 +58,11 @@ use netclaim_tests::{
         run_in_netns, run_pod_in, stop_pod_in, unprepare, wait_devices, ClaimDevice, Cluster,
         Narrator, Topology,
     },
+    tmpfs::SmallFs,
 };
 use serde_json::json;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "RunPodSandbox latency of the real netclaim binary, measured by the runtime")]
 struct Args {
     /// Where the JSON result goes.
@@ -80,7 +87,23 @@ struct Args {
     /// RunPodSandbox comes at the end of that). 0 sends the hook right after prepare.
     #[arg(long, default_value_t = 100)]
     sandbox_setup_ms: u64,
+    /// One-NIC pods started against a driver whose state directory is on the disk
+    /// instead of a tmpfs (0 leaves the series out).
+    #[arg(long, default_value_t = 30)]
+    disk_runs: usize,
 }
+
+/// Where the driver keeps its checkpoint in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateOn {
+    /// A tmpfs, as the DaemonSet's `/var/run/netclaim` on a node.
+    Tmpfs,
+    /// The machine's disk (the temporary directory's file system).
+    Disk,
+}
+
+/// Size of the tmpfs under the driver's state directory.
+const STATE_FS_SIZE: &str = "64M";
 
 const CONCURRENT: usize = 32;
 const WIDE: usize = 8;
@@ -208,7 +231,14 @@ fn device(devices: &BTreeMap<String, String>, i: usize, j: usize) -> Result<Clai
     })
 }
 
-async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> Result<Measured> {
+/// Runs the series of `args` against one driver; with `only_run_1`, the one-NIC series
+/// alone (`args.runs_1` pods).
+async fn measure(
+    topo: Arc<Topology>,
+    pods: Arc<Vec<TestNetns>>,
+    args: Args,
+    only_run_1: bool,
+) -> Result<Measured> {
     let mut config = RuntimeConfig::new(Mode::Current);
     config.request_timeout = Duration::from_secs(30);
     let mut c = bring_up_with(&topo, config, &Silent).await?;
@@ -244,6 +274,11 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
         }
     }
 
+    if only_run_1 {
+        let code = c.driver.stop()?;
+        ensure!(code == Some(0), "netclaim exited with {code:?}");
+        return Ok(m);
+    }
     println!("[bench] {} pods with {WIDE} interfaces", args.runs_8);
     for i in 0..args.runs_8 {
         let first = WIDE * (i % (CONCURRENT / WIDE));
@@ -308,6 +343,42 @@ async fn measure(topo: Arc<Topology>, pods: Arc<Vec<TestNetns>>, args: Args) -> 
     Ok(m)
 }
 
+/// One driver with its state directory on `state_on`, in a topology of its own, and
+/// the series of `args` against it; the measurements and the driver's log.
+fn series(
+    state_on: StateOn,
+    tag: &str,
+    args: Args,
+    only_run_1: bool,
+) -> Result<(Measured, String)> {
+    let topo = Arc::new(Topology::with_nics(tag, CONCURRENT)?);
+    let state_fs = match state_on {
+        StateOn::Tmpfs => Some(SmallFs::mount(&topo.state_dir(), STATE_FS_SIZE)?),
+        StateOn::Disk => None,
+    };
+    let pods = Arc::new(
+        (0..if only_run_1 { 0 } else { CONCURRENT })
+            .map(|_| TestNetns::new("pp"))
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let (t, p) = (topo.clone(), pods.clone());
+    let node = topo.node.path().to_path_buf();
+    let result = run_in_netns(&node, move || measure(t, p, args, only_run_1));
+    let log = std::fs::read_to_string(topo.dir.path().join("netclaim.log")).unwrap_or_default();
+    if result.is_err() {
+        eprintln!("--- last lines of the driver log ({state_on:?} state)");
+        let lines: Vec<&str> = log.lines().rev().take(30).collect();
+        for line in lines.into_iter().rev() {
+            eprintln!("    {line}");
+        }
+    }
+    // Unmounted before the topology's directory (which holds the mount point) goes.
+    drop(state_fs);
+    drop(pods);
+    drop(topo);
+    Ok((result?, log))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(
@@ -339,41 +410,24 @@ fn main() -> Result<()> {
     );
 
     let load_before = loadavg();
-    let topo = Arc::new(Topology::with_nics("ps", CONCURRENT)?);
-    let pods = Arc::new(
-        (0..CONCURRENT)
-            .map(|_| TestNetns::new("pp"))
-            .collect::<Result<Vec<_>>>()?,
-    );
-    let (t, p) = (topo.clone(), pods.clone());
-    let node = topo.node.path().to_path_buf();
-    let result = run_in_netns(&node, move || measure(t, p, args));
+    let (m, log) = series(StateOn::Tmpfs, "ps", args.clone(), false)?;
     // Where the one-NIC pods' hooks spent their time, from the driver's debug log.
-    let steps = std::fs::read_to_string(topo.dir.path().join("netclaim.log"))
-        .map(|log| hook_steps::parse(&log, |pod| pod.starts_with("default/pod-a")))
-        .unwrap_or_default();
+    let steps = hook_steps::parse(&log, |pod| pod.starts_with("default/pod-a"));
     if let Some(keep) = &driver_log {
-        std::fs::copy(topo.dir.path().join("netclaim.log"), keep)
+        std::fs::write(keep, &log)
             .with_context(|| format!("copying the driver log to {}", keep.display()))?;
     }
-    if result.is_err() {
-        if let Ok(text) = std::fs::read_to_string(topo.dir.path().join("netclaim.log")) {
-            eprintln!("--- last lines of the driver log");
-            for line in text
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
-                eprintln!("    {line}");
-            }
-        }
-    }
-    drop(pods);
-    drop(topo);
-    let m = result?;
+    let disk = if args.disk_runs > 0 {
+        println!(
+            "[bench] {} pods with 1 interface, the driver's state directory on the disk",
+            args.disk_runs
+        );
+        let mut disk_args = args.clone();
+        disk_args.runs_1 = args.disk_runs;
+        Some(series(StateOn::Disk, "pd", disk_args, true)?.0)
+    } else {
+        None
+    };
     // The same pod start against the real containerd, with and without netclaim.
     println!(
         "[bench] real containerd: crictl runp with and without netclaim, {CONCURRENT} pods at once"
@@ -614,6 +668,24 @@ fn main() -> Result<()> {
     }
     for (k, v, _) in ratios {
         result[k] = json!((v * 1000.0).round() / 1000.0);
+    }
+    result["state_dir"] = json!(format!(
+        "a {STATE_FS_SIZE} tmpfs, as the DaemonSet's --state-dir=/var/run/netclaim on a node; run_1_disk_state_* the same one-NIC pods with the state directory on this machine's disk"
+    ));
+    if let Some(d) = &disk {
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        let (p50, p99) = (percentile(&d.run_1, 0.50), percentile(&d.run_1, 0.99));
+        println!(
+            "run_1 with the state on disk ({} pods): p50 {p50:.2} ms ({:.2} floors), p99 {p99:.2} ms ({:.2} floors)",
+            d.run_1.len(),
+            over(p50),
+            over(p99)
+        );
+        result["run_1_disk_state_runs"] = json!(d.run_1.len());
+        result["run_1_disk_state_p50_ms"] = json!(round(p50));
+        result["run_1_disk_state_p99_ms"] = json!(round(p99));
+        result["run_1_disk_state_over_floor"] = json!(round(over(p50)));
+        result["run_1_disk_state_p99_over_floor"] = json!(round(over(p99)));
     }
     for (k, v) in real_rows {
         result[k] = json!((v * 1000.0).round() / 1000.0);
