@@ -287,12 +287,13 @@ pub struct AddressRecord {
     pub scope: u8,
 }
 
-/// Addresses on link `ifindex`, both families.
+/// Addresses on link `ifindex`, both families. On a strict socket
+/// ([`NlSocket::set_strict`]) the kernel dumps that link's addresses only; otherwise it
+/// ignores the filter and the whole namespace's list is filtered here.
 pub fn addresses(sock: &mut NlSocket, ifindex: u32) -> Result<Vec<AddressRecord>, NlError> {
-    let replies = sock.route_request(
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        NLM_F_DUMP,
-    )?;
+    let mut request = AddressMessage::default();
+    request.header.index = ifindex;
+    let replies = sock.route_request(RouteNetlinkMessage::GetAddress(request), NLM_F_DUMP)?;
     let mut out = Vec::new();
     for r in replies {
         let RouteNetlinkMessage::NewAddress(a) = r else {
@@ -356,12 +357,13 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Routes whose (single) next hop is link `ifindex`, in every table and family.
+/// Routes whose (single) next hop is link `ifindex`, in every table and family. On a
+/// strict socket ([`NlSocket::set_strict`]) the kernel dumps only routes that use the
+/// link (`RTA_OIF`); otherwise every route comes back and is filtered here.
 pub fn routes(sock: &mut NlSocket, ifindex: u32) -> Result<Vec<RouteRecord>, NlError> {
-    let replies = sock.route_request(
-        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-        NLM_F_DUMP,
-    )?;
+    let mut request = RouteMessage::default();
+    request.attributes.push(RouteAttribute::Oif(ifindex));
+    let replies = sock.route_request(RouteNetlinkMessage::GetRoute(request), NLM_F_DUMP)?;
     let mut out = Vec::new();
     for r in replies {
         let RouteNetlinkMessage::NewRoute(rt) = r else {

@@ -101,6 +101,15 @@ impl NlSocket {
         Self::new(netlink_sys::protocols::NETLINK_ROUTE)
     }
 
+    /// Asks the kernel to check requests strictly (`NETLINK_GET_STRICT_CHK`): dumps
+    /// then honour the filters in their header and attributes (an address dump for one
+    /// `ifa_index`, a route dump for one `RTA_OIF`) instead of returning the whole
+    /// namespace, and malformed requests are refused instead of half read.
+    pub fn set_strict(&mut self, on: bool) -> Result<(), NlError> {
+        self.socket.set_netlink_get_strict_chk(on)?;
+        Ok(())
+    }
+
     /// A generic netlink socket.
     pub fn generic() -> Result<Self, NlError> {
         Self::new(netlink_sys::protocols::NETLINK_GENERIC)
