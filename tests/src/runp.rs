@@ -360,8 +360,7 @@ pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasure
         return Ok(None);
     };
     let topo = Arc::new(Topology::with_nics("bp", concurrent)?);
-    // The driver's state directory on a tmpfs, as the DaemonSet's /var/run/netclaim.
-    let state_fs = crate::tmpfs::SmallFs::mount(&topo.state_dir(), "64M")?;
+    let state_fs = topo.state_on_tmpfs()?;
     let node: &Path = topo.node.path();
     let node = node.to_path_buf();
     let t = topo.clone();

@@ -124,6 +124,9 @@ where
     .map_err(|_| anyhow::anyhow!("scenario thread panicked"))?
 }
 
+/// Size of the tmpfs [`Topology::state_on_tmpfs`] mounts.
+pub const STATE_TMPFS_SIZE: &str = "64M";
+
 /// The namespaces and directories of one run; all removed on drop.
 pub struct Topology {
     pub node: TestNetns,
@@ -161,6 +164,12 @@ impl Topology {
     /// The driver's `--state-dir` (the checkpoint and its journal).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+    /// Mounts a tmpfs of [`STATE_TMPFS_SIZE`] at [`Self::state_dir`], as the
+    /// DaemonSet's `/var/run/netclaim` is on a node; unmounted when the result drops,
+    /// which must be before the topology.
+    pub fn state_on_tmpfs(&self) -> Result<crate::tmpfs::SmallFs> {
+        crate::tmpfs::SmallFs::mount(&self.state_dir(), STATE_TMPFS_SIZE)
     }
     pub fn nri_socket(&self) -> PathBuf {
         self.dir.path().join("nri.sock")

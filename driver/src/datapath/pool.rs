@@ -32,7 +32,7 @@ const SPARES: usize = 1;
 /// How long after the last spare was taken the refill may run (if no pod hook runs).
 pub const REFILL_AFTER: Duration = Duration::from_millis(300);
 
-/// How often a waiting refill looks again.
+/// How often a refill waiting for pod hooks to end looks again.
 const REFILL_LOOK: Duration = Duration::from_millis(20);
 
 /// Whether the refill may run the verifier now: no pod hook in flight or just ended
@@ -132,7 +132,9 @@ impl WarmPool {
             if refill_now(quiet.is_quiet(), since_take) {
                 return;
             }
-            std::thread::sleep(REFILL_LOOK);
+            // Asleep for the rest of REFILL_AFTER at once; then in steps while a hook runs.
+            let rest = since_take.map_or(Duration::ZERO, |d| REFILL_AFTER.saturating_sub(d));
+            std::thread::sleep(rest.max(REFILL_LOOK));
         }
     }
 

@@ -690,9 +690,6 @@ fn capture_job(
     else {
         return Ok(None);
     };
-    // The address and route dumps then cover this link only, not the whole node (best
-    // effort: a kernel without strict checking returns everything, filtered here).
-    let _ = sock.set_strict(true);
     let started = std::time::Instant::now();
     let originals = host::capture(&mut sock, &mut eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;

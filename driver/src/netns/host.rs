@@ -95,12 +95,16 @@ fn is_ipv6_link_local(net: &IpNet) -> bool {
     }
 }
 
-/// Reads the originals of `link` in the calling thread's namespace.
+/// Reads the originals of `link` in the calling thread's namespace. Leaves `sock`
+/// strict ([`NlSocket::set_strict`]), so the address and route dumps return this link's
+/// only, not the whole node's (best effort: a kernel without strict checking returns
+/// everything, and the dumps filter it).
 pub fn capture(
     sock: &mut NlSocket,
     ethtool: &mut Ethtool,
     link: &LinkFacts,
 ) -> Result<HostOriginals, CaptureError> {
+    let _ = sock.set_strict(true);
     let addresses = link::addresses(sock, link.ifindex)?
         .into_iter()
         .filter(|a| a.scope < MAX_GLOBAL_SCOPE)

@@ -56,9 +56,8 @@ use netclaim_tests::{
     scenario::{
         bring_up_with, claim_with_devices, indexed_parameters, netclaim_binary, nic_name, prepare,
         run_in_netns, run_pod_in, stop_pod_in, unprepare, wait_devices, ClaimDevice, Cluster,
-        Narrator, Topology,
+        Narrator, Topology, STATE_TMPFS_SIZE,
     },
-    tmpfs::SmallFs,
 };
 use serde_json::json;
 
@@ -101,9 +100,6 @@ enum StateOn {
     /// The machine's disk (the temporary directory's file system).
     Disk,
 }
-
-/// Size of the tmpfs under the driver's state directory.
-const STATE_FS_SIZE: &str = "64M";
 
 const CONCURRENT: usize = 32;
 const WIDE: usize = 8;
@@ -353,7 +349,7 @@ fn series(
 ) -> Result<(Measured, String)> {
     let topo = Arc::new(Topology::with_nics(tag, CONCURRENT)?);
     let state_fs = match state_on {
-        StateOn::Tmpfs => Some(SmallFs::mount(&topo.state_dir(), STATE_FS_SIZE)?),
+        StateOn::Tmpfs => Some(topo.state_on_tmpfs()?),
         StateOn::Disk => None,
     };
     let pods = Arc::new(
@@ -515,6 +511,7 @@ fn main() -> Result<()> {
         let max_real = percentile(&r.concurrent_hooks, 1.0);
         let containerd_overhead =
             percentile(&r.containerd.with, 0.5) - percentile(&r.containerd.without, 0.5);
+        let settled_overhead = percentile(&r.crictl.with_prepare_settled, 0.5) - without;
         real_rows = vec![
             ("runp_without_netclaim_p50_ms", without),
             ("runp_with_netclaim_p50_ms", with),
@@ -533,13 +530,10 @@ fn main() -> Result<()> {
             // The pod started half a second after prepare: what remains when prepare's
             // background work (staging the data path holds RTNL for two grace
             // periods) no longer overlaps the runtime's sandbox setup.
-            (
-                "runp_prepare_settled_overhead_ms",
-                percentile(&r.crictl.with_prepare_settled, 0.5) - without,
-            ),
+            ("runp_prepare_settled_overhead_ms", settled_overhead),
             (
                 "runp_prepare_settled_overhead_over_floor",
-                over(percentile(&r.crictl.with_prepare_settled, 0.5) - without),
+                over(settled_overhead),
             ),
             // The part of the overhead that is netclaim's hook, as the driver timed it.
             ("runp_hook_p50_ms", percentile(&r.with_hooks, 0.5)),
@@ -670,7 +664,7 @@ fn main() -> Result<()> {
         result[k] = json!((v * 1000.0).round() / 1000.0);
     }
     result["state_dir"] = json!(format!(
-        "a {STATE_FS_SIZE} tmpfs, as the DaemonSet's --state-dir=/var/run/netclaim on a node; run_1_disk_state_* the same one-NIC pods with the state directory on this machine's disk"
+        "a {STATE_TMPFS_SIZE} tmpfs, as the DaemonSet's --state-dir=/var/run/netclaim on a node; run_1_disk_state_* the same one-NIC pods with the state directory on this machine's disk"
     ));
     if let Some(d) = &disk {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
