@@ -12,8 +12,10 @@
 //! * [`datapath`] — the eBPF programs per device: load, attach, pin, policy, counters;
 //! * [`lifecycle`] — what happens to a claimed device when its pod starts and stops;
 //! * [`status`] — the claim's device status (KEP-4817) and device health;
+//! * [`cni`] — the chained CNI plugin that starts the hand-over at the CNI ADD;
 //! * [`cli`] — the `netclaim` subcommands.
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod dhcp;

@@ -51,6 +51,7 @@ fn main() {
         Command::Inventory(args) => cli::inventory::run(args),
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Validate(args) => cli::validate::run(args),
+        Command::InstallCni(args) => cli::install_cni::run(args),
         Command::Version => {
             println!(
                 "netclaim {} (eBPF object {} bytes)",

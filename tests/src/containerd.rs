@@ -101,6 +101,37 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Where the NRI socket goes (where `netclaim run --nri-socket` connects).
     pub nri_socket: PathBuf,
+    /// `netclaim-cni`, chained after the pods' network, or none.
+    pub cni_plugin: Option<CniPlugin>,
+}
+
+/// netclaim's CNI plugin as a node installs it: the binary in a CNI bin directory
+/// (here one of this runtime's own, under the name `netclaim`) and an entry last in the
+/// network's plugin list.
+#[derive(Clone, Debug)]
+pub struct CniPlugin {
+    pub binary: PathBuf,
+    /// The driver's CNI socket (`netclaim run --cni-socket`, by default in its state
+    /// directory).
+    pub socket: PathBuf,
+}
+
+impl CniPlugin {
+    /// The `netclaim-cni` built next to the `netclaim` binary, for a driver whose state
+    /// directory is `state_dir`.
+    pub fn beside_driver(state_dir: &Path) -> Result<Self> {
+        let binary = crate::scenario::netclaim_binary()?.with_file_name("netclaim-cni");
+        if !binary.is_file() {
+            bail!(
+                "{} is missing (cargo build -p netclaim --bins builds it)",
+                binary.display()
+            );
+        }
+        Ok(Self {
+            binary,
+            socket: state_dir.join("cni.sock"),
+        })
+    }
 }
 
 /// One containerd, running in the node namespace.
@@ -137,7 +168,7 @@ state = "{d}/state"
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["{CNI_BIN_DIR}"]
+    bin_dirs = ["{CNI_BIN_DIR}", "{d}/cni-bin"]
     conf_dir = "{d}/cni"
 [plugins.'io.containerd.nri.v1.nri']
   disable = false
@@ -152,20 +183,25 @@ state = "{d}/state"
     )
 }
 
-fn cni_config(dir: &Path) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "netclaim-test",
-        "plugins": [{
-            "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
-                     "dataDir": dir.join("ipam")}
-        }]
-    })
+fn cni_config(dir: &Path, plugin: Option<&CniPlugin>) -> Value {
+    let mut plugins = vec![json!({
+        "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
+                 "dataDir": dir.join("ipam")}
+    })];
+    if let Some(p) = plugin {
+        plugins.push(json!({
+            "type": "netclaim", "socket": p.socket, "capabilities": {"cgroupPath": true}
+        }));
+    }
+    json!({"cniVersion": "1.0.0", "name": "netclaim-test", "plugins": plugins})
 }
 
+/// The network configuration's file in the runtime's CNI configuration directory.
+const CONFLIST: &str = "cni/10-netclaim-test.conflist";
+
 /// A pod as `crictl runp` gets it.
-fn pod_config(name: &str, uid: &str, cgroup_parent: &str, logs: &Path) -> Value {
+pub fn pod_config(name: &str, uid: &str, cgroup_parent: &str, logs: &Path) -> Value {
     json!({
         "metadata": {"name": name, "namespace": "default", "uid": uid, "attempt": 0},
         "log_directory": logs.join(uid),
@@ -182,10 +218,14 @@ impl Containerd {
             .tempdir_in("/tmp")?;
         std::fs::create_dir_all(dir.path().join("cni"))?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
+        std::fs::create_dir_all(dir.path().join("cni-bin"))?;
+        if let Some(p) = &opts.cni_plugin {
+            std::os::unix::fs::symlink(&p.binary, dir.path().join("cni-bin/netclaim"))?;
+        }
         std::fs::write(dir.path().join("config.toml"), config(dir.path(), &opts))?;
         std::fs::write(
-            dir.path().join("cni/10-netclaim-test.conflist"),
-            serde_json::to_vec(&cni_config(dir.path()))?,
+            dir.path().join(CONFLIST),
+            serde_json::to_vec(&cni_config(dir.path(), opts.cni_plugin.as_ref()))?,
         )?;
         std::fs::write(
             dir.path().join("crictl.yaml"),
@@ -205,6 +245,7 @@ impl Containerd {
             log,
             pods: Default::default(),
         };
+        c.pod_cgroup_parent()?;
         c.launch()?;
         let import = c.ctr(&["images", "import"], &[c.peers.pause_archive.as_os_str()])?;
         if !import.status.success() {
@@ -218,6 +259,53 @@ impl Containerd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Creates the pods' cgroup parent in the cgroup v2 hierarchy before any pod, as
+    /// kubelet creates a pod's cgroup before it asks for the pod's sandbox (the socket
+    /// guard of a hand-over started at the CNI ADD goes there). Removed on drop with
+    /// the rest of this runtime's cgroups.
+    fn pod_cgroup_parent(&self) -> Result<()> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let Some(root) = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next() == Some("cgroup2"))
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        }) else {
+            bail!("no cgroup2 hierarchy is mounted");
+        };
+        let dir = root.join(self.cgroup_parent.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+    }
+
+    /// Chains netclaim's CNI plugin after the pods' network (`on`), or takes it out, and
+    /// waits until containerd's CRI has loaded the change (`crictl info` shows it):
+    /// the file is replaced by a rename, which containerd's watcher reloads on.
+    pub fn set_cni_chain(&self, on: bool) -> Result<()> {
+        let Some(plugin) = &self.opts.cni_plugin else {
+            bail!("this runtime was started without netclaim's CNI plugin");
+        };
+        let conf = cni_config(self.dir.path(), on.then_some(plugin));
+        let tmp = self.dir.path().join("cni/.next");
+        std::fs::write(&tmp, serde_json::to_vec(&conf)?)?;
+        std::fs::rename(&tmp, self.dir.path().join(CONFLIST))?;
+        let marker = plugin.socket.to_string_lossy().into_owned();
+        let started = Instant::now();
+        loop {
+            let info = self.crictl(&["info"])?;
+            let loaded = String::from_utf8_lossy(&info.stdout).contains(&marker);
+            if info.status.success() && loaded == on {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "containerd did not load the CNI configuration with the plugin {} within 10 s",
+                    if on { "in" } else { "out" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -473,6 +561,32 @@ impl Containerd {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// This runtime's pod `name` as [`Self::runp`] writes it, for a caller to change.
+    pub fn pod_config(&self, name: &str, uid: &str) -> Value {
+        pod_config(
+            name,
+            uid,
+            &self.cgroup_parent,
+            &self.dir.path().join("logs"),
+        )
+    }
+
+    /// `crictl runp` of `config` that the runtime must refuse: its error text.
+    pub fn runp_refused(&self, config: &Value) -> Result<String> {
+        let uid = config["metadata"]["uid"].as_str().unwrap_or("custom");
+        let file = self.dir.path().join(format!("pod-{uid}.json"));
+        std::fs::write(&file, serde_json::to_vec(config)?)?;
+        let out = self.crictl(&["runp", &file.to_string_lossy()])?;
+        if out.status.success() {
+            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if let Ok(mut pods) = self.pods.lock() {
+                pods.push(id.clone());
+            }
+            bail!("the runtime started pod {uid} ({id})");
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+
     /// `crictl runp` of a pod sandbox config the caller wrote (a translated pod spec);
     /// the pod is removed on drop like the others. Returns the sandbox id.
     pub fn run_pod_config(&self, config: &Value) -> Result<String> {
@@ -690,6 +804,7 @@ pub async fn bring_up(
         Options {
             request_timeout,
             nri_socket: topo.nri_socket(),
+            cni_plugin: Some(CniPlugin::beside_driver(&topo.state_dir())?),
         },
     )?;
     let side = crate::scenario::driver_side(topo, &crate::scenario::Quiet, || {

@@ -2,7 +2,8 @@
 //! started at once: the real-runtime half of `cargo xtask bench pod-start`.
 //!
 //! Without netclaim means containerd with no NRI plugin connected (the driver is
-//! stopped); with netclaim means the driver running and the pod holding one claimed
+//! stopped) and netclaim's CNI plugin out of the pods' network; with netclaim means
+//! the driver running, `netclaim-cni` chained last, and the pod holding one claimed
 //! device, so the difference is everything netclaim adds to a pod start. Two more
 //! series split it: pods with the driver connected but no claim (what being an NRI
 //! plugin at all costs a pod start), and pods with a claim started
@@ -222,8 +223,10 @@ pub async fn measure(
     for round in 0..rounds {
         let k = RUNS_PER_ROUND.min(runs - round * RUNS_PER_ROUND);
         c.stop_driver()?;
+        c.runtime.set_cni_chain(false)?;
         let bare = unclaimed_pods(&c, &format!("bare-{round}"), k)?;
         record(&mut pods.without, &mut m.crictl.without, bare);
+        c.runtime.set_cni_chain(true)?;
         c.start_driver(topo).await?;
         cycle(
             &c,

@@ -538,6 +538,7 @@ fn the_daemonset_pod_serves_a_claim_from_its_container_on_real_containerd() {
             Options {
                 request_timeout: Duration::from_secs(2),
                 nri_socket: nri_dir.join("nri.sock"),
+                cni_plugin: None,
             },
         )?;
         // The image as `cargo xtask image` built it, under the template's name.

@@ -516,6 +516,51 @@ fn daemonset_has_what_the_driver_needs_on_the_node() {
     }
 }
 
+/// The init container puts netclaim-cni into the node's CNI bin directory, with
+/// nothing but that directory mounted and no capability.
+#[test]
+fn the_init_container_installs_the_cni_plugin_and_nothing_else() {
+    let docs = k8s_docs();
+    let ds: DaemonSet = one(&docs, "DaemonSet").typed();
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let inits = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(inits.len(), 1, "one init container: {inits:?}");
+    let c = &inits[0];
+    assert_eq!(c.image, pod.containers[0].image, "the driver's image");
+    assert_eq!(
+        c.args.as_deref(),
+        Some(
+            &[
+                "install-cni".to_string(),
+                "--bin-dir=/host/opt/cni/bin".to_string()
+            ][..]
+        )
+    );
+    let caps = c
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert!(
+        caps.add.unwrap_or_default().is_empty(),
+        "the copy needs no capability"
+    );
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0].mount_path, "/host/opt/cni/bin");
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mounts[0].name)
+        .expect("the mounted volume");
+    assert_eq!(
+        volume.host_path.map(|h| h.path).as_deref(),
+        Some("/opt/cni/bin")
+    );
+}
+
 #[test]
 fn device_class_selects_the_drivers_devices() {
     let docs = k8s_docs();
@@ -833,6 +878,7 @@ fn dockerfile_builds_ebpf_then_the_driver() {
         "cargo build --release --locked -p netclaim",
         "iproute2",
         r#"ENTRYPOINT ["/usr/local/bin/netclaim"]"#,
+        "/usr/local/bin/netclaim-cni",
         r#"CMD ["run"]"#,
     ] {
         assert!(text.contains(needle), "Dockerfile lacks {needle:?}");

@@ -82,6 +82,13 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
             netclaim_tests::scenario::link_facts_at(topo.node.path(), NIC)?.is_none(),
             "{NIC} still on the node"
         );
+        // netclaim-cni started the hand-over at the CNI ADD; the hook collected it.
+        let log = c.side.driver.log_text();
+        assert!(
+            log.contains("hand-over started ahead of RunPodSandbox")
+                && log.contains("hand-over started at the CNI ADD is done"),
+            "the hand-over did not start at the CNI ADD:\n{log}"
+        );
 
         // A container in the pod: the runtime's CreateContainer/StartContainer path.
         let ctr = c.runtime.run_container(&pod, "pod-uid-rrl", "app")?;
@@ -118,6 +125,80 @@ fn a_pod_on_real_containerd_gets_its_device_enforced_and_gives_it_back() {
         c.runtime.remove_pod(&pod)?;
         let err = unprepare_with(&c.side.dra, "web", "claim-uid-rrl").await?;
         assert_eq!(err, "", "unprepare after the pod stopped");
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The runtime gives a pod start up after its CNI ADD started the hand-over: containerd
+/// cannot build the pause container (a seccomp profile that does not exist), tears the
+/// pod's network down (CNI DEL) and removes its namespace; RunPodSandbox never comes.
+/// netclaim-cni's DEL must bring the device home with its host settings, and the same
+/// claim must then start a pod normally. Then the opposite order: a bad claim config
+/// fails the ahead start, and RunPodSandbox reports that failure, naming the field.
+#[test]
+fn a_pod_start_given_up_after_the_cni_add_brings_the_device_home() {
+    require_root();
+    let Some(peers) =
+        peers_or_skip("a_pod_start_given_up_after_the_cni_add_brings_the_device_home")
+    else {
+        return;
+    };
+    let topo = Topology::new("rra").unwrap();
+    let node = topo.node.path().to_path_buf();
+    let topo = std::sync::Arc::new(topo);
+    let t = topo.clone();
+    run_in_netns(&node, move || async move {
+        let topo = t;
+        let c = containerd::bring_up(&topo, peers, "rra", BUDGET).await?;
+        put_claim(&c, "web", "claim-uid-rra", "web-0", "pod-uid-rra").await?;
+
+        let mut cfg = c.runtime.pod_config("web-0", "pod-uid-rra");
+        cfg["linux"]["security_context"] =
+            serde_json::json!({"seccomp": {"profile_type": 2, "localhost_ref": "/nonexistent/netclaim-test-profile.json"}});
+        let err = c.runtime.runp_refused(&cfg)?;
+        println!("[real] runp refused: {err}");
+        assert!(err.contains("seccomp"), "refused for another reason: {err}");
+        let log = c.side.driver.log_text();
+        assert!(log.contains("hand-over started ahead of RunPodSandbox"), "no ahead start:\n{log}");
+        let took = until("eth1 home after the CNI DEL", Duration::from_secs(5), || assert_home(&topo).is_ok())
+            .await
+            .with_context(|| c.side.driver.log_text())?;
+        println!("[real] device home {took:?} after the runtime gave the pod up");
+        let log = c.side.driver.log_text();
+        assert!(
+            log.contains("CNI DEL of a namespace that holds the pod's devices"),
+            "the device came home some other way:\n{log}"
+        );
+        assert!(!log.contains("RunPodSandbox: pod"), "a hook ran for the refused pod:\n{log}");
+
+        // The claim is free for the pod's next sandbox.
+        let (pod, _) = c.runtime.run_pod("web-0", "pod-uid-rra")?;
+        let netns = c.runtime.pod_netns(&pod)?;
+        ensure_in_pod(&c, &netns)?;
+        c.runtime.stop_pod(&pod)?;
+        c.runtime.remove_pod(&pod)?;
+        home_after_stop(&topo).await?;
+        assert_eq!(unprepare_with(&c.side.dra, "web", "claim-uid-rra").await?, "");
+
+        // A config that fails the hand-over where only the pod shows it: the pod-side
+        // name `eth0`, which the pod's CNI network already took. The ahead start fails
+        // and undoes itself; RunPodSandbox says why, containerd refuses the pod, and
+        // the device is home.
+        let mut bad = good_parameters();
+        bad["interface"]["name"] = serde_json::json!("eth0");
+        c.side.api.put(claim("bad", "claim-uid-bad", &c.side.device, "bad-0", "pod-uid-bad", bad))?;
+        let prepared = prepare_with(&c.side.dra, "bad", "claim-uid-bad").await?;
+        if prepared.is_empty() {
+            let cfg = c.runtime.pod_config("bad-0", "pod-uid-bad");
+            let err = c.runtime.runp_refused(&cfg)?;
+            println!("[real] runp with a failing hand-over refused: {err}");
+            assert!(err.contains("NRI RunPodSandbox failed") && err.contains("claim default/bad"), "{err}");
+            assert_home(&topo)?;
+            assert_eq!(unprepare_with(&c.side.dra, "bad", "claim-uid-bad").await?, "");
+        } else {
+            bail!("prepare refused the name, so the hand-over failure path was not reached: {prepared}");
+        }
         Ok(())
     })
     .unwrap();
@@ -196,7 +277,10 @@ fn after_a_containerd_restart_the_forgotten_stop_still_brings_the_device_home() 
         let window = late_started.elapsed();
         println!("[real] reconnect window: a pod started during a containerd restart ran {window:?} without its device");
 
-        // The runtime no longer tells the plugin about the first pod's end.
+        // The runtime no longer tells the plugin about the first pod's end. Its CNI DEL
+        // would (netclaim-cni gives the devices of the namespace back); a node without
+        // the plugin has only the keeper, which is what this checks.
+        c.runtime.set_cni_chain(false)?;
         c.runtime.stop_pod(&pod)?;
         c.runtime.remove_pod(&pod)?;
         let took = until("eth1 back home", Duration::from_secs(10), || assert_home(&topo).is_ok())

@@ -31,6 +31,9 @@ use crate::oci;
 
 /// Where the binary goes in the image (the Dockerfile's path too).
 pub const BINARY_PATH: &str = "/usr/local/bin/netclaim";
+/// netclaim's CNI plugin, which `netclaim install-cni` (the DaemonSet's init container)
+/// copies into the node's CNI bin directory.
+pub const CNI_PLUGIN_PATH: &str = "/usr/local/bin/netclaim-cni";
 /// The default repository; the tag is the workspace version.
 pub const REPOSITORY: &str = "ghcr.io/netclaim/netclaim";
 /// Debian's CA bundle (package ca-certificates), where rustls-native-certs looks.
@@ -138,9 +141,15 @@ pub fn run_config(version: &str) -> oci::RunConfig {
 }
 
 /// The image's files for `binary`, the objects it loads and the CA bundle at `ca`.
-pub fn entries(binary: &Path, objects: &[SharedObject], ca: &Path) -> Result<Vec<oci::Entry>> {
+pub fn entries(
+    binary: &Path,
+    cni_plugin: &Path,
+    objects: &[SharedObject],
+    ca: &Path,
+) -> Result<Vec<oci::Entry>> {
     let mut entries = vec![
         oci::Entry::from_file(BINARY_PATH, binary, 0o755)?,
+        oci::Entry::from_file(CNI_PLUGIN_PATH, cni_plugin, 0o755)?,
         oci::Entry::from_file(CA_BUNDLE, ca, 0o644)
             .context("the CA bundle (Debian package ca-certificates)")?,
     ];
@@ -199,20 +208,29 @@ pub fn build(root: &Path, out: Option<PathBuf>, tag: Option<&str>) -> Result<()>
         "netclaim",
         "--bin",
         "netclaim",
+        "--bin",
+        "netclaim-cni",
     ]))?;
     let binary = root.join("target/release/netclaim");
+    let cni_plugin = root.join("target/release/netclaim-cni");
     let version = env!("CARGO_PKG_VERSION");
     let name = image_name(tag, version);
     let out = out.unwrap_or_else(|| root.join(DEFAULT_OUT));
-    let objects = shared_objects(&binary)?;
+    // The plugin loads a subset of the driver's libraries; both sets go in, once.
+    let mut objects = shared_objects(&binary)?;
+    for o in shared_objects(&cni_plugin)? {
+        if !objects.iter().any(|known| known.image_path == o.image_path) {
+            objects.push(o);
+        }
+    }
     let built = oci::write_archive(
         &out,
         &name,
-        &entries(&binary, &objects, Path::new(CA_BUNDLE))?,
+        &entries(&binary, &cni_plugin, &objects, Path::new(CA_BUNDLE))?,
         &run_config(version),
     )?;
     println!(
-        "[image] {name}\n[image]   archive  {} ({:.1} MiB, layer {:.1} MiB)\n[image]   digest   {}\n[image]   files    {BINARY_PATH}, {}, {CA_BUNDLE}, /etc/passwd, /etc/group\n[image]   built in {:.1}s; load it with: ctr -n k8s.io images import {}",
+        "[image] {name}\n[image]   archive  {} ({:.1} MiB, layer {:.1} MiB)\n[image]   digest   {}\n[image]   files    {BINARY_PATH}, {CNI_PLUGIN_PATH}, {}, {CA_BUNDLE}, /etc/passwd, /etc/group\n[image]   built in {:.1}s; load it with: ctr -n k8s.io images import {}",
         out.display(),
         built.archive_bytes as f64 / (1024.0 * 1024.0),
         built.layer_bytes as f64 / (1024.0 * 1024.0),
@@ -291,6 +309,8 @@ mod tests {
     fn the_image_is_reproducible() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("netclaim");
+        let plugin = dir.path().join("netclaim-cni");
+        std::fs::write(&plugin, b"\x7fELF plugin").unwrap();
         let lib = dir.path().join("libc.so.6");
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----").unwrap();
@@ -304,7 +324,7 @@ mod tests {
             oci::write_archive(
                 &dir.path().join(out),
                 "r/netclaim:1",
-                &entries(&bin, &objects, &ca).unwrap(),
+                &entries(&bin, &plugin, &objects, &ca).unwrap(),
                 &run_config("1"),
             )
             .unwrap()

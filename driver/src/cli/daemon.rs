@@ -27,6 +27,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use crate::{
+    cni::server::CniSocket,
     datapath::PinLayout,
     inventory::{DeviceFilter, InventoryOptions, InventoryWatcher},
     kubelet::{
@@ -61,6 +62,10 @@ pub struct RunArgs {
     /// Where the checkpoint lives.
     #[arg(long, default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// The socket `netclaim-cni` (chained in the node's CNI configuration) reaches the
+    /// driver on [default: `<state-dir>/cni.sock`].
+    #[arg(long)]
+    pub cni_socket: Option<PathBuf>,
     /// Root of the driver's pins on bpffs.
     #[arg(long, default_value = crate::DEFAULT_BPF_ROOT)]
     pub bpf_root: PathBuf,
@@ -357,6 +362,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         log_ended(&uid, result);
     }
     tokio::spawn(reap_ended(pods.clone()));
+    let pods_for_cni = pods.clone();
     let nri = NriPlugin::connect(
         &args.nri_socket,
         args.driver_name.clone(),
@@ -364,6 +370,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Arc::new(MeteredPods::new(Arc::new(pods), metrics.clone())),
     )
     .context("starting the NRI plugin")?;
+    let cni_socket = args
+        .cni_socket
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("cni.sock"));
+    let cni = CniSocket::bind(&cni_socket).context("starting the CNI socket")?;
+    tracing::info!(socket = %cni.path().display(), "CNI socket ready (netclaim-cni starts hand-overs at the CNI ADD)");
+    let cni_task = cni.serve(pods_for_cni, nri.request_timeout_handle());
     tokio::spawn(follow(nri.connected(), {
         let readiness = readiness.clone();
         move |&up: &bool| {
@@ -380,6 +393,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     drop(nri);
+    cni_task.abort();
+    let _ = cni_task.await;
     plugin.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), status_task).await;

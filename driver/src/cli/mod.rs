@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod inspect;
+pub mod install_cni;
 pub mod inventory;
 pub mod validate;
 
@@ -29,6 +30,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of `Run`'s arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the driver on this node (kubelet plugin, NRI plugin, publisher).
@@ -39,6 +42,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Validate a ResourceClaim, ResourceClaimTemplate or bare config file.
     Validate(validate::ValidateArgs),
+    /// Install `netclaim-cni` into the node's CNI bin directory (init container).
+    InstallCni(install_cni::InstallCniArgs),
     /// Print the version and the embedded eBPF object's size.
     Version,
 }

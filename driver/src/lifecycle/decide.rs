@@ -67,6 +67,20 @@ pub fn pod_action<'a>(
     }
 }
 
+/// Whether a start into namespace `netns` finds devices recorded in another pod
+/// namespace (an earlier sandbox of the pod, or a hand-over begun for a namespace the
+/// runtime does not use for it): those go home before the hand-over, never stay there
+/// as "already in the pod".
+pub fn elsewhere<'a>(
+    placements: impl IntoIterator<Item = &'a Placement>,
+    netns: &std::path::Path,
+) -> bool {
+    placements.into_iter().any(|p| match p {
+        Placement::InPod { attachment } => attachment.pod_netns != netns,
+        _ => false,
+    })
+}
+
 /// What one device has been through, in this run or according to its record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -184,6 +198,21 @@ mod tests {
             let p = placements(mix);
             assert_eq!(pod_action(&p, *event), *want, "{mix:?} on {event:?}");
         }
+    }
+
+    #[test]
+    fn devices_in_another_pod_namespace_are_elsewhere() {
+        let here = std::path::Path::new("/run/netns/p");
+        assert!(!elsewhere(&placements("hie"), here));
+        assert!(elsewhere(
+            &placements("hi"),
+            std::path::Path::new("/run/netns/q")
+        ));
+        // Cut-off starts and stops are the cut-off rule's (GiveBackThenHandOver).
+        assert!(!elsewhere(
+            &placements("hel"),
+            std::path::Path::new("/run/netns/q")
+        ));
     }
 
     #[test]

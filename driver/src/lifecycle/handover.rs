@@ -239,6 +239,10 @@ pub fn start<E: Effects>(
         tracing::info!(pod = %pod_name, "an earlier start or stop of this pod was cut off; returning its devices before starting again");
         give_back(e, pod_uid)?;
         plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
+    } else if decide::elsewhere(plans.iter().map(|(_, p)| &p.placement), &runtime.netns) {
+        tracing::info!(pod = %pod_name, netns = %runtime.netns.display(), "devices of this pod are in another network namespace; returning them before handing them to this one");
+        give_back(e, pod_uid)?;
+        plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
     }
     let pod_label = plans
         .first()

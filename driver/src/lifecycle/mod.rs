@@ -42,6 +42,7 @@
 //! serialised; different pods proceed in parallel (their claims, and so their devices
 //! and checkpoint entries, are disjoint). `synchronize` excludes every other call.
 
+pub mod ahead;
 pub mod budget;
 pub mod decide;
 pub mod effects;
@@ -260,6 +261,10 @@ struct Inner {
     /// Write-ahead records of devices that went home after a failed start but could
     /// not be cleared (checkpoint I/O error); retried with the ended-pod check.
     stale_intents: Mutex<Vec<(String, Plan)>>,
+    /// Hand-overs started at the CNI ADD, until their RunPodSandbox collects them.
+    ahead: ahead::Finished,
+    /// Pods whose stop is giving their devices back (from the stop until they are home).
+    giving_back: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A failed device, before it is tied to the pod's error.
@@ -331,6 +336,8 @@ impl Pods {
                 pod_locks: Mutex::new(BTreeMap::new()),
                 costs: Mutex::new(budget::Costs::default()),
                 stale_intents: Mutex::new(Vec::new()),
+                ahead: ahead::Finished::default(),
+                giving_back: Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
     }
@@ -347,7 +354,136 @@ impl Pods {
         pod_name: &str,
         pod: &PodRuntime,
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        self.locked(pod_uid, || self.inner.start(pod_uid, pod_name, pod))
+        self.locked(pod_uid, || {
+            // Started at the CNI ADD ([`ahead`]): that start held the turn until now.
+            if let Some(done) = self.inner.ahead.take(pod_uid, &pod.netns) {
+                tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
+                return done;
+            }
+            self.inner.start(pod_uid, pod_name, pod)
+        })
+    }
+
+    /// Starts handing pod `pod_uid`'s devices to `runtime.netns` now, on a thread of its
+    /// own, because the runtime's CNI ADD says the namespace exists ([`ahead`]). Returns
+    /// once the pod's turn is taken, so the pod's RunPodSandbox (which comes after the
+    /// CNI ADD) waits for the hand-over and collects its result.
+    pub fn start_pod_ahead(
+        &self,
+        pod_uid: &str,
+        pod_name: &str,
+        runtime: PodRuntime,
+    ) -> Result<ahead::AheadStart, LifecycleError> {
+        let decide = || -> Result<ahead::AheadStart, LifecycleError> {
+            let plans = self
+                .inner
+                .kernel
+                .store
+                .plans_of_pod(pod_uid)
+                .map_err(|source| LifecycleError::Checkpoint {
+                    pod: pod_name.to_string(),
+                    source,
+                })?;
+            Ok(ahead::ahead_decision(
+                &plans,
+                self.inner.kernel.config.dataplane,
+                runtime.cgroup_parent.as_deref(),
+            ))
+        };
+        // Most pods claim nothing: they are answered without waiting for a turn.
+        let first = decide()?;
+        if !matches!(first, ahead::AheadStart::Started { .. }) {
+            return Ok(first);
+        }
+        // The socket guard goes on the pod's cgroup, which kubelet creates before the
+        // pod's sandbox; where it does not exist yet, the hook attaches it later.
+        if let Err(e) = effects::Effects::socket_guard(&self.inner.kernel, pod_name, &runtime) {
+            return Ok(ahead::AheadStart::Declined(format!(
+                "{e}; RunPodSandbox hands the devices over"
+            )));
+        }
+        let turn = self.turn(pod_uid);
+        let decision = decide()?;
+        if !matches!(decision, ahead::AheadStart::Started { .. }) {
+            return Ok(decision);
+        }
+        let this = self.clone();
+        let (uid, name) = (pod_uid.to_string(), pod_name.to_string());
+        let span = tracing::Span::current();
+        let work = move || {
+            let _entered = span.enter();
+            let _moving = crate::netns::quiet::Quiet::global().hold();
+            let started = std::time::Instant::now();
+            let result = this.inner.start(&uid, &name, &runtime);
+            match &result {
+                Ok(outcomes) => tracing::info!(
+                    pod = %name,
+                    devices = outcomes.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "hand-over started at the CNI ADD is done"
+                ),
+                Err(e) => {
+                    tracing::warn!(pod = %name, "hand-over started at the CNI ADD failed (RunPodSandbox reports it): {e}")
+                }
+            }
+            // Kept before the turn is let go, so the hook finds it.
+            this.inner.ahead.put(&uid, runtime.netns.clone(), result);
+            drop(turn);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("handover-ahead".into())
+            .spawn(work)
+        {
+            return Ok(ahead::AheadStart::Declined(format!(
+                "no thread for the hand-over: {e}"
+            )));
+        }
+        Ok(decision)
+    }
+
+    /// The runtime's CNI DEL for pod `pod_uid`'s namespace `netns`: devices there go
+    /// home as after a stop ([`Self::stop_pod_behind`]), unless a stop already gives them
+    /// back. A hand-over started ahead for a pod that never ran (the runtime failed its
+    /// start after the CNI ADD) is undone here. Returns once the give-back is ordered.
+    pub fn end_in_netns(
+        &self,
+        pod_uid: &str,
+        netns: &std::path::Path,
+    ) -> Result<ahead::DelAction, LifecycleError> {
+        if self.giving_back(pod_uid) {
+            return Ok(ahead::DelAction::Nothing);
+        }
+        // After any hand-over of this pod still running.
+        let turn = self.turn(pod_uid);
+        if let Some(Err(e)) = self.inner.ahead.take(pod_uid, netns) {
+            tracing::debug!(
+                pod_uid,
+                "forgetting a failed hand-over no hook collected: {e}"
+            );
+        }
+        let plans = self
+            .inner
+            .kernel
+            .store
+            .plans_of_pod(pod_uid)
+            .map_err(|source| LifecycleError::Checkpoint {
+                pod: pod_uid.to_string(),
+                source,
+            })?;
+        let action = ahead::del_decision(&plans, netns, self.giving_back(pod_uid));
+        if action == ahead::DelAction::GiveBack {
+            tracing::info!(pod_uid, netns = %netns.display(), "CNI DEL of a namespace that holds the pod's devices; returning them");
+            self.give_back_behind(turn, pod_uid, None);
+        }
+        Ok(action)
+    }
+
+    fn giving_back(&self, pod_uid: &str) -> bool {
+        self.inner
+            .giving_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(pod_uid)
     }
 
     /// Gives back every device of pod `pod_uid` (pod stopping).
@@ -367,7 +503,23 @@ impl Pods {
         pod_uid: &str,
         done: Option<std::sync::mpsc::Sender<Result<Vec<DeviceOutcome>, LifecycleError>>>,
     ) {
+        self.inner
+            .giving_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod_uid.to_string());
         let turn = self.turn(pod_uid);
+        self.give_back_behind(turn, pod_uid, done);
+    }
+
+    /// [`Self::stop_pod_behind`] with the pod's turn already taken.
+    fn give_back_behind(
+        &self,
+        turn: Turn,
+        pod_uid: &str,
+        done: Option<std::sync::mpsc::Sender<Result<Vec<DeviceOutcome>, LifecycleError>>>,
+    ) {
+        self.inner.ahead.forget(pod_uid);
         let this = self.clone();
         let uid = pod_uid.to_string();
         let span = tracing::Span::current();
@@ -377,6 +529,11 @@ impl Pods {
             let _moving = crate::netns::quiet::Quiet::global().hold();
             let started = std::time::Instant::now();
             let result = handover::give_back(&this.inner.kernel, &uid);
+            this.inner
+                .giving_back
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
             drop(turn);
             match &result {
                 Ok(outcomes) => tracing::info!(
@@ -402,6 +559,7 @@ impl Pods {
     /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
     pub fn remove_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let result = self.stop_pod(pod_uid);
+        self.inner.ahead.forget(pod_uid);
         // The pod is gone: forget its lock unless another hook holds it.
         let mut locks = self
             .inner

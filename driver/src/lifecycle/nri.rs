@@ -17,7 +17,7 @@ use crate::nri::{PodHandler, PodSandbox};
 /// median and 2 ms at the 75th percentile, `block_in_place` 13 and 28 µs. Each request
 /// is a task of its own (`nri::ttrpc`), so nothing else waits behind it. A
 /// current-thread runtime (some tests) uses the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     if tokio::runtime::Handle::current().runtime_flavor()

@@ -161,6 +161,17 @@ impl NriPlugin {
         self.connected.clone()
     }
 
+    /// [`Self::request_timeout`], readable from elsewhere (the hand-overs started at the
+    /// CNI ADD run under the budget of the hook that collects them).
+    pub fn request_timeout_handle(&self) -> impl Fn() -> Option<Duration> + Send + Sync + 'static {
+        let timeout = self.request_timeout.clone();
+        move || {
+            *timeout
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
     /// The per-hook budget the runtime announced in Configure, if any yet.
     pub fn request_timeout(&self) -> Option<Duration> {
         *self

@@ -1,0 +1,255 @@
+//! Hand-overs started ahead of RunPodSandbox, when the runtime's CNI ADD says the pod's
+//! network namespace exists ([`crate::cni`]).
+//!
+//! containerd calls NRI's RunPodSandbox last, after the pod's network is set up and its
+//! pause container started (30-40 ms on the test machines), so a hand-over done in the
+//! hook adds its whole namespace move to every pod start. netclaim's CNI plugin, chained
+//! after the pod's network, tells the driver as soon as the namespace exists; the
+//! hand-over then runs while containerd starts the pause container, and the hook only
+//! collects its result.
+//!
+//! The order is kept by the pod's turn: the ahead start takes it before the plugin is
+//! answered, so the hook (which always comes after the CNI ADD) waits for it and then
+//! finds its result here. A result is taken once, and only by a hook for the same
+//! namespace; an ahead start whose pod never reaches the hook (the runtime failed the
+//! start after the CNI ADD) is undone by the CNI DEL that follows, or by the keeper
+//! when the runtime removes the namespace.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{DeviceOutcome, LifecycleError};
+use crate::state::{Placement, Plan};
+
+/// The budget of an ahead start until the runtime announced its own (NRI Configure):
+/// containerd's default request timeout. The hook that collects the result runs
+/// under the runtime's budget, so an ahead start keeps to it from the CNI ADD on.
+pub const AHEAD_BUDGET: Duration = Duration::from_secs(2);
+
+/// What the driver did with a CNI ADD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AheadStart {
+    /// The hand-over of this many devices runs now; the hook collects it.
+    Started { devices: usize },
+    /// No device of this pod is waiting to be handed over.
+    Nothing,
+    /// Not started ahead (why); the hook does the whole hand-over as without the plugin.
+    Declined(String),
+}
+
+/// Whether a pod's devices can be handed over ahead of the hook.
+pub fn ahead_decision(
+    plans: &[(String, Plan)],
+    dataplane: bool,
+    cgroup: Option<&str>,
+) -> AheadStart {
+    let waiting = plans
+        .iter()
+        .filter(|(_, p)| !matches!(p.placement, Placement::InPod { .. }))
+        .count();
+    if waiting == 0 {
+        return AheadStart::Nothing;
+    }
+    // The socket guard goes on the pod's cgroup; without it the hook, which knows the
+    // cgroup from NRI, must do the hand-over.
+    if dataplane && cgroup.is_none_or(str::is_empty) {
+        return AheadStart::Declined(
+            "the CNI call carries no runtimeConfig.cgroupPath (add \"capabilities\": {\"cgroupPath\": true} to the netclaim entry of the CNI configuration)"
+                .into(),
+        );
+    }
+    AheadStart::Started { devices: waiting }
+}
+
+/// What a CNI DEL does for a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelAction {
+    /// Nothing of this pod is in that namespace, or a stop already gives it back.
+    Nothing,
+    /// Give back the pod's devices (as a stop would).
+    GiveBack,
+}
+
+/// The decision for a CNI DEL of namespace `netns`: devices recorded there (or on
+/// their way there) go home, unless a stop of the pod is already giving them back.
+pub fn del_decision(plans: &[(String, Plan)], netns: &Path, giving_back: bool) -> DelAction {
+    if giving_back || netns.as_os_str().is_empty() {
+        // An empty path: containerd found the namespace closed; the keeper returns
+        // whatever was in it.
+        return DelAction::Nothing;
+    }
+    let there = plans.iter().any(|(_, p)| match &p.placement {
+        Placement::Home => false,
+        Placement::InPod { attachment }
+        | Placement::Entering { attachment }
+        | Placement::Leaving { attachment } => attachment.pod_netns == netns,
+    });
+    if there {
+        DelAction::GiveBack
+    } else {
+        DelAction::Nothing
+    }
+}
+
+/// A finished ahead start: the namespace it went to, and how it went.
+type Kept = (PathBuf, Result<Vec<DeviceOutcome>, LifecycleError>);
+
+/// The finished ahead starts, by pod UID, until their hook collects them.
+#[derive(Default)]
+pub struct Finished {
+    by_pod: Mutex<BTreeMap<String, Kept>>,
+}
+
+impl Finished {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Kept>> {
+        self.by_pod.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the result of pod `uid`'s ahead start into `netns` (replacing an older one).
+    pub fn put(
+        &self,
+        uid: &str,
+        netns: PathBuf,
+        result: Result<Vec<DeviceOutcome>, LifecycleError>,
+    ) {
+        self.map().insert(uid.to_string(), (netns, result));
+    }
+
+    /// The result for the hook of pod `uid` with namespace `netns`; a result for
+    /// another namespace (an earlier sandbox) is dropped.
+    pub fn take(
+        &self,
+        uid: &str,
+        netns: &Path,
+    ) -> Option<Result<Vec<DeviceOutcome>, LifecycleError>> {
+        let (at, result) = self.map().remove(uid)?;
+        (at == netns).then_some(result)
+    }
+
+    /// Forgets pod `uid`'s result (its pod ended before a hook collected it).
+    pub fn forget(&self, uid: &str) {
+        self.map().remove(uid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Attachment;
+
+    fn plan(placement: Placement) -> (String, Plan) {
+        let mut p: Plan = serde_json::from_value(serde_json::json!({
+            "claim": {"namespace": "ns", "name": "c", "uid": "claim-uid"},
+            "pod": {"namespace": "ns", "name": "p", "uid": "uid-1"},
+            "device": "dev", "pool": "pool", "requests": ["r"]
+        }))
+        .expect("plan");
+        p.placement = placement;
+        ("claim-uid".into(), p)
+    }
+
+    fn att(netns: &str) -> Attachment {
+        serde_json::from_value(serde_json::json!({
+            "podNetns": netns, "podIfname": "net1",
+            "originals": {"name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500,
+                "mac": null, "perm_mac": null, "up": true, "addresses": [], "routes": [],
+                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
+                "gro_ipv4_max_size": null, "ethtool_features": {}, "ethtool_changeable": [],
+                "private_flags": {}}
+        }))
+        .expect("attachment")
+    }
+
+    #[test]
+    fn ahead_only_for_devices_waiting_and_with_a_cgroup_when_guarded() {
+        let home = vec![plan(Placement::Home)];
+        let in_pod = vec![plan(Placement::InPod {
+            attachment: att("/run/netns/a"),
+        })];
+        assert_eq!(
+            ahead_decision(&[], true, Some("/kubepods")),
+            AheadStart::Nothing
+        );
+        assert_eq!(
+            ahead_decision(&in_pod, true, Some("/kubepods")),
+            AheadStart::Nothing
+        );
+        assert_eq!(
+            ahead_decision(&home, true, Some("/kubepods")),
+            AheadStart::Started { devices: 1 }
+        );
+        assert_eq!(
+            ahead_decision(&home, false, None),
+            AheadStart::Started { devices: 1 }
+        );
+        for cgroup in [None, Some("")] {
+            let AheadStart::Declined(why) = ahead_decision(&home, true, cgroup) else {
+                panic!("a guarded start without a cgroup must be left to the hook");
+            };
+            assert!(why.contains("cgroupPath"), "{why}");
+        }
+    }
+
+    #[test]
+    fn del_gives_back_only_what_is_in_its_namespace_and_not_already_going() {
+        let a = Path::new("/run/netns/a");
+        for placement in [
+            Placement::InPod {
+                attachment: att("/run/netns/a"),
+            },
+            Placement::Entering {
+                attachment: att("/run/netns/a"),
+            },
+            Placement::Leaving {
+                attachment: att("/run/netns/a"),
+            },
+        ] {
+            let plans = vec![plan(Placement::Home), plan(placement)];
+            assert_eq!(del_decision(&plans, a, false), DelAction::GiveBack);
+            assert_eq!(del_decision(&plans, a, true), DelAction::Nothing);
+            assert_eq!(
+                del_decision(&plans, Path::new(""), false),
+                DelAction::Nothing
+            );
+            assert_eq!(
+                del_decision(&plans, Path::new("/run/netns/b"), false),
+                DelAction::Nothing,
+                "a DEL of an earlier sandbox must not take the devices of the current one"
+            );
+        }
+        assert_eq!(
+            del_decision(&[plan(Placement::Home)], a, false),
+            DelAction::Nothing
+        );
+    }
+
+    #[test]
+    fn a_result_is_taken_once_and_only_for_its_namespace() {
+        let f = Finished::default();
+        f.put("u", PathBuf::from("/run/netns/a"), Ok(Vec::new()));
+        assert!(f.take("u", Path::new("/run/netns/b")).is_none());
+        assert!(
+            f.take("u", Path::new("/run/netns/a")).is_none(),
+            "dropped by the mismatch"
+        );
+        f.put("u", PathBuf::from("/run/netns/a"), Ok(Vec::new()));
+        assert!(matches!(
+            f.take("u", Path::new("/run/netns/a")),
+            Some(Ok(_))
+        ));
+        assert!(f.take("u", Path::new("/run/netns/a")).is_none());
+        f.put("u", PathBuf::from("/run/netns/a"), Ok(Vec::new()));
+        f.forget("u");
+        assert!(f.is_empty());
+    }
+}

@@ -1,0 +1,292 @@
+//! The driver's CNI socket, spoken to the way `netclaim-cni` speaks, byte by byte from
+//! here (nothing of netclaim's own wire code): the real `netclaim run`, the fake
+//! runtime for NRI, the real kernel.
+//!
+//! What an attacker or a confused runtime would try: lines that are too long, not
+//! UTF-8, not JSON, missing or misnamed fields, a client that sends nothing (it must
+//! hold up no one); an ADD that names a namespace that is not the pod's (the device
+//! must still end up in the namespace RunPodSandbox names); a DEL naming another
+//! namespace (it must not take the device out of the running pod). Every refusal
+//! names what was wrong, and nothing changes on the node.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use netclaim_tests::netenv::TestCgroup;
+use netclaim_tests::runtime::Mode;
+use netclaim_tests::scenario::{
+    self, bring_up, claim, good_parameters, link_facts, prepare, run_in_netns, Quiet, Topology,
+    NIC, POD_IF,
+};
+use serde_json::{json, Value};
+
+/// One request line, its reply parsed.
+fn ask(socket: &Path, line: &[u8]) -> Result<Value> {
+    let mut s =
+        UnixStream::connect(socket).with_context(|| format!("connecting {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    serde_json::from_str(&reply).with_context(|| format!("reply {reply:?}"))
+}
+
+fn request(command: &str, netns: &Path, uid: &str, cgroup: &str) -> Value {
+    json!({"command": command, "sandbox": format!("sandbox-{uid}"), "netns": netns,
+           "podUid": uid, "podName": "web-0", "podNamespace": "default", "cgroupPath": cgroup})
+}
+
+fn line(v: &Value) -> Vec<u8> {
+    let mut l = serde_json::to_vec(v).expect("json");
+    l.push(b'\n');
+    l
+}
+
+fn on_node(topo: &Topology) -> bool {
+    topo.node.ip(&["link", "show", NIC]).is_ok()
+}
+
+/// The pods' cgroup parent as the runtime names it (relative to the cgroup v2 root).
+fn parent_of(cgroup: &TestCgroup) -> Result<String> {
+    let name = cgroup
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("cgroup name")?;
+    Ok(format!("/{name}"))
+}
+
+#[test]
+fn hostile_lines_get_errors_naming_what_is_wrong_and_change_nothing() {
+    let topo = Arc::new(Topology::new("cnh").unwrap());
+    let cgroup = TestCgroup::new("cnh").unwrap();
+    let parent = parent_of(&cgroup).unwrap();
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let socket = topo.state_dir().join("cni.sock");
+        let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "the CNI socket has mode {mode:o}, not 600");
+
+        let good = request("ADD", topo.pod.path(), "pod-uid-web", &parent);
+        let with = |field: &str, value: Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            line(&v)
+        };
+        let mut long = vec![b'{'; 20_000];
+        long.push(b'\n');
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("a 20 kB line", long, "longer than"),
+            (
+                "bytes that are not UTF-8",
+                b"\xff\xfe\xfd\n".to_vec(),
+                "utf-8",
+            ),
+            ("not JSON", b"ADD pod-uid-web\n".to_vec(), "CNI request"),
+            ("an empty object", b"{}\n".to_vec(), "missing field"),
+            (
+                "a relative netns",
+                with("netns", json!("run/netns/x")),
+                "netns",
+            ),
+            ("an empty pod UID", with("podUid", json!("")), "podUid"),
+            (
+                "a control character",
+                with("podName", json!("web\u{7}")),
+                "podName",
+            ),
+            (
+                "an unknown command",
+                with("command", json!("CHECK")),
+                "unknown variant",
+            ),
+            (
+                "an unknown field",
+                with("evil", json!(true)),
+                "unknown field",
+            ),
+            (
+                "a number for the UID",
+                with("podUid", json!(7)),
+                "invalid type",
+            ),
+        ];
+        for (what, bytes, names) in cases {
+            let reply = ask(&socket, &bytes)?;
+            ensure!(reply["outcome"] == "error", "{what}: {reply}");
+            let message = reply["message"].as_str().unwrap_or_default();
+            ensure!(
+                message.contains(names),
+                "{what}: the error does not say {names:?}: {message}"
+            );
+            ensure!(on_node(&topo), "{what} moved {NIC}");
+        }
+
+        // A client that sends nothing holds up no one, and is answered when its time is up.
+        let t0 = Instant::now();
+        let mut silent = UnixStream::connect(&socket)?;
+        silent.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let other = ask(
+            &socket,
+            &line(&request("ADD", topo.pod.path(), "pod-uid-nobody", &parent)),
+        )?;
+        ensure!(other["outcome"] == "nothing", "{other}");
+        ensure!(
+            t0.elapsed() < Duration::from_secs(1),
+            "a silent client held up another for {:?}",
+            t0.elapsed()
+        );
+        let mut reply = String::new();
+        BufReader::new(&mut silent).read_line(&mut reply)?;
+        ensure!(
+            reply.contains("no request line"),
+            "the silent client got {reply:?}"
+        );
+        ensure!(on_node(&topo), "{NIC} left the node");
+
+        // The pod still starts normally.
+        let started =
+            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
+                .await;
+        ensure!(
+            started.is_clean(),
+            "RunPodSandbox: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        ensure!(
+            link_facts(&topo.pod, POD_IF).is_ok(),
+            "{POD_IF} not in the pod"
+        );
+        Ok(())
+    })
+    .unwrap();
+    drop(cgroup);
+}
+
+#[test]
+fn an_add_or_del_naming_another_namespace_cannot_take_the_device() {
+    let topo = Arc::new(Topology::new("cnw").unwrap());
+    let cgroup = TestCgroup::new("cnw").unwrap();
+    let parent = parent_of(&cgroup).unwrap();
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = bring_up(&topo, Mode::Current, &Quiet).await?;
+        c.api.put(claim(
+            "web",
+            "uid-web",
+            &c.device,
+            "web-0",
+            "pod-uid-web",
+            good_parameters(),
+        ))?;
+        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let socket = topo.state_dir().join("cni.sock");
+
+        // A path that is no namespace: the ahead start fails and leaves the device home.
+        let not_netns = topo.dir.path().join("not-a-netns");
+        std::fs::write(&not_netns, b"")?;
+        let reply = ask(
+            &socket,
+            &line(&request("ADD", &not_netns, "pod-uid-web", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "started", "{reply}");
+        scenario::wait_for(
+            &Quiet,
+            "the failed ahead start",
+            Duration::from_secs(5),
+            || {
+                c.driver
+                    .log_text()
+                    .contains("hand-over started at the CNI ADD failed")
+                    .then_some(())
+            },
+        )
+        .await?;
+        ensure!(
+            on_node(&topo),
+            "{NIC} left the node for a path that is no namespace"
+        );
+
+        // Another real namespace (the wire's): the device goes there first, but the
+        // pod's RunPodSandbox names its own, and that is where the device ends up.
+        let reply = ask(
+            &socket,
+            &line(&request("ADD", topo.wire.path(), "pod-uid-web", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "started", "{reply}");
+        let started =
+            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
+                .await;
+        ensure!(
+            started.is_clean(),
+            "RunPodSandbox: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
+        ensure!(
+            mtu == 1500 && addrs == ["192.0.2.10/24"],
+            "pod link: mtu {mtu} {addrs:?}"
+        );
+        ensure!(
+            topo.wire.ip(&["link", "show", POD_IF]).is_err(),
+            "{POD_IF} stayed in the wrong namespace"
+        );
+        ensure!(
+            c.driver
+                .log_text()
+                .contains("devices of this pod are in another network namespace"),
+            "the hook did not say why it took the device back:\n{}",
+            c.driver.log_text()
+        );
+
+        // A DEL for another namespace leaves the running pod's device where it is.
+        let reply = ask(
+            &socket,
+            &line(&request("DEL", topo.wire.path(), "pod-uid-web", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "nothing", "{reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ensure!(
+            link_facts(&topo.pod, POD_IF).is_ok(),
+            "a DEL of another namespace took the device"
+        );
+
+        // The DEL of the pod's own namespace (the runtime gave the pod up): home.
+        let reply = ask(
+            &socket,
+            &line(&request("DEL", topo.pod.path(), "pod-uid-web", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "givingBack", "{reply}");
+        scenario::wait_for(&Quiet, "the device home", Duration::from_secs(5), || {
+            on_node(&topo).then_some(())
+        })
+        .await?;
+        let (mtu, addrs) = link_facts(&topo.node, NIC)?;
+        ensure!(
+            mtu == 1400 && addrs == ["192.0.2.50/24"],
+            "{NIC} came home as mtu {mtu} {addrs:?}"
+        );
+        Ok(())
+    })
+    .unwrap();
+    drop(cgroup);
+}
