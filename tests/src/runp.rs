@@ -44,7 +44,11 @@ pub struct RunpMeasured {
     pub containerd: Series<f64>,
     /// The driver's own RunPodSandbox hook times during the runs with a claim.
     pub with_hooks: Vec<f64>,
+    /// The hand-overs netclaim-cni started at the CNI ADD during those runs, as the
+    /// driver timed them (off the runtime's path: the pause container starts meanwhile).
+    pub with_ahead: Vec<f64>,
     pub concurrent_hooks: Vec<f64>,
+    pub concurrent_ahead: Vec<f64>,
     pub concurrent_wall_ms: f64,
     pub budget_ms: f64,
 }
@@ -143,6 +147,26 @@ pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
                 .next()?
                 .parse()
                 .ok()
+        })
+        .collect()
+}
+
+/// Durations (ms) of the hand-overs started at the CNI ADD, logged by the driver after
+/// byte offset `from`.
+pub fn ahead_times(log: &str, from: usize) -> Vec<f64> {
+    log.get(from..)
+        .unwrap_or("")
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("hand-over started at the CNI ADD is done"))
+        .filter_map(|l| {
+            let v = l.split("took_us=").nth(1)?;
+            let us: f64 = v
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some(us / 1000.0)
         })
         .collect()
 }
@@ -280,8 +304,9 @@ pub async fn measure(
                 bail!("unprepare {name}: {err}");
             }
         }
-        m.with_hooks
-            .extend(hook_times(&c.side.driver.log_text(), "RunPodSandbox", from));
+        let log = c.side.driver.log_text();
+        m.with_hooks.extend(hook_times(&log, "RunPodSandbox", from));
+        m.with_ahead.extend(ahead_times(&log, from));
     }
 
     // The same pods as containerd timed them.
@@ -341,7 +366,9 @@ pub async fn measure(
             failures.join("; ")
         );
     }
-    m.concurrent_hooks = hook_times(&c.side.driver.log_text(), "RunPodSandbox", from);
+    let log = c.side.driver.log_text();
+    m.concurrent_hooks = hook_times(&log, "RunPodSandbox", from);
+    m.concurrent_ahead = ahead_times(&log, from);
     for id in ids {
         c.runtime.stop_pod(&id)?;
         c.runtime.remove_pod(&id)?;
@@ -378,6 +405,13 @@ pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasure
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ahead_times_are_read_from_the_driver_log() {
+        let log = "x\n\u{1b}[2m2026\u{1b}[0m INFO cni{pod=a}: hand-over started at the CNI ADD is done pod=a devices=1 took_us=23456\nhand-over started at the CNI ADD failed took_us=9\n";
+        assert_eq!(ahead_times(log, 0), vec![23.456]);
+        assert!(ahead_times(log, log.len()).is_empty());
+    }
 
     #[test]
     fn hook_times_are_read_from_the_driver_log() {

@@ -39,15 +39,21 @@ pub enum AheadStart {
     Declined(String),
 }
 
-/// Whether a pod's devices can be handed over ahead of the hook.
+/// Whether a pod's devices can be handed over ahead of the hook into `netns`. A device
+/// recorded in another pod namespace (an earlier sandbox) is waiting too: the start
+/// gives it back first.
 pub fn ahead_decision(
     plans: &[(String, Plan)],
+    netns: &Path,
     dataplane: bool,
     cgroup: Option<&str>,
 ) -> AheadStart {
     let waiting = plans
         .iter()
-        .filter(|(_, p)| !matches!(p.placement, Placement::InPod { .. }))
+        .filter(|(_, p)| match &p.placement {
+            Placement::InPod { attachment } => attachment.pod_netns != netns,
+            _ => true,
+        })
         .count();
     if waiting == 0 {
         return AheadStart::Nothing;
@@ -176,24 +182,30 @@ mod tests {
         let in_pod = vec![plan(Placement::InPod {
             attachment: att("/run/netns/a"),
         })];
+        let a = Path::new("/run/netns/a");
         assert_eq!(
-            ahead_decision(&[], true, Some("/kubepods")),
+            ahead_decision(&in_pod, Path::new("/run/netns/b"), true, Some("/kubepods")),
+            AheadStart::Started { devices: 1 },
+            "in an earlier sandbox's namespace: it comes over to this one"
+        );
+        assert_eq!(
+            ahead_decision(&[], a, true, Some("/kubepods")),
             AheadStart::Nothing
         );
         assert_eq!(
-            ahead_decision(&in_pod, true, Some("/kubepods")),
+            ahead_decision(&in_pod, a, true, Some("/kubepods")),
             AheadStart::Nothing
         );
         assert_eq!(
-            ahead_decision(&home, true, Some("/kubepods")),
+            ahead_decision(&home, a, true, Some("/kubepods")),
             AheadStart::Started { devices: 1 }
         );
         assert_eq!(
-            ahead_decision(&home, false, None),
+            ahead_decision(&home, a, false, None),
             AheadStart::Started { devices: 1 }
         );
         for cgroup in [None, Some("")] {
-            let AheadStart::Declined(why) = ahead_decision(&home, true, cgroup) else {
+            let AheadStart::Declined(why) = ahead_decision(&home, a, true, cgroup) else {
                 panic!("a guarded start without a cgroup must be left to the hook");
             };
             assert!(why.contains("cgroupPath"), "{why}");

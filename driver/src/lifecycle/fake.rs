@@ -823,3 +823,44 @@ fn any_failing_call_of_a_staged_start_goes_back_to_the_staged_state() {
         }
     }
 }
+
+#[test]
+fn a_start_into_another_namespace_takes_the_devices_from_the_first_one() {
+    // The devices went to one namespace (a hand-over started for a namespace the
+    // runtime does not use for the pod, or an earlier sandbox); the pod's start names
+    // another. They must end up there, not stay behind as "already in the pod".
+    let f = started();
+    let second = "pod-b".to_string();
+    f.world.borrow_mut().pods.insert(second.clone());
+    let costs = std::sync::Mutex::new(budget::Costs::default());
+    let stale = std::sync::Mutex::new(Vec::new());
+    let ledger = Ledger {
+        costs: &costs,
+        stale: &stale,
+    };
+    let outcomes = handover::start(
+        &f,
+        &ledger,
+        POD_UID,
+        POD,
+        &PodRuntime::netns(format!("/run/netns/{second}")),
+    )
+    .expect("start into the second namespace");
+    assert_eq!(outcomes.len(), DEVICES.len());
+    let w = f.world.borrow();
+    for d in DEVICES {
+        assert_eq!(
+            w.devices[&format!("eth-{d}")].pod.as_deref(),
+            Some(second.as_str()),
+            "{d} stayed in the first namespace"
+        );
+    }
+    for c in w.checkpoint.values() {
+        for p in &c.plans {
+            let Placement::InPod { attachment } = &p.placement else {
+                panic!("record of {} is {}", p.device, p.placement.phase());
+            };
+            assert_eq!(attachment.pod_netns, Path::new("/run/netns/pod-b"));
+        }
+    }
+}

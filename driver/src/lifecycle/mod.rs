@@ -386,6 +386,7 @@ impl Pods {
                 })?;
             Ok(ahead::ahead_decision(
                 &plans,
+                &runtime.netns,
                 self.inner.kernel.config.dataplane,
                 runtime.cgroup_parent.as_deref(),
             ))
@@ -450,7 +451,22 @@ impl Pods {
         pod_uid: &str,
         netns: &std::path::Path,
     ) -> Result<ahead::DelAction, LifecycleError> {
-        if self.giving_back(pod_uid) {
+        let claims_any = || -> Result<bool, LifecycleError> {
+            let plans = self
+                .inner
+                .kernel
+                .store
+                .plans_of_pod(pod_uid)
+                .map_err(|source| LifecycleError::Checkpoint {
+                    pod: pod_uid.to_string(),
+                    source,
+                })?;
+            Ok(!plans.is_empty())
+        };
+        // Most pods claim nothing, and their DEL may come after RemovePodSandbox forgot
+        // their turn: answered without one.
+        if self.giving_back(pod_uid) || !claims_any()? {
+            self.inner.ahead.forget(pod_uid);
             return Ok(ahead::DelAction::Nothing);
         }
         // After any hand-over of this pod still running.

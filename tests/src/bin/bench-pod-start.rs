@@ -567,6 +567,18 @@ fn main() -> Result<()> {
                         - percentile(&r.containerd.without, 0.5),
                 ),
             ),
+            // The hand-overs started at the CNI ADD (off the runtime's path; the hook
+            // above only collects them).
+            ("runp_ahead_p50_ms", percentile(&r.with_ahead, 0.5)),
+            ("runp_ahead_started", r.with_ahead.len() as f64),
+            (
+                "real_concurrent_32_ahead_started",
+                r.concurrent_ahead.len() as f64,
+            ),
+            (
+                "real_concurrent_32_max_ahead_ms",
+                percentile(&r.concurrent_ahead, 1.0),
+            ),
             ("real_concurrent_32_wall_ms", r.concurrent_wall_ms),
             ("real_concurrent_32_max_hook_ms", max_real),
             (
