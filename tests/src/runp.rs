@@ -47,6 +47,10 @@ pub struct RunpMeasured {
     /// The hand-overs netclaim-cni started at the CNI ADD during those runs, as the
     /// driver timed them (off the runtime's path: the pause container starts meanwhile).
     pub with_ahead: Vec<f64>,
+    /// How many pods of those runs had a claim.
+    pub claimed_pods: usize,
+    /// What the driver logged for ADDs that did not start a hand-over ahead.
+    pub ahead_not_started: Vec<String>,
     pub concurrent_hooks: Vec<f64>,
     pub concurrent_ahead: Vec<f64>,
     pub concurrent_wall_ms: f64,
@@ -151,22 +155,23 @@ pub fn hook_times(log: &str, hook: &str, from: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Durations (ms) of the hand-overs started at the CNI ADD, logged by the driver after
-/// byte offset `from`.
-pub fn ahead_times(log: &str, from: usize) -> Vec<f64> {
-    log.get(from..)
-        .unwrap_or("")
-        .lines()
+/// The hand-overs started at the CNI ADD that the driver logged as done: pod name
+/// (without its namespace) → duration (ms).
+pub fn ahead_times(log: &str) -> std::collections::BTreeMap<String, f64> {
+    log.lines()
         .map(strip_ansi)
         .filter(|l| l.contains("hand-over started at the CNI ADD is done"))
         .filter_map(|l| {
-            let v = l.split("took_us=").nth(1)?;
-            let us: f64 = v
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()?;
-            Some(us / 1000.0)
+            let (_, fields) = l.split_once("is done")?;
+            let field = |name: &str| {
+                fields
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix(name).map(str::to_string))
+            };
+            let pod = field("pod=")?;
+            let pod = pod.rsplit('/').next()?.to_string();
+            let us: f64 = field("took_us=")?.parse().ok()?;
+            Some((pod, us / 1000.0))
         })
         .collect()
 }
@@ -304,11 +309,40 @@ pub async fn measure(
                 bail!("unprepare {name}: {err}");
             }
         }
-        let log = c.side.driver.log_text();
-        m.with_hooks.extend(hook_times(&log, "RunPodSandbox", from));
-        m.with_ahead.extend(ahead_times(&log, from));
+        m.with_hooks
+            .extend(hook_times(&c.side.driver.log_text(), "RunPodSandbox", from));
     }
 
+    // Which claimed pods' hand-overs started at the CNI ADD (the others' hooks did them).
+    let ahead = ahead_times(&c.side.driver.log_text());
+    m.with_ahead = pods
+        .with
+        .iter()
+        .chain(&pods.with_prepare_settled)
+        .filter_map(|name| ahead.get(name).copied())
+        .collect();
+    m.claimed_pods = pods.with.len() + pods.with_prepare_settled.len();
+    // Why the others did not start ahead, as the driver logged it.
+    m.ahead_not_started = c
+        .side
+        .driver
+        .log_text()
+        .lines()
+        .map(strip_ansi)
+        .filter_map(|l| {
+            if l.contains("hand-over left to RunPodSandbox") {
+                l.split_once("RunPodSandbox: ")
+                    .map(|(_, why)| why.to_string())
+            } else if l.contains("hand-over started at the CNI ADD failed") {
+                Some(
+                    l.split_once("failed")
+                        .map_or(l.clone(), |(_, e)| format!("failed{e}")),
+                )
+            } else {
+                None
+            }
+        })
+        .collect();
     // The same pods as containerd timed them.
     let timed = containerd_runp_times(&c.runtime.log_text());
     m.containerd = pods.filter_map(|name| timed.get(name).copied());
@@ -368,7 +402,10 @@ pub async fn measure(
     }
     let log = c.side.driver.log_text();
     m.concurrent_hooks = hook_times(&log, "RunPodSandbox", from);
-    m.concurrent_ahead = ahead_times(&log, from);
+    let ahead = ahead_times(&log);
+    m.concurrent_ahead = (1..=concurrent)
+        .filter_map(|j| ahead.get(&format!("c{j}-pod")).copied())
+        .collect();
     for id in ids {
         c.runtime.stop_pod(&id)?;
         c.runtime.remove_pod(&id)?;
@@ -408,9 +445,10 @@ mod tests {
 
     #[test]
     fn ahead_times_are_read_from_the_driver_log() {
-        let log = "x\n\u{1b}[2m2026\u{1b}[0m INFO cni{pod=a}: hand-over started at the CNI ADD is done pod=a devices=1 took_us=23456\nhand-over started at the CNI ADD failed took_us=9\n";
-        assert_eq!(ahead_times(log, 0), vec![23.456]);
-        assert!(ahead_times(log, log.len()).is_empty());
+        let log = "x\n\u{1b}[2m2026\u{1b}[0m INFO cni{pod=a}: hand-over started at the CNI ADD is done pod=default/a devices=1 took_us=23456\nhand-over started at the CNI ADD failed took_us=9\n";
+        let times = ahead_times(log);
+        assert_eq!(times.len(), 1, "{times:?}");
+        assert_eq!(times.get("a"), Some(&23.456));
     }
 
     #[test]

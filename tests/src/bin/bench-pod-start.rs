@@ -571,6 +571,7 @@ fn main() -> Result<()> {
             // above only collects them).
             ("runp_ahead_p50_ms", percentile(&r.with_ahead, 0.5)),
             ("runp_ahead_started", r.with_ahead.len() as f64),
+            ("runp_claimed_pods", r.claimed_pods as f64),
             (
                 "real_concurrent_32_ahead_started",
                 r.concurrent_ahead.len() as f64,
@@ -590,6 +591,9 @@ fn main() -> Result<()> {
         ];
         for (k, v) in &real_rows {
             println!("{k:<30} {v:>10.2}");
+        }
+        for why in &r.ahead_not_started {
+            println!("not started at the CNI ADD: {why}");
         }
         let ratio = over(overhead);
         println!(
