@@ -14,13 +14,17 @@
 //! namespace; an ahead start whose pod never reaches the hook (the runtime failed the
 //! start after the CNI ADD) is undone by the CNI DEL that follows, or by the keeper
 //! when the runtime removes the namespace.
+//!
+//! Here: the decisions ([`ahead_decision`], [`del_decision`]), the results kept for the
+//! hook ([`Finished`]), and the lifecycle's two entry points for the CNI socket
+//! ([`Pods::start_pod_ahead`], [`Pods::end_in_netns`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{DeviceOutcome, LifecycleError};
+use super::{DeviceOutcome, LifecycleError, PodRuntime, Pods};
 use crate::state::{Placement, Plan};
 
 /// The budget of an ahead start until the runtime announced its own (NRI Configure):
@@ -145,6 +149,148 @@ impl Finished {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Pods {
+    /// Starts handing pod `pod_uid`'s devices to `runtime.netns` now, on a thread of its
+    /// own, because the runtime's CNI ADD says the namespace exists (this module). Returns
+    /// once the pod's turn is taken, so the pod's RunPodSandbox (which comes after the
+    /// CNI ADD) waits for the hand-over and collects its result.
+    pub fn start_pod_ahead(
+        &self,
+        pod_uid: &str,
+        pod_name: &str,
+        runtime: PodRuntime,
+    ) -> Result<AheadStart, LifecycleError> {
+        let decide = || -> Result<AheadStart, LifecycleError> {
+            let plans = self
+                .inner
+                .kernel
+                .store
+                .plans_of_pod(pod_uid)
+                .map_err(|source| LifecycleError::Checkpoint {
+                    pod: pod_name.to_string(),
+                    source,
+                })?;
+            Ok(ahead_decision(
+                &plans,
+                &runtime.netns,
+                self.inner.kernel.config.dataplane,
+                runtime.cgroup_parent.as_deref(),
+            ))
+        };
+        // Most pods claim nothing: they are answered without waiting for a turn.
+        let first = decide()?;
+        if !matches!(first, AheadStart::Started { .. }) {
+            return Ok(first);
+        }
+        // The socket guard goes on the pod's cgroup, which kubelet creates before the
+        // pod's sandbox; where it does not exist yet, the hook attaches it later.
+        if let Err(e) =
+            super::effects::Effects::socket_guard(&self.inner.kernel, pod_name, &runtime)
+        {
+            return Ok(AheadStart::Declined(format!(
+                "{e}; RunPodSandbox hands the devices over"
+            )));
+        }
+        let turn = self.turn(pod_uid);
+        let decision = decide()?;
+        if !matches!(decision, AheadStart::Started { .. }) {
+            return Ok(decision);
+        }
+        let this = self.clone();
+        let (uid, name) = (pod_uid.to_string(), pod_name.to_string());
+        let span = tracing::Span::current();
+        let work = move || {
+            let _entered = span.enter();
+            let _moving = crate::netns::quiet::Quiet::global().hold();
+            let started = std::time::Instant::now();
+            let result = this.inner.start(&uid, &name, &runtime);
+            match &result {
+                Ok(outcomes) => tracing::info!(
+                    pod = %name,
+                    devices = outcomes.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "hand-over started at the CNI ADD is done"
+                ),
+                Err(e) => {
+                    tracing::warn!(pod = %name, "hand-over started at the CNI ADD failed (RunPodSandbox reports it): {e}")
+                }
+            }
+            // Kept before the turn is let go, so the hook finds it.
+            this.inner.ahead.put(&uid, runtime.netns.clone(), result);
+            drop(turn);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("handover-ahead".into())
+            .spawn(work)
+        {
+            return Ok(AheadStart::Declined(format!(
+                "no thread for the hand-over: {e}"
+            )));
+        }
+        Ok(decision)
+    }
+
+    /// The runtime's CNI DEL for pod `pod_uid`'s namespace `netns`: devices there go
+    /// home as after a stop ([`Self::stop_pod_behind`]), unless a stop already gives them
+    /// back. A hand-over started ahead for a pod that never ran (the runtime failed its
+    /// start after the CNI ADD) is undone here. Returns once the give-back is ordered.
+    pub fn end_in_netns(
+        &self,
+        pod_uid: &str,
+        netns: &std::path::Path,
+    ) -> Result<DelAction, LifecycleError> {
+        let claims_any = || -> Result<bool, LifecycleError> {
+            let plans = self
+                .inner
+                .kernel
+                .store
+                .plans_of_pod(pod_uid)
+                .map_err(|source| LifecycleError::Checkpoint {
+                    pod: pod_uid.to_string(),
+                    source,
+                })?;
+            Ok(!plans.is_empty())
+        };
+        // Most pods claim nothing, and their DEL may come after RemovePodSandbox forgot
+        // their turn: answered without one.
+        if self.giving_back(pod_uid) || !claims_any()? {
+            self.inner.ahead.forget(pod_uid);
+            return Ok(DelAction::Nothing);
+        }
+        // After any hand-over of this pod still running.
+        let turn = self.turn(pod_uid);
+        if let Some(Err(e)) = self.inner.ahead.take(pod_uid, netns) {
+            tracing::debug!(
+                pod_uid,
+                "forgetting a failed hand-over no hook collected: {e}"
+            );
+        }
+        let plans = self
+            .inner
+            .kernel
+            .store
+            .plans_of_pod(pod_uid)
+            .map_err(|source| LifecycleError::Checkpoint {
+                pod: pod_uid.to_string(),
+                source,
+            })?;
+        let action = del_decision(&plans, netns, self.giving_back(pod_uid));
+        if action == DelAction::GiveBack {
+            tracing::info!(pod_uid, netns = %netns.display(), "CNI DEL of a namespace that holds the pod's devices; returning them");
+            self.give_back_behind(turn, pod_uid, None);
+        }
+        Ok(action)
+    }
+
+    fn giving_back(&self, pod_uid: &str) -> bool {
+        self.inner
+            .giving_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(pod_uid)
     }
 }
 
