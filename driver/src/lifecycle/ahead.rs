@@ -164,15 +164,7 @@ impl Pods {
         runtime: PodRuntime,
     ) -> Result<AheadStart, LifecycleError> {
         let decide = || -> Result<AheadStart, LifecycleError> {
-            let plans = self
-                .inner
-                .kernel
-                .store
-                .plans_of_pod(pod_uid)
-                .map_err(|source| LifecycleError::Checkpoint {
-                    pod: pod_name.to_string(),
-                    source,
-                })?;
+            let plans = self.recorded_plans(pod_uid, pod_name)?;
             Ok(ahead_decision(
                 &plans,
                 &runtime.netns,
@@ -242,21 +234,9 @@ impl Pods {
         pod_uid: &str,
         netns: &std::path::Path,
     ) -> Result<DelAction, LifecycleError> {
-        let claims_any = || -> Result<bool, LifecycleError> {
-            let plans = self
-                .inner
-                .kernel
-                .store
-                .plans_of_pod(pod_uid)
-                .map_err(|source| LifecycleError::Checkpoint {
-                    pod: pod_uid.to_string(),
-                    source,
-                })?;
-            Ok(!plans.is_empty())
-        };
         // Most pods claim nothing, and their DEL may come after RemovePodSandbox forgot
         // their turn: answered without one.
-        if self.giving_back(pod_uid) || !claims_any()? {
+        if self.giving_back(pod_uid) || self.recorded_plans(pod_uid, pod_uid)?.is_empty() {
             self.inner.ahead.forget(pod_uid);
             return Ok(DelAction::Nothing);
         }
@@ -268,21 +248,29 @@ impl Pods {
                 "forgetting a failed hand-over no hook collected: {e}"
             );
         }
-        let plans = self
-            .inner
-            .kernel
-            .store
-            .plans_of_pod(pod_uid)
-            .map_err(|source| LifecycleError::Checkpoint {
-                pod: pod_uid.to_string(),
-                source,
-            })?;
+        let plans = self.recorded_plans(pod_uid, pod_uid)?;
         let action = del_decision(&plans, netns, self.giving_back(pod_uid));
         if action == DelAction::GiveBack {
             tracing::info!(pod_uid, netns = %netns.display(), "CNI DEL of a namespace that holds the pod's devices; returning them");
             self.give_back_behind(turn, pod_uid, None);
         }
         Ok(action)
+    }
+
+    /// The checkpoint's plans of pod `pod_uid` (`pod` names it in an error).
+    fn recorded_plans(
+        &self,
+        pod_uid: &str,
+        pod: &str,
+    ) -> Result<Vec<(String, Plan)>, LifecycleError> {
+        self.inner
+            .kernel
+            .store
+            .plans_of_pod(pod_uid)
+            .map_err(|source| LifecycleError::Checkpoint {
+                pod: pod.to_string(),
+                source,
+            })
     }
 
     fn giving_back(&self, pod_uid: &str) -> bool {
