@@ -266,15 +266,7 @@ impl Containerd {
     /// guard of a hand-over started at the CNI ADD goes there). Removed on drop with
     /// the rest of this runtime's cgroups.
     fn pod_cgroup_parent(&self) -> Result<()> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let Some(root) = mountinfo.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next() == Some("cgroup2"))
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-                .flatten()
-        }) else {
-            bail!("no cgroup2 hierarchy is mounted");
-        };
+        let root = netclaim::datapath::guard::cgroup2_mount()?;
         let dir = root.join(self.cgroup_parent.trim_start_matches('/'));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
     }

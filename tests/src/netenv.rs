@@ -227,6 +227,17 @@ impl TestCgroup {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The name a runtime gives this cgroup as a pod's cgroup parent: the path below the
+    /// cgroup v2 root, as cgroupfs names it (`/nct-…`).
+    pub fn runtime_name(&self) -> Result<String> {
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("cgroup name")?;
+        Ok(format!("/{name}"))
+    }
 }
 
 impl Drop for TestCgroup {

@@ -530,6 +530,23 @@ where
     })
 }
 
+/// [`bring_up`] with pod `web-0`'s claim `web` on the NIC, configured by
+/// [`good_parameters`], prepared (the device parked at home).
+pub async fn bring_up_prepared(topo: &Topology) -> Result<Cluster> {
+    let c = bring_up(topo, Mode::Current, &Quiet).await?;
+    c.api.put(claim(
+        "web",
+        "uid-web",
+        &c.device,
+        "web-0",
+        "pod-uid-web",
+        good_parameters(),
+    ))?;
+    let err = prepare(&c, "web", "uid-web").await?;
+    anyhow::ensure!(err.is_empty(), "prepare: {err}");
+    Ok(c)
+}
+
 /// Prepares a claim through the fake kubelet; returns the per-claim error (empty = ok).
 pub async fn prepare(c: &Cluster, name: &str, uid: &str) -> Result<String> {
     prepare_with(&c.dra, name, uid).await

@@ -72,25 +72,13 @@ fn checkpoint_on_small_fs(
 #[test]
 fn a_full_disk_under_the_checkpoint_keeps_placements_in_the_journal() {
     use anyhow::Context;
-    use netclaim_tests::{
-        runtime::Mode,
-        scenario::{self, claim, good_parameters, link_facts, prepare, run_in_netns, NIC},
-    };
+    use netclaim_tests::scenario::{self, link_facts, run_in_netns, NIC};
     use std::time::Duration;
     let (topo, st, tmpfs) = checkpoint_on_small_fs("cfj");
     let t = topo.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        let mut c = scenario::bring_up(&topo, Mode::Current, &scenario::Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let mut c = scenario::bring_up_prepared(&topo).await?;
         let before = link_facts(&topo.node, NIC)?;
 
         let filler = SmallFs::fill(&st, "filler")?;

@@ -18,11 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use netclaim_tests::netenv::TestCgroup;
-use netclaim_tests::runtime::Mode;
-use netclaim_tests::scenario::{
-    self, bring_up, claim, good_parameters, link_facts, prepare, run_in_netns, Quiet, Topology,
-    NIC, POD_IF,
-};
+use netclaim_tests::scenario::{self, link_facts, run_in_netns, Quiet, Topology, NIC, POD_IF};
 use serde_json::{json, Value};
 
 /// One request line, its reply parsed.
@@ -51,34 +47,15 @@ fn on_node(topo: &Topology) -> bool {
     topo.node.ip(&["link", "show", NIC]).is_ok()
 }
 
-/// The pods' cgroup parent as the runtime names it (relative to the cgroup v2 root).
-fn parent_of(cgroup: &TestCgroup) -> Result<String> {
-    let name = cgroup
-        .path()
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("cgroup name")?;
-    Ok(format!("/{name}"))
-}
-
 #[test]
 fn hostile_lines_get_errors_naming_what_is_wrong_and_change_nothing() {
     let topo = Arc::new(Topology::new("cnh").unwrap());
     let cgroup = TestCgroup::new("cnh").unwrap();
-    let parent = parent_of(&cgroup).unwrap();
+    let parent = cgroup.runtime_name().unwrap();
     let t = topo.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        let c = bring_up(&topo, Mode::Current, &Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let c = scenario::bring_up_prepared(&topo).await?;
         let socket = topo.state_dir().join("cni.sock");
         let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
         ensure!(mode == 0o600, "the CNI socket has mode {mode:o}, not 600");
@@ -184,20 +161,11 @@ fn hostile_lines_get_errors_naming_what_is_wrong_and_change_nothing() {
 fn an_add_or_del_naming_another_namespace_cannot_take_the_device() {
     let topo = Arc::new(Topology::new("cnw").unwrap());
     let cgroup = TestCgroup::new("cnw").unwrap();
-    let parent = parent_of(&cgroup).unwrap();
+    let parent = cgroup.runtime_name().unwrap();
     let t = topo.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        let c = bring_up(&topo, Mode::Current, &Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let c = scenario::bring_up_prepared(&topo).await?;
         let socket = topo.state_dir().join("cni.sock");
 
         // A path that is no namespace: the ahead start fails and leaves the device home.

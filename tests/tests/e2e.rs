@@ -564,16 +564,7 @@ fn restarted_driver_keeps_devices_in_pods_published() {
     let t = topo.clone();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        let mut c = scenario::bring_up_prepared(&topo).await?;
         let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
         let started = run_pod(&c, &topo, "pod-uid-web", "web-0").await;
         ensure!(started.is_clean(), "{:?}", started.status);
@@ -641,24 +632,10 @@ fn the_socket_guard_follows_the_pod_cgroup_named_by_the_runtime() {
     let cgroup = netclaim_tests::netenv::TestCgroup::new("e2g").unwrap();
     let t = topo.clone();
     let cg = cgroup.path().to_path_buf();
+    let parent = cgroup.runtime_name().unwrap();
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
-        // The runtime names the cgroup relative to the cgroup v2 root, as cgroupfs does.
-        let name = cg
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("cgroup name")?;
-        let parent = format!("/{name}");
-        let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        ensure!(prepare(&c, "web", "uid-web").await?.is_empty(), "prepare");
+        let mut c = scenario::bring_up_prepared(&topo).await?;
         let started =
             scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
                 .await;

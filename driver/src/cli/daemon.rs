@@ -27,11 +27,11 @@ use clap::Args;
 use tokio::sync::watch;
 
 use crate::{
-    cni::server::CniSocket,
     datapath::PinLayout,
     inventory::{DeviceFilter, InventoryOptions, InventoryWatcher},
     kubelet::{
         self, ClaimPreparer, KubeletPluginConfig, NotifyingPreparer, Preparer, RegistrationState,
+        SocketGuard,
     },
     lifecycle::{
         staging::StagingPreparer, DeviceOutcome, InventoryResolver, LifecycleConfig,
@@ -374,9 +374,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .cni_socket
         .clone()
         .unwrap_or_else(|| args.state_dir.join("cni.sock"));
-    let cni = CniSocket::bind(&cni_socket).context("starting the CNI socket")?;
+    let cni = SocketGuard::bind(&cni_socket).context("starting the CNI socket")?;
     tracing::info!(socket = %cni.path().display(), "CNI socket ready (netclaim-cni starts hand-overs at the CNI ADD)");
-    let cni_task = cni.serve(pods_for_cni, nri.request_timeout_handle());
+    let cni_task = crate::cni::server::serve(cni, pods_for_cni, nri.request_timeout_handle());
     tokio::spawn(follow(nri.connected(), {
         let readiness = readiness.clone();
         move |&up: &bool| {

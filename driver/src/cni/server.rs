@@ -6,15 +6,13 @@
 //! [`MAX_LINE`], one that is not a request, or one not sent within [`READ_WAIT`] gets an
 //! error reply naming what was wrong, and nothing else happens.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 use super::wire::{Command, Reply, Request, MAX_LINE};
+use crate::kubelet::SocketGuard;
 use crate::lifecycle::ahead::{AheadStart, DelAction, AHEAD_BUDGET};
 use crate::lifecycle::budget::Deadline;
 use crate::lifecycle::{PodRuntime, Pods};
@@ -22,90 +20,33 @@ use crate::lifecycle::{PodRuntime, Pods};
 /// How long a connection may take to send its request.
 pub const READ_WAIT: Duration = Duration::from_secs(2);
 
-/// The bound socket; its file is removed when this is dropped.
-pub struct CniSocket {
-    path: PathBuf,
-    listener: Option<UnixListener>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("CNI socket {path}: {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("CNI socket {0}: the path exists and is not a socket")]
-    NotASocket(PathBuf),
-}
-
-impl CniSocket {
-    /// Binds `path` (replacing a socket left by an earlier run), mode 0600.
-    pub fn bind(path: &Path) -> Result<Self, ServeError> {
-        let io = |what| {
-            let path = path.to_path_buf();
-            move |source| ServeError::Io { path, what, source }
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io("creating its directory"))?;
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(path).map_err(io("removing the old socket"))?
-            }
-            Ok(_) => return Err(ServeError::NotASocket(path.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("inspecting the path")(e)),
-        }
-        let listener = UnixListener::bind(path).map_err(io("binding"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("setting mode 0600"))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            listener: Some(listener),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Serves requests for `pods` until the returned task is aborted. `budget` reads the
-    /// runtime's hook budget (NRI Configure's request timeout), which an ahead start
-    /// runs under from the CNI ADD ([`AHEAD_BUDGET`] until the runtime said one).
-    pub fn serve(
-        mut self,
-        pods: Pods,
-        budget: impl Fn() -> Option<Duration> + Send + Sync + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let budget: Arc<dyn Fn() -> Option<Duration> + Send + Sync> = Arc::new(budget);
-        let listener = self.listener.take();
-        tokio::spawn(async move {
-            let Some(listener) = listener else { return };
-            // Owned here, so the file goes when the task ends.
-            let _socket = self;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        let budget = budget().unwrap_or(AHEAD_BUDGET);
-                        tokio::spawn(answer(stream, pods.clone(), budget));
-                    }
-                    Err(e) => {
-                        tracing::warn!("CNI socket: accepting a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+/// Serves requests for `pods` on `socket` (bound by [`SocketGuard::bind`]: a stale file
+/// replaced, mode 0600, removed when the task ends) until the returned task is aborted.
+/// `budget` reads the runtime's hook budget (NRI Configure's request timeout), which an
+/// ahead start runs under from the CNI ADD ([`AHEAD_BUDGET`] until the runtime said one).
+pub fn serve(
+    mut socket: SocketGuard,
+    pods: Pods,
+    budget: impl Fn() -> Option<Duration> + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let listener = socket.take_listener();
+    tokio::spawn(async move {
+        let Some(listener) = listener else { return };
+        // Owned here, so the file goes when the task ends.
+        let _socket = socket;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let budget = budget().unwrap_or(AHEAD_BUDGET);
+                    tokio::spawn(answer(stream, pods.clone(), budget));
+                }
+                Err(e) => {
+                    tracing::warn!("CNI socket: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-        })
-    }
-}
-
-impl Drop for CniSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+        }
+    })
 }
 
 /// Reads one request from `stream`, acts on it, writes the reply.

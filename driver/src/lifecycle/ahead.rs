@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{DeviceOutcome, LifecycleError, PodRuntime, Pods};
-use crate::state::{Placement, Plan};
+use crate::state::Plan;
 
 /// The budget of an ahead start until the runtime announced its own (NRI Configure):
 /// containerd's default request timeout. The hook that collects the result runs
@@ -54,10 +54,7 @@ pub fn ahead_decision(
 ) -> AheadStart {
     let waiting = plans
         .iter()
-        .filter(|(_, p)| match &p.placement {
-            Placement::InPod { attachment } => attachment.pod_netns != netns,
-            _ => true,
-        })
+        .filter(|(_, p)| !super::decide::in_pod_at(&p.placement, netns))
         .count();
     if waiting == 0 {
         return AheadStart::Nothing;
@@ -90,12 +87,9 @@ pub fn del_decision(plans: &[(String, Plan)], netns: &Path, giving_back: bool) -
         // whatever was in it.
         return DelAction::Nothing;
     }
-    let there = plans.iter().any(|(_, p)| match &p.placement {
-        Placement::Home => false,
-        Placement::InPod { attachment }
-        | Placement::Entering { attachment }
-        | Placement::Leaving { attachment } => attachment.pod_netns == netns,
-    });
+    let there = plans
+        .iter()
+        .any(|(_, p)| p.attachment().is_some_and(|a| a.pod_netns == netns));
     if there {
         DelAction::GiveBack
     } else {
@@ -141,14 +135,6 @@ impl Finished {
     /// Forgets pod `uid`'s result (its pod ended before a hook collected it).
     pub fn forget(&self, uid: &str) {
         self.map().remove(uid);
-    }
-
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -274,18 +260,14 @@ impl Pods {
     }
 
     fn giving_back(&self, pod_uid: &str) -> bool {
-        self.inner
-            .giving_back
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(pod_uid)
+        self.inner.giving_back().contains(pod_uid)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Attachment;
+    use crate::state::{Attachment, Placement};
 
     fn plan(placement: Placement) -> (String, Plan) {
         let mut p: Plan = serde_json::from_value(serde_json::json!({
@@ -299,15 +281,7 @@ mod tests {
     }
 
     fn att(netns: &str) -> Attachment {
-        serde_json::from_value(serde_json::json!({
-            "podNetns": netns, "podIfname": "net1",
-            "originals": {"name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500,
-                "mac": null, "perm_mac": null, "up": true, "addresses": [], "routes": [],
-                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
-                "gro_ipv4_max_size": null, "ethtool_features": {}, "ethtool_changeable": [],
-                "private_flags": {}}
-        }))
-        .expect("attachment")
+        Attachment::for_tests(netns)
     }
 
     #[test]
@@ -396,6 +370,6 @@ mod tests {
         assert!(f.take("u", Path::new("/run/netns/a")).is_none());
         f.put("u", PathBuf::from("/run/netns/a"), Ok(Vec::new()));
         f.forget("u");
-        assert!(f.is_empty());
+        assert!(f.take("u", Path::new("/run/netns/a")).is_none());
     }
 }

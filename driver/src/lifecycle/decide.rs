@@ -75,10 +75,15 @@ pub fn elsewhere<'a>(
     placements: impl IntoIterator<Item = &'a Placement>,
     netns: &std::path::Path,
 ) -> bool {
-    placements.into_iter().any(|p| match p {
-        Placement::InPod { attachment } => attachment.pod_netns != netns,
-        _ => false,
-    })
+    placements
+        .into_iter()
+        .any(|p| matches!(p, Placement::InPod { .. }) && !in_pod_at(p, netns))
+}
+
+/// Whether a device is recorded in the pod, in namespace `netns`: the one placement a
+/// start into `netns` leaves as it is.
+pub fn in_pod_at(placement: &Placement, netns: &std::path::Path) -> bool {
+    matches!(placement, Placement::InPod { attachment } if attachment.pod_netns == netns)
 }
 
 /// What one device has been through, in this run or according to its record.
@@ -144,15 +149,7 @@ mod tests {
     use crate::state::Attachment;
 
     fn att() -> Attachment {
-        serde_json::from_value(serde_json::json!({
-            "podNetns": "/run/netns/p", "podIfname": "net1",
-            "originals": {"name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500,
-                "mac": null, "perm_mac": null, "up": true, "addresses": [], "routes": [],
-                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
-                "gro_ipv4_max_size": null, "ethtool_features": {}, "ethtool_changeable": [],
-                "private_flags": {}}
-        }))
-        .expect("attachment")
+        Attachment::for_tests("/run/netns/p")
     }
 
     fn placements(s: &str) -> Vec<Placement> {

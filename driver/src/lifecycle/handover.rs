@@ -235,12 +235,16 @@ pub fn start<E: Effects>(
         tracing::debug!(pod = %pod_name, pod_uid, "no claimed devices for this pod");
         return Ok(Vec::new());
     }
-    if pod_action(&plans, PodEvent::Starting) == PodAction::GiveBackThenHandOver {
-        tracing::info!(pod = %pod_name, "an earlier start or stop of this pod was cut off; returning its devices before starting again");
-        give_back(e, pod_uid)?;
-        plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
-    } else if decide::elsewhere(plans.iter().map(|(_, p)| &p.placement), &runtime.netns) {
-        tracing::info!(pod = %pod_name, netns = %runtime.netns.display(), "devices of this pod are in another network namespace; returning them before handing them to this one");
+    // A start or stop cut off half-way, or devices recorded in another pod namespace:
+    // everything goes home first, then the hand-over starts from there.
+    let cut_off = pod_action(&plans, PodEvent::Starting) == PodAction::GiveBackThenHandOver;
+    if cut_off || decide::elsewhere(plans.iter().map(|(_, p)| &p.placement), &runtime.netns) {
+        let why = if cut_off {
+            "an earlier start or stop of this pod was cut off"
+        } else {
+            "devices of this pod are in another network namespace"
+        };
+        tracing::info!(pod = %pod_name, netns = %runtime.netns.display(), "{why}; returning its devices before starting again");
         give_back(e, pod_uid)?;
         plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
     }

@@ -381,11 +381,7 @@ impl Pods {
         pod_uid: &str,
         done: Option<std::sync::mpsc::Sender<Result<Vec<DeviceOutcome>, LifecycleError>>>,
     ) {
-        self.inner
-            .giving_back
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pod_uid.to_string());
+        self.inner.giving_back().insert(pod_uid.to_string());
         let turn = self.turn(pod_uid);
         self.give_back_behind(turn, pod_uid, done);
     }
@@ -407,11 +403,7 @@ impl Pods {
             let _moving = crate::netns::quiet::Quiet::global().hold();
             let started = std::time::Instant::now();
             let result = handover::give_back(&this.inner.kernel, &uid);
-            this.inner
-                .giving_back
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&uid);
+            this.inner.giving_back().remove(&uid);
             drop(turn);
             match &result {
                 Ok(outcomes) => tracing::info!(
@@ -615,6 +607,11 @@ impl Pods {
 }
 
 impl Inner {
+    /// The pods whose stop is giving their devices back.
+    fn giving_back(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.giving_back.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn start(
         &self,
         pod_uid: &str,

@@ -229,6 +229,22 @@ pub struct Attachment {
     pub dhcp: Option<DhcpRecord>,
 }
 
+#[cfg(test)]
+impl Attachment {
+    /// A recorded attachment in pod namespace `netns` (`net1`, from a host `eth1`).
+    pub(crate) fn for_tests(netns: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "podNetns": netns, "podIfname": "net1",
+            "originals": {"name": "eth1", "ifindex": 7, "kind": null, "mtu": 1500,
+                "mac": null, "perm_mac": null, "up": true, "addresses": [], "routes": [],
+                "gso_max_size": null, "gro_max_size": null, "gso_ipv4_max_size": null,
+                "gro_ipv4_max_size": null, "ethtool_features": {}, "ethtool_changeable": [],
+                "private_flags": {}}
+        }))
+        .expect("attachment")
+    }
+}
+
 /// The DHCP lease of an attached device (written by `lifecycle`, updated on every
 /// renewal).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
