@@ -356,9 +356,18 @@ impl Pods {
     ) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         self.locked(pod_uid, || {
             // Started at the CNI ADD ([`ahead`]): that start held the turn until now.
-            if let Some(done) = self.inner.ahead.take(pod_uid, &pod.netns) {
-                tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
-                return done;
+            match self.inner.ahead.take(pod_uid, &pod.netns) {
+                // It counted the runtime's budget from the CNI ADD, before the sandbox
+                // started; this hook has its own, so it tries again under that.
+                Some(Err(LifecycleError::Budget(b))) => tracing::info!(
+                    pod = %pod_name,
+                    "the hand-over started at the CNI ADD stopped on the budget; RunPodSandbox tries under its own: {b}"
+                ),
+                Some(done) => {
+                    tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
+                    return done;
+                }
+                None => {}
             }
             self.inner.start(pod_uid, pod_name, pod)
         })
