@@ -627,3 +627,80 @@ fn the_lookup_in_root_ignores_a_stranger_with_the_same_name() -> Result<()> {
     restore(&s.node.open(), Some(&s.pod.open()), "net2", &done.originals)?;
     Ok(())
 }
+
+/// The global IPv4 addresses in `ns`, `name address/prefix` per line, sorted.
+fn ipv4_by_link(ns: &TestNetns) -> Result<Vec<String>> {
+    let out = ns.ip(&["-o", "-4", "addr", "show"])?;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"inet")).then(|| format!("{} {}", f[1], f[3]))
+        })
+        .filter(|l| !l.starts_with("lo "))
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// `configure_each` works one device ahead of its caller. A caller that stops after
+/// the first result (a data path failed, say) gets back every device the worker
+/// configured meanwhile, so its undo knows them, and once `stop` returns nothing in
+/// the pod changes any more.
+#[test]
+fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Result<()> {
+    use netclaim::netns::configure::{capture_for_move, move_captured};
+    use netclaim::netns::configuring::configure_each;
+    let node = TestNetns::new("cen")?;
+    let pod = TestNetns::new("cep")?;
+    let peer = TestNetns::new("cex")?;
+    let n = 8;
+    let devs: Vec<String> = (0..n).map(|_| unique("ce")).collect();
+    for (i, d) in devs.iter().enumerate() {
+        veth(&node, d, &peer, &format!("cp{i}"))?;
+    }
+    let settings = |i: usize| InterfaceSettings {
+        name: Some(format!("net{i}")),
+        addresses: vec![net(&format!("192.0.2.{}/32", i + 10))],
+        ..Default::default()
+    };
+    let (host, in_pod) = (node.open(), pod.open());
+    let mut captured = Vec::new();
+    for (i, d) in devs.iter().enumerate() {
+        captured.push(capture_for_move(&host, d, &settings(i))?);
+    }
+    let moved = move_captured(&host, &in_pod, captured)?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(moved.len(), n, "every device moved");
+    let items = moved
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (devs[i].clone(), settings(i), m))
+        .collect();
+
+    let mut each = configure_each(&in_pod, items)?;
+    let first = each.next().context("no first result")??;
+    assert_eq!(first.pod_ifname, "net0");
+    let late = each.stop();
+    let at_stop = ipv4_by_link(&pod)?;
+    let mut reported = vec![format!("net0 192.0.2.10/32")];
+    for (k, r) in late.into_iter().enumerate() {
+        let c = r.map_err(|e| anyhow::anyhow!("device {} failed: {e}", k + 1))?;
+        assert_eq!(c.pod_ifname, format!("net{}", k + 1), "in order");
+        assert_eq!(c.addresses, vec![net(&format!("192.0.2.{}/32", k + 11))]);
+        reported.push(format!("{} {}", c.pod_ifname, c.addresses[0]));
+    }
+    reported.sort();
+    assert_eq!(
+        at_stop, reported,
+        "the pod holds exactly the devices reported configured"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        ipv4_by_link(&pod)?,
+        at_stop,
+        "something was configured after stop returned"
+    );
+    Ok(())
+}

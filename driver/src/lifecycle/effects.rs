@@ -60,6 +60,39 @@ pub struct Moved<M> {
     pub rest: M,
 }
 
+/// What [`Effects::configure_each`] gives: one result per device, in order.
+pub type Configuring<'a> = Box<dyn ConfiguringEach + 'a>;
+
+/// The devices of one start being configured in their pod, one after another.
+pub trait ConfiguringEach: Iterator<Item = Result<Configured, ConfigureError>> {
+    /// Stops after the device being configured now and returns the results not taken
+    /// yet; nothing configures any more once it returns.
+    fn stop(self: Box<Self>) -> Vec<Result<Configured, ConfigureError>>;
+}
+
+impl ConfiguringEach for crate::netns::configuring::Configuring {
+    fn stop(self: Box<Self>) -> Vec<Result<Configured, ConfigureError>> {
+        (*self).stop()
+    }
+}
+
+/// Results made one at a time as they are asked for: nothing runs ahead, so stopping
+/// leaves none behind.
+pub struct OnAsk<I>(pub I);
+
+impl<I: Iterator<Item = Result<Configured, ConfigureError>>> Iterator for OnAsk<I> {
+    type Item = Result<Configured, ConfigureError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+}
+
+impl<I: Iterator<Item = Result<Configured, ConfigureError>>> ConfiguringEach for OnAsk<I> {
+    fn stop(self: Box<Self>) -> Vec<Result<Configured, ConfigureError>> {
+        Vec::new()
+    }
+}
+
 /// What [`Effects::move_all`] did: one result per device tried, in order.
 pub type MovesTried<M> = Vec<Result<Moved<M>, ConfigureError>>;
 
@@ -102,15 +135,16 @@ pub trait Effects {
         pod: &Self::Pod,
         devices: Vec<Self::Captured>,
     ) -> Result<MovesTried<Self::Moved>, ConfigureError>;
-    /// Configures in `pod` a device [`Effects::move_all`] moved there. On failure the
-    /// device is still in the pod; the caller undoes.
-    fn configure_in(
-        &self,
-        pod: &Self::Pod,
-        ifname: &str,
-        settings: &InterfaceSettings,
-        moved: Self::Moved,
-    ) -> Result<Configured, ConfigureError>;
+    /// Configures in `pod` the devices [`Effects::move_all`] moved there, in order, and
+    /// stops at the first that fails: one result per device, each as soon as it is
+    /// done (the caller gives one its data path while the next is configured). A
+    /// device that failed is still in the pod; the caller undoes, after dropping the
+    /// iterator (which waits until nothing configures any more).
+    fn configure_each<'a>(
+        &'a self,
+        pod: &'a Self::Pod,
+        devices: Vec<(String, InterfaceSettings, Self::Moved)>,
+    ) -> Configuring<'a>;
     /// Attaches (and pins) the device's data path in the pod.
     fn attach(
         &self,
@@ -331,14 +365,15 @@ impl Effects for Kernel {
             .collect())
     }
 
-    fn configure_in(
-        &self,
-        pod: &Netns,
-        ifname: &str,
-        settings: &InterfaceSettings,
-        moved: MovedIn,
-    ) -> Result<Configured, ConfigureError> {
-        crate::netns::configure::configure_moved(pod, ifname, settings, moved)
+    fn configure_each<'a>(
+        &'a self,
+        pod: &'a Netns,
+        devices: Vec<(String, InterfaceSettings, MovedIn)>,
+    ) -> Configuring<'a> {
+        match crate::netns::configuring::configure_each(pod, devices) {
+            Ok(each) => Box::new(each),
+            Err(e) => Box::new(OnAsk(std::iter::once(Err(e.into())))),
+        }
     }
 
     fn attach(

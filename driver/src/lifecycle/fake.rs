@@ -157,6 +157,41 @@ impl Fake {
     }
 }
 
+impl Fake {
+    /// One device of [`Effects::configure_each`].
+    fn configure_one(
+        &self,
+        ifname: &str,
+        (side, originals): (PodSide, HostOriginals),
+    ) -> Result<Configured, ConfigureError> {
+        self.tick().map_err(|_| {
+            injected(
+                ifname,
+                Step::LinkSettings,
+                Some(Box::new(Left {
+                    side: side.clone(),
+                    originals: Some(originals.clone()),
+                })),
+            )
+        })?;
+        self.world
+            .borrow_mut()
+            .devices
+            .get_mut(ifname)
+            .expect("moved by move_in")
+            .mtu = POD_MTU;
+        Ok(Configured {
+            pod_ifname: side.name,
+            ifindex_in_pod: 3,
+            mac: side.mac,
+            addresses: Vec::new(),
+            link_local: Vec::new(),
+            originals,
+            link_requests: 1,
+        })
+    }
+}
+
 impl Effects for Fake {
     type Pod = String;
     type Captured = (String, String, HostOriginals);
@@ -253,38 +288,24 @@ impl Effects for Fake {
         Ok(tried)
     }
 
-    fn configure_in(
-        &self,
-        _pod: &String,
-        ifname: &str,
-        _settings: &InterfaceSettings,
-        (side, originals): (PodSide, HostOriginals),
-    ) -> Result<Configured, ConfigureError> {
-        self.tick().map_err(|_| {
-            injected(
-                ifname,
-                Step::LinkSettings,
-                Some(Box::new(Left {
-                    side: side.clone(),
-                    originals: Some(originals.clone()),
-                })),
-            )
-        })?;
-        self.world
-            .borrow_mut()
-            .devices
-            .get_mut(ifname)
-            .expect("moved by move_in")
-            .mtu = POD_MTU;
-        Ok(Configured {
-            pod_ifname: side.name,
-            ifindex_in_pod: 3,
-            mac: side.mac,
-            addresses: Vec::new(),
-            link_local: Vec::new(),
-            originals,
-            link_requests: 1,
-        })
+    fn configure_each<'a>(
+        &'a self,
+        _pod: &'a String,
+        devices: Vec<(String, InterfaceSettings, (PodSide, HostOriginals))>,
+    ) -> super::effects::Configuring<'a> {
+        // One at a time as the caller asks, as the kernel's worker hands them over (so
+        // a fault injected at the nth effect hits the same step either way).
+        let mut failed = false;
+        Box::new(super::effects::OnAsk(devices.into_iter().map_while(
+            move |(ifname, _, moved)| {
+                if failed {
+                    return None;
+                }
+                let result = self.configure_one(&ifname, moved);
+                failed = result.is_err();
+                Some(result)
+            },
+        )))
     }
 
     fn attach(

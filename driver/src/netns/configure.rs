@@ -559,6 +559,16 @@ pub fn configure_moved(
     settings: &InterfaceSettings,
     moved: MovedIn,
 ) -> Result<Configured, ConfigureError> {
+    let (host_ifname, settings) = (host_ifname.to_string(), settings.clone());
+    pod.run(move || configure_here(&host_ifname, &settings, moved))?
+}
+
+/// [`configure_moved`] on a thread already in the pod's namespace.
+pub(crate) fn configure_here(
+    host_ifname: &str,
+    settings: &InterfaceSettings,
+    moved: MovedIn,
+) -> Result<Configured, ConfigureError> {
     let MovedIn {
         pod_name,
         originals,
@@ -567,23 +577,11 @@ pub fn configure_moved(
         features,
         mac: _,
     } = moved;
-    let job_settings = settings.clone();
-    let job_pod_name = pod_name.clone();
-    let job_originals = originals.clone();
-    let job_pending = pending.clone();
     let pod_started = std::time::Instant::now();
-    let (pod_result, added) = pod.run(move || {
-        let mut added = PodAdditions::default();
-        let r = pod_job(
-            &job_pod_name,
-            &job_settings,
-            &job_originals,
-            &job_pending,
-            &features,
-            &mut added,
-        );
-        (r, added)
-    })?;
+    let mut added = PodAdditions::default();
+    let pod_result = pod_job(
+        &pod_name, settings, &originals, &pending, &features, &mut added,
+    );
     tracing::debug!(
         device = host_ifname,
         configure_us = pod_started.elapsed().as_micros() as u64,

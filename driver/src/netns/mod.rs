@@ -7,6 +7,7 @@
 //! [`ethtool`] (generic netlink features and private flags).
 
 pub mod configure;
+pub mod configuring;
 pub mod ethtool;
 pub mod foreign;
 pub mod host;

@@ -136,6 +136,16 @@ impl Netns {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        self.spawn(work)?.wait()
+    }
+
+    /// [`Netns::run`] without waiting: `work` starts on a worker in this namespace and
+    /// the caller goes on; [`Pending::wait`] returns its result.
+    pub fn spawn<T, F>(&self, work: F) -> Result<Pending<T>, NetnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let fd = self.file.try_clone().map_err(|source| NetnsError::Open {
             path: self.path.clone(),
             source,
@@ -162,9 +172,10 @@ impl Netns {
             path: self.path.clone(),
             source,
         })?;
-        result.recv().map_err(|_| NetnsError::WorkerGone {
+        Ok(Pending {
+            result,
             path: self.path.clone(),
-        })?
+        })
     }
 
     /// Like [`Netns::run`], for async work: the thread builds a current-thread tokio
@@ -183,5 +194,21 @@ impl Netns {
                 .map_err(|source| NetnsError::Spawn { path, source })?;
             Ok(rt.block_on(work()))
         })?
+    }
+}
+
+/// Work [`Netns::spawn`] started in a namespace, until its result is taken.
+#[must_use = "the work runs on; wait for it before touching what it works on"]
+pub struct Pending<T> {
+    result: std::sync::mpsc::Receiver<Result<T, NetnsError>>,
+    path: PathBuf,
+}
+
+impl<T> Pending<T> {
+    /// Blocks until the work is done (its worker is back home) and returns its result.
+    pub fn wait(self) -> Result<T, NetnsError> {
+        self.result
+            .recv()
+            .map_err(|_| NetnsError::WorkerGone { path: self.path })?
     }
 }
