@@ -469,15 +469,15 @@ fn bench(name: &str) -> Result<()> {
     }
     std::fs::create_dir_all(root().join("bench/results"))?;
     if name == "pod-start" {
-        // This bench drives the real binary, found next to the bench (target/release).
+        // This bench drives the real binaries, found next to the bench (target/release):
+        // the driver, and the CNI plugin its real-containerd part chains.
         run(Command::new(host_cargo()).current_dir(root()).args([
             "build",
             "--release",
             "--locked",
             "-p",
             "netclaim",
-            "--bin",
-            "netclaim",
+            "--bins",
         ]))?;
     }
     // Same allocator setting as the DaemonSet (deploy/netclaim.yaml).
