@@ -530,10 +530,16 @@ where
     })
 }
 
-/// [`bring_up`] with pod `web-0`'s claim `web` on the NIC, configured by
-/// [`good_parameters`], prepared (the device parked at home).
+/// [`bring_up`] with pod `web-0`'s claim `web` prepared ([`prepare_web`]).
 pub async fn bring_up_prepared(topo: &Topology) -> Result<Cluster> {
     let c = bring_up(topo, Mode::Current, &Quiet).await?;
+    prepare_web(&c).await?;
+    Ok(c)
+}
+
+/// Puts pod `web-0`'s claim `web` on the NIC, configured by [`good_parameters`], and
+/// prepares it (the device parked at home); a prepare error fails.
+pub async fn prepare_web(c: &Cluster) -> Result<()> {
     c.api.put(claim(
         "web",
         "uid-web",
@@ -542,9 +548,9 @@ pub async fn bring_up_prepared(topo: &Topology) -> Result<Cluster> {
         "pod-uid-web",
         good_parameters(),
     ))?;
-    let err = prepare(&c, "web", "uid-web").await?;
-    anyhow::ensure!(err.is_empty(), "prepare: {err}");
-    Ok(c)
+    let err = prepare(c, "web", "uid-web").await?;
+    anyhow::ensure!(err.is_empty(), "prepare failed: {err}");
+    Ok(())
 }
 
 /// Prepares a claim through the fake kubelet; returns the per-claim error (empty = ok).

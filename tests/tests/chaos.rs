@@ -143,7 +143,7 @@ fn a_full_disk_under_the_checkpoint_keeps_placements_in_the_journal() {
 fn a_full_disk_without_the_journal_fails_the_start_before_the_device_moves() {
     use netclaim_tests::{
         runtime::{Mode, RuntimeConfig},
-        scenario::{self, claim, good_parameters, link_facts, prepare, run_in_netns, NIC},
+        scenario::{self, link_facts, prepare, run_in_netns, NIC},
     };
     use std::time::Duration;
     let (topo, st, tmpfs) = checkpoint_on_small_fs("cfd");
@@ -152,8 +152,7 @@ fn a_full_disk_without_the_journal_fails_the_start_before_the_device_moves() {
         let topo = t;
         let env = [("FAILPOINTS", std::ffi::OsStr::new("journal-write=return"))];
         let c = scenario::bring_up_env(&topo, RuntimeConfig::new(Mode::Current), &scenario::Quiet, &env).await?;
-        c.api.put(claim("web", "uid-web", &c.device, "web-0", "pod-uid-web", good_parameters()))?;
-        anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+        scenario::prepare_web(&c).await?;
         let before = link_facts(&topo.node, NIC)?;
 
         // Fill the file system to the last byte.
@@ -258,7 +257,7 @@ async fn settle_held(
 ) -> anyhow::Result<(netclaim_tests::scenario::Cluster, (u64, Vec<String>))> {
     use netclaim_tests::{
         runtime::{pod, Mode, RuntimeConfig},
-        scenario::{self, claim, good_parameters, link_facts, prepare, NIC},
+        scenario::{self, link_facts, NIC},
     };
     let mut config = RuntimeConfig::new(Mode::Current);
     if listed {
@@ -272,15 +271,7 @@ async fn settle_held(
         )];
     }
     let c = scenario::bring_up_env(topo, config, &scenario::Quiet, &settle_held_env()).await?;
-    c.api.put(claim(
-        "web",
-        "uid-web",
-        &c.device,
-        "web-0",
-        "pod-uid-web",
-        good_parameters(),
-    ))?;
-    anyhow::ensure!(prepare(&c, "web", "uid-web").await?.is_empty());
+    scenario::prepare_web(&c).await?;
     let home = link_facts(&topo.node, NIC)?;
     let out = scenario::run_pod(&c, topo, "pod-uid-web", "web-0").await;
     anyhow::ensure!(

@@ -9,8 +9,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{ensure, Context, Result};
 use netclaim_tests::runtime::{pod, FakeRuntime, Mode, RuntimeConfig};
 use netclaim_tests::scenario::{
-    self, bring_up, claim, condition, good_parameters, link_facts, prepare, run_in_netns, run_pod,
-    status_entry, stop_pod, traffic, unprepare, wait_for, Quiet, Topology, NIC, POD_IF,
+    self, bring_up, claim, condition, good_parameters, link_facts, prepare, prepare_web,
+    run_in_netns, run_pod, status_entry, stop_pod, traffic, unprepare, wait_for, Quiet, Topology,
+    NIC, POD_IF,
 };
 use serde_json::json;
 
@@ -284,16 +285,7 @@ fn a_parked_device_comes_back_up_at_unprepare_even_after_a_kill() {
         let topo = t;
         let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
         let before = link_facts(&topo.node, NIC)?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        let err = prepare(&c, "web", "uid-web").await?;
-        ensure!(err.is_empty(), "prepare failed: {err}");
+        prepare_web(&c).await?;
         ensure!(!admin_up(topo.node.path(), NIC)?, "{NIC} not parked");
 
         // Killed while the device waits down: the checkpoint's mark is all the new
@@ -431,16 +423,7 @@ fn corrupt_checkpoint_is_rebuilt_from_the_api_server() {
     run_in_netns(topo.node.path(), move || async move {
         let topo = t;
         let mut c = bring_up(&topo, Mode::Current, &Quiet).await?;
-        c.api.put(claim(
-            "web",
-            "uid-web",
-            &c.device,
-            "web-0",
-            "pod-uid-web",
-            good_parameters(),
-        ))?;
-        let err = prepare(&c, "web", "uid-web").await?;
-        ensure!(err.is_empty(), "prepare failed: {err}");
+        prepare_web(&c).await?;
         // Prepare staged the data path on the NIC at home: programs attached (XDP and
         // TCX; this bpftool lists only the XDP one), counting only, pinned.
         let staged = programs_on(topo.node.path(), NIC);

@@ -95,6 +95,39 @@ struct Fake {
 }
 
 impl Fake {
+    /// One device of [`Effects::configure_each`].
+    fn configure_one(
+        &self,
+        ifname: &str,
+        (side, originals): (PodSide, HostOriginals),
+    ) -> Result<Configured, ConfigureError> {
+        self.tick().map_err(|_| {
+            injected(
+                ifname,
+                Step::LinkSettings,
+                Some(Box::new(Left {
+                    side: side.clone(),
+                    originals: Some(originals.clone()),
+                })),
+            )
+        })?;
+        self.world
+            .borrow_mut()
+            .devices
+            .get_mut(ifname)
+            .expect("moved by move_in")
+            .mtu = POD_MTU;
+        Ok(Configured {
+            pod_ifname: side.name,
+            ifindex_in_pod: 3,
+            mac: side.mac,
+            addresses: Vec::new(),
+            link_local: Vec::new(),
+            originals,
+            link_requests: 1,
+        })
+    }
+
     /// One numbered call: `Err` when it is the failing one or the process "died".
     fn tick(&self) -> Result<(), Injected> {
         let mut w = self.world.borrow_mut();
@@ -154,41 +187,6 @@ impl Fake {
             p.placement = e.placement;
         }
         Ok(())
-    }
-}
-
-impl Fake {
-    /// One device of [`Effects::configure_each`].
-    fn configure_one(
-        &self,
-        ifname: &str,
-        (side, originals): (PodSide, HostOriginals),
-    ) -> Result<Configured, ConfigureError> {
-        self.tick().map_err(|_| {
-            injected(
-                ifname,
-                Step::LinkSettings,
-                Some(Box::new(Left {
-                    side: side.clone(),
-                    originals: Some(originals.clone()),
-                })),
-            )
-        })?;
-        self.world
-            .borrow_mut()
-            .devices
-            .get_mut(ifname)
-            .expect("moved by move_in")
-            .mtu = POD_MTU;
-        Ok(Configured {
-            pod_ifname: side.name,
-            ifindex_in_pod: 3,
-            mac: side.mac,
-            addresses: Vec::new(),
-            link_local: Vec::new(),
-            originals,
-            link_requests: 1,
-        })
     }
 }
 

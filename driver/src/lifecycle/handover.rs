@@ -477,19 +477,11 @@ pub fn start<E: Effects>(
                 drop(_entered);
                 // Nothing configures any more before the undo starts; a device
                 // configured meanwhile is undone with what configuring it added.
-                let late = configuring.stop();
+                let mut late = configuring.stop().into_iter();
                 let others = done
                     .into_iter()
                     .map(|h| h.taken)
-                    .chain(
-                        pending
-                            .zip(
-                                late.into_iter()
-                                    .map(Some)
-                                    .chain(std::iter::repeat_with(|| None)),
-                            )
-                            .map(|(m, late)| configured_meanwhile(m.taken, late)),
-                    )
+                    .chain(pending.map(|m| configured_meanwhile(m.taken, late.next())))
                     .collect();
                 return Err(failed_device(e, ledger, *failed, others, &pod));
             }

@@ -35,7 +35,10 @@ pub fn configure_each(pod: &Netns, devices: Vec<ToConfigure>) -> Result<Configur
     let (tx, results) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
+    // The worker's log lines belong to the pod start that asked for them.
+    let span = tracing::Span::current();
     let job = pod.spawn(move || {
+        let _entered = span.enter();
         for (host_ifname, settings, moved) in devices {
             if stopped.load(Ordering::Acquire) {
                 return;

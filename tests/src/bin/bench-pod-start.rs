@@ -665,14 +665,14 @@ fn main() -> Result<()> {
     }
     // `floors`: how many moves the key's ratios are over (eight for the wide pods).
     for (key, what, hooks, floors) in [
-        ("run_1", "hooks", &steps.start, 1.0),
+        ("run_1", "hooks", &steps.start, 1),
         (
             "stop_1",
             "give-backs after the stop answered",
             &steps.stop,
-            1.0,
+            1,
         ),
-        ("run_8", "eight-device hooks", &steps_8.start, 8.0),
+        ("run_8", "eight-device hooks", &steps_8.start, 8),
     ] {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         let mut table = serde_json::Map::new();
@@ -697,14 +697,15 @@ fn main() -> Result<()> {
         ) {
             println!("    {:<26} {:>10.3}", "without the move", rest);
             result[format!("{key}_move_p50_ms")] = json!(round(moved));
-            let per = if floors > 1.0 {
+            let per = if floors > 1 {
                 format!("over_{floors}_floors")
             } else {
                 "over_floor".to_string()
             };
-            result[format!("{key}_move_{per}")] = json!(round(over(moved) / floors));
+            let n = floors as f64;
+            result[format!("{key}_move_{per}")] = json!(round(over(moved) / n));
             result[format!("{key}_without_move_p50_ms")] = json!(round(rest));
-            result[format!("{key}_without_move_{per}")] = json!(round(over(rest) / floors));
+            result[format!("{key}_without_move_{per}")] = json!(round(over(rest) / n));
         }
     }
     for (k, v, _) in ratios {
