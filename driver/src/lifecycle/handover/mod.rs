@@ -15,20 +15,23 @@
 //! before any of the pod's devices moves, `InPod` for all of a pod's devices before the hook answers,
 //! `Leaving` for all of them before a stop touches any, `Home` after each is back.
 
+mod rollback;
+mod taking_back;
+
+pub use rollback::{unwind, Taken, Unwound};
+pub use taking_back::give_back;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::decide::{self, PodAction, PodEvent, Progress, UndoStep};
+use super::decide::{self, PodAction, PodEvent};
 use super::effects::{Effects, Intent, Placing};
 use super::{
     budget, datapath_key, device_ref, settings, Action, DeviceOutcome, Failure, LifecycleError,
     LifecycleStep, PodRuntime,
 };
-use crate::datapath::DatapathKey;
-use crate::netns::{
-    ConfigureError, Configured, HostOriginals, NetnsError, PodSide, RestoreOutcome, Step,
-};
+use crate::netns::{ConfigureError, Configured, HostOriginals, NetnsError, PodSide, Step};
 
 use crate::state::{Attachment, Placement, Plan};
 use crate::status::{DeviceEvent, FailedPart};
@@ -58,151 +61,6 @@ impl Ledger<'_> {
                 .push((taken.claim_uid.clone(), taken.plan.clone()));
         }
     }
-}
-
-/// A device somewhere between home and its pod: what [`unwind`] needs.
-#[derive(Clone, Debug)]
-pub struct Taken {
-    pub claim_uid: String,
-    pub plan: Plan,
-    /// Where it may be and what to restore; `None` when it never left home. The
-    /// originals are `None` only when a failure came before they were captured.
-    pub moved: Option<(PodSide, Option<HostOriginals>)>,
-    /// Its data path, when one is (or may be) pinned.
-    pub datapath: Option<DatapathKey>,
-    /// That data path was staged at prepare (it stays after the device is home).
-    pub staged: bool,
-    /// A DHCP lease may be held for it.
-    pub lease: bool,
-    /// A write-ahead record stands for it.
-    pub recorded: bool,
-    /// The checkpoint's record (its recorded lease is released from it).
-    pub record: Option<Attachment>,
-}
-
-impl Taken {
-    fn progress(&self) -> Progress {
-        Progress {
-            recorded: self.recorded,
-            moved: self.moved.is_some(),
-            datapath: self.datapath.is_some(),
-            lease: self.lease,
-            staged: self.staged,
-        }
-    }
-
-    /// A device as its checkpoint record says (after a restart, or at a stop).
-    pub fn from_record(claim_uid: &str, plan: &Plan, att: &Attachment) -> Self {
-        Self {
-            claim_uid: claim_uid.to_string(),
-            plan: plan.clone(),
-            moved: Some((
-                PodSide {
-                    name: att.pod_ifname.clone(),
-                    ifindex: att.pod_ifindex,
-                    mac: att.pod_mac,
-                },
-                Some(att.originals.clone()),
-            )),
-            datapath: att.datapath.then(|| datapath_key(plan).ok()).flatten(),
-            staged: plan.staged && att.datapath,
-            lease: att.dhcp.is_some(),
-            recorded: true,
-            record: Some(att.clone()),
-        }
-    }
-}
-
-/// What [`unwind`] did with one device.
-#[derive(Debug, Default)]
-pub struct Unwound {
-    /// What went wrong, each naming its step; empty when the device is home, restored,
-    /// its data path gone and its record cleared.
-    pub problems: Vec<String>,
-    /// How the restore went, when the device had moved and restoring succeeded.
-    pub outcome: Option<RestoreOutcome>,
-    /// Everything succeeded but clearing the record (a checkpoint I/O error).
-    pub uncleared: bool,
-}
-
-/// The rollback owner: takes one device back from wherever `taken` says it got to,
-/// in the order of [`decide::undo_steps`]. The record is cleared only when every
-/// step before succeeded; otherwise it stays for the next stop, synchronize or start.
-pub fn unwind<E: Effects>(e: &E, taken: &Taken, pod: Option<&E::Pod>) -> Unwound {
-    let mut out = Unwound::default();
-    let mut detached = false;
-    let mut restore_failed = false;
-    let mut timing: Vec<(UndoStep, Duration)> = Vec::new();
-    for step in decide::undo_steps(taken.progress()) {
-        let began = Instant::now();
-        match step {
-            UndoStep::ReleaseLease => {
-                e.release_lease(&taken.claim_uid, &taken.plan, taken.record.as_ref(), pod)
-            }
-            UndoStep::StandDown => {
-                let Some(key) = &taken.datapath else { continue };
-                if let Err(err) = e.stand_down(key) {
-                    tracing::debug!(error = %err, "cannot stand the data path down; detaching before the move");
-                    detached = true;
-                    if let Err(d) = e.detach(key, pod) {
-                        out.problems.push(format!("{}: {d}", LifecycleStep::Detach));
-                    }
-                }
-            }
-            UndoStep::Restore => {
-                let Some((side, originals)) = &taken.moved else {
-                    continue;
-                };
-                let restored = match originals {
-                    Some(o) => e.restore(pod, side, o).map_err(|r| r.to_string()),
-                    None => Err("the host state was never captured".to_string()),
-                };
-                match restored {
-                    Ok(outcome) => out.outcome = Some(outcome),
-                    Err(r) => {
-                        restore_failed = true;
-                        out.problems
-                            .push(format!("{}: {r}", LifecycleStep::Restore));
-                    }
-                }
-            }
-            UndoStep::Detach => {
-                let Some(key) = &taken.datapath else { continue };
-                if detached {
-                    continue;
-                }
-                // Home (or gone): tc filters died with the move, nothing to remove in
-                // the pod. Still in the pod: remove them there.
-                let in_pod = if restore_failed { pod } else { None };
-                if let Err(d) = e.detach(key, in_pod) {
-                    out.problems.push(format!("{}: {d}", LifecycleStep::Detach));
-                }
-            }
-            UndoStep::ClearRecord => {
-                if !out.problems.is_empty() {
-                    continue;
-                }
-                let cleared = e.place(vec![Placing {
-                    claim_uid: &taken.claim_uid,
-                    plan: &taken.plan,
-                    placement: Placement::Home,
-                }]);
-                match cleared {
-                    Ok(()) => {}
-                    // Unprepared meanwhile: nothing left to clear.
-                    Err((_, crate::state::StateError::Unprepared { .. })) => {}
-                    Err((_, err)) => {
-                        out.uncleared = true;
-                        out.problems
-                            .push(format!("{}: {err}", LifecycleStep::Checkpoint));
-                    }
-                }
-            }
-        }
-        timing.push((step, began.elapsed()));
-    }
-    tracing::debug!(steps = ?timing, "undo timing");
-    out
 }
 
 /// A device handed over in this call.
@@ -954,102 +812,6 @@ fn undo<E: Effects>(
         );
     }
     problems
-}
-
-/// Gives back every device of the pod that is not home. Every device in the pod is
-/// recorded `Leaving` (one transaction) before any is touched.
-pub fn give_back<E: Effects>(e: &E, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-    let started = Instant::now();
-    let plans = e.plans_of(pod_uid).map_err(checkpoint_error(pod_uid))?;
-    let pod_label = plans
-        .first()
-        .map(|(_, p)| p.pod.to_string())
-        .unwrap_or_else(|| pod_uid.to_string());
-    let leaving: Vec<Placing<'_>> = plans
-        .iter()
-        .filter_map(|(claim_uid, plan)| match &plan.placement {
-            Placement::InPod { attachment } => Some(Placing {
-                claim_uid,
-                plan,
-                placement: Placement::Leaving {
-                    attachment: attachment.clone(),
-                },
-            }),
-            _ => None,
-        })
-        .collect();
-    let recording = Instant::now();
-    if !leaving.is_empty() {
-        e.place(leaving)
-            .map_err(|(_, source)| LifecycleError::Checkpoint {
-                pod: pod_label.clone(),
-                source,
-            })?;
-    }
-    let recorded = Instant::now();
-    let mut outcomes = Vec::new();
-    let mut problems = Vec::new();
-    for (claim_uid, plan) in plans {
-        let Some(att) = plan.attachment().cloned() else {
-            continue;
-        };
-        let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
-        let _entered = span.enter();
-        // The held namespace first: the runtime's path may be gone or name another.
-        let pod = e.find_pod(pod_uid, &att.pod_netns);
-        let taken = Taken::from_record(&claim_uid, &plan, &att);
-        let unwound = unwind(e, &taken, pod.as_ref());
-        match &unwound.outcome {
-            Some(RestoreOutcome::Gone) => {
-                tracing::warn!(interface = %att.originals.name, "device lost: destroyed with the pod's network namespace");
-                e.emit(DeviceEvent::Failed {
-                    device: device_ref(&plan),
-                    part: FailedPart::Network,
-                    reason: "DeviceLost".into(),
-                    message: format!(
-                        "interface {} was destroyed with the network namespace of pod {} before it could be returned",
-                        att.originals.name, plan.pod
-                    ),
-                });
-            }
-            Some(_) => {
-                tracing::info!(interface = %att.originals.name, "device restored on the host");
-                e.emit(DeviceEvent::Stopped {
-                    device: device_ref(&plan),
-                });
-            }
-            None => tracing::warn!("restoring the device failed; will retry"),
-        }
-        if let Some(outcome) = unwound.outcome {
-            outcomes.push(DeviceOutcome {
-                claim: plan.claim.to_string(),
-                pool: plan.pool.clone(),
-                device: plan.device.clone(),
-                action: Action::Returned(outcome),
-            });
-        }
-        problems.extend(
-            unwound
-                .problems
-                .into_iter()
-                .map(|p| format!("claim {}, device {}: {p}", plan.claim, plan.device)),
-        );
-    }
-    tracing::debug!(
-        before_record_us = (recording - started).as_micros() as u64,
-        leaving_record_us = (recorded - recording).as_micros() as u64,
-        devices_us = recorded.elapsed().as_micros() as u64,
-        "stop timing"
-    );
-    if problems.is_empty() {
-        e.let_go(pod_uid);
-        Ok(outcomes)
-    } else {
-        Err(LifecycleError::Incomplete {
-            pod: pod_label,
-            problems,
-        })
-    }
 }
 
 /// What to do with a pod found in the checkpoint when the driver starts.
