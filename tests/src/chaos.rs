@@ -88,7 +88,7 @@ pub struct FaultMix {
     pub full_disk: u32,
     pub corrupt: u32,
     /// The checkpoint file and every mirror record damaged at once: what a claim loses
-    /// then is reported, not prevented (see `driver/src/state/store.rs`).
+    /// then is reported, not prevented (see `driver/src/state/store.rs` and `store/opening.rs`).
     pub corrupt_both: u32,
 }
 
