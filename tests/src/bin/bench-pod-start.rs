@@ -154,6 +154,11 @@ fn loadavg() -> f64 {
         .unwrap_or(-1.0)
 }
 
+/// A figure as the JSON keeps it: three decimals.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -655,24 +660,24 @@ fn main() -> Result<()> {
         "loadavg_1m_before": load_before,
         "loadavg_1m_after": load_after,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "floor_ms": (floor_ms * 1000.0).round() / 1000.0,
-        "floor_p99_ms": (floor_p99_ms * 1000.0).round() / 1000.0,
-        "floor_p99_over_floor": ((floor_p99_ms / floor_ms) * 1000.0).round() / 1000.0,
-        "floor_mean_ms": (floor_mean_ms * 1000.0).round() / 1000.0,
-        "floor_max_ms": (floor_max_ms * 1000.0).round() / 1000.0,
+        "floor_ms": round3(floor_ms),
+        "floor_p99_ms": round3(floor_p99_ms),
+        "floor_p99_over_floor": round3(floor_p99_ms / floor_ms),
+        "floor_mean_ms": round3(floor_mean_ms),
+        "floor_max_ms": round3(floor_max_ms),
         "floor_moves": FLOOR_MOVES,
-        "floor_mean_over_floor": ((floor_mean_ms / floor_ms) * 1000.0).round() / 1000.0,
+        "floor_mean_over_floor": round3(floor_mean_ms / floor_ms),
         "floor_note": "median (floor_p99_ms: nearest-rank p99; floor_mean_ms: mean; floor_max_ms: the slowest) of floor_moves single veth moves between two namespaces, one RTM_NEWLINK each from a warm netlink socket, measured in this run",
-        "up_floor_ms": (up_floor_ms * 1000.0).round() / 1000.0,
-        "up_floor_over_floor": ((up_floor_ms / floor_ms) * 1000.0).round() / 1000.0,
-        "stop_remove_1_over_floor": ((percentile(&m.stop_remove_1, 0.50) / floor_ms) * 1000.0).round() / 1000.0,
-        "stop_remove_1_over_up_floor": ((percentile(&m.stop_remove_1, 0.50) / up_floor_ms) * 1000.0).round() / 1000.0,
+        "up_floor_ms": round3(up_floor_ms),
+        "up_floor_over_floor": round3(up_floor_ms / floor_ms),
+        "stop_remove_1_over_floor": round3(percentile(&m.stop_remove_1, 0.50) / floor_ms),
+        "stop_remove_1_over_up_floor": round3(percentile(&m.stop_remove_1, 0.50) / up_floor_ms),
         "stop_note": "StopPodSandbox answers once the pod's turn is taken and gives its devices back after (containerd ignores the answer and tears the network down; netclaim holds the namespace until the devices are home); stop_remove_1 runs from StopPodSandbox sent until the RemovePodSandbox that follows answered, which waits for the devices: the time until they are home and restored",
         "up_floor_note": "median of 30 single moves of up veths (IPv4 address, IPv6 on as the kernel defaults, peer up), 100 ms apart, from a warm netlink socket: a device as a pod leaves it; measured in this run",
         "note": "RunPodSandbox/StopPodSandbox latency measured by the fake NRI runtime; the driver serialises pod hooks, so concurrent_32_total_ms is ~32 sequential starts",
     });
     for (k, v) in rows {
-        result[k] = json!((v * 1000.0).round() / 1000.0);
+        result[k] = json!(round3(v));
     }
     // `floors`: how many moves the key's ratios are over (eight for the wide pods).
     for (key, what, hooks, floors) in [
@@ -685,12 +690,11 @@ fn main() -> Result<()> {
         ),
         ("run_8", "eight-device hooks", &steps_8.start, 8),
     ] {
-        let round = |v: f64| (v * 1000.0).round() / 1000.0;
         let mut table = serde_json::Map::new();
         if let Some(first) = hooks.first() {
             for step in first.keys() {
                 if let Some(v) = hook_steps::median_ms(hooks, step) {
-                    table.insert((*step).to_string(), json!(round(v)));
+                    table.insert((*step).to_string(), json!(round3(v)));
                 }
             }
         }
@@ -707,26 +711,25 @@ fn main() -> Result<()> {
             hook_steps::median_without_move_ms(hooks),
         ) {
             println!("    {:<26} {:>10.3}", "without the move", rest);
-            result[format!("{key}_move_p50_ms")] = json!(round(moved));
+            result[format!("{key}_move_p50_ms")] = json!(round3(moved));
             let per = if floors > 1 {
                 format!("over_{floors}_floors")
             } else {
                 "over_floor".to_string()
             };
             let n = floors as f64;
-            result[format!("{key}_move_{per}")] = json!(round(over(moved) / n));
-            result[format!("{key}_without_move_p50_ms")] = json!(round(rest));
-            result[format!("{key}_without_move_{per}")] = json!(round(over(rest) / n));
+            result[format!("{key}_move_{per}")] = json!(round3(over(moved) / n));
+            result[format!("{key}_without_move_p50_ms")] = json!(round3(rest));
+            result[format!("{key}_without_move_{per}")] = json!(round3(over(rest) / n));
         }
     }
     for (k, v, _) in ratios {
-        result[k] = json!((v * 1000.0).round() / 1000.0);
+        result[k] = json!(round3(v));
     }
     result["state_dir"] = json!(format!(
         "a {STATE_TMPFS_SIZE} tmpfs, as the DaemonSet's --state-dir=/var/run/netclaim on a node; run_1_disk_state_* the same one-NIC pods with the state directory on this machine's disk"
     ));
     if let Some(d) = &disk {
-        let round = |v: f64| (v * 1000.0).round() / 1000.0;
         let (p50, p99) = (percentile(&d.run_1, 0.50), percentile(&d.run_1, 0.99));
         println!(
             "run_1 with the state on disk ({} pods): p50 {p50:.2} ms ({:.2} floors), p99 {p99:.2} ms ({:.2} floors)",
@@ -735,13 +738,13 @@ fn main() -> Result<()> {
             over(p99)
         );
         result["run_1_disk_state_runs"] = json!(d.run_1.len());
-        result["run_1_disk_state_p50_ms"] = json!(round(p50));
-        result["run_1_disk_state_p99_ms"] = json!(round(p99));
-        result["run_1_disk_state_over_floor"] = json!(round(over(p50)));
-        result["run_1_disk_state_p99_over_floor"] = json!(round(over(p99)));
+        result["run_1_disk_state_p50_ms"] = json!(round3(p50));
+        result["run_1_disk_state_p99_ms"] = json!(round3(p99));
+        result["run_1_disk_state_over_floor"] = json!(round3(over(p50)));
+        result["run_1_disk_state_p99_over_floor"] = json!(round3(over(p99)));
     }
     for (k, v) in real_rows {
-        result[k] = json!((v * 1000.0).round() / 1000.0);
+        result[k] = json!(round3(v));
     }
     result["real_runtime"] = json!(if skip_real {
         "skipped: --skip-real"
