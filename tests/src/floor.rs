@@ -95,3 +95,105 @@ fn time_moves(
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     Ok((median, samples))
 }
+
+/// What the mover thread is asked: move the next `n` spares, answer their times.
+type Ask = (usize, tokio::sync::oneshot::Sender<Result<Vec<Duration>>>);
+
+/// The floor read again inside a series of pods: spare veths (both ends in a namespace
+/// of their own, down, never up) moved a few at a time between the pods, each move the
+/// same single `RTM_NEWLINK` from a warm socket as [`netns_move_floor`]. The floor
+/// measured before a series sees a quiet kernel; these moves see the kernel as the
+/// hooks do, with the devices earlier pods gave back coming up at home (IPv6 address
+/// configuration and multicast reports start on them and on their peers), work that
+/// delays the RCU grace period every move waits for.
+pub struct SeriesFloor {
+    ask: Option<std::sync::mpsc::Sender<Ask>>,
+    mover: Option<std::thread::JoinHandle<()>>,
+    // Dropped after the mover ended (fields drop in order).
+    _from: TestNetns,
+    _to: TestNetns,
+}
+
+impl SeriesFloor {
+    /// Creates `spares` veth pairs; each is moved once.
+    pub fn new(spares: usize) -> Result<Self> {
+        let from = TestNetns::new("fsf")?;
+        let to = TestNetns::new("fst")?;
+        if spares > 0 {
+            batch(
+                &from,
+                (0..spares).map(|i| format!("link add fs{i} type veth peer name fsp{i}")),
+            )?;
+        }
+        let source = std::fs::File::open(from.path()).context("opening the spares' namespace")?;
+        let target = std::fs::File::open(to.path()).context("opening the target namespace")?;
+        let (ask, asks) = std::sync::mpsc::channel::<Ask>();
+        let mover = std::thread::Builder::new()
+            .name("series-floor".into())
+            .spawn(move || {
+                let ready = nix::sched::setns(&source, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("entering the spares' namespace")
+                    .and_then(|()| NlSocket::route().context("opening a netlink socket"));
+                let mut sock = match ready {
+                    Ok(sock) => sock,
+                    Err(why) => {
+                        // The first asker gets the error; the rest learn the mover is gone.
+                        if let Ok((_, reply)) = asks.recv() {
+                            let _ = reply.send(Err(why));
+                        }
+                        return;
+                    }
+                };
+                let mut next = 0usize;
+                for (n, reply) in asks {
+                    let moved = (0..n)
+                        .map(|_| {
+                            let name = format!("fs{next}");
+                            next += 1;
+                            let idx = netclaim::netns::ifindex_of(&name)
+                                .with_context(|| format!("looking up {name}"))?;
+                            let change = LinkChange {
+                                netns_fd: Some(target.as_raw_fd()),
+                                ..Default::default()
+                            };
+                            let started = Instant::now();
+                            link::set_link(&mut sock, idx, &change)
+                                .with_context(|| format!("moving {name}"))?;
+                            Ok(started.elapsed())
+                        })
+                        .collect();
+                    let _ = reply.send(moved);
+                }
+            })
+            .context("starting the series floor's mover")?;
+        Ok(Self {
+            ask: Some(ask),
+            mover: Some(mover),
+            _from: from,
+            _to: to,
+        })
+    }
+
+    /// Moves the next `n` spares back to back; the time of each move.
+    pub async fn moves(&self, n: usize) -> Result<Vec<Duration>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.ask
+            .as_ref()
+            .context("the series floor is closed")?
+            .send((n, reply))
+            .map_err(|_| anyhow::anyhow!("the series floor's mover ended"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the series floor's mover ended"))?
+            .context("series floor")
+    }
+}
+
+impl Drop for SeriesFloor {
+    fn drop(&mut self) {
+        drop(self.ask.take());
+        if let Some(mover) = self.mover.take() {
+            let _ = mover.join();
+        }
+    }
+}
