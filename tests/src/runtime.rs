@@ -167,6 +167,24 @@ impl FakeRuntime {
         }
         let listener =
             UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        Ok(Self::serve(path, listener, config))
+    }
+
+    /// Starts accepting the plugin on `listener`, a socket already bound at `path` and
+    /// listening (for tests that control when it starts to listen).
+    pub fn start_on(
+        path: impl Into<PathBuf>,
+        listener: std::os::unix::net::UnixListener,
+        config: RuntimeConfig,
+    ) -> anyhow::Result<Self> {
+        listener
+            .set_nonblocking(true)
+            .context("a non-blocking listener")?;
+        let listener = UnixListener::from_std(listener).context("registering the listener")?;
+        Ok(Self::serve(path.into(), listener, config))
+    }
+
+    fn serve(path: PathBuf, listener: UnixListener, config: RuntimeConfig) -> Self {
         let (registration, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             config,
@@ -174,11 +192,11 @@ impl FakeRuntime {
             connected: Mutex::new(None),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(FakeRuntime {
+        FakeRuntime {
             path,
             shared,
             accept,
-        })
+        }
     }
 
     pub fn socket_path(&self) -> &Path {

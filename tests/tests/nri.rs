@@ -5,6 +5,7 @@
 //!
 //! Sockets live in a per-test temporary directory that is removed at the end.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -374,6 +375,73 @@ async fn reconnects_as_soon_as_the_socket_is_back() {
         "took {window:?}; the backoff at this point is 4 s"
     );
     drop(runtime);
+}
+
+/// A runtime creates its socket file before it listens (`bind`, then `listen`), and a
+/// connection in between is refused; on a loaded machine that window lasts. The plugin
+/// tries a socket that just appeared again at once instead of sleeping out its backoff
+/// on it (it took the plugin 8 s once, in CI, before it did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_socket_that_refuses_at_first_is_tried_again_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let recorder = Arc::new(Recorder::default());
+    let plugin = NriPlugin::start(PluginConfig::new(&socket, "netclaim", "00"), recorder).unwrap();
+    // Several attempts fail meanwhile, so the backoff has grown to seconds.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    assert!(!*plugin.connected().borrow());
+    let bound = bound_not_listening(&socket);
+    let appeared = std::time::Instant::now();
+    // The plugin sees the socket and is refused (nothing listens yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!*plugin.connected().borrow(), "nothing listens yet");
+    // SAFETY: `bound` is a bound AF_UNIX stream socket this test owns.
+    assert_eq!(unsafe { libc::listen(bound.as_raw_fd(), 16) }, 0, "listen");
+    let listener = std::os::unix::net::UnixListener::from(bound);
+    let runtime =
+        FakeRuntime::start_on(&socket, listener, RuntimeConfig::new(Mode::Current)).unwrap();
+    let listening = std::time::Instant::now();
+    wait_connected(&plugin, true).await;
+    println!(
+        "connected {:?} after the socket appeared, {:?} after it listened",
+        appeared.elapsed(),
+        listening.elapsed()
+    );
+    assert!(
+        listening.elapsed() < Duration::from_secs(1),
+        "took {:?} after the runtime listened; the backoff at this point is 4 s or more",
+        listening.elapsed()
+    );
+    drop(runtime);
+}
+
+/// An `AF_UNIX` stream socket bound at `path` (the file exists) that does not listen.
+fn bound_not_listening(path: &std::path::Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh, valid fd nobody else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of the stated size; `fd` is open.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    owned
 }
 
 /// containerd's answer to a hook that runs past `plugin_request_timeout`: it closes the

@@ -194,21 +194,42 @@ async fn reconnect_loop(
     request_timeout: Arc<StdMutex<Option<Duration>>>,
 ) {
     let mut delay = config.backoff_initial;
+    // The socket the attempts go to, and when it was first seen.
+    let mut seen: Option<((u64, u64), std::time::Instant)> = None;
     loop {
         let service = Arc::new(PluginService {
             handler: handler.clone(),
             request_timeout: request_timeout.clone(),
             sync_pods: StdMutex::new(Vec::new()),
         });
-        match session(&config, service, &connected).await {
+        if let Some(id) = socket_identity(&config.socket_path) {
+            if seen.is_none_or(|(was, _)| was != id) {
+                // A socket not seen before: a (re)started runtime, a new backoff.
+                seen = Some((id, std::time::Instant::now()));
+                delay = config.backoff_initial;
+            }
+        }
+        let ended = session(&config, service, &connected).await;
+        connected.send_replace(false);
+        let tried = socket_identity(&config.socket_path);
+        let fresh_for = match (tried, seen) {
+            (Some(id), Some((was, at))) if id == was => Some(at.elapsed()),
+            _ => None,
+        };
+        match ended {
             Ok(()) => {
                 tracing::info!(socket = %config.socket_path.display(), "NRI runtime disconnected");
                 delay = config.backoff_initial;
             }
-            Err(err) => tracing::debug!(error = %err, retry_in = ?delay, "NRI connection failed"),
+            Err(err) => {
+                let next = after_failure(fresh_for, delay);
+                tracing::debug!(error = %err, retry_in = ?next.wait(), "NRI connection failed");
+                if let AfterFailure::Soon(wait) = next {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
         }
-        connected.send_replace(false);
-        let tried = socket_identity(&config.socket_path);
         wait_for_new_socket(&config.socket_path, tried, delay).await;
         delay = (delay * 2).min(config.backoff_max);
     }
@@ -216,6 +237,38 @@ async fn reconnect_loop(
 
 /// How often the socket path is looked at while waiting to reconnect.
 const SOCKET_WATCH: Duration = Duration::from_millis(20);
+
+/// How long a socket that just appeared is retried every [`SOCKET_WATCH`] before the
+/// backoff applies to it: a runtime creates the socket file (`bind`) before it listens
+/// and serves, and a connection inside that window is refused (on a loaded node it
+/// lasts milliseconds and more).
+const FRESH_SOCKET: Duration = Duration::from_secs(1);
+
+/// What the reconnect loop does after an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// Try the same socket again after this short wait.
+    Soon(Duration),
+    /// Wait out the backoff (cut short by a new socket).
+    Backoff(Duration),
+}
+
+impl AfterFailure {
+    fn wait(self) -> Duration {
+        match self {
+            AfterFailure::Soon(d) | AfterFailure::Backoff(d) => d,
+        }
+    }
+}
+
+/// After a failed attempt: a socket that appeared less than [`FRESH_SOCKET`] ago
+/// (`fresh_for`, `None` when there is none) is tried again soon; otherwise the backoff.
+fn after_failure(fresh_for: Option<Duration>, backoff: Duration) -> AfterFailure {
+    match fresh_for {
+        Some(age) if age < FRESH_SOCKET => AfterFailure::Soon(SOCKET_WATCH),
+        _ => AfterFailure::Backoff(backoff),
+    }
+}
 
 /// The socket file's identity (device, inode), if it exists.
 fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
@@ -472,6 +525,31 @@ impl ttrpc::Service for PluginService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_that_just_appeared_is_tried_again_soon() {
+        // Refused between the runtime's bind and listen: retried within SOCKET_WATCH.
+        assert_eq!(
+            after_failure(Some(Duration::ZERO), Duration::from_secs(8)),
+            AfterFailure::Soon(SOCKET_WATCH)
+        );
+        assert_eq!(
+            after_failure(Some(Duration::from_millis(900)), Duration::from_secs(8)),
+            AfterFailure::Soon(SOCKET_WATCH)
+        );
+    }
+
+    #[test]
+    fn a_socket_that_keeps_refusing_gets_the_backoff() {
+        assert_eq!(
+            after_failure(Some(FRESH_SOCKET), Duration::from_secs(8)),
+            AfterFailure::Backoff(Duration::from_secs(8))
+        );
+        assert_eq!(
+            after_failure(None, Duration::from_secs(2)),
+            AfterFailure::Backoff(Duration::from_secs(2))
+        );
+    }
 
     #[test]
     fn index_must_be_two_digits() {
