@@ -258,3 +258,87 @@ fn an_add_or_del_naming_another_namespace_cannot_take_the_device() {
     .unwrap();
     drop(cgroup);
 }
+
+/// A runtime restarted while a pod is being created: the pod's CNI ADD came (its devices
+/// are handed over), the plugin reconnects, and the runtime's Synchronize does not list
+/// the pod, whose sandbox is not created yet; its RunPodSandbox comes after. The devices
+/// must stay in the pod (containerd 2.3.4 did this in `real_runtime`'s restart test:
+/// the driver gave the device back at the Synchronize, and the hook then reported the
+/// stale hand-over as done, leaving the pod without it).
+#[test]
+fn a_synchronize_between_the_cni_add_and_run_pod_sandbox_leaves_the_devices() {
+    let topo = Arc::new(Topology::new("cns").unwrap());
+    let cgroup = TestCgroup::new("cns").unwrap();
+    let parent = cgroup.runtime_name().unwrap();
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = scenario::bring_up_prepared(&topo).await?;
+        let socket = topo.state_dir().join("cni.sock");
+        let before = c.runtime.wait_registered(Duration::from_secs(5)).await?;
+
+        let reply = ask(
+            &socket,
+            &line(&request("ADD", topo.pod.path(), "pod-uid-web", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "started", "{reply}");
+        scenario::wait_for(
+            &Quiet,
+            "the ahead hand-over",
+            Duration::from_secs(5),
+            || {
+                c.driver
+                    .log_text()
+                    .contains("hand-over started at the CNI ADD is done")
+                    .then_some(())
+            },
+        )
+        .await?;
+        ensure!(
+            link_facts(&topo.pod, POD_IF).is_ok(),
+            "not in the pod after the ADD"
+        );
+
+        // The runtime goes down and comes back; its Synchronize lists no pod.
+        c.runtime.shutdown_plugin().await?;
+        c.runtime
+            .wait_registration_after(before.generation, Duration::from_secs(10))
+            .await?;
+        ensure!(
+            link_facts(&topo.pod, POD_IF).is_ok(),
+            "the Synchronize took the device of a pod being created:\n{}",
+            c.driver.log_text()
+        );
+
+        let started =
+            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
+                .await;
+        ensure!(
+            started.is_clean(),
+            "RunPodSandbox: {:?}\n{}",
+            started.status,
+            c.driver.log_text()
+        );
+        let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
+        ensure!(
+            mtu == 1500 && addrs == ["192.0.2.10/24"],
+            "pod link: mtu {mtu} {addrs:?}"
+        );
+        ensure!(!on_node(&topo), "{NIC} is home while its pod runs");
+
+        // Stopped as usual: home.
+        let (stop, remove) =
+            scenario::stop_pod_in(&c, topo.pod.path(), "pod-uid-web", "web-0").await;
+        ensure!(
+            stop.is_clean() && remove.is_clean(),
+            "stop: {stop:?} {remove:?}"
+        );
+        scenario::wait_for(&Quiet, "the device home", Duration::from_secs(5), || {
+            on_node(&topo).then_some(())
+        })
+        .await?;
+        Ok(())
+    })
+    .unwrap();
+    drop(cgroup);
+}

@@ -363,14 +363,32 @@ impl Pods {
                     pod = %pod_name,
                     "the hand-over started at the CNI ADD stopped on the budget; RunPodSandbox tries under its own: {b}"
                 ),
-                Some(done) => {
+                Some(Ok(done)) if self.ahead_result_stands(pod_uid, &pod.netns) => {
                     tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
-                    return done;
+                    return Ok(done);
+                }
+                Some(Ok(_)) => tracing::warn!(
+                    pod = %pod_name,
+                    "the devices the CNI ADD handed over are no longer all in the pod; handing them over again"
+                ),
+                Some(Err(e)) => {
+                    tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
+                    return Err(e);
                 }
                 None => {}
             }
             self.inner.start(pod_uid, pod_name, pod)
         })
+    }
+
+    /// Whether what pod `pod_uid`'s ahead start did is still so: every device in the pod
+    /// at `netns` (an unreadable checkpoint says no, and the hook starts over).
+    fn ahead_result_stands(&self, pod_uid: &str, netns: &std::path::Path) -> bool {
+        self.inner
+            .kernel
+            .store
+            .plans_of_pod(pod_uid)
+            .is_ok_and(|plans| ahead::still_in(&plans, netns))
     }
 
     /// Gives back every device of pod `pod_uid` (pod stopping).
@@ -473,8 +491,15 @@ impl Pods {
         for (uid, plans) in pods {
             let runtime = live.get(&uid);
             match handover::sync_action(&plans, runtime.is_some()) {
+                PodAction::GiveBack if self.inner.ahead.pending(&uid) => {
+                    // Handed over at its CNI ADD, its RunPodSandbox still to come: the
+                    // runtime lists a sandbox only once it is created. If it never is,
+                    // the CNI DEL or the keeper returns the devices.
+                    tracing::info!(pod_uid = %uid, "pod not listed yet: its sandbox is being created (devices handed over at its CNI ADD); they stay");
+                }
                 PodAction::GiveBack => {
                     tracing::info!(pod_uid = %uid, "pod no longer exists; returning its devices");
+                    self.inner.ahead.forget(&uid);
                     match handover::give_back(&self.inner.kernel, &uid) {
                         Ok(o) => report.returned.extend(o),
                         Err(e) => report.errors.push(e),
