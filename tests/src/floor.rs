@@ -19,7 +19,7 @@ use netclaim::netns::netlink::NlSocket;
 use crate::netenv::TestNetns;
 
 /// Runs `lines` with `ip -batch` in `ns`.
-fn batch(ns: &TestNetns, lines: impl Iterator<Item = String>) -> Result<()> {
+pub fn batch(ns: &TestNetns, lines: impl Iterator<Item = String>) -> Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), lines.collect::<Vec<_>>().join("\n") + "\n")?;
     ns.ip(&["-batch", &file.path().to_string_lossy()])?;

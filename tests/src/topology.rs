@@ -26,7 +26,8 @@ pub struct PodWire {
     pub wire_mac: String,
 }
 
-fn disable_ipv6(ns: &TestNetns) -> Result<()> {
+/// Disables IPv6 on every device of `ns`, present and future.
+pub fn disable_ipv6(ns: &TestNetns) -> Result<()> {
     ns.exec(
         "sysctl",
         &[

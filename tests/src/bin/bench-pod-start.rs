@@ -393,14 +393,7 @@ fn series(
     let topo = Arc::new(Topology::with_nics(tag, CONCURRENT)?);
     if args.ipv6_off {
         for ns in [&topo.node, &topo.wire, &topo.pod] {
-            ns.exec(
-                "sysctl",
-                &[
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
+            netclaim_tests::topology::disable_ipv6(ns)?;
         }
     }
     let state_fs = match state_on {

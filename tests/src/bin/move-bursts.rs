@@ -24,7 +24,9 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use netclaim::netns::link::{self, LinkChange};
 use netclaim::netns::netlink::NlSocket;
+use netclaim_tests::floor::batch;
 use netclaim_tests::netenv::{require_root, TestNetns};
+use netclaim_tests::topology::disable_ipv6;
 
 #[derive(Parser, Debug)]
 #[command(about = "Bursts of veth namespace moves, alone or beside other kernel work")]
@@ -43,26 +45,6 @@ struct Args {
     ipv6_off_peers: bool,
     #[arg(long)]
     ipv6_off_target: bool,
-}
-
-/// Runs `lines` with `ip -batch` in `ns`.
-fn batch(ns: &TestNetns, lines: impl Iterator<Item = String>) -> Result<()> {
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), lines.collect::<Vec<_>>().join("\n") + "\n")?;
-    ns.ip(&["-batch", &file.path().to_string_lossy()])?;
-    Ok(())
-}
-
-fn ipv6_off(ns: &TestNetns) -> Result<()> {
-    ns.exec(
-        "sysctl",
-        &[
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ],
-    )?;
-    Ok(())
 }
 
 /// Opens and closes a netlink socket every `every` until `stop` is set.
@@ -85,10 +67,10 @@ fn main() -> Result<()> {
     let to = TestNetns::new("mbt")?;
     let peers = TestNetns::new("mbp")?;
     if args.ipv6_off_peers {
-        ipv6_off(&peers)?;
+        disable_ipv6(&peers)?;
     }
     if args.ipv6_off_target {
-        ipv6_off(&to)?;
+        disable_ipv6(&to)?;
     }
     let peers_name = peers.name().to_string();
     batch(
