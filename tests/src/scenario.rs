@@ -381,8 +381,20 @@ impl Cluster {
         topo: &Topology,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<()> {
+        self.kill_then_restart(topo, env, || Ok(())).await
+    }
+
+    /// [`Self::kill_and_restart`] with `meanwhile` done while no driver runs (what a
+    /// killed driver left half done, set up by the test).
+    pub async fn kill_then_restart(
+        &mut self,
+        topo: &Topology,
+        env: &[(&str, &std::ffi::OsStr)],
+        meanwhile: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let registered = self.runtime.wait_registered(Duration::from_secs(5)).await?;
         self.driver.kill9()?;
+        meanwhile()?;
         self.driver = Driver::start_with_env(topo, self.api.kubeconfig_path(), "1s", env)?;
         self.runtime
             .wait_registration_after(registered.generation, Duration::from_secs(20))

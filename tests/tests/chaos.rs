@@ -411,3 +411,75 @@ fn a_kill_before_the_stop_settles_leaves_the_device_home() {
     })
     .unwrap();
 }
+
+/// Killed while unprepare unpinned the claim's staged data path (the real-containerd
+/// campaign, seed 1796177661, left four maps with the marker among them), the
+/// restarted driver's unprepare removes the rest instead of failing to open it for
+/// good; the NIC is home without programs, and the claim prepares and its pod starts
+/// with a data path again.
+#[test]
+fn a_kill_during_unprepare_leaves_a_removal_the_next_unprepare_finishes() {
+    use netclaim_tests::{
+        netenv::files_below,
+        runtime::{Mode, RuntimeConfig},
+        scenario::{self, run_in_netns, unprepare, Quiet},
+    };
+    require_root();
+    let topo = std::sync::Arc::new(scenario::Topology::new("cun").unwrap());
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let mut c =
+            scenario::bring_up_env(&topo, RuntimeConfig::new(Mode::Current), &Quiet, &[]).await?;
+        scenario::prepare_web(&c).await?;
+        let pins = files_below(topo.bpf.path());
+        let dir = pins
+            .iter()
+            .find(|p| p.ends_with("NC_COUNTERS"))
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .ok_or_else(|| anyhow::anyhow!("prepare staged no data path: {pins:?}"))?;
+        let kept = ["NC_RT6_A", "NC_COUNTERS", "NC_LOC6_B", "NC_SLOTS"];
+        c.kill_then_restart(&topo, &[], || {
+            for f in std::fs::read_dir(&dir)? {
+                let f = f?.path();
+                if !kept.iter().any(|k| f.ends_with(k)) {
+                    std::fs::remove_file(&f)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let err = unprepare(&c, "web", "uid-web").await?;
+        anyhow::ensure!(
+            err.is_empty(),
+            "unprepare after the kill: {err}\n{}",
+            c.driver.log_text()
+        );
+        anyhow::ensure!(
+            files_below(topo.bpf.path()).is_empty(),
+            "pins left: {:?}",
+            files_below(topo.bpf.path())
+        );
+        let shown = topo
+            .node
+            .ip(&["-d", "link", "show", "dev", scenario::NIC])?;
+        anyhow::ensure!(
+            !String::from_utf8_lossy(&shown.stdout).contains("prog/xdp"),
+            "XDP left on the NIC"
+        );
+        let err = scenario::prepare(&c, "web", "uid-web").await?;
+        anyhow::ensure!(err.is_empty(), "prepare again: {err}");
+        let out = scenario::run_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(
+            out.is_clean(),
+            "start after it: {:?}\n{}",
+            out.status,
+            c.driver.log_text()
+        );
+        let (stop, _) = scenario::stop_pod(&c, &topo, "pod-uid-web", "web-0").await;
+        anyhow::ensure!(stop.is_clean(), "stop: {:?}", stop.status);
+        Ok(())
+    })
+    .unwrap();
+}

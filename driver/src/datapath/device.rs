@@ -552,23 +552,66 @@ impl AttachedDatapath {
     /// `None` means the namespace is gone, and with it the filters.
     pub fn detach(self, layout: &PinLayout, netns: Option<&Netns>) -> Result<(), DatapathError> {
         let meta = self.meta.get(&0, 0).ok();
-        LogPump::global().remove(&self.key);
-        if let (Some(meta), Some(netns)) = (meta, netns) {
-            detach_clsact(netns, &meta);
-        }
         let Self { key, dir, .. } = self;
-        remove_pins(&dir);
-        if dir.exists() {
-            return Err(DatapathError::Pin {
-                key: key.to_string(),
-                path: dir,
-                detail: "pin directory could not be removed".into(),
-            });
-        }
-        layout.prune_parents(&key);
+        remove_everything(layout, &key, &dir, meta, netns)?;
         tracing::info!(device = %key, "datapath detached");
         Ok(())
     }
+
+    /// Removes whatever is pinned for `key`, whole or not. A data path that opens is
+    /// [`Self::detach`]ed. One that a killed driver left half pinned or half removed
+    /// (its maps no longer all open, or its marker map is gone but other pins are
+    /// not) has its links detached and every pin removed all the same, and its clsact
+    /// filters removed if its meta map is still there to name them. Nothing pinned is
+    /// not an error: removal is idempotent, so a retry after a crash finishes the job.
+    pub fn remove(
+        layout: &PinLayout,
+        key: &DatapathKey,
+        netns: Option<&Netns>,
+    ) -> Result<(), DatapathError> {
+        let dir = layout.device_dir(key);
+        match Self::adopt(layout, key.clone()) {
+            Ok(dp) => dp.detach(layout, netns),
+            Err(_) if !dir.exists() => Ok(()),
+            Err(why) => {
+                tracing::warn!(
+                    device = %key,
+                    path = %dir.display(),
+                    "removing a partial data path (an attach or removal was cut short): {why}"
+                );
+                let meta = pins::pinned_meta(&dir);
+                remove_everything(layout, key, &dir, meta, netns)?;
+                tracing::info!(device = %key, "partial datapath removed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The one way a device's data path goes: clsact filters named by `meta` (when the
+/// namespace is given), the log pump's entry, every pin (links first, the marker map
+/// last), the directory and its empty parents.
+fn remove_everything(
+    layout: &PinLayout,
+    key: &DatapathKey,
+    dir: &Path,
+    meta: Option<DatapathMeta>,
+    netns: Option<&Netns>,
+) -> Result<(), DatapathError> {
+    LogPump::global().remove(key);
+    if let (Some(meta), Some(netns)) = (meta, netns) {
+        detach_clsact(netns, &meta);
+    }
+    remove_pins(dir);
+    if dir.exists() {
+        return Err(DatapathError::Pin {
+            key: key.to_string(),
+            path: dir.to_path_buf(),
+            detail: "pin directory could not be removed".into(),
+        });
+    }
+    layout.prune_parents(key);
+    Ok(())
 }
 
 /// Loads a fresh instance with `policy` in slot A and every program verified (the

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, Map, MapData},
     Ebpf,
 };
 use netclaim_common::{DatapathMeta, MAP_COUNTERS, MAP_META, PROG_INGRESS_TC, PROG_INGRESS_XDP};
@@ -218,6 +218,12 @@ pub(super) fn pin_all(
     if dir.join(MAP_COUNTERS).exists() {
         return Err(pin_err(dir, &"already holds a data path (detach it first)"));
     }
+    if dir.exists() {
+        // No marker: what is there is the rest of a removal or an attach that was cut
+        // short, and no data path; it would only make the pins below collide.
+        tracing::warn!(path = %dir.display(), "removing the leftovers of a cut-short data path before pinning");
+        remove_pins(dir);
+    }
     std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, &e))?;
     // Test builds: a fail point in front of the meta update and of every pin.
     let injected = |path: &Path| match crate::failpoints::fires(crate::failpoints::BPF) {
@@ -272,13 +278,34 @@ fn is_link(pin: &Path) -> bool {
         .is_some_and(|n| n.starts_with("link_"))
 }
 
+/// Where a pin comes in a removal: links first, so the programs are off the device
+/// before anything else goes; the marker map ([`MAP_COUNTERS`], which
+/// [`super::AttachedDatapath::adopt`] and [`pin_all`] look for) last, so a removal cut
+/// short still reads as a data path and the next one finishes it.
+fn removal_rank(pin: &Path) -> u8 {
+    if is_link(pin) {
+        0
+    } else if pin.file_name().and_then(|n| n.to_str()) == Some(MAP_COUNTERS) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The meta map's entry of a pin directory, if that map is still pinned and readable
+/// (a partial data path's clsact filters are found through it).
+pub(super) fn pinned_meta(dir: &Path) -> Option<DatapathMeta> {
+    let data = MapData::from_pin(dir.join(MAP_META)).ok()?;
+    let meta: Array<MapData, DatapathMeta> = Map::Array(data).try_into().ok()?;
+    meta.get(&0, 0).ok()
+}
+
 /// Removes a device's pin directory and everything in it: each link detached from
 /// its hook first, so the programs are off the device when this returns.
 pub(super) fn remove_pins(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        // Links first, so programs are detached before anything else goes.
-        files.sort_by_key(|p| !is_link(p));
+        files.sort_by_key(|p| removal_rank(p));
         for f in files {
             if is_link(&f) {
                 // Detached now, in this thread, rather than by the kernel's deferred

@@ -471,11 +471,7 @@ impl Effects for Kernel {
     }
 
     fn detach(&self, key: &DatapathKey, pod: Option<&Netns>) -> Result<(), DatapathError> {
-        match AttachedDatapath::adopt(&self.layout, key.clone()) {
-            Ok(dp) => dp.detach(&self.layout, pod),
-            Err(DatapathError::NotPinned { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        AttachedDatapath::remove(&self.layout, key, pod)
     }
 
     fn restore(

@@ -170,6 +170,8 @@ impl Pods {
 
     /// Removes the data paths staged for claim `claim_uid` on devices that are home
     /// (a device in a pod keeps its data path; unprepare refuses that claim anyway).
+    /// Every device is tried; the first failure is returned (kubelet retries, and the
+    /// others are gone by then).
     pub fn unstage(&self, claim_uid: &str) -> Result<(), UnstageError> {
         let k = &self.inner.kernel;
         let claim = |c: &str| c.to_string();
@@ -183,33 +185,39 @@ impl Pods {
                 })
             }
         };
+        let mut first_failure = None;
         for plan in plans
             .iter()
             .filter(|p| p.staged && p.placement == Placement::Home)
         {
-            self.locked(&plan.pod.uid, || -> Result<(), UnstageError> {
+            let removed = self.locked(&plan.pod.uid, || -> Result<(), UnstageError> {
                 let detach_err = |source| UnstageError::Detach {
                     claim: plan.claim.to_string(),
                     device: plan.device.clone(),
                     source: Box::new(source),
                 };
                 let key = datapath_key(plan).map_err(detach_err)?;
-                // At home: any clsact filter of it is in the node's namespace.
-                match AttachedDatapath::adopt(&k.layout, key) {
-                    Ok(dp) => dp.detach(&k.layout, Some(&k.host)).map_err(detach_err)?,
-                    Err(DatapathError::NotPinned { .. }) => {}
-                    Err(e) => return Err(detach_err(e)),
-                }
+                // At home: any clsact filter of it is in the node's namespace. Whole
+                // or left half removed by a killed driver, it goes.
+                AttachedDatapath::remove(&k.layout, &key, Some(&k.host)).map_err(detach_err)?;
                 self.unmark_staged(claim_uid, plan)
                     .map_err(|source| UnstageError::Checkpoint {
                         claim: plan.claim.to_string(),
                         source,
                     })?;
                 Ok(())
-            })?;
-            tracing::info!(claim = %plan.claim, device = %plan.device, "staged data path removed");
+            });
+            match removed {
+                Ok(()) => {
+                    tracing::info!(claim = %plan.claim, device = %plan.device, "staged data path removed")
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %plan.claim, device = %plan.device, "{e}");
+                    first_failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 }
 
