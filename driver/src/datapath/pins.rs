@@ -329,6 +329,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_removal_takes_links_first_and_the_marker_last() {
+        let dir = Path::new("/sys/fs/bpf/netclaim/default/c/eth1");
+        let mut pins: Vec<PathBuf> = [
+            MAP_COUNTERS,
+            "NC_HITS",
+            PROG_EGRESS,
+            LINK_INGRESS,
+            MAP_META,
+            LINK_EGRESS,
+            "link_guard_sockopt",
+        ]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+        pins.sort_by_key(|p| removal_rank(p));
+        let names: Vec<&str> = pins
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str())
+            .collect();
+        assert!(
+            names[..3].iter().all(|n| n.starts_with("link_")),
+            "{names:?}"
+        );
+        assert_eq!(names.last(), Some(&MAP_COUNTERS), "{names:?}");
+    }
+
+    #[test]
     fn keys_must_be_dns_names() {
         assert!(DatapathKey::new("default", "claim-a", "eth1").is_ok());
         for bad in ["", "..", "a/b", "Upper", "sp ace"] {
