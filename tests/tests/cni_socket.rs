@@ -47,6 +47,30 @@ fn on_node(topo: &Topology) -> bool {
     topo.node.ip(&["link", "show", NIC]).is_ok()
 }
 
+/// RunPodSandbox of `web-0` in the pod's namespace, its cgroup under `parent`; fails
+/// unless the hook answered cleanly.
+async fn run_web(c: &scenario::Cluster, topo: &Topology, parent: &str) -> Result<()> {
+    let started =
+        scenario::run_pod_in_cgroup(c, topo.pod.path(), Some(parent), "pod-uid-web", "web-0").await;
+    ensure!(
+        started.is_clean(),
+        "RunPodSandbox: {:?}\n{}",
+        started.status,
+        c.driver.log_text()
+    );
+    Ok(())
+}
+
+/// Fails unless the pod's interface is configured as the claim says.
+fn configured_in_pod(topo: &Topology) -> Result<()> {
+    let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
+    ensure!(
+        mtu == 1500 && addrs == ["192.0.2.10/24"],
+        "pod link: mtu {mtu} {addrs:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn hostile_lines_get_errors_naming_what_is_wrong_and_change_nothing() {
     let topo = Arc::new(Topology::new("cnh").unwrap());
@@ -138,15 +162,7 @@ fn hostile_lines_get_errors_naming_what_is_wrong_and_change_nothing() {
         ensure!(on_node(&topo), "{NIC} left the node");
 
         // The pod still starts normally.
-        let started =
-            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
-                .await;
-        ensure!(
-            started.is_clean(),
-            "RunPodSandbox: {:?}\n{}",
-            started.status,
-            c.driver.log_text()
-        );
+        run_web(&c, &topo, &parent).await?;
         ensure!(
             link_facts(&topo.pod, POD_IF).is_ok(),
             "{POD_IF} not in the pod"
@@ -200,20 +216,8 @@ fn an_add_or_del_naming_another_namespace_cannot_take_the_device() {
             &line(&request("ADD", topo.wire.path(), "pod-uid-web", &parent)),
         )?;
         ensure!(reply["outcome"] == "started", "{reply}");
-        let started =
-            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
-                .await;
-        ensure!(
-            started.is_clean(),
-            "RunPodSandbox: {:?}\n{}",
-            started.status,
-            c.driver.log_text()
-        );
-        let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
-        ensure!(
-            mtu == 1500 && addrs == ["192.0.2.10/24"],
-            "pod link: mtu {mtu} {addrs:?}"
-        );
+        run_web(&c, &topo, &parent).await?;
+        configured_in_pod(&topo)?;
         ensure!(
             topo.wire.ip(&["link", "show", POD_IF]).is_err(),
             "{POD_IF} stayed in the wrong namespace"
@@ -310,20 +314,8 @@ fn a_synchronize_between_the_cni_add_and_run_pod_sandbox_leaves_the_devices() {
             c.driver.log_text()
         );
 
-        let started =
-            scenario::run_pod_in_cgroup(&c, topo.pod.path(), Some(&parent), "pod-uid-web", "web-0")
-                .await;
-        ensure!(
-            started.is_clean(),
-            "RunPodSandbox: {:?}\n{}",
-            started.status,
-            c.driver.log_text()
-        );
-        let (mtu, addrs) = link_facts(&topo.pod, POD_IF)?;
-        ensure!(
-            mtu == 1500 && addrs == ["192.0.2.10/24"],
-            "pod link: mtu {mtu} {addrs:?}"
-        );
+        run_web(&c, &topo, &parent).await?;
+        configured_in_pod(&topo)?;
         ensure!(!on_node(&topo), "{NIC} is home while its pod runs");
 
         // Stopped as usual: home.
