@@ -15,9 +15,10 @@
 //! start after the CNI ADD) is undone by the CNI DEL that follows, or by the keeper
 //! when the runtime removes the namespace. Until its hook comes, the pod is not in a
 //! runtime's Synchronize (containerd lists a sandbox once it is created), so a
-//! Synchronize leaves a pod with a result waiting ([`Finished::pending`]); and the hook
-//! collects a result only while every device is still where it left them
-//! ([`still_in`]), otherwise it hands them over again.
+//! Synchronize leaves a pod with a result waiting ([`Finished::pending`]). Every
+//! give-back drops the pod's result first (`Pods::give_back_now`), so a result the hook
+//! still finds describes devices that are where the ahead start left them; without one
+//! the hook hands them over again.
 //!
 //! Here: the decisions ([`ahead_decision`], [`del_decision`]), the results kept for the
 //! hook ([`Finished`]), and the lifecycle's two entry points for the CNI socket
@@ -29,7 +30,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{DeviceOutcome, LifecycleError, PodRuntime, Pods};
-use crate::state::{Placement, Plan};
+use crate::state::Plan;
 
 /// The budget of an ahead start until the runtime announced its own (NRI Configure):
 /// containerd's default request timeout. The hook that collects the result runs
@@ -146,15 +147,6 @@ impl Finished {
     pub fn pending(&self, uid: &str) -> bool {
         self.map().contains_key(uid)
     }
-}
-
-/// Whether every one of a pod's devices is still in the pod at `netns`, as the ahead
-/// start that is about to be collected left them (something may have given them back
-/// since: then the hook starts the pod again instead of reporting a stale success).
-pub fn still_in(plans: &[(String, Plan)], netns: &Path) -> bool {
-    plans.iter().all(|(_, p)| {
-        matches!(&p.placement, Placement::InPod { attachment } if attachment.pod_netns == netns)
-    })
 }
 
 impl Pods {
@@ -286,7 +278,7 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Attachment;
+    use crate::state::{Attachment, Placement};
 
     fn plan(placement: Placement) -> (String, Plan) {
         let mut p: Plan = serde_json::from_value(serde_json::json!({
@@ -370,23 +362,6 @@ mod tests {
             del_decision(&[plan(Placement::Home)], a, false),
             DelAction::Nothing
         );
-    }
-
-    #[test]
-    fn a_collected_result_stands_only_while_every_device_is_in_its_namespace() {
-        let a = Path::new("/run/netns/a");
-        let in_a = plan(Placement::InPod {
-            attachment: att("/run/netns/a"),
-        });
-        let in_b = plan(Placement::InPod {
-            attachment: att("/run/netns/b"),
-        });
-        assert!(still_in(&[in_a.clone(), in_a.clone()], a));
-        assert!(
-            !still_in(&[in_a.clone(), plan(Placement::Home)], a),
-            "one went home"
-        );
-        assert!(!still_in(&[in_a, in_b], a), "one is in another sandbox");
     }
 
     #[test]

@@ -363,17 +363,10 @@ impl Pods {
                     pod = %pod_name,
                     "the hand-over started at the CNI ADD stopped on the budget; RunPodSandbox tries under its own: {b}"
                 ),
-                Some(Ok(done)) if self.ahead_result_stands(pod_uid, &pod.netns) => {
+                // Still kept, it stands: every give-back drops it ([`Self::give_back_now`]).
+                Some(done) => {
                     tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
-                    return Ok(done);
-                }
-                Some(Ok(_)) => tracing::warn!(
-                    pod = %pod_name,
-                    "the devices the CNI ADD handed over are no longer all in the pod; handing them over again"
-                ),
-                Some(Err(e)) => {
-                    tracing::debug!(pod = %pod_name, "hand-over was started at the CNI ADD; collecting its result");
-                    return Err(e);
+                    return done;
                 }
                 None => {}
             }
@@ -381,19 +374,18 @@ impl Pods {
         })
     }
 
-    /// Whether what pod `pod_uid`'s ahead start did is still so: every device in the pod
-    /// at `netns` (an unreadable checkpoint says no, and the hook starts over).
-    fn ahead_result_stands(&self, pod_uid: &str, netns: &std::path::Path) -> bool {
-        self.inner
-            .kernel
-            .store
-            .plans_of_pod(pod_uid)
-            .is_ok_and(|plans| ahead::still_in(&plans, netns))
-    }
-
     /// Gives back every device of pod `pod_uid` (pod stopping).
     pub fn stop_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
-        self.locked(pod_uid, || handover::give_back(&self.inner.kernel, pod_uid))
+        self.locked(pod_uid, || self.give_back_now(pod_uid))
+    }
+
+    /// Gives back every device of pod `pod_uid` now; the caller holds the pod's turn
+    /// or `synchronize`'s exclusion. Every give-back goes through here and drops first
+    /// what an ahead start ([`ahead`]) kept for the pod's RunPodSandbox, so a result
+    /// the hook still finds describes devices that are where that start left them.
+    fn give_back_now(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
+        self.inner.ahead.forget(pod_uid);
+        handover::give_back(&self.inner.kernel, pod_uid)
     }
 
     /// Gives back every device of pod `pod_uid` after this returns: the pod's turn is
@@ -420,7 +412,6 @@ impl Pods {
         pod_uid: &str,
         done: Option<std::sync::mpsc::Sender<Result<Vec<DeviceOutcome>, LifecycleError>>>,
     ) {
-        self.inner.ahead.forget(pod_uid);
         let this = self.clone();
         let uid = pod_uid.to_string();
         let span = tracing::Span::current();
@@ -429,7 +420,7 @@ impl Pods {
             // A move like a hook's: background scans wait for it (`netns::quiet`).
             let _moving = crate::netns::quiet::Quiet::global().hold();
             let started = std::time::Instant::now();
-            let result = handover::give_back(&this.inner.kernel, &uid);
+            let result = this.give_back_now(&uid);
             this.inner.giving_back().remove(&uid);
             drop(turn);
             match &result {
@@ -456,7 +447,6 @@ impl Pods {
     /// Finishes whatever `stop_pod` left (pod removed; its namespace may be gone).
     pub fn remove_pod(&self, pod_uid: &str) -> Result<Vec<DeviceOutcome>, LifecycleError> {
         let result = self.stop_pod(pod_uid);
-        self.inner.ahead.forget(pod_uid);
         // The pod is gone: forget its lock unless another hook holds it.
         let mut locks = self
             .inner
@@ -499,8 +489,7 @@ impl Pods {
                 }
                 PodAction::GiveBack => {
                     tracing::info!(pod_uid = %uid, "pod no longer exists; returning its devices");
-                    self.inner.ahead.forget(&uid);
-                    match handover::give_back(&self.inner.kernel, &uid) {
+                    match self.give_back_now(&uid) {
                         Ok(o) => report.returned.extend(o),
                         Err(e) => report.errors.push(e),
                     }
