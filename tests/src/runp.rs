@@ -17,7 +17,7 @@
 //! measured around the whole hook), compared with containerd's request budget.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -230,6 +230,7 @@ pub async fn measure(
     peers: Peers,
     runs: usize,
     concurrent: usize,
+    keep_logs: Option<&Path>,
 ) -> Result<RunpMeasured> {
     let budget = Duration::from_secs(2);
     let mut c = containerd::bring_up(topo, peers, "bp", budget).await?;
@@ -416,13 +417,23 @@ pub async fn measure(
             m.concurrent_hooks.len()
         );
     }
+    if let Some(dir) = keep_logs {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("driver.log"), c.side.driver.log_text())?;
+        std::fs::write(dir.join("containerd.log"), c.runtime.log_text())?;
+    }
     drop(c);
     Ok(m)
 }
 
 /// [`measure`] in a topology of its own, or `None` (said loudly) when the real runtime
-/// is missing.
-pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasured>> {
+/// is missing. With `keep_logs`, the driver's and containerd's logs are copied there
+/// (`driver.log`, `containerd.log`) to see what ran during each `crictl runp`.
+pub fn measure_here(
+    runs: usize,
+    concurrent: usize,
+    keep_logs: Option<PathBuf>,
+) -> Result<Option<RunpMeasured>> {
     let Some(peers) = containerd::peers_or_skip("bench pod-start (real containerd)") else {
         return Ok(None);
     };
@@ -432,7 +443,7 @@ pub fn measure_here(runs: usize, concurrent: usize) -> Result<Option<RunpMeasure
     let node = node.to_path_buf();
     let t = topo.clone();
     let m = scenario::run_in_netns(&node, move || async move {
-        measure(&t, peers, runs, concurrent).await
+        measure(&t, peers, runs, concurrent, keep_logs.as_deref()).await
     });
     // Unmounted before the topology's directory goes (the driver has stopped by now).
     drop(state_fs);

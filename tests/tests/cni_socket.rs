@@ -334,3 +334,134 @@ fn a_synchronize_between_the_cni_add_and_run_pod_sandbox_leaves_the_devices() {
     .unwrap();
     drop(cgroup);
 }
+
+/// How many inventory rescans the driver logged after byte `from` of its log.
+fn rescans(c: &scenario::Cluster, from: usize) -> usize {
+    c.driver
+        .log_text()
+        .get(from..)
+        .map_or(0, |t| t.matches("inventory changed").count())
+}
+
+/// Waits (up to 4 s) for a rescan logged after `from`.
+async fn rescanned(c: &scenario::Cluster, from: usize, what: &str) -> Result<()> {
+    scenario::wait_for(&Quiet, what, Duration::from_secs(4), || {
+        (rescans(c, from) > 0).then_some(())
+    })
+    .await
+}
+
+/// An ADD for `uid`, a pod that claims nothing (nothing moves); then the veth pair `link`
+/// appears on the node and no rescan follows for 400 ms. The log offset and when the link came.
+async fn quiet_after_add(
+    c: &scenario::Cluster,
+    topo: &Topology,
+    parent: &str,
+    uid: &str,
+    link: &str,
+) -> Result<(usize, Instant)> {
+    let socket = topo.state_dir().join("cni.sock");
+    let reply = ask(
+        &socket,
+        &line(&request("ADD", topo.pod.path(), uid, parent)),
+    )?;
+    ensure!(reply["outcome"] == "nothing", "{uid}: {reply}");
+    let from = c.driver.log_text().len();
+    topo.node.ip(&[
+        "link",
+        "add",
+        link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{link}p"),
+    ])?;
+    let appeared = Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ensure!(
+        rescans(c, from) == 0,
+        "{uid}: the inventory rescanned while the runtime was starting the pod:\n{}",
+        c.driver.log_text().get(from..).unwrap_or_default()
+    );
+    Ok((from, appeared))
+}
+
+/// Between a pod's CNI ADD and its RunPodSandbox the runtime is still starting the pod
+/// (containerd sets up its network and starts its pause container, then calls the
+/// hook): netclaim's background work waits for the hook, the CNI DEL, or at most its
+/// bound when neither comes. Watched through the inventory's rescan of a link that
+/// appears on the node meanwhile, which otherwise follows the link within 50 ms.
+#[test]
+fn background_work_waits_from_the_cni_add_until_the_pod_hook() {
+    let topo = Arc::new(Topology::new("cnq").unwrap());
+    let cgroup = TestCgroup::new("cnq").unwrap();
+    let parent = cgroup.runtime_name().unwrap();
+    let t = topo.clone();
+    run_in_netns(topo.node.path(), move || async move {
+        let topo = t;
+        let c = scenario::bring_up_prepared(&topo).await?;
+        let socket = topo.state_dir().join("cni.sock");
+        c.runtime.wait_registered(Duration::from_secs(5)).await?;
+        // A link seen at once, then no rescan for 500 ms: the driver's start-up work
+        // (the claim's data path staged, its scans) is over and no scan is in flight.
+        let from = c.driver.log_text().len();
+        topo.node.ip(&[
+            "link", "add", "ncq0", "type", "veth", "peer", "name", "ncq0p",
+        ])?;
+        rescanned(&c, from, "the first rescan").await?;
+        let mut seen = (rescans(&c, from), Instant::now());
+        scenario::wait_for(
+            &Quiet,
+            "the inventory at rest",
+            Duration::from_secs(10),
+            || {
+                let now = rescans(&c, from);
+                if now != seen.0 {
+                    seen = (now, Instant::now());
+                }
+                (seen.1.elapsed() >= Duration::from_millis(500)).then_some(())
+            },
+        )
+        .await?;
+
+        // RunPodSandbox ends the window: the rescan follows the hook.
+        let (from, _) = quiet_after_add(&c, &topo, &parent, "pod-uid-plain", "ncq1").await?;
+        let started = scenario::run_pod_in(&c, topo.pod.path(), "pod-uid-plain", "plain-0").await;
+        ensure!(started.is_clean(), "RunPodSandbox: {:?}", started.status);
+        let hooked = Instant::now();
+        rescanned(&c, from, "the rescan after RunPodSandbox").await?;
+        ensure!(
+            hooked.elapsed() < Duration::from_millis(900),
+            "the rescan came {:?} after the hook",
+            hooked.elapsed()
+        );
+
+        // The CNI DEL of a start the runtime gave up ends it too.
+        let (from, _) = quiet_after_add(&c, &topo, &parent, "pod-uid-undone", "ncq2").await?;
+        let reply = ask(
+            &socket,
+            &line(&request("DEL", topo.pod.path(), "pod-uid-undone", &parent)),
+        )?;
+        ensure!(reply["outcome"] == "nothing", "DEL: {reply}");
+        let deleted = Instant::now();
+        rescanned(&c, from, "the rescan after the CNI DEL").await?;
+        ensure!(
+            deleted.elapsed() < Duration::from_millis(900),
+            "the rescan came {:?} after the DEL",
+            deleted.elapsed()
+        );
+
+        // Neither comes: the background work goes on by itself within its bound.
+        let (from, appeared) = quiet_after_add(&c, &topo, &parent, "pod-uid-lost", "ncq3").await?;
+        rescanned(&c, from, "the rescan with no hook").await?;
+        ensure!(
+            appeared.elapsed() < Duration::from_millis(2500),
+            "the rescan waited {:?} for a hook that never came",
+            appeared.elapsed()
+        );
+        Ok(())
+    })
+    .unwrap();
+    drop(cgroup);
+}

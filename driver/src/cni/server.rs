@@ -86,8 +86,12 @@ fn act(pods: &Pods, req: &Request, budget: Duration) -> Reply {
     let pod = req.pod_label();
     let span = tracing::info_span!("cni", pod = %pod, uid = %req.pod_uid, sandbox = %req.sandbox);
     let _entered = span.enter();
+    let quiet = crate::netns::quiet::Quiet::global();
     match req.command {
         Command::Add => {
+            // Until its RunPodSandbox, the runtime is still starting the pod: netclaim's
+            // background work waits (`netns::quiet`), whether or not the pod claims.
+            quiet.open_window(&req.pod_uid, crate::netns::quiet::WINDOW_LONGEST);
             let runtime = PodRuntime {
                 netns: req.netns.clone(),
                 cgroup_parent: req.cgroup_path.clone().filter(|c| !c.is_empty()),
@@ -108,12 +112,15 @@ fn act(pods: &Pods, req: &Request, budget: Duration) -> Reply {
                 },
             }
         }
-        Command::Del => match pods.end_in_netns(&req.pod_uid, &req.netns) {
-            Ok(DelAction::GiveBack) => Reply::GivingBack,
-            Ok(DelAction::Nothing) => Reply::Nothing,
-            Err(e) => Reply::Error {
-                message: e.to_string(),
-            },
-        },
+        Command::Del => {
+            quiet.close_window(&req.pod_uid);
+            match pods.end_in_netns(&req.pod_uid, &req.netns) {
+                Ok(DelAction::GiveBack) => Reply::GivingBack,
+                Ok(DelAction::Nothing) => Reply::Nothing,
+                Err(e) => Reply::Error {
+                    message: e.to_string(),
+                },
+            }
+        }
     }
 }

@@ -12,6 +12,16 @@
 //! hook 1.29 floors per device instead of 1.14. After the hook, the runtime still has
 //! work to do before it answers its caller ([`LINGER`]).
 //!
+//! A pod start is also quiet between its CNI ADD and its RunPodSandbox hook (a *start
+//! window*, [`Quiet::open_window`]): containerd calls the hook only after it has set up
+//! the pod's network and started its pause container, and the CNI ADD is the first the
+//! driver hears of it. The pod's own veth appearing at the node wakes the inventory 50 ms
+//! later, in the middle of that work; measured with the real containerd here
+//! (`cargo xtask bench pod-start`), a rescan and ResourceSlice write there, and the
+//! status writes after an ahead hand-over, made `crictl runp` 8-14 ms slower than
+//! without the driver. A window closes when the pod's RunPodSandbox (or Stop/Remove, or
+//! a CNI DEL) arrives, or on its own after [`WINDOW_LONGEST`].
+//!
 //! Pod hooks take a [`Hold`] for as long as they run; background work waits in
 //! [`Deferral::after_pod_hooks`] (async) or [`Quiet::settled_blocking`] until no hold is
 //! left and [`LINGER`] has passed since the last one ended, but never longer than its
@@ -19,6 +29,7 @@
 //! checkpoint caught up.
 
 use std::{
+    collections::BTreeMap,
     pin::pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -37,12 +48,18 @@ pub const LINGER: Duration = Duration::from_millis(50);
 /// a busy stretch.
 pub const QUIET_LONGEST: Duration = Duration::from_secs(1);
 
-/// How many pod hooks are in flight, when the last one ended, and a wake-up for who
-/// waits for none.
+/// Longest a start window stays open without its RunPodSandbox: containerd's budget
+/// for the hook that closes it is 2 s, and a runtime that gave the pod up sends none.
+pub const WINDOW_LONGEST: Duration = Duration::from_secs(2);
+
+/// How many pod hooks are in flight, when the last one ended, the pod starts between
+/// their CNI ADD and their RunPodSandbox, and a wake-up for who waits for none.
 #[derive(Debug)]
 pub struct Quiet {
     holds: AtomicUsize,
     last_release: Mutex<Option<Instant>>,
+    /// Open start windows: pod UID → when the window closes on its own.
+    windows: Mutex<BTreeMap<String, Instant>>,
     idle: Notify,
     linger: Duration,
 }
@@ -78,6 +95,7 @@ impl Quiet {
         Self {
             holds: AtomicUsize::new(0),
             last_release: Mutex::new(None),
+            windows: Mutex::new(BTreeMap::new()),
             idle: Notify::new(),
             linger,
         }
@@ -97,14 +115,49 @@ impl Quiet {
 
     /// How long until it is quiet if no new hook starts: `None` while a hook runs,
     /// zero when quiet now.
+    /// Opens `pod_uid`'s start window (at its CNI ADD) until [`Self::close_window`] or
+    /// `longest` from now; opening it again moves its end.
+    pub fn open_window(&self, pod_uid: &str, longest: Duration) {
+        let until = Instant::now() + longest;
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows.insert(pod_uid.to_string(), until);
+    }
+
+    /// Closes `pod_uid`'s start window, if open (its RunPodSandbox came, or its start
+    /// ended otherwise). Closing one that is not open does nothing.
+    pub fn close_window(&self, pod_uid: &str) {
+        let removed = self
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod_uid)
+            .is_some();
+        if removed {
+            *self.last_release.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// `None` while a hook holds; otherwise how long until quiet (zero: quiet now): the
+    /// linger after the last hook or window, or the end of the last open window.
     fn quiet_in(&self) -> Option<Duration> {
         if self.holds.load(Ordering::Acquire) != 0 {
             return None;
         }
+        let now = Instant::now();
+        let window_left = {
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            windows.retain(|_, until| *until > now);
+            windows
+                .values()
+                .max()
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+        };
         let last = *self.last_release.lock().unwrap_or_else(|p| p.into_inner());
-        Some(last.map_or(Duration::ZERO, |at| {
-            (at + self.linger).saturating_duration_since(Instant::now())
-        }))
+        let linger_left = last.map_or(Duration::ZERO, |at| {
+            (at + self.linger).saturating_duration_since(now)
+        });
+        Some(window_left.max(linger_left))
     }
 
     /// Whether no pod hook is in flight or just ended.
@@ -268,5 +321,62 @@ mod tests {
         d.after_pod_hooks(&q, "test").await;
         d.after_pod_hooks(&q, "test").await;
         assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_start_window_keeps_work_waiting_until_it_closes_and_the_linger_passes() {
+        let q: &'static Quiet = Box::leak(Box::new(Quiet::with_linger(Duration::from_millis(40))));
+        q.open_window("pod-a", Duration::from_secs(10));
+        q.open_window("pod-b", Duration::from_secs(10));
+        assert!(!q.is_quiet());
+        let waiter = tokio::spawn(q.settled(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        q.close_window("pod-a");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!waiter.is_finished(), "pod-b's window is open");
+        let closed = Instant::now();
+        q.close_window("pod-b");
+        match waiter.await.unwrap() {
+            Settled::After(d) => assert!(d >= Duration::from_millis(90), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(closed.elapsed() >= Duration::from_millis(35), "the linger");
+        assert!(q.is_quiet());
+    }
+
+    #[tokio::test]
+    async fn a_window_nobody_closes_ends_on_its_own() {
+        let q = Quiet::with_linger(Duration::ZERO);
+        q.open_window("lost", Duration::from_millis(60));
+        let started = Instant::now();
+        assert!(matches!(
+            q.settled(Duration::from_secs(5)).await,
+            Settled::After(_)
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(55));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Reopening moves its end; the blocking wait sees windows too.
+        q.open_window("lost", Duration::from_millis(30));
+        q.open_window("lost", Duration::from_millis(80));
+        let started = Instant::now();
+        assert!(matches!(
+            q.settled_blocking(Duration::from_secs(5)),
+            Settled::After(_)
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(75));
+    }
+
+    #[test]
+    fn closing_a_window_that_is_not_open_changes_nothing() {
+        let q = Quiet::with_linger(Duration::from_secs(10));
+        q.close_window("never-opened");
+        assert!(
+            q.is_quiet(),
+            "no linger starts for a window that was not open"
+        );
+        let _held = q.hold();
+        q.open_window("pod", Duration::from_secs(10));
+        q.close_window("pod");
+        assert!(!q.is_quiet(), "a hook still holds");
     }
 }

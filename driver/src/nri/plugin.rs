@@ -403,6 +403,9 @@ impl PluginService {
             Event::RemovePodSandbox => self.handler.remove_pod(pod).instrument(span.clone()).await,
             _ => return Ok(()),
         };
+        // The runtime has reached the pod's hooks: its start window (opened at the CNI
+        // ADD) ends, and the quiet lasts for the linger after this hook.
+        crate::netns::quiet::Quiet::global().close_window(&pod.uid);
         result.map_err(|message| {
             tracing::warn!(parent: &span, error = %message, "NRI pod hook failed");
             Status::new(

@@ -92,6 +92,10 @@ struct Args {
     /// Keep a copy of the driver's log (debug level) here, to see where a hook's time goes.
     #[arg(long)]
     driver_log: Option<PathBuf>,
+    /// Keep the real-containerd part's driver and containerd logs in this directory
+    /// (`driver.log`, `containerd.log`), to see what ran during each `crictl runp`.
+    #[arg(long)]
+    real_logs: Option<PathBuf>,
     /// Leave out the real-containerd part (for quick experiments; its keys are then
     /// missing from the JSON).
     #[arg(long)]
@@ -489,7 +493,7 @@ fn main() -> Result<()> {
     let real = if skip_real {
         None
     } else {
-        netclaim_tests::runp::measure_here(runs_1.clamp(5, 40), CONCURRENT)?
+        netclaim_tests::runp::measure_here(runs_1.clamp(5, 40), CONCURRENT, args.real_logs.clone())?
     };
     let load_after = loadavg();
 
