@@ -113,8 +113,6 @@ impl Quiet {
         Hold { quiet: self }
     }
 
-    /// How long until it is quiet if no new hook starts: `None` while a hook runs,
-    /// zero when quiet now.
     /// Opens `pod_uid`'s start window (at its CNI ADD) until [`Self::close_window`] or
     /// `longest` from now; opening it again moves its end.
     pub fn open_window(&self, pod_uid: &str, longest: Duration) {
@@ -138,8 +136,9 @@ impl Quiet {
         }
     }
 
-    /// `None` while a hook holds; otherwise how long until quiet (zero: quiet now): the
-    /// linger after the last hook or window, or the end of the last open window.
+    /// How long until it is quiet if no new hook starts: `None` while a hook runs,
+    /// zero when quiet now; otherwise the linger after the last hook or window, or the
+    /// end of the last open window.
     fn quiet_in(&self) -> Option<Duration> {
         if self.holds.load(Ordering::Acquire) != 0 {
             return None;
