@@ -131,9 +131,14 @@ impl Quiet {
             .remove(pod_uid)
             .is_some();
         if removed {
-            *self.last_release.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.released_now();
             self.idle.notify_waiters();
         }
+    }
+
+    /// A hook or window just ended: the linger counts from now.
+    fn released_now(&self) {
+        *self.last_release.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// How long until it is quiet if no new hook starts: `None` while a hook runs,
@@ -215,11 +220,7 @@ impl Quiet {
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        *self
-            .quiet
-            .last_release
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.quiet.released_now();
         if self.quiet.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.quiet.idle.notify_waiters();
         }
