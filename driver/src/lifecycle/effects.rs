@@ -123,6 +123,23 @@ pub trait Effects {
         ifname: &str,
         settings: &InterfaceSettings,
     ) -> Result<Self::Captured, ConfigureError>;
+    /// [`Effects::capture`] for each of `wanted`, in order, stopping at the first that
+    /// fails: one result per device tried. Touches nothing.
+    fn capture_each(
+        &self,
+        wanted: Vec<(String, InterfaceSettings)>,
+    ) -> Vec<Result<Self::Captured, ConfigureError>> {
+        let mut tried = Vec::with_capacity(wanted.len());
+        for (ifname, settings) in wanted {
+            let captured = self.capture(&ifname, &settings);
+            let failed = captured.is_err();
+            tried.push(captured);
+            if failed {
+                break;
+            }
+        }
+        tried
+    }
     /// The host state a capture found, as a restore would put it back (the caller may
     /// complete it before recording it).
     fn captured_originals<'c>(&self, captured: &'c mut Self::Captured) -> &'c mut HostOriginals;
@@ -341,6 +358,15 @@ impl Effects for Kernel {
         settings: &InterfaceSettings,
     ) -> Result<Captured, ConfigureError> {
         crate::netns::configure::capture_for_move(&self.host, ifname, settings)
+    }
+
+    /// All in one job on the host's thread, through one pair of sockets.
+    fn capture_each(
+        &self,
+        wanted: Vec<(String, InterfaceSettings)>,
+    ) -> Vec<Result<Captured, ConfigureError>> {
+        crate::netns::configure::capture_all_for_move(&self.host, wanted)
+            .unwrap_or_else(|e| vec![Err(e.into())])
     }
 
     fn captured_originals<'c>(&self, captured: &'c mut Captured) -> &'c mut HostOriginals {

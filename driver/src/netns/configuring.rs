@@ -39,11 +39,13 @@ pub fn configure_each(pod: &Netns, devices: Vec<ToConfigure>) -> Result<Configur
     let span = tracing::Span::current();
     let job = pod.spawn(move || {
         let _entered = span.enter();
+        // One socket for every device of the job.
+        let mut sock = None;
         for (host_ifname, settings, moved) in devices {
             if stopped.load(Ordering::Acquire) {
                 return;
             }
-            let result = configure_here(&host_ifname, &settings, moved);
+            let result = configure_here(&mut sock, &host_ifname, &settings, moved);
             let failed = result.is_err();
             if tx.send(result).is_err() || failed {
                 return;

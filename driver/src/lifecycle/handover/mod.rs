@@ -152,7 +152,7 @@ pub fn start<E: Effects>(
     // waits for the RTNL the moves hold (measured: 35-50 ms during a run of moves).
     // After the moves, one worker in the pod configures them one after another while
     // this thread gives each configured device its data path (no RTNL).
-    let mut capturing: Vec<Capturing<E::Captured>> = Vec::new();
+    let mut resolved: Vec<Capturing<()>> = Vec::new();
     for (claim_uid, plan) in plans {
         let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
         let _entered = span.enter();
@@ -168,18 +168,47 @@ pub fn start<E: Effects>(
             }));
             continue;
         }
-        match capture_one(e, &claim_uid, &plan, &pod) {
-            Ok(mut c) => {
-                c.slot = outcomes.len();
+        match resolve_one(e, &claim_uid, &plan, &pod) {
+            Ok(mut r) => {
+                r.slot = outcomes.len();
                 outcomes.push(None);
-                capturing.push(c);
+                resolved.push(r);
             }
             Err(failed) => {
                 drop(_entered);
-                let others = capturing.into_iter().map(|c| c.taken).collect();
+                let others = resolved.into_iter().map(|r| r.taken).collect();
                 return Err(failed_device(e, ledger, *failed, others, &pod));
             }
         }
+    }
+    // All captured in one go (one job on the host's thread).
+    let wanted = resolved
+        .iter()
+        .map(|r| (r.ifname.clone(), r.settings.clone()))
+        .collect();
+    let mut tried = e.capture_each(wanted).into_iter();
+    let mut capturing: Vec<Capturing<E::Captured>> = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        let err = match tried.next() {
+            Some(Ok(captured)) => {
+                capturing.push(r.with(captured));
+                continue;
+            }
+            Some(Err(err)) => err,
+            // Ended without saying why: this device was not captured.
+            None => ConfigureError::NotFound {
+                device: r.ifname.clone(),
+                netns: "the host namespace".into(),
+            },
+        };
+        let others = capturing.into_iter().map(|c| c.taken).collect();
+        return Err(failed_device(
+            e,
+            ledger,
+            (configure_failure(&err), r.taken),
+            others,
+            &pod,
+        ));
     }
     let captured_at = Instant::now();
     // Durable before any device moves.
@@ -512,7 +541,8 @@ fn failed_device<E: Effects>(
     }
 }
 
-/// A device captured at home in this call, not touched yet.
+/// A device captured at home in this call (`C`), or only resolved so far (`()`), not
+/// touched yet.
 struct Capturing<C> {
     taken: Taken,
     captured: C,
@@ -521,6 +551,29 @@ struct Capturing<C> {
     settings: crate::netns::InterfaceSettings,
     ifname: String,
     slot: usize,
+}
+
+impl Capturing<()> {
+    fn with<C>(self, captured: C) -> Capturing<C> {
+        let Capturing {
+            taken,
+            captured: (),
+            intent,
+            cfg,
+            settings,
+            ifname,
+            slot,
+        } = self;
+        Capturing {
+            taken,
+            captured,
+            intent,
+            cfg,
+            settings,
+            ifname,
+            slot,
+        }
+    }
 }
 
 impl<C> Capturing<C> {
@@ -577,14 +630,15 @@ fn over_budget<E: Effects>(
     }))
 }
 
-/// Resolves one device and captures it at home. On failure, what failed (nothing was
-/// touched or recorded).
-fn capture_one<E: Effects>(
+/// Resolves one device: its config, its host interface, the foreign programs the claim
+/// wants gone; [`Effects::capture_each`] captures it next. On failure, what failed
+/// (nothing was captured or recorded).
+fn resolve_one<E: Effects>(
     e: &E,
     claim_uid: &str,
     plan: &Plan,
     pod: &E::Pod,
-) -> Result<Capturing<E::Captured>, Box<(Failure, Taken)>> {
+) -> Result<Capturing<()>, Box<(Failure, Taken)>> {
     let taken = Taken {
         claim_uid: claim_uid.to_string(),
         plan: plan.clone(),
@@ -651,18 +705,15 @@ fn capture_one<E: Effects>(
         pod_mac: settings.mac,
         datapath: e.dataplane(),
     };
-    match e.capture(&ifname, &settings) {
-        Ok(captured) => Ok(Capturing {
-            taken,
-            captured,
-            intent,
-            cfg,
-            settings,
-            ifname,
-            slot: 0,
-        }),
-        Err(err) => fail!(configure_failure(&err)),
-    }
+    Ok(Capturing {
+        taken,
+        captured: (),
+        intent,
+        cfg,
+        settings,
+        ifname,
+        slot: 0,
+    })
 }
 
 /// Configures a moved device in the pod, gives it its data path and, if it asks, its

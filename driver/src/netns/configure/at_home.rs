@@ -1,7 +1,7 @@
-//! The host namespace's part of a hand-over: find and capture each device
-//! ([`capture_for_move`]), then move the captured devices back to back in one job
-//! ([`move_captured`]), each with one `RTM_SETLINK` that also renames it and carries
-//! its link settings.
+//! The host namespace's part of a hand-over: find and capture the devices, all in one
+//! job through one pair of sockets ([`capture_all_for_move`]), then move the captured
+//! devices back to back in one job ([`move_captured`]), each with one `RTM_SETLINK`
+//! that also renames it and carries its link settings.
 
 use std::{
     fmt,
@@ -32,30 +32,45 @@ struct AtHomeParts {
     features: ResolvedFeatures,
 }
 
-/// A captured device with the host socket that found it.
-struct AtHome {
-    sock: NlSocket,
+/// The host sockets that captured devices: the first device of a capture carries them
+/// (the others `None`) and the moves use them.
+struct HostSockets {
+    route: Option<NlSocket>,
     /// Closed only after the moves: a socket closed just before a move makes it wait.
-    _eth: Ethtool,
+    _eth: Option<Ethtool>,
+}
+
+/// A captured device with the host sockets that found it, if it carries them.
+struct AtHome {
+    sockets: HostSockets,
     parts: AtHomeParts,
 }
 
-/// Finds the device at home, captures its host state and validates the settings
-/// against it; `None` when there is no such device. Changes nothing.
+/// Finds the device at home through `sockets` (opened here when they are not yet),
+/// captures its host state and validates the settings against it; `None` when there is
+/// no such device. Changes nothing.
 fn capture_job(
+    sockets: &mut Option<(NlSocket, Ethtool)>,
     host_ifname: &str,
     settings: &InterfaceSettings,
-) -> Result<Option<AtHome>, HostFailure> {
+) -> Result<Option<AtHomeParts>, HostFailure> {
     let opening = std::time::Instant::now();
-    let mut sock = NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
-    let mut eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
-    let Some(link) = link::link_by_name(&mut sock, host_ifname)
+    let (sock, eth) = match sockets {
+        Some(open) => open,
+        None => {
+            let sock =
+                NlSocket::route().map_err(|e| untouched(Step::Capture, "device", e.into()))?;
+            let eth = Ethtool::open().map_err(|e| untouched(Step::Capture, "ethtool", e.into()))?;
+            sockets.insert((sock, eth))
+        }
+    };
+    let Some(link) = link::link_by_name(sock, host_ifname)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?
     else {
         return Ok(None);
     };
     let started = std::time::Instant::now();
-    let originals = host::capture(&mut sock, &mut eth, &link)
+    let originals = host::capture(sock, eth, &link)
         .map_err(|e| untouched(Step::Capture, "device", e.into()))?;
     let features = validate(settings, &link, &originals).map_err(|f| Box::new((f, None)))?;
     tracing::debug!(
@@ -64,15 +79,11 @@ fn capture_job(
         capture_us = started.elapsed().as_micros() as u64,
         "host side: captured"
     );
-    Ok(Some(AtHome {
-        sock,
-        _eth: eth,
-        parts: AtHomeParts {
-            ifindex: link.ifindex,
-            name: link.name,
-            originals,
-            features,
-        },
+    Ok(Some(AtHomeParts {
+        ifindex: link.ifindex,
+        name: link.name,
+        originals,
+        features,
     }))
 }
 
@@ -145,7 +156,7 @@ fn move_job(
     })
 }
 
-/// A device captured at home by [`capture_for_move`], not touched yet.
+/// A device captured at home by [`capture_all_for_move`], not touched yet.
 pub struct Captured {
     host_ifname: String,
     settings: InterfaceSettings,
@@ -175,39 +186,83 @@ impl fmt::Debug for Captured {
 }
 
 /// Finds `host_ifname` in `host`, captures its host state and checks `settings`
-/// against it, touching nothing: the first part of a move that a pod with several
-/// devices does for all of them before recording their intent at once and moving
-/// them back to back ([`move_captured`]).
+/// against it, touching nothing: [`capture_all_for_move`] for one device.
 pub fn capture_for_move(
     host: &Netns,
     host_ifname: &str,
     settings: &InterfaceSettings,
 ) -> Result<Captured, ConfigureError> {
-    let job_settings = settings.clone();
-    let job_ifname = host_ifname.to_string();
-    let found = host.run(move || capture_job(&job_ifname, &job_settings))?;
-    match found {
-        Ok(Some(at_home)) => Ok(Captured {
-            host_ifname: host_ifname.to_string(),
-            settings: settings.clone(),
-            at_home,
-        }),
-        Ok(None) => Err(ConfigureError::NotFound {
-            device: host_ifname.to_string(),
-            netns: host.path().display().to_string(),
-        }),
-        Err(boxed) => {
-            let (failure, originals) = *boxed;
-            let pod_name = pod_name_of(settings, host_ifname);
-            Err(finish_failure(
-                host_ifname,
-                &pod_name,
-                settings.mac,
-                failure,
-                originals,
-            ))
+    let wanted = vec![(host_ifname.to_string(), settings.clone())];
+    capture_all_for_move(host, wanted)?
+        .pop()
+        .unwrap_or_else(|| {
+            Err(ConfigureError::NotFound {
+                device: host_ifname.to_string(),
+                netns: host.path().display().to_string(),
+            })
+        })
+}
+
+/// Finds each wanted device in `host`, captures its host state and checks its
+/// settings against it, in order, in one job through one pair of sockets, touching
+/// nothing: the first part of a move that a pod with several devices does for all of
+/// them before recording their intent at once and moving them back to back
+/// ([`move_captured`]). Stops at the first device that is missing or fails: one
+/// result per device tried.
+pub fn capture_all_for_move(
+    host: &Netns,
+    wanted: Vec<(String, InterfaceSettings)>,
+) -> Result<Vec<Result<Captured, ConfigureError>>, NetnsError> {
+    let netns = host.path().display().to_string();
+    let tried = host.run(move || {
+        let mut sockets = None;
+        let mut tried = Vec::with_capacity(wanted.len());
+        for (host_ifname, settings) in wanted {
+            let found = capture_job(&mut sockets, &host_ifname, &settings);
+            let carried = match &found {
+                // The first device found carries the sockets to the moves.
+                Ok(Some(_)) => sockets.take(),
+                _ => None,
+            };
+            let stop = !matches!(found, Ok(Some(_)));
+            tried.push((host_ifname, settings, found, carried));
+            if stop {
+                break;
+            }
         }
-    }
+        tried
+    })?;
+    Ok(tried
+        .into_iter()
+        .map(|(host_ifname, settings, found, carried)| match found {
+            Ok(Some(parts)) => {
+                let (route, eth) = carried.unzip();
+                Ok(Captured {
+                    host_ifname,
+                    settings,
+                    at_home: AtHome {
+                        sockets: HostSockets { route, _eth: eth },
+                        parts,
+                    },
+                })
+            }
+            Ok(None) => Err(ConfigureError::NotFound {
+                device: host_ifname,
+                netns: netns.clone(),
+            }),
+            Err(boxed) => {
+                let (failure, originals) = *boxed;
+                let pod_name = pod_name_of(&settings, &host_ifname);
+                Err(finish_failure(
+                    &host_ifname,
+                    &pod_name,
+                    settings.mac,
+                    failure,
+                    originals,
+                ))
+            }
+        })
+        .collect())
 }
 
 /// Moves captured devices into `pod` in order, back to back in one job on the host's
@@ -222,31 +277,36 @@ pub fn move_captured(
     let tried = host.run(move || {
         let mut out = Vec::with_capacity(devices.len());
         // Every socket stays open until all moves are done.
-        let mut sockets = Vec::with_capacity(devices.len());
+        let (mut kept_routes, mut kept_eth) = (Vec::new(), Vec::new());
+        let mut route: Option<NlSocket> = None;
         for d in devices {
             let Captured {
                 host_ifname,
                 settings,
-                at_home:
-                    AtHome {
-                        mut sock,
-                        _eth,
-                        parts,
-                    },
+                at_home: AtHome { sockets, parts },
             } = d;
+            if let Some(carried) = sockets.route {
+                kept_routes.extend(route.replace(carried));
+            }
+            kept_eth.push(sockets._eth);
             let pod_name = pod_name_of(&settings, &host_ifname);
             let started = std::time::Instant::now();
-            let moved = move_job(&mut sock, parts, &pod_name, &settings, &pod_fd);
+            let moved = match &mut route {
+                Some(sock) => move_job(sock, parts, &pod_name, &settings, &pod_fd),
+                None => match NlSocket::route() {
+                    Ok(sock) => move_job(route.insert(sock), parts, &pod_name, &settings, &pod_fd),
+                    Err(e) => Err(untouched(Step::Move, "device", e.into())),
+                },
+            };
             tracing::debug!(device = %host_ifname, move_us = started.elapsed().as_micros() as u64,
                 "host side: moved");
-            sockets.push((sock, _eth));
             let failed = moved.is_err();
             out.push((host_ifname, settings, pod_name, moved));
             if failed {
                 break;
             }
         }
-        drop(sockets);
+        drop((route, kept_routes, kept_eth));
         out
     })?;
     Ok(tried

@@ -63,11 +63,13 @@ pub fn configure_moved(
     moved: MovedIn,
 ) -> Result<Configured, ConfigureError> {
     let (host_ifname, settings) = (host_ifname.to_string(), settings.clone());
-    pod.run(move || configure_here(&host_ifname, &settings, moved))?
+    pod.run(move || configure_here(&mut None, &host_ifname, &settings, moved))?
 }
 
-/// [`configure_moved`] on a thread already in the pod's namespace.
+/// [`configure_moved`] on a thread already in the pod's namespace, through `sock` (opened
+/// here when `None`; a caller configuring several devices keeps one for all of them).
 pub(crate) fn configure_here(
+    sock: &mut Option<NlSocket>,
     host_ifname: &str,
     settings: &InterfaceSettings,
     moved: MovedIn,
@@ -82,9 +84,17 @@ pub(crate) fn configure_here(
     } = moved;
     let pod_started = std::time::Instant::now();
     let mut added = PodAdditions::default();
-    let pod_result = pod_job(
-        &pod_name, settings, &originals, &pending, &features, &mut added,
-    );
+    let opened = match sock.take() {
+        Some(open) => Ok(open),
+        None => NlSocket::route().map_err(|e| fail(Step::Move, "device", e)),
+    };
+    let pod_result = opened.and_then(|mut open| {
+        let result = pod_job(
+            &mut open, &pod_name, settings, &originals, &pending, &features, &mut added,
+        );
+        *sock = Some(open);
+        result
+    });
     tracing::debug!(
         device = host_ifname,
         configure_us = pod_started.elapsed().as_micros() as u64,
@@ -122,6 +132,7 @@ struct PodAdditions {
 }
 
 fn pod_job(
+    sock: &mut NlSocket,
     pod_name: &str,
     settings: &InterfaceSettings,
     originals: &HostOriginals,
@@ -129,38 +140,46 @@ fn pod_job(
     features: &ResolvedFeatures,
     added: &mut PodAdditions,
 ) -> Result<(LinkFacts, Vec<IpNet>, Vec<std::net::Ipv6Addr>), Failure> {
-    let mut sock = NlSocket::route().map_err(|e| fail(Step::Move, "device", e))?;
     // Find our device by name *and* identity: when the combined message is refused,
     // the kernel may already have moved the device under its host name (the rename
     // is applied after the move), and the pod may hold a stranger with `pod_name`.
+    // Asked for by name first (one reply), the whole namespace listed only if that
+    // is not ours.
     let side = PodSide {
         name: pod_name.to_string(),
         ifindex: None,
         mac: settings.mac.or(originals.mac),
     };
-    let link = link::links(&mut sock)
+    let ours = |l: &LinkFacts| crate::netns::restore::is_ours_in_pod(l, &side, originals);
+    let named = link::link_by_name(sock, pod_name)
         .map_err(|e| fail(Step::Move, "device", e))?
-        .into_iter()
-        .find(|l| crate::netns::restore::is_ours_in_pod(l, &side, originals))
-        .ok_or_else(|| {
-            fail(
-                Step::Move,
-                "interface.name",
-                StepError::Invalid(format!("{pod_name} not found in the pod after the move")),
-            )
-        })?;
+        .filter(ours);
+    let listed = match named {
+        Some(link) => Some(link),
+        None => link::links(sock)
+            .map_err(|e| fail(Step::Move, "device", e))?
+            .into_iter()
+            .find(ours),
+    };
+    let link = listed.ok_or_else(|| {
+        fail(
+            Step::Move,
+            "interface.name",
+            StepError::Invalid(format!("{pod_name} not found in the pod after the move")),
+        )
+    })?;
     if link.name != pod_name {
         let rename = LinkChange {
             name: Some(pod_name.to_string()),
             ..Default::default()
         };
-        link::set_link(&mut sock, link.ifindex, &rename)
+        link::set_link(sock, link.ifindex, &rename)
             .map_err(|e| fail(Step::Move, "interface.name", e))?;
     }
     let idx = link.ifindex;
 
     for (field, change) in per_field(pending) {
-        link::set_link(&mut sock, idx, &change).map_err(|e| fail(Step::LinkSettings, field, e))?;
+        link::set_link(sock, idx, &change).map_err(|e| fail(Step::LinkSettings, field, e))?;
     }
 
     // The move reset these to the pod's defaults; set what the claim asks before the
@@ -194,12 +213,12 @@ fn pod_job(
     }
 
     if let Some(v) = &settings.vrf {
-        let created = vrf::ensure(&mut sock, &v.name, v.table)
+        let created = vrf::ensure(sock, &v.name, v.table)
             .map_err(|e| fail(Step::LinkSettings, "interface.vrf", Box::new(e)))?;
         if created {
             added.vrf = Some(v.name.clone());
         }
-        let master = link::link_by_name(&mut sock, &v.name)
+        let master = link::link_by_name(sock, &v.name)
             .map_err(|e| fail(Step::LinkSettings, "interface.vrf", e))?
             .ok_or_else(|| {
                 fail(
@@ -208,7 +227,7 @@ fn pod_job(
                     StepError::Invalid(format!("VRF {} disappeared", v.name)),
                 )
             })?;
-        vrf::enslave(&mut sock, idx, master.ifindex)
+        vrf::enslave(sock, idx, master.ifindex)
             .map_err(|e| fail(Step::LinkSettings, "interface.vrf", e))?;
     }
 
@@ -226,11 +245,11 @@ fn pod_job(
         } else {
             format!("interface.addresses[{i}]")
         };
-        link::add_address(&mut sock, idx, *net).map_err(|e| fail(Step::Addresses, field, e))?;
+        link::add_address(sock, idx, *net).map_err(|e| fail(Step::Addresses, field, e))?;
     }
 
     link::set_link(
-        &mut sock,
+        sock,
         idx,
         &LinkChange {
             up: Some(true),
@@ -250,12 +269,12 @@ fn pod_job(
             protocol: RTPROT_STATIC,
             kind: 1,
         };
-        link::add_route(&mut sock, idx, &record)
+        link::add_route(sock, idx, &record)
             .map_err(|e| fail(Step::Routes, format!("routes[{i}]"), e))?;
     }
     if carried {
         for r in &originals.routes {
-            match link::add_route(&mut sock, idx, r) {
+            match link::add_route(sock, idx, r) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 Err(e) => {
@@ -274,13 +293,13 @@ fn pod_job(
     let existing = if settings.rules.is_empty() {
         Vec::new()
     } else {
-        rules::rules(&mut sock).map_err(|e| fail(Step::Routes, "rules", e))?
+        rules::rules(sock).map_err(|e| fail(Step::Routes, "rules", e))?
     };
     for rule in &settings.rules {
         if existing.contains(&rule.spec) {
             continue; // someone else's: not recorded, so never removed by netclaim
         }
-        let created = rules::add_rule(&mut sock, &rule.spec)
+        let created = rules::add_rule(sock, &rule.spec)
             .map_err(|e| fail(Step::Routes, format!("rules[{}]", rule.index), e))?;
         if created {
             added.rules.push(rule.spec.clone());
@@ -288,7 +307,7 @@ fn pod_job(
     }
 
     for (i, n) in settings.neighbours.iter().enumerate() {
-        rules::add_permanent_neighbour(&mut sock, idx, n.destination, n.mac)
+        rules::add_permanent_neighbour(sock, idx, n.destination, n.mac)
             .map_err(|e| fail(Step::Routes, format!("neighbors[{i}]"), e))?;
     }
 
@@ -297,7 +316,7 @@ fn pod_job(
         apply_ethtool(&mut eth, idx, &link.name, features, &settings.private_flags)?;
     }
 
-    let facts = link::link_by_index(&mut sock, idx)
+    let facts = link::link_by_index(sock, idx)
         .map_err(|e| fail(Step::ReadBack, "device", e))?
         .ok_or_else(|| {
             fail(
@@ -306,7 +325,7 @@ fn pod_job(
                 StepError::Invalid(format!("{pod_name} disappeared")),
             )
         })?;
-    let (global, link_scope): (Vec<_>, Vec<_>) = link::addresses(&mut sock, idx)
+    let (global, link_scope): (Vec<_>, Vec<_>) = link::addresses(sock, idx)
         .map_err(|e| fail(Step::ReadBack, "device", e))?
         .into_iter()
         .partition(|a| a.scope < 200);

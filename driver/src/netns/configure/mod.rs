@@ -37,7 +37,7 @@ mod failure;
 mod in_pod;
 mod spec;
 
-pub use at_home::{capture_for_move, move_captured, Captured};
+pub use at_home::{capture_all_for_move, capture_for_move, move_captured, Captured};
 pub(crate) use checks::per_field;
 pub use failure::{ConfigureError, Left, Step, StepError};
 pub(crate) use in_pod::configure_here;
