@@ -58,6 +58,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::plan::ClaimPlans;
 
+mod decoded;
 mod entry;
 pub mod journal;
 mod mirror;
@@ -197,6 +198,8 @@ pub struct StateStore {
     owed_signal: std::sync::Arc<OwedSignal>,
     /// What opening repaired.
     recovery: Recovery,
+    /// The last decoded form of each entry (decoding is most of a read's cost).
+    decoded: decoded::Decoded,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -455,13 +458,14 @@ impl StateStore {
             let old = table
                 .insert(plans.claim.uid.as_str(), value)
                 .map_err(|e| self.db_err(e))?
-                .map(|v| decode(&plans.claim.uid, v.value()))
+                .map(|v| self.decoded.decode(&plans.claim.uid, v.value()))
                 .transpose()?;
             let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
             self.reindex(&mut index, &plans.claim.uid, old.as_ref(), Some(plans))?;
         }
         let generation = bump_generation(&txn).map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))?;
+        self.decoded.remember(&plans.claim.uid, value, plans);
         Ok(generation)
     }
 
@@ -613,7 +617,7 @@ impl StateStore {
         let written = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             let stored = match table.get(uid).map_err(|e| self.db_err(e))? {
-                Some(value) => Some(decode(uid, value.value())?),
+                Some(value) => Some(self.decoded.decode(uid, value.value())?),
                 None => None,
             };
             let mut changed = None;
@@ -630,12 +634,13 @@ impl StateStore {
                 let mut index = txn.open_table(POD_CLAIMS).map_err(|e| self.db_err(e))?;
                 self.reindex(&mut index, uid, Some(before), Some(after))?;
             }
-            changed.map(|(value, _, _)| value)
+            changed.map(|(value, _, after)| (value, after))
         };
         match written {
-            Some(value) => {
+            Some((value, after)) => {
                 let generation = bump_generation(&txn).map_err(|e| self.db_err(e))?;
                 txn.commit().map_err(|e| self.db_err(e))?;
+                self.decoded.remember(uid, &value, &after);
                 Ok(Some((value, generation)))
             }
             None => {
@@ -658,7 +663,7 @@ impl StateStore {
             Err(e) => return Err(self.db_err(e)),
         };
         match table.get(uid).map_err(|e| self.db_err(e))? {
-            Some(value) => decode(uid, value.value()).map(Some),
+            Some(value) => self.decoded.decode(uid, value.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -681,6 +686,7 @@ impl StateStore {
         let removed = {
             let mut table = txn.open_table(CLAIMS).map_err(|e| self.db_err(e))?;
             let removed = table.remove(uid).map_err(|e| self.db_err(e))?;
+            self.decoded.forget(uid);
             removed.map(|value| decode(uid, value.value()))
         };
         {
@@ -737,7 +743,7 @@ impl StateStore {
                 let Some(value) = claims.get(uid.as_str()).map_err(|e| self.db_err(e))? else {
                     continue;
                 };
-                let plans = decode(&uid, value.value())?;
+                let plans = self.decoded.decode(&uid, value.value())?;
                 out.extend(
                     plans
                         .plans
@@ -791,7 +797,7 @@ impl StateStore {
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.db_err(e))? {
             let (key, value) = entry.map_err(|e| self.db_err(e))?;
-            out.push(decode(key.value(), value.value())?);
+            out.push(self.decoded.decode(key.value(), value.value())?);
         }
         Ok(out)
     }
@@ -968,7 +974,7 @@ mod tests {
         assert!(refused > 0);
     }
 
-    fn sample(uid: &str) -> ClaimPlans {
+    pub(super) fn sample(uid: &str) -> ClaimPlans {
         let claim = ClaimRecord {
             namespace: "default".into(),
             name: format!("claim-{uid}"),

@@ -130,6 +130,7 @@ impl StateStore {
             owed: Default::default(),
             owed_signal: Default::default(),
             recovery,
+            decoded: Default::default(),
         };
         let mut store = store;
         match store.sync_mirror() {
