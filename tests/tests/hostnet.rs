@@ -649,7 +649,7 @@ fn ipv4_by_link(ns: &TestNetns) -> Result<Vec<String>> {
 /// the pod changes any more.
 #[test]
 fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Result<()> {
-    use netclaim::netns::configure::{capture_for_move, move_captured};
+    use netclaim::netns::configure::{capture_all_for_move, move_captured};
     use netclaim::netns::configuring::configure_each;
     let node = TestNetns::new("cen")?;
     let pod = TestNetns::new("cep")?;
@@ -665,10 +665,17 @@ fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Res
         ..Default::default()
     };
     let (host, in_pod) = (node.open(), pod.open());
-    let mut captured = Vec::new();
-    for (i, d) in devs.iter().enumerate() {
-        captured.push(capture_for_move(&host, d, &settings(i))?);
-    }
+    // Captured in one job through one pair of sockets, which the first device carries
+    // to the moves.
+    let wanted = devs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), settings(i)))
+        .collect();
+    let captured = capture_all_for_move(&host, wanted)?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(captured.len(), n, "every device captured");
     let moved = move_captured(&host, &in_pod, captured)?
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
@@ -702,5 +709,71 @@ fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Res
         at_stop,
         "something was configured after stop returned"
     );
+    Ok(())
+}
+
+/// A device gone between its capture and its move (another tool deleted it) stops the
+/// moves there: the devices before it moved, it is reported failed, and the devices
+/// after it are never touched.
+#[test]
+fn a_device_gone_before_its_move_stops_the_moves_there() -> Result<()> {
+    use netclaim::netns::configure::{capture_all_for_move, move_captured};
+    let node = TestNetns::new("cgn")?;
+    let pod = TestNetns::new("cgp")?;
+    let peer = TestNetns::new("cgx")?;
+    let devs: Vec<String> = (0..3).map(|_| unique("cg")).collect();
+    for (i, d) in devs.iter().enumerate() {
+        veth(&node, d, &peer, &format!("cg{i}"))?;
+    }
+    let settings = |i: usize| InterfaceSettings {
+        name: Some(format!("net{i}")),
+        ..Default::default()
+    };
+    let (host, in_pod) = (node.open(), pod.open());
+    let wanted = devs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), settings(i)))
+        .collect();
+    let captured = capture_all_for_move(&host, wanted)?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    node.ip(&["link", "del", "dev", &devs[1]])?;
+
+    let moved = move_captured(&host, &in_pod, captured)?;
+    assert_eq!(moved.len(), 2, "the moves stop at the missing device");
+    assert!(moved[0].is_ok(), "the first device moved: {:?}", moved[0]);
+    assert!(moved[1].is_err(), "the missing device is reported failed");
+    assert!(link_exists(&pod, "net0"), "the first device is in the pod");
+    assert!(
+        link_exists(&node, &devs[2]),
+        "the last device was never touched"
+    );
+    assert!(!link_exists(&pod, "net2"));
+    Ok(())
+}
+
+/// Capturing stops at the first device that is not there: the ones before it are
+/// captured, it is reported missing by name, and nothing after it is looked at.
+#[test]
+fn capturing_stops_at_a_missing_device_and_names_it() -> Result<()> {
+    use netclaim::netns::configure::capture_all_for_move;
+    let node = TestNetns::new("cmn")?;
+    let peer = TestNetns::new("cmx")?;
+    let present = unique("cm");
+    veth(&node, &present, &peer, "cm0")?;
+    let missing = unique("cm");
+    let wanted = vec![
+        (present.clone(), InterfaceSettings::default()),
+        (missing.clone(), InterfaceSettings::default()),
+        (present.clone(), InterfaceSettings::default()),
+    ];
+    let tried = capture_all_for_move(&node.open(), wanted)?;
+    assert_eq!(tried.len(), 2, "nothing after the missing device is tried");
+    assert!(tried[0].is_ok());
+    match &tried[1] {
+        Err(ConfigureError::NotFound { device, .. }) => assert_eq!(device, &missing),
+        other => panic!("expected NotFound for {missing}, got {other:?}"),
+    }
     Ok(())
 }

@@ -121,6 +121,11 @@ fn move_job(
                 mac: settings.mac,
             });
         }
+        // No such device (deleted since its capture): refused before anything
+        // happened, so nothing moved.
+        Err(e) if e.errno() == Some(libc::ENODEV) => {
+            return Err(untouched(Step::Move, "device", e.into()));
+        }
         Err(e) => {
             tracing::debug!(device = %name, error = %e,
                 "combined move + settings refused; retrying step by step");
@@ -265,57 +270,67 @@ pub fn capture_all_for_move(
         .collect())
 }
 
+/// A device [`move_here`] tried: its host name, its settings, its name in the pod and
+/// what the move gave.
+type MoveTried = (
+    String,
+    InterfaceSettings,
+    String,
+    Result<MovedIn, ConfigureError>,
+);
+
+/// Moves captured devices into the namespace `pod_fd` names, in order, back to back,
+/// on a thread in the host namespace, and stops at the first that fails: one result
+/// per device tried (every device after a failure is untouched and not in the answer).
+fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<MoveTried> {
+    let mut out = Vec::with_capacity(devices.len());
+    // Every socket stays open until all moves are done.
+    let (mut kept_routes, mut kept_eth) = (Vec::new(), Vec::new());
+    let mut route: Option<NlSocket> = None;
+    for d in devices {
+        let Captured {
+            host_ifname,
+            settings,
+            at_home: AtHome { sockets, parts },
+        } = d;
+        if let Some(carried) = sockets.route {
+            kept_routes.extend(route.replace(carried));
+        }
+        kept_eth.push(sockets._eth);
+        let pod_name = pod_name_of(&settings, &host_ifname);
+        let started = std::time::Instant::now();
+        let moved = match &mut route {
+            Some(sock) => move_job(sock, parts, &pod_name, &settings, pod_fd),
+            None => match NlSocket::route() {
+                Ok(sock) => move_job(route.insert(sock), parts, &pod_name, &settings, pod_fd),
+                Err(e) => Err(untouched(Step::Move, "device", e.into())),
+            },
+        };
+        tracing::debug!(device = %host_ifname, move_us = started.elapsed().as_micros() as u64,
+            "host side: moved");
+        let moved = moved.map_err(|boxed| {
+            let (failure, originals) = *boxed;
+            finish_failure(&host_ifname, &pod_name, settings.mac, failure, originals)
+        });
+        let failed = moved.is_err();
+        out.push((host_ifname, settings, pod_name, moved));
+        if failed {
+            break;
+        }
+    }
+    drop((route, kept_routes, kept_eth));
+    out
+}
+
 /// Moves captured devices into `pod` in order, back to back in one job on the host's
-/// thread, and stops at the first that fails. One result per device tried: every
-/// device after a failure is untouched (and not in the answer).
+/// thread ([`move_here`]), and stops at the first that fails. One result per device
+/// tried: every device after a failure is untouched (and not in the answer).
 pub fn move_captured(
     host: &Netns,
     pod: &Netns,
     devices: Vec<Captured>,
 ) -> Result<Vec<Result<MovedIn, ConfigureError>>, NetnsError> {
     let pod_fd = pod.dup_fd()?;
-    let tried = host.run(move || {
-        let mut out = Vec::with_capacity(devices.len());
-        // Every socket stays open until all moves are done.
-        let (mut kept_routes, mut kept_eth) = (Vec::new(), Vec::new());
-        let mut route: Option<NlSocket> = None;
-        for d in devices {
-            let Captured {
-                host_ifname,
-                settings,
-                at_home: AtHome { sockets, parts },
-            } = d;
-            if let Some(carried) = sockets.route {
-                kept_routes.extend(route.replace(carried));
-            }
-            kept_eth.push(sockets._eth);
-            let pod_name = pod_name_of(&settings, &host_ifname);
-            let started = std::time::Instant::now();
-            let moved = match &mut route {
-                Some(sock) => move_job(sock, parts, &pod_name, &settings, &pod_fd),
-                None => match NlSocket::route() {
-                    Ok(sock) => move_job(route.insert(sock), parts, &pod_name, &settings, &pod_fd),
-                    Err(e) => Err(untouched(Step::Move, "device", e.into())),
-                },
-            };
-            tracing::debug!(device = %host_ifname, move_us = started.elapsed().as_micros() as u64,
-                "host side: moved");
-            let failed = moved.is_err();
-            out.push((host_ifname, settings, pod_name, moved));
-            if failed {
-                break;
-            }
-        }
-        drop((route, kept_routes, kept_eth));
-        out
-    })?;
-    Ok(tried
-        .into_iter()
-        .map(|(host_ifname, settings, pod_name, moved)| {
-            moved.map_err(|boxed| {
-                let (failure, originals) = *boxed;
-                finish_failure(&host_ifname, &pod_name, settings.mac, failure, originals)
-            })
-        })
-        .collect())
+    let tried = host.run(move || move_here(devices, &pod_fd))?;
+    Ok(tried.into_iter().map(|(_, _, _, moved)| moved).collect())
 }
