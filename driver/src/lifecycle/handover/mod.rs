@@ -145,8 +145,9 @@ pub fn start<E: Effects>(
             ));
         }
     }
-    // Every device is captured, then all are recorded `Entering` at once, then they
-    // move back to back, and only then is each configured: a device configured (or a
+    // Every device is resolved, then all are captured in one job, then all are
+    // recorded `Entering` at once, then they move back to back, and only then is each
+    // configured: a device configured (or a
     // record synced) between two moves queues kernel work the next move waits for.
     // The captures cannot overlap the moves either: reading a link (RTM_GETLINK)
     // waits for the RTNL the moves hold (measured: 35-50 ms during a run of moves).
