@@ -643,13 +643,32 @@ fn ipv4_by_link(ns: &TestNetns) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// Every device of `devs` captured in one job through one pair of sockets (which the
+/// first device carries to the moves), with `settings(i)` for the `i`-th.
+fn capture_all(
+    host: &netclaim::netns::Netns,
+    devs: &[String],
+    settings: impl Fn(usize) -> InterfaceSettings,
+) -> Result<Vec<netclaim::netns::configure::Captured>> {
+    let wanted = devs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), settings(i)))
+        .collect();
+    Ok(
+        netclaim::netns::configure::capture_all_for_move(host, wanted)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+}
+
 /// `configure_each` works one device ahead of its caller. A caller that stops after
 /// the first result (a data path failed, say) gets back every device the worker
 /// configured meanwhile, so its undo knows them, and once `stop` returns nothing in
 /// the pod changes any more.
 #[test]
 fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Result<()> {
-    use netclaim::netns::configure::{capture_all_for_move, move_captured};
+    use netclaim::netns::configure::move_captured;
     use netclaim::netns::configuring::configure_each;
     let node = TestNetns::new("cen")?;
     let pod = TestNetns::new("cep")?;
@@ -665,16 +684,7 @@ fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Res
         ..Default::default()
     };
     let (host, in_pod) = (node.open(), pod.open());
-    // Captured in one job through one pair of sockets, which the first device carries
-    // to the moves.
-    let wanted = devs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.clone(), settings(i)))
-        .collect();
-    let captured = capture_all_for_move(&host, wanted)?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let captured = capture_all(&host, &devs, settings)?;
     assert_eq!(captured.len(), n, "every device captured");
     let moved = move_captured(&host, &in_pod, captured)?
         .into_iter()
@@ -717,7 +727,7 @@ fn configuring_ahead_stops_when_asked_and_reports_what_it_did_meanwhile() -> Res
 /// after it are never touched.
 #[test]
 fn a_device_gone_before_its_move_stops_the_moves_there() -> Result<()> {
-    use netclaim::netns::configure::{capture_all_for_move, move_captured};
+    use netclaim::netns::configure::move_captured;
     let node = TestNetns::new("cgn")?;
     let pod = TestNetns::new("cgp")?;
     let peer = TestNetns::new("cgx")?;
@@ -730,14 +740,7 @@ fn a_device_gone_before_its_move_stops_the_moves_there() -> Result<()> {
         ..Default::default()
     };
     let (host, in_pod) = (node.open(), pod.open());
-    let wanted = devs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.clone(), settings(i)))
-        .collect();
-    let captured = capture_all_for_move(&host, wanted)?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let captured = capture_all(&host, &devs, settings)?;
     node.ip(&["link", "del", "dev", &devs[1]])?;
 
     let moved = move_captured(&host, &in_pod, captured)?;

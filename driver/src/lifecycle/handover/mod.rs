@@ -153,7 +153,7 @@ pub fn start<E: Effects>(
     // waits for the RTNL the moves hold (measured: 35-50 ms during a run of moves).
     // After the moves, one worker in the pod configures them one after another while
     // this thread gives each configured device its data path (no RTNL).
-    let mut resolved: Vec<Capturing<()>> = Vec::new();
+    let mut resolved: Vec<Resolved> = Vec::new();
     for (claim_uid, plan) in plans {
         let span = tracing::info_span!("device", claim = %plan.claim, pod = %plan.pod, device = %plan.device);
         let _entered = span.enter();
@@ -192,7 +192,10 @@ pub fn start<E: Effects>(
     for r in resolved {
         let err = match tried.next() {
             Some(Ok(captured)) => {
-                capturing.push(r.with(captured));
+                capturing.push(Capturing {
+                    device: r,
+                    captured,
+                });
                 continue;
             }
             Some(Err(err)) => err,
@@ -202,7 +205,7 @@ pub fn start<E: Effects>(
                 netns: "the host namespace".into(),
             },
         };
-        let others = capturing.into_iter().map(|c| c.taken).collect();
+        let others = capturing.into_iter().map(|c| c.device.taken).collect();
         return Err(failed_device(
             e,
             ledger,
@@ -217,12 +220,12 @@ pub fn start<E: Effects>(
         .iter_mut()
         .map(|c| {
             let originals = e.captured_originals(&mut c.captured);
-            super::parking::complete(&c.taken.plan, originals);
+            super::parking::complete(&c.device.taken.plan, originals);
             Placing {
-                claim_uid: &c.taken.claim_uid,
-                plan: &c.taken.plan,
+                claim_uid: &c.device.taken.claim_uid,
+                plan: &c.device.taken.plan,
                 placement: Placement::Entering {
-                    attachment: c.intent.clone().attachment(originals.clone()),
+                    attachment: c.device.intent.clone().attachment(originals.clone()),
                 },
             }
         })
@@ -230,10 +233,10 @@ pub fn start<E: Effects>(
     let recorded = e.place(entering);
     // Written in part at worst (one transaction per claim): each may stand.
     for c in &mut capturing {
-        c.taken.recorded = true;
+        c.device.taken.recorded = true;
     }
     if let Err((_, err)) = recorded {
-        let mut rest = capturing.into_iter().map(|c| c.taken);
+        let mut rest = capturing.into_iter().map(|c| c.device.taken);
         let Some(first) = rest.next() else {
             return Err(checkpoint_error(pod_uid)(err));
         };
@@ -259,8 +262,8 @@ pub fn start<E: Effects>(
     if let (Some(deadline), Some(first)) = (runtime.deadline, capturing.first()) {
         let costs = *ledger.costs();
         if !deadline.all_fit(Instant::now(), capturing.len(), &costs) {
-            let plan = first.taken.plan.clone();
-            let others = capturing.into_iter().map(|c| c.taken).collect();
+            let plan = first.device.taken.plan.clone();
+            let others = capturing.into_iter().map(|c| c.device.taken).collect();
             return Err(over_budget(e, ledger, deadline, costs, &plan, others, &pod));
         }
     }
@@ -270,7 +273,8 @@ pub fn start<E: Effects>(
     for mut c in capturing {
         let side = c.side_before_move(e);
         devices.push(c.captured);
-        rest.push((c.taken, c.cfg, c.settings, c.ifname, c.slot, side));
+        let d = c.device;
+        rest.push((d.taken, d.cfg, d.settings, d.ifname, d.slot, side));
     }
     let n = devices.len();
     let tried = match e.move_all(&pod, devices) {
@@ -542,11 +546,10 @@ fn failed_device<E: Effects>(
     }
 }
 
-/// A device captured at home in this call (`C`), or only resolved so far (`()`), not
-/// touched yet.
-struct Capturing<C> {
+/// A device resolved in this call (its record, what it is to become in the pod, its
+/// config), not touched yet.
+struct Resolved {
     taken: Taken,
-    captured: C,
     intent: Intent,
     cfg: crate::config::ValidConfig,
     settings: crate::netns::InterfaceSettings,
@@ -554,27 +557,10 @@ struct Capturing<C> {
     slot: usize,
 }
 
-impl Capturing<()> {
-    fn with<C>(self, captured: C) -> Capturing<C> {
-        let Capturing {
-            taken,
-            captured: (),
-            intent,
-            cfg,
-            settings,
-            ifname,
-            slot,
-        } = self;
-        Capturing {
-            taken,
-            captured,
-            intent,
-            cfg,
-            settings,
-            ifname,
-            slot,
-        }
-    }
+/// A resolved device captured at home, not touched yet.
+struct Capturing<C> {
+    device: Resolved,
+    captured: C,
 }
 
 impl<C> Capturing<C> {
@@ -586,9 +572,9 @@ impl<C> Capturing<C> {
     ) -> (PodSide, Option<HostOriginals>) {
         let originals = e.captured_originals(&mut self.captured).clone();
         let side = PodSide {
-            name: self.intent.pod_ifname.clone(),
+            name: self.device.intent.pod_ifname.clone(),
             ifindex: None,
-            mac: self.intent.pod_mac.or(originals.mac),
+            mac: self.device.intent.pod_mac.or(originals.mac),
         };
         (side, Some(originals))
     }
@@ -639,7 +625,7 @@ fn resolve_one<E: Effects>(
     claim_uid: &str,
     plan: &Plan,
     pod: &E::Pod,
-) -> Result<Capturing<()>, Box<(Failure, Taken)>> {
+) -> Result<Resolved, Box<(Failure, Taken)>> {
     let taken = Taken {
         claim_uid: claim_uid.to_string(),
         plan: plan.clone(),
@@ -706,9 +692,8 @@ fn resolve_one<E: Effects>(
         pod_mac: settings.mac,
         datapath: e.dataplane(),
     };
-    Ok(Capturing {
+    Ok(Resolved {
         taken,
-        captured: (),
         intent,
         cfg,
         settings,
