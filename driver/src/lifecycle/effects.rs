@@ -116,30 +116,13 @@ pub trait Effects {
     /// What a device moved into its pod still needs to be configured there.
     type Moved;
 
-    /// Finds the device at home, captures its host state and checks `settings`
-    /// against it. Touches nothing.
-    fn capture(
-        &self,
-        ifname: &str,
-        settings: &InterfaceSettings,
-    ) -> Result<Self::Captured, ConfigureError>;
-    /// [`Effects::capture`] for each of `wanted`, in order, stopping at the first that
-    /// fails: one result per device tried. Touches nothing.
+    /// Finds each of `wanted` at home, captures its host state and checks its settings
+    /// against it, in order, stopping at the first that fails: one result per device
+    /// tried. Touches nothing.
     fn capture_each(
         &self,
         wanted: Vec<(String, InterfaceSettings)>,
-    ) -> Vec<Result<Self::Captured, ConfigureError>> {
-        let mut tried = Vec::with_capacity(wanted.len());
-        for (ifname, settings) in wanted {
-            let captured = self.capture(&ifname, &settings);
-            let failed = captured.is_err();
-            tried.push(captured);
-            if failed {
-                break;
-            }
-        }
-        tried
-    }
+    ) -> Vec<Result<Self::Captured, ConfigureError>>;
     /// The host state a capture found, as a restore would put it back (the caller may
     /// complete it before recording it).
     fn captured_originals<'c>(&self, captured: &'c mut Self::Captured) -> &'c mut HostOriginals;
@@ -350,14 +333,6 @@ impl Effects for Kernel {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         Ok(removed.into_iter().map(|p| p.to_string()).collect())
-    }
-
-    fn capture(
-        &self,
-        ifname: &str,
-        settings: &InterfaceSettings,
-    ) -> Result<Captured, ConfigureError> {
-        crate::netns::configure::capture_for_move(&self.host, ifname, settings)
     }
 
     /// All in one job on the host's thread, through one pair of sockets.

@@ -128,6 +128,28 @@ impl Fake {
         })
     }
 
+    /// One device's capture (a fault may be injected at it).
+    fn capture_one(
+        &self,
+        ifname: &str,
+        settings: &InterfaceSettings,
+    ) -> Result<(String, String, HostOriginals), ConfigureError> {
+        self.tick()
+            .map_err(|_| injected(ifname, Step::Capture, None))?;
+        let home = self.world.borrow().devices.get(ifname).cloned();
+        match home {
+            Some(d) if d.pod.is_none() => {}
+            _ => {
+                return Err(ConfigureError::NotFound {
+                    device: ifname.into(),
+                    netns: "node".into(),
+                })
+            }
+        }
+        let pod_ifname = settings.name.clone().unwrap_or_else(|| ifname.to_string());
+        Ok((ifname.to_string(), pod_ifname, originals(ifname)))
+    }
+
     /// One numbered call: `Err` when it is the failing one or the process "died".
     fn tick(&self) -> Result<(), Injected> {
         let mut w = self.world.borrow_mut();
@@ -222,25 +244,20 @@ impl Effects for Fake {
         Ok(Vec::new())
     }
 
-    fn capture(
+    fn capture_each(
         &self,
-        ifname: &str,
-        settings: &InterfaceSettings,
-    ) -> Result<(String, String, HostOriginals), ConfigureError> {
-        self.tick()
-            .map_err(|_| injected(ifname, Step::Capture, None))?;
-        let home = self.world.borrow().devices.get(ifname).cloned();
-        match home {
-            Some(d) if d.pod.is_none() => {}
-            _ => {
-                return Err(ConfigureError::NotFound {
-                    device: ifname.into(),
-                    netns: "node".into(),
-                })
+        wanted: Vec<(String, InterfaceSettings)>,
+    ) -> Vec<Result<(String, String, HostOriginals), ConfigureError>> {
+        let mut tried = Vec::with_capacity(wanted.len());
+        for (ifname, settings) in wanted {
+            let captured = self.capture_one(&ifname, &settings);
+            let failed = captured.is_err();
+            tried.push(captured);
+            if failed {
+                break;
             }
         }
-        let pod_ifname = settings.name.clone().unwrap_or_else(|| ifname.to_string());
-        Ok((ifname.to_string(), pod_ifname, originals(ifname)))
+        tried
     }
 
     fn captured_originals<'c>(

@@ -270,19 +270,10 @@ pub fn capture_all_for_move(
         .collect())
 }
 
-/// A device [`move_here`] tried: its host name, its settings, its name in the pod and
-/// what the move gave.
-type MoveTried = (
-    String,
-    InterfaceSettings,
-    String,
-    Result<MovedIn, ConfigureError>,
-);
-
 /// Moves captured devices into the namespace `pod_fd` names, in order, back to back,
 /// on a thread in the host namespace, and stops at the first that fails: one result
 /// per device tried (every device after a failure is untouched and not in the answer).
-fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<MoveTried> {
+fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<Result<MovedIn, ConfigureError>> {
     let mut out = Vec::with_capacity(devices.len());
     // Every socket stays open until all moves are done.
     let (mut kept_routes, mut kept_eth) = (Vec::new(), Vec::new());
@@ -313,7 +304,7 @@ fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<MoveTried> {
             finish_failure(&host_ifname, &pod_name, settings.mac, failure, originals)
         });
         let failed = moved.is_err();
-        out.push((host_ifname, settings, pod_name, moved));
+        out.push(moved);
         if failed {
             break;
         }
@@ -331,6 +322,5 @@ pub fn move_captured(
     devices: Vec<Captured>,
 ) -> Result<Vec<Result<MovedIn, ConfigureError>>, NetnsError> {
     let pod_fd = pod.dup_fd()?;
-    let tried = host.run(move || move_here(devices, &pod_fd))?;
-    Ok(tried.into_iter().map(|(_, _, _, moved)| moved).collect())
+    host.run(move || move_here(devices, &pod_fd))
 }
