@@ -385,6 +385,18 @@ fn a_kill_before_the_stop_settles_leaves_the_device_home() {
             link_facts(&topo.node, NIC)? == home,
             "not restored exactly by the stop"
         );
+        // The flusher tries the stop's settled record right after the give-back, and
+        // the fail point holds it; with both cores busy that try can come later than
+        // the device is home. The kill belongs after it.
+        let t0 = std::time::Instant::now();
+        while c.driver.log_text().matches("fail point fired").count() < 2 {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the flusher never tried the stop's record:\n{}",
+                c.driver.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         kill_and_restart(&mut c, &topo).await?;
         let log = c.driver.log_text();
         anyhow::ensure!(
