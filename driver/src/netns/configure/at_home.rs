@@ -219,29 +219,26 @@ pub fn capture_all_for_move(
     wanted: Vec<(String, InterfaceSettings)>,
 ) -> Result<Vec<Result<Captured, ConfigureError>>, NetnsError> {
     let netns = host.path().display().to_string();
-    let tried = host.run(move || {
+    let (tried, mut sockets) = host.run(move || {
+        // One pair for every device, opened once and closed once, after the last move.
         let mut sockets = None;
         let mut tried = Vec::with_capacity(wanted.len());
         for (host_ifname, settings) in wanted {
             let found = capture_job(&mut sockets, &host_ifname, &settings);
-            let carried = match &found {
-                // The first device found carries the sockets to the moves.
-                Ok(Some(_)) => sockets.take(),
-                _ => None,
-            };
             let stop = !matches!(found, Ok(Some(_)));
-            tried.push((host_ifname, settings, found, carried));
+            tried.push((host_ifname, settings, found));
             if stop {
                 break;
             }
         }
-        tried
+        (tried, sockets)
     })?;
     Ok(tried
         .into_iter()
-        .map(|(host_ifname, settings, found, carried)| match found {
+        .map(|(host_ifname, settings, found)| match found {
             Ok(Some(parts)) => {
-                let (route, eth) = carried.unzip();
+                // The first device found carries the sockets to the moves.
+                let (route, eth) = sockets.take().unzip();
                 Ok(Captured {
                     host_ifname,
                     settings,
