@@ -452,7 +452,13 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn bench(name: &str) -> Result<()> {
-    const KNOWN: &[&str] = &["datapath", "netns", "control-plane", "pod-start", "move-gaps"];
+    const KNOWN: &[&str] = &[
+        "datapath",
+        "netns",
+        "control-plane",
+        "pod-start",
+        "move-gaps",
+    ];
     if !KNOWN.contains(&name) {
         bail!("unknown benchmark {name:?}; one of: {}", KNOWN.join(", "));
     }

@@ -335,7 +335,7 @@ impl Effects for Kernel {
         Ok(removed.into_iter().map(|p| p.to_string()).collect())
     }
 
-    /// All in one job on the host's thread, through one pair of sockets.
+    /// All in one job in the host namespace, through one pair of sockets.
     fn capture_each(
         &self,
         wanted: Vec<(String, InterfaceSettings)>,

@@ -127,6 +127,38 @@ impl Netns {
         &self.file
     }
 
+    /// Whether the calling thread is in this namespace (same namespace file identity).
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            self.file.metadata(),
+            std::fs::metadata("/proc/thread-self/ns/net"),
+        ) {
+            (Ok(ours), Ok(here)) => ours.dev() == here.dev() && ours.ino() == here.ino(),
+            _ => false,
+        }
+    }
+
+    /// [`Netns::run`], but on the calling thread when that thread is in this namespace
+    /// already: nothing needs entering, and the hop to a worker and back is saved. On
+    /// the pod-start path that hop is a sleeping thread woken twice per job (0.1-0.4
+    /// ms each here, 2 vCPUs, read from the driver's log). A panic in `work` is caught
+    /// as on a worker.
+    pub fn run_in_place<T, F>(&self, work: F) -> Result<T, NetnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        if !self.is_current() {
+            return self.run(work);
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|_| {
+            NetnsError::Panicked {
+                path: self.path.clone(),
+            }
+        })
+    }
+
     /// Runs `work` on a worker thread that has entered this namespace, and returns its
     /// result. The worker goes back to the driver's namespace before its next job, so
     /// nothing else ever runs in this namespace by accident; a worker that cannot go
@@ -210,5 +242,58 @@ impl<T> Pending<T> {
         self.result
             .recv()
             .map_err(|_| NetnsError::WorkerGone { path: self.path })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn netns_inode() -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn work_for_the_callers_own_namespace_runs_in_place() {
+        let home = Netns::current().expect("own namespace");
+        assert!(home.is_current());
+        let caller = std::thread::current().id();
+        let ran_on = home
+            .run_in_place(|| std::thread::current().id())
+            .expect("ran");
+        assert_eq!(ran_on, caller, "the work hopped to another thread");
+        // A panic is caught as on a worker, and the caller goes on.
+        let panicked = home.run_in_place(|| -> u8 { panic!("on purpose") });
+        assert!(matches!(panicked, Err(NetnsError::Panicked { .. })));
+    }
+
+    #[test]
+    fn work_for_another_namespace_runs_on_a_worker_inside_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a new network namespace needs root");
+            return;
+        }
+        // A namespace of its own, held open by the handle (the thread that made it ends).
+        let other = std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
+            Netns::current().expect("the new namespace")
+        })
+        .join()
+        .expect("thread");
+        let other_inode = {
+            use std::os::unix::fs::MetadataExt;
+            other.file().metadata().expect("metadata").ino()
+        };
+        assert!(!other.is_current());
+        let caller = std::thread::current().id();
+        let (ran_on, inode) = other
+            .run_in_place(|| (std::thread::current().id(), netns_inode()))
+            .expect("ran");
+        assert_ne!(ran_on, caller, "work for another namespace ran in place");
+        assert_eq!(inode, other_inode, "the worker was not in the namespace");
+        assert_ne!(netns_inode(), other_inode, "the caller moved");
     }
 }

@@ -217,7 +217,10 @@ fn main() -> Result<()> {
             p50 / (8.0 * floor_ms)
         );
         result.insert(format!("moves_8_{key}_p50_ms"), round3(p50).into());
-        result.insert(format!("moves_8_{key}_over_none"), round3(p50 / none).into());
+        result.insert(
+            format!("moves_8_{key}_over_none"),
+            round3(p50 / none).into(),
+        );
     }
     result.insert(
         "note".into(),

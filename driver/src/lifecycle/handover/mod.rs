@@ -182,7 +182,7 @@ pub fn start<E: Effects>(
             }
         }
     }
-    // All captured in one go (one job on the host's thread).
+    // All captured in one go (one job in the host namespace).
     let wanted = resolved
         .iter()
         .map(|r| (r.ifname.clone(), r.settings.clone()))

@@ -213,13 +213,15 @@ pub fn capture_for_move(
 /// nothing: the first part of a move that a pod with several devices does for all of
 /// them before recording their intent at once and moving them back to back
 /// ([`move_captured`]). Stops at the first device that is missing or fails: one
-/// result per device tried.
+/// result per device tried. Runs on the calling thread when it is in `host` (the
+/// driver's own namespace, as on a node), on a worker there otherwise
+/// ([`Netns::run_in_place`]).
 pub fn capture_all_for_move(
     host: &Netns,
     wanted: Vec<(String, InterfaceSettings)>,
 ) -> Result<Vec<Result<Captured, ConfigureError>>, NetnsError> {
     let netns = host.path().display().to_string();
-    let (tried, mut sockets) = host.run(move || {
+    let (tried, mut sockets) = host.run_in_place(move || {
         // One pair for every device, opened once and closed once, after the last move.
         let mut sockets = None;
         let mut tried = Vec::with_capacity(wanted.len());
@@ -268,7 +270,7 @@ pub fn capture_all_for_move(
 }
 
 /// Moves captured devices into the namespace `pod_fd` names, in order, back to back,
-/// on a thread in the host namespace, and stops at the first that fails: one result
+/// in the host namespace, and stops at the first that fails: one result
 /// per device tried (every device after a failure is untouched and not in the answer).
 fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<Result<MovedIn, ConfigureError>> {
     let mut out = Vec::with_capacity(devices.len());
@@ -310,14 +312,15 @@ fn move_here(devices: Vec<Captured>, pod_fd: &OwnedFd) -> Vec<Result<MovedIn, Co
     out
 }
 
-/// Moves captured devices into `pod` in order, back to back in one job on the host's
-/// thread ([`move_here`]), and stops at the first that fails. One result per device
-/// tried: every device after a failure is untouched (and not in the answer).
+/// Moves captured devices into `pod` in order, back to back in one job in the host
+/// namespace ([`move_here`]; in place, like [`capture_all_for_move`]), and stops at
+/// the first that fails. One result per device tried: every device after a failure
+/// is untouched (and not in the answer).
 pub fn move_captured(
     host: &Netns,
     pod: &Netns,
     devices: Vec<Captured>,
 ) -> Result<Vec<Result<MovedIn, ConfigureError>>, NetnsError> {
     let pod_fd = pod.dup_fd()?;
-    host.run(move || move_here(devices, &pod_fd))
+    host.run_in_place(move || move_here(devices, &pod_fd))
 }
