@@ -4,7 +4,7 @@
 //! * `build-ebpf [--debug]` — builds `ebpf/` with Debian's rustc and bpf-linker and
 //!   leaves the object at `target/ebpf/netclaim.bpf.o`, where the driver embeds it;
 //! * `test` — setup, build-ebpf, then every unit and integration test, as root;
-//! * `bench <datapath|netns|control-plane|pod-start>` — one benchmark, printed and
+//! * `bench <datapath|netns|control-plane|pod-start|move-gaps>` — one benchmark, printed and
 //!   written to `bench/results/<name>.json`;
 //! * `demo` — the end-to-end walkthrough;
 //! * `chaos [--faults N] [--seed S] [--pods P] [--mix M]` — fault injection against the
