@@ -245,16 +245,18 @@ impl<T> Pending<T> {
     }
 }
 
+/// The inode of the calling thread's network namespace (0 if unreadable), for tests.
+#[cfg(test)]
+fn netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn netns_inode() -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/thread-self/ns/net")
-            .map(|m| m.ino())
-            .unwrap_or(0)
-    }
 
     #[test]
     fn work_for_the_callers_own_namespace_runs_in_place() {

@@ -94,14 +94,8 @@ fn work(inbox: mpsc::Receiver<Job>, offer: impl Fn()) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::netns_inode;
     use super::*;
-
-    fn netns_inode() -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/thread-self/ns/net")
-            .map(|m| m.ino())
-            .unwrap_or(0)
-    }
 
     fn thread_id() -> std::thread::ThreadId {
         std::thread::current().id()
