@@ -12,7 +12,11 @@
 //!   reads the moved link through a socket it keeps open;
 //! * `socket_worker`: the worker opens a netlink socket and closes it;
 //! * `address_worker`: the worker adds an IPv4 address to the moved link through a
-//!   socket it keeps open (what configuring a device in its pod starts with).
+//!   socket it keeps open (what configuring a device in its pod starts with);
+//! * `address_mover`, `config_mover`: the moving thread itself adds the address (and,
+//!   for `config`, sets the link up with an MTU) through a socket made in the target
+//!   namespace: whether configuring each device between the moves, on the thread that
+//!   moves them, would come free.
 //!
 //! Keys (`bench/results/move-gaps.json`): `moves_8_<gap>_p50_ms` (the eight moves and
 //! the seven gaps, start of the first to end of the last) and
@@ -46,6 +50,8 @@ enum Gap {
     GetlinkWorker,
     SocketWorker,
     AddressWorker,
+    AddressMover,
+    ConfigMover,
 }
 
 impl Gap {
@@ -56,6 +62,8 @@ impl Gap {
             Gap::GetlinkWorker => "getlink_worker".into(),
             Gap::SocketWorker => "socket_worker".into(),
             Gap::AddressWorker => "address_worker".into(),
+            Gap::AddressMover => "address_mover".into(),
+            Gap::ConfigMover => "config_mover".into(),
         }
     }
 }
@@ -69,7 +77,7 @@ thread_local! {
 fn run_gap(gap: Gap, to: &Netns, moved: usize, round: usize) -> Result<()> {
     let name = format!("gx{moved}");
     match gap {
-        Gap::None => Ok(()),
+        Gap::None | Gap::AddressMover | Gap::ConfigMover => Ok(()),
         Gap::User(d) => {
             let started = Instant::now();
             while started.elapsed() < d {
@@ -109,12 +117,33 @@ fn eight_moves(from: &Netns, to: &Netns, to_fd: i32, gap: Gap, round: usize) -> 
             .collect()
     })??;
     let to = to.try_clone()?;
+    // For the mover's own gaps: a socket made in the target namespace, used from the
+    // moving thread (a socket works in the namespace it was made in).
+    let mut in_target = match gap {
+        Gap::AddressMover | Gap::ConfigMover => Some(to.run(NlSocket::route)??),
+        _ => None,
+    };
     from.run(move || -> Result<Duration> {
         let mut sock = NlSocket::route()?;
         let started = Instant::now();
         for (i, index) in indexes.into_iter().enumerate() {
             if i > 0 {
                 run_gap(gap, &to, i - 1, round)?;
+                if let Some(t) = in_target.as_mut() {
+                    let name = format!("gx{}", i - 1);
+                    let facts = link::link_by_name(t, &name)?
+                        .with_context(|| format!("{name} is not in the target namespace"))?;
+                    let address = format!("192.0.2.{}/32", round % 25 * 8 + i);
+                    link::add_address(t, facts.ifindex, address.parse()?)?;
+                    if matches!(gap, Gap::ConfigMover) {
+                        let up = LinkChange {
+                            up: Some(true),
+                            mtu: Some(1400),
+                            ..Default::default()
+                        };
+                        link::set_link(t, facts.ifindex, &up)?;
+                    }
+                }
             }
             let change = LinkChange {
                 netns_fd: Some(to_fd),
@@ -187,6 +216,8 @@ fn main() -> Result<()> {
         Gap::GetlinkWorker,
         Gap::SocketWorker,
         Gap::AddressWorker,
+        Gap::AddressMover,
+        Gap::ConfigMover,
     ];
     let mut samples: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for round in 0..rounds {
