@@ -9,7 +9,7 @@
 //! half a floor more (measured: 23.5 ms against 15.6; the same veth with IPv6 disabled
 //! moves at the floor).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -79,21 +79,32 @@ fn time_moves(
         for i in 0..moves {
             let idx = netclaim::netns::ifindex_of(&format!("{prefix}{i}")).context("veth")?;
             std::thread::sleep(rest);
-            let change = LinkChange {
-                netns_fd: Some(target_fd),
-                ..Default::default()
-            };
             let started = Instant::now();
-            link::set_link(&mut sock, idx, &change)?;
+            move_link(&mut sock, idx, target_fd)?;
             samples.push(started.elapsed());
         }
         Ok(samples)
     })??;
     drop(target);
-    let mut sorted = samples.clone();
+    Ok((median(&samples), samples))
+}
+
+/// The floor's move: link `index` into the namespace open at `target_fd`, one
+/// `RTM_NEWLINK` with `IFLA_NET_NS_FD` and nothing else.
+pub fn move_link(sock: &mut NlSocket, index: u32, target_fd: RawFd) -> Result<()> {
+    let change = LinkChange {
+        netns_fd: Some(target_fd),
+        ..Default::default()
+    };
+    link::set_link(sock, index, &change)?;
+    Ok(())
+}
+
+/// The median of `samples` (the upper one of an even count; zero for none).
+pub fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
     sorted.sort();
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-    Ok((median, samples))
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
 /// What the mover thread is asked: move the next `n` spares, answer their times.

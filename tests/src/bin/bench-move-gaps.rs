@@ -145,11 +145,7 @@ fn eight_moves(from: &Netns, to: &Netns, to_fd: i32, gap: Gap, round: usize) -> 
                     }
                 }
             }
-            let change = LinkChange {
-                netns_fd: Some(to_fd),
-                ..Default::default()
-            };
-            link::set_link(&mut sock, index, &change)?;
+            floor::move_link(&mut sock, index, to_fd)?;
         }
         Ok(started.elapsed())
     })?
@@ -161,11 +157,7 @@ fn back_home(from_fd: i32, to: &Netns, pause: Duration) -> Result<()> {
         let mut sock = NlSocket::route()?;
         for i in 0..DEVICES {
             let index = ifindex_of(&format!("gx{i}")).with_context(|| format!("gx{i} moved"))?;
-            let change = LinkChange {
-                netns_fd: Some(from_fd),
-                ..Default::default()
-            };
-            link::set_link(&mut sock, index, &change)?;
+            floor::move_link(&mut sock, index, from_fd)?;
         }
         Ok(())
     })??;
@@ -173,12 +165,9 @@ fn back_home(from_fd: i32, to: &Netns, pause: Duration) -> Result<()> {
     Ok(())
 }
 
-fn median(samples: &mut [Duration]) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map(|d| d.as_secs_f64() * 1e3)
-        .unwrap_or(0.0)
+/// The median of `samples`, in milliseconds.
+fn median_ms(samples: &[Duration]) -> f64 {
+    floor::median(samples).as_secs_f64() * 1e3
 }
 
 fn main() -> Result<()> {
@@ -230,7 +219,7 @@ fn main() -> Result<()> {
             back_home(from_file.as_raw_fd(), &to_ns, pause)?;
         }
     }
-    let none = median(samples.get_mut("none").context("no baseline samples")?);
+    let none = median_ms(samples.get("none").context("no baseline samples")?);
     let mut result = serde_json::Map::new();
     result.insert("benchmark".into(), "move-gaps".into());
     result.insert("devices".into(), DEVICES.into());
@@ -239,7 +228,7 @@ fn main() -> Result<()> {
     println!("{:<34} {:>10.2}", "floor_ms (1 netns move)", floor_ms);
     for gap in gaps {
         let key = gap.key();
-        let p50 = median(samples.get_mut(&key).context("samples")?);
+        let p50 = median_ms(samples.get(&key).context("samples")?);
         println!(
             "{:<34} {:>10.2}  over none {:>6.3}  over 8 floors {:>6.3}",
             format!("moves_8_{key}_p50_ms"),
