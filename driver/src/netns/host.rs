@@ -12,7 +12,10 @@
 //! kernel` prefix routes, IPv6 link-local) are left out: re-adding the addresses
 //! re-creates them, and adding them by hand would collide with the kernel's own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -22,7 +25,7 @@ use super::{
     link::{self, LinkFacts, RouteRecord, RTPROT_KERNEL, RT_TABLE_LOCAL},
     netlink::{NlError, NlSocket},
     rules::RuleSpec,
-    sysctl::{self, IfSysctls, SysctlError},
+    sysctl::IfSysctls,
 };
 
 /// RTN_UNICAST.
@@ -51,10 +54,11 @@ pub struct HostOriginals {
     pub gro_max_size: Option<u32>,
     pub gso_ipv4_max_size: Option<u32>,
     pub gro_ipv4_max_size: Option<u32>,
-    /// Active state of every named feature (`ethtool -k`).
-    pub ethtool_features: BTreeMap<String, bool>,
+    /// Active state of every named feature (`ethtool -k`). Shared: a start copies a
+    /// device's originals into several records, and these two are most of their size.
+    pub ethtool_features: Arc<BTreeMap<String, bool>>,
     /// The features the device lets us change (the others are `[fixed]`).
-    pub ethtool_changeable: BTreeSet<String>,
+    pub ethtool_changeable: Arc<BTreeSet<String>>,
     /// Private flags and their states; empty when the driver has none.
     pub private_flags: BTreeMap<String, bool>,
     /// `arp_ignore`, `arp_announce` and forwarding on the host (a netns move resets
@@ -76,8 +80,6 @@ pub enum CaptureError {
     Netlink(#[from] NlError),
     #[error("reading ethtool features: {0}")]
     Ethtool(#[from] EthtoolError),
-    #[error("reading sysctls: {0}")]
-    Sysctl(#[from] SysctlError),
 }
 
 /// Whether a route is one the driver must re-create (see the module docs).
@@ -116,7 +118,6 @@ pub fn capture(
         .collect();
     let features = ethtool.features(link.ifindex)?;
     let private_flags = ethtool.private_flags(link.ifindex)?;
-    let sysctls = sysctl::read(&link.name)?;
     Ok(HostOriginals {
         name: link.name.clone(),
         ifindex: link.ifindex,
@@ -131,10 +132,10 @@ pub fn capture(
         gro_max_size: link.gro_max_size,
         gso_ipv4_max_size: link.gso_ipv4_max_size,
         gro_ipv4_max_size: link.gro_ipv4_max_size,
-        ethtool_features: features.active,
-        ethtool_changeable: features.changeable,
+        ethtool_features: Arc::new(features.active),
+        ethtool_changeable: Arc::new(features.changeable),
         private_flags,
-        sysctls: Some(sysctls),
+        sysctls: Some(link.sysctls),
         pod_rules: Vec::new(),
         pod_vrf: None,
     })
@@ -182,8 +183,8 @@ mod tests {
             gro_max_size: Some(65536),
             gso_ipv4_max_size: Some(65536),
             gro_ipv4_max_size: Some(65536),
-            ethtool_features: BTreeMap::from([("rx-gro".into(), true)]),
-            ethtool_changeable: BTreeSet::from(["rx-gro".into()]),
+            ethtool_features: Arc::new(BTreeMap::from([("rx-gro".into(), true)])),
+            ethtool_changeable: Arc::new(BTreeSet::from(["rx-gro".into()])),
             private_flags: BTreeMap::new(),
             sysctls: Some(IfSysctls {
                 arp_ignore: Some(1),

@@ -13,7 +13,10 @@ use std::{
 use ipnet::IpNet;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
+    link::{
+        AfSpecInet, AfSpecInet6, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+        LinkMessage, LinkXdp,
+    },
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
@@ -24,6 +27,7 @@ use netlink_packet_route::{
 use serde::{Deserialize, Serialize};
 
 use super::netlink::{NlError, NlSocket, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use super::sysctl::IfSysctls;
 
 /// The main routing table.
 pub const RT_TABLE_MAIN: u32 = 254;
@@ -56,6 +60,11 @@ pub struct LinkFacts {
     pub link: Option<u32>,
     /// XDP program attached (any mode), by id.
     pub xdp_prog_id: Option<u32>,
+    /// The per-interface sysctls, from the reply's `IFLA_AF_SPEC` (the same values
+    /// `/proc/sys/net/ipv{4,6}/conf/<name>` shows, without four file reads); a family
+    /// the device has no configuration for (IPv6 off at boot, an MTU below the
+    /// family's minimum) leaves its entries `None`, as its files are absent then.
+    pub sysctls: IfSysctls,
 }
 
 /// A route through one device, as the kernel reports it (and as we re-create it).
@@ -125,6 +134,7 @@ fn facts(msg: &LinkMessage) -> LinkFacts {
             LinkAttribute::GsoIpv4MaxSize(v) => f.gso_ipv4_max_size = Some(*v),
             LinkAttribute::GroIpv4MaxSize(v) => f.gro_ipv4_max_size = Some(*v),
             LinkAttribute::Link(l) => f.link = Some(*l),
+            LinkAttribute::AfSpecUnspec(families) => f.sysctls = sysctls_of(families),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -147,20 +157,57 @@ fn facts(msg: &LinkMessage) -> LinkFacts {
     f
 }
 
+/// The per-interface sysctls in a link's `IFLA_AF_SPEC`: IPv4's from its devconf
+/// array, IPv6 forwarding from IPv6's.
+fn sysctls_of(families: &[AfSpecUnspec]) -> IfSysctls {
+    let mut s = IfSysctls::default();
+    for family in families {
+        match family {
+            AfSpecUnspec::Inet(specs) => {
+                for spec in specs {
+                    if let AfSpecInet::DevConf(c) = spec {
+                        s.arp_ignore = u8::try_from(c.arp_ignore).ok();
+                        s.arp_announce = u8::try_from(c.arp_announce).ok();
+                        s.forwarding_v4 = Some(c.forwarding != 0);
+                    }
+                }
+            }
+            AfSpecUnspec::Inet6(specs) => {
+                for spec in specs {
+                    if let AfSpecInet6::DevConf(c) = spec {
+                        s.forwarding_v6 = Some(c.forwarding != 0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// A `RTM_GETLINK` that leaves the counters out (`RTEXT_FILTER_SKIP_STATS`): nothing
+/// here reads them, and the kernel then neither sums them nor sends them.
+fn get_link_message() -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    m
+}
+
 fn is_no_device(e: &NlError) -> bool {
     matches!(e.errno(), Some(libc::ENODEV))
 }
 
 /// The link called `name`, if any.
 pub fn link_by_name(sock: &mut NlSocket, name: &str) -> Result<Option<LinkFacts>, NlError> {
-    let mut m = LinkMessage::default();
+    let mut m = get_link_message();
     m.attributes.push(LinkAttribute::IfName(name.to_string()));
     get_link(sock, m)
 }
 
 /// The link with `ifindex`, if any.
 pub fn link_by_index(sock: &mut NlSocket, ifindex: u32) -> Result<Option<LinkFacts>, NlError> {
-    let mut m = LinkMessage::default();
+    let mut m = get_link_message();
     m.header.index = ifindex;
     get_link(sock, m)
 }
@@ -178,10 +225,8 @@ fn get_link(sock: &mut NlSocket, m: LinkMessage) -> Result<Option<LinkFacts>, Nl
 
 /// Every link in the namespace.
 pub fn links(sock: &mut NlSocket) -> Result<Vec<LinkFacts>, NlError> {
-    let replies = sock.route_request(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        NLM_F_DUMP,
-    )?;
+    let replies =
+        sock.route_request(RouteNetlinkMessage::GetLink(get_link_message()), NLM_F_DUMP)?;
     Ok(replies
         .iter()
         .filter_map(|r| match r {
@@ -465,4 +510,76 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::link::{Inet6DevConf, InetDevConf};
+
+    use super::*;
+    use crate::netns::sysctl;
+
+    #[test]
+    fn sysctls_come_from_each_family_devconf() {
+        let mut v4 = InetDevConf::default();
+        (v4.arp_ignore, v4.arp_announce, v4.forwarding) = (2, 1, 1);
+        let mut v6 = Inet6DevConf::default();
+        v6.forwarding = 0;
+        let families = vec![
+            AfSpecUnspec::Inet(vec![AfSpecInet::DevConf(v4)]),
+            AfSpecUnspec::Inet6(vec![AfSpecInet6::DevConf(v6)]),
+        ];
+        assert_eq!(
+            sysctls_of(&families),
+            IfSysctls {
+                arp_ignore: Some(2),
+                arp_announce: Some(1),
+                forwarding_v4: Some(true),
+                forwarding_v6: Some(false),
+            }
+        );
+        // No IPv6 configuration on the device: no IPv6 entry, as no file.
+        let v4_only = &families[..1];
+        assert_eq!(sysctls_of(v4_only).forwarding_v6, None);
+        assert_eq!(sysctls_of(&[]), IfSysctls::default());
+    }
+
+    /// The values a link read carries are the ones `/proc/sys/net` shows, on this
+    /// kernel, after they were changed from the defaults.
+    #[test]
+    fn a_link_read_carries_the_sysctls_proc_shows() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a new network namespace needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let mut sock = NlSocket::route().expect("socket");
+            let before = link_by_name(&mut sock, "lo").expect("read").expect("lo");
+            assert_eq!(before.sysctls, sysctl::read("lo").expect("proc"));
+            let changed = IfSysctls {
+                arp_ignore: Some(2),
+                arp_announce: Some(1),
+                forwarding_v4: Some(true),
+                forwarding_v6: Some(true),
+            };
+            assert_ne!(
+                before.sysctls, changed,
+                "the test needs values off the defaults"
+            );
+            sysctl::write("lo", &changed).expect("write");
+            let after = link_by_name(&mut sock, "lo").expect("read").expect("lo");
+            assert_eq!(after.sysctls, changed);
+            assert_eq!(sysctl::read("lo").expect("proc"), changed);
+            let by_index = link_by_index(&mut sock, after.ifindex)
+                .expect("read")
+                .expect("lo");
+            assert_eq!(by_index.sysctls, changed);
+            let listed = links(&mut sock).expect("dump");
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].sysctls, changed);
+        })
+        .join()
+        .expect("the namespace thread");
+    }
 }

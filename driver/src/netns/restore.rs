@@ -504,7 +504,7 @@ fn restore_ethtool(o: &HostOriginals, idx: u32, problems: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     fn originals() -> HostOriginals {
         HostOriginals {
@@ -521,8 +521,8 @@ mod tests {
             gro_max_size: None,
             gso_ipv4_max_size: None,
             gro_ipv4_max_size: None,
-            ethtool_features: BTreeMap::new(),
-            ethtool_changeable: BTreeSet::new(),
+            ethtool_features: Default::default(),
+            ethtool_changeable: Default::default(),
             private_flags: BTreeMap::new(),
             sysctls: None,
             pod_rules: vec![],

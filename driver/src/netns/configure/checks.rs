@@ -71,11 +71,16 @@ pub(super) fn validate(
             ));
         }
     }
-    let device = DeviceFeatures {
-        active: originals.ethtool_features.clone(),
-        changeable: originals.ethtool_changeable.clone(),
+    let features = if settings.ethtool_features.is_empty() {
+        Ok(ResolvedFeatures::new())
+    } else {
+        let device = DeviceFeatures {
+            active: (*originals.ethtool_features).clone(),
+            changeable: (*originals.ethtool_changeable).clone(),
+        };
+        resolve_features(&settings.ethtool_features, &device)
     };
-    let features = match resolve_features(&settings.ethtool_features, &device) {
+    let features = match features {
         Ok(f) => f,
         Err((name, problem)) => {
             let why = match problem {
