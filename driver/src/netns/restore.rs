@@ -405,14 +405,11 @@ fn home_job(
     }
 
     if let Some(host_values) = &o.sysctls {
-        match sysctl::read(&o.name) {
-            Ok(now) => {
-                let back = host_values.differing_from(&now);
-                if let Err((key, e)) = sysctl::write(&o.name, &back) {
-                    problems.push(format!("sysctl {key}: {e}"));
-                }
-            }
-            Err(e) => problems.push(format!("sysctls: {e}")),
+        // As the link read above found them: the move reset them, and nothing since
+        // (settings, addresses, routes) touches them.
+        let back = host_values.differing_from(&l.sysctls);
+        if let Err((key, e)) = sysctl::write(&o.name, &back) {
+            problems.push(format!("sysctl {key}: {e}"));
         }
     }
 

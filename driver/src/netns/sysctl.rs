@@ -1,5 +1,7 @@
 //! Per-interface sysctls the claim may set (`arp_ignore`, `arp_announce`, IPv4 and
-//! IPv6 `forwarding`), read and written through `/proc/sys/net`.
+//! IPv6 `forwarding`), written and read back through `/proc/sys/net`. Their current
+//! values also come with every link read (`LinkFacts::sysctls`, from `IFLA_AF_SPEC`),
+//! which is how the capture and the restore see them: no files to open.
 //!
 //! `/proc/sys/net` shows the network namespace of the thread that *looks it up*, so
 //! these functions must run on a namespace thread (see [`super::thread`]) and open
