@@ -492,16 +492,20 @@ const LEGACY_PATTERNS: &[(&str, &str, &str)] = &[
     ("sg", "tx-scatter-gather", ""),
 ];
 
-/// The members of legacy group `name` on `device`: the listed ones it has plus every
-/// feature matching the group's pattern.
-fn legacy_members<'a>(name: &str, group: &[&'a str], device: &'a DeviceFeatures) -> Vec<&'a str> {
+/// The members of legacy group `name` on a device whose features are `active`: the
+/// listed ones it has plus every feature matching the group's pattern.
+fn legacy_members<'a>(
+    name: &str,
+    group: &[&'a str],
+    active: &'a BTreeMap<String, bool>,
+) -> Vec<&'a str> {
     let mut members: Vec<&str> = group
         .iter()
         .copied()
-        .filter(|m| device.active.contains_key(*m))
+        .filter(|m| active.contains_key(*m))
         .collect();
     for (_, prefix, suffix) in LEGACY_PATTERNS.iter().filter(|(l, _, _)| *l == name) {
-        for feature in device.active.keys() {
+        for feature in active.keys() {
             let f = feature.as_str();
             if f.len() >= prefix.len() + suffix.len()
                 && f.starts_with(prefix)
@@ -526,18 +530,20 @@ pub enum FeatureProblem {
 }
 
 /// Resolves requested feature names (kernel or legacy `ethtool -k` names) against a
-/// device: returns kernel feature → (state, the requested key it came from). Legacy
-/// group names change the members the device lets us change, as `ethtool -K` does.
+/// device's features (`active` and `changeable`, as [`DeviceFeatures`] reads them):
+/// returns kernel feature → (state, the requested key it came from). Legacy group
+/// names change the members the device lets us change, as `ethtool -K` does.
 pub fn resolve_features(
     requested: &BTreeMap<String, bool>,
-    device: &DeviceFeatures,
+    active: &BTreeMap<String, bool>,
+    changeable: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, (bool, String)>, (String, FeatureProblem)> {
     let mut out = BTreeMap::new();
     for (name, on) in requested {
-        let members: Vec<&str> = if device.active.contains_key(name) {
+        let members: Vec<&str> = if active.contains_key(name) {
             vec![name.as_str()]
         } else if let Some((_, group)) = LEGACY_NAMES.iter().find(|(l, _)| l == name) {
-            legacy_members(name, group, device)
+            legacy_members(name, group, active)
         } else {
             Vec::new()
         };
@@ -547,13 +553,13 @@ pub fn resolve_features(
         let changeable: Vec<&str> = members
             .iter()
             .copied()
-            .filter(|m| device.changeable.contains(*m))
+            .filter(|m| changeable.contains(*m))
             .collect();
         if changeable.is_empty() {
             // Nothing to change; fine only if already in the wanted state.
-            if let Some(m) = members.iter().find(|m| device.active.get(**m) != Some(on)) {
-                let active = device.active.get(*m).copied().unwrap_or(false);
-                return Err((name.clone(), FeatureProblem::Fixed { active }));
+            if let Some(m) = members.iter().find(|m| active.get(**m) != Some(on)) {
+                let is_on = active.get(*m).copied().unwrap_or(false);
+                return Err((name.clone(), FeatureProblem::Fixed { active: is_on }));
             }
             continue;
         }
@@ -590,7 +596,7 @@ mod resolve_tests {
     #[test]
     fn legacy_group_names_expand_to_changeable_members() {
         let req = BTreeMap::from([("tso".to_string(), false), ("gro".to_string(), false)]);
-        let got = resolve_features(&req, &device()).unwrap();
+        let got = resolve_features(&req, &device().active, &device().changeable).unwrap();
         assert_eq!(got.get("rx-gro"), Some(&(false, "gro".to_string())));
         assert_eq!(
             got.get("tx-tcp-segmentation"),
@@ -618,7 +624,7 @@ mod resolve_tests {
             d.changeable.insert(f.into());
         }
         let req = BTreeMap::from([("tcp-segmentation-offload".to_string(), false)]);
-        let got = resolve_features(&req, &d).unwrap();
+        let got = resolve_features(&req, &d.active, &d.changeable).unwrap();
         let names: Vec<&str> = got.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -629,7 +635,7 @@ mod resolve_tests {
             ]
         );
         let req = BTreeMap::from([("tx".to_string(), false)]);
-        let got = resolve_features(&req, &d).unwrap();
+        let got = resolve_features(&req, &d.active, &d.changeable).unwrap();
         assert!(got.contains_key("tx-checksum-sctp"));
         assert!(!got.contains_key("tx-udp-segmentation"));
     }
@@ -638,16 +644,19 @@ mod resolve_tests {
     fn unknown_and_fixed_features_are_refused() {
         let req = BTreeMap::from([("foo".to_string(), true)]);
         assert_eq!(
-            resolve_features(&req, &device()),
+            resolve_features(&req, &device().active, &device().changeable),
             Err(("foo".into(), FeatureProblem::Unknown))
         );
         let req = BTreeMap::from([("rx-lro".to_string(), true)]);
         assert_eq!(
-            resolve_features(&req, &device()),
+            resolve_features(&req, &device().active, &device().changeable),
             Err(("rx-lro".into(), FeatureProblem::Fixed { active: false }))
         );
         // Asking a fixed feature for the state it already has is fine.
         let req = BTreeMap::from([("rx-lro".to_string(), false)]);
-        assert_eq!(resolve_features(&req, &device()), Ok(BTreeMap::new()));
+        assert_eq!(
+            resolve_features(&req, &device().active, &device().changeable),
+            Ok(BTreeMap::new())
+        );
     }
 }

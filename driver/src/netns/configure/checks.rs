@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::super::{
-    ethtool::{resolve_features, DeviceFeatures, FeatureProblem},
+    ethtool::{resolve_features, FeatureProblem},
     host::HostOriginals,
     link::{self, LinkChange, LinkFacts},
 };
@@ -71,16 +71,11 @@ pub(super) fn validate(
             ));
         }
     }
-    let features = if settings.ethtool_features.is_empty() {
-        Ok(ResolvedFeatures::new())
-    } else {
-        let device = DeviceFeatures {
-            active: (*originals.ethtool_features).clone(),
-            changeable: (*originals.ethtool_changeable).clone(),
-        };
-        resolve_features(&settings.ethtool_features, &device)
-    };
-    let features = match features {
+    let features = match resolve_features(
+        &settings.ethtool_features,
+        &originals.ethtool_features,
+        &originals.ethtool_changeable,
+    ) {
         Ok(f) => f,
         Err((name, problem)) => {
             let why = match problem {
