@@ -104,10 +104,9 @@ fn field<'a>(trace: &'a str, key: &str) -> Option<&'a str> {
 #[derive(Debug, Clone, PartialEq)]
 struct Wait {
     mover: String,
-    start: f64,
     ms: f64,
-    in_flight: bool,
-    /// What started the grace period in flight, if one was.
+    /// What started the grace period that was in flight when the wait began; `None`
+    /// when none was.
     source: Option<String>,
 }
 
@@ -130,13 +129,10 @@ fn waits(records: &[Record]) -> Vec<Wait> {
         }
         let next = field(&r.trace, "next_pid=").and_then(|p| p.parse::<u32>().ok());
         if let Some((mover, start)) = next.and_then(|n| open.remove(&n)) {
-            let in_flight = in_flight_at(start);
-            let source = in_flight.then(|| started_by(&records[..i], start));
+            let source = in_flight_at(start).then(|| started_by(&records[..i], start));
             out.push(Wait {
                 mover,
-                start,
                 ms: (r.time - start) * 1000.0,
-                in_flight,
                 source,
             });
         }
@@ -210,13 +206,10 @@ fn tally(waits: &[Wait], slow_ms: f64, longest_ms: f64) -> BTreeMap<String, Tall
     for w in waits.iter().filter(|w| w.ms <= longest_ms) {
         let t = by.entry(w.mover.clone()).or_default();
         let slow = usize::from(w.ms > slow_ms);
-        if w.in_flight {
+        if let Some(source) = &w.source {
             t.in_flight += 1;
             t.in_flight_slow += slow;
-            let s = t
-                .sources
-                .entry(w.source.clone().unwrap_or_default())
-                .or_default();
+            let s = t.sources.entry(source.clone()).or_default();
             s.0 += 1;
             s.1 += slow;
         } else {
@@ -318,11 +311,11 @@ swapper 0 [001] 100.044000: sched:sched_switch: prev_comm=swapper/1 prev_pid=0 p
     fn a_wait_begun_while_a_grace_period_ran_names_what_started_it() {
         let w = waits(&parse(TRACE));
         assert_eq!(w.len(), 2);
-        assert!(w[0].in_flight);
+        assert!(w[0].source.is_some());
         assert!((w[0].ms - 23.0).abs() < 1e-6, "{}", w[0].ms);
         assert_eq!(w[0].source.as_deref(), Some("work: mld_ifc_work"));
         // The second began after the kthread went back to waiting for a request.
-        assert!(!w[1].in_flight);
+        assert!(w[1].source.is_none());
         assert_eq!(w[1].source, None);
         let t = &tally(&w, 17.5, 40.0)["tokio-rt-worker"];
         assert_eq!(
